@@ -1,0 +1,101 @@
+"""Device profiles: a register map and the device's request limits, as frozen data.
+
+A profile says what registers mean; it never does I/O. The gateway's planner, the drivers, the
+simulators and the tests all read the same profile, so one map is the truth for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import pairwise
+
+from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
+
+__all__ = ["Point", "Profile", "ProfileError", "RegisterType"]
+
+
+class ProfileError(ValueError):
+    """A profile is inconsistent (a bug in the profile file, found at import)."""
+
+
+class RegisterType(StrEnum):
+    INPUT = "input"  # FC 04
+    HOLDING = "holding"  # FC 03
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One value the device exposes."""
+
+    name: str
+    address: int  # 0-based PDU address
+    dtype: DataType
+    unit: str = ""
+    register_type: RegisterType = RegisterType.INPUT
+    word_order: WordOrder = WordOrder.BIG
+    scale: float = 1.0
+    description: str = ""
+
+    @property
+    def count(self) -> int:
+        return register_count(self.dtype)
+
+    @property
+    def end(self) -> int:
+        """One past the last register."""
+        return self.address + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A device model: its points and what requests it accepts.
+
+    ``readable_ranges`` are half-open ``(start, end)`` register ranges, per register type, that
+    the device answers as a whole even where no point is mapped; a plan may read through an
+    unmapped gap only inside one of them. Outside them only mapped registers are read.
+    """
+
+    name: str
+    vendor: str
+    model: str
+    points: tuple[Point, ...]
+    max_registers_per_request: int = MAX_READ_REGISTERS
+    even_register_count: bool = False  # Eastron: odd counts draw an exception
+    readable_ranges: dict[RegisterType, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    default_port: int = 502
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_registers_per_request <= MAX_READ_REGISTERS:
+            raise ProfileError(
+                f"{self.name}: max_registers_per_request must be 1..{MAX_READ_REGISTERS}"
+            )
+        seen: dict[str, Point] = {}
+        for p in self.points:
+            if p.name in seen:
+                raise ProfileError(f"{self.name}: point {p.name!r} declared twice")
+            if not 0 <= p.address or p.end > 0x10000:
+                raise ProfileError(f"{self.name}: point {p.name!r} address out of range")
+            seen[p.name] = p
+        for rtype in RegisterType:
+            pts = sorted(
+                (p for p in self.points if p.register_type is rtype), key=lambda p: p.address
+            )
+            for a, b in pairwise(pts):
+                if b.address < a.end:
+                    raise ProfileError(f"{self.name}: points {a.name!r} and {b.name!r} overlap")
+
+    def point(self, name: str) -> Point:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def point_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.points)
+
+    def readable(self, rtype: RegisterType, start: int, end: int) -> bool:
+        """True when registers ``[start, end)`` lie inside one declared readable range."""
+        return any(lo <= start and end <= hi for lo, hi in self.readable_ranges.get(rtype, ()))

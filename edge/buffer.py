@@ -1,0 +1,361 @@
+"""The durable buffer: SQLite in WAL mode, the one source of truth between polling and the broker.
+
+Life of a reading::
+
+    poll --append()--> readings --seal()--> outbox --ack(seq)--> gone
+                        (accepted)      (batch seq N,      (only after the broker's
+                                         exact bytes)        PUBACK for seq N)
+
+Invariants (tested by the model-based test in tests/test_buffer.py):
+
+* A reading is *accepted* once the transaction that appended it has committed. From then on it is
+  in ``readings`` or inside exactly one ``outbox`` batch until that batch is acknowledged, or it
+  is evicted by the full policy and counted. A crash (SIGKILL) never loses a committed
+  transaction, even with ``synchronous=NORMAL`` (reference library-notes §5).
+* ``seal()`` moves the oldest readings into one encoded batch and advances the persistent batch
+  sequence number in the same transaction, so a batch's number and content never change: after a
+  crash the same bytes are re-sent under the same number, and consumers de-duplicate by number.
+  Sequence numbers are never reused, so they strictly increase across restarts.
+* When the database uses more than ``max_bytes``, the oldest *unsealed* telemetry is deleted and
+  counted (``evicted``); the count travels in the next batch's ``dropped`` field. Sealed batches
+  are never evicted: there are at most a few (they are sealed only when about to be published).
+
+All methods are blocking; :class:`AsyncBuffer` runs them on one dedicated thread so the event
+loop never waits on the disk and the connection is only ever used by that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocols.batch import Reading, encode_batch
+
+__all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, point TEXT NOT NULL, UNIQUE (device, point));
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, readings INTEGER NOT NULL,
+    payload BLOB NOT NULL);
+"""
+
+
+class BufferError(Exception):
+    """The buffer could not accept readings (disk full even after eviction). They were not
+    accepted and are counted as dropped; already accepted data is unaffected."""
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    seq: int
+    created_ms: int
+    readings: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    pending_readings: int  # accepted, not yet in a batch
+    outbox_batches: int  # sealed, awaiting PUBACK
+    outbox_readings: int
+    used_bytes: int
+    max_bytes: int
+    next_seq: int
+    appended_total: int  # this process
+    evicted_total: int  # persistent, all time
+    rejected_total: int  # this process: not accepted (disk full)
+    oldest_pending_ms: int | None
+
+
+class Buffer:
+    """Blocking SQLite buffer. Use from one thread only (see :class:`AsyncBuffer`)."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int, synchronous: str = "normal") -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open(synchronous)
+        except sqlite3.DatabaseError as exc:
+            # A buffer that cannot be read must never stop the gateway: keep it for forensics,
+            # start a fresh one, and say so loudly.
+            quarantine = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "buffer %s is unreadable (%s); moved to %s, starting empty",
+                self.path,
+                exc,
+                quarantine,
+            )
+            self.path.rename(quarantine)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.rename(quarantine.with_name(quarantine.name + suffix))
+            self._db = self._open(synchronous)
+        self._series: dict[tuple[str, str], int] = {
+            (d, p): i for i, d, p in self._db.execute("SELECT id, device, point FROM series")
+        }
+        self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        # count(*) is a full scan in SQLite: count once, then keep the number up to date.
+        self._pending_n = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        self.appended_total = 0
+        self.rejected_total = 0
+
+    def _open(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.DatabaseError(f"cannot switch to WAL (journal_mode={mode})")
+            db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA journal_size_limit=4194304")
+            db.executescript(_SCHEMA)
+            version = self._meta(db, "schema_version", None)
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"unknown buffer schema version {version}")
+            for key, default in (("next_seq", 1), ("dropped_pending", 0), ("evicted_total", 0)):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+            db.execute("SELECT count(*) FROM readings").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str, default: Any) -> Any:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    # ------------------------------------------------------------------ writing
+
+    def _series_id(self, device: str, point: str) -> int:
+        key = (device, point)
+        sid = self._series.get(key)
+        if sid is None:
+            cur = self._db.execute("INSERT INTO series (device, point) VALUES (?, ?)", key)
+            sid = self._series[key] = int(cur.lastrowid or 0)
+        return sid
+
+    def append(self, readings: Iterable[Reading]) -> int:
+        """Accept readings in one transaction (group commit). Returns how many were accepted."""
+        rows = list(readings)
+        if not rows:
+            return 0
+        for attempt in range(2):
+            series_before = dict(self._series)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO readings (series, ts_ms, value) VALUES (?, ?, ?)",
+                    [(self._series_id(d, p), ts, v) for d, p, ts, v in rows],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                self._series = series_before
+                if "full" in str(exc).lower() and attempt == 0:
+                    log.error("buffer disk is full (%s); evicting oldest telemetry", exc)
+                    self._evict(max(len(rows), self._pending_count() // 10))
+                    continue
+                self.rejected_total += len(rows)
+                raise BufferError(f"{len(rows)} readings not accepted: {exc}") from exc
+            break
+        self.appended_total += len(rows)
+        self._pending_n += len(rows)
+        self._enforce_limit()
+        return len(rows)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def used_bytes(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self._page_size
+
+    def _pending_count(self) -> int:
+        return self._pending_n
+
+    def _enforce_limit(self) -> None:
+        used = self.used_bytes()
+        if used <= self.max_bytes:
+            return
+        rows = self._pending_count()
+        if rows == 0:
+            return
+        per_row = max(1.0, used / rows)
+        # Free 5 % below the limit so eviction runs in chunks, not on every commit.
+        excess = used - int(self.max_bytes * 0.95)
+        self._evict(min(rows, max(1, int(excess / per_row) + 1)))
+
+    def _evict(self, n: int) -> int:
+        """Delete the ``n`` oldest unsealed readings and count them. Returns how many."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._db.execute(
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)",
+                (n,),
+            )
+            dropped = cur.rowcount
+            self._db.execute(
+                "UPDATE meta SET value = value + ? "
+                "WHERE key IN ('dropped_pending', 'evicted_total')",
+                (dropped,),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._pending_n -= dropped
+        if dropped:
+            log.error(
+                "buffer over %d bytes: evicted the %d oldest readings", self.max_bytes, dropped
+            )
+        return dropped
+
+    # ------------------------------------------------------------------ batches
+
+    def unacked(self) -> list[SealedBatch]:
+        """Sealed batches still waiting for their PUBACK, oldest first."""
+        return [
+            SealedBatch(*row)
+            for row in self._db.execute(
+                "SELECT seq, created_ms, readings, payload FROM outbox ORDER BY seq"
+            )
+        ]
+
+    def seal(
+        self, gateway: str, max_readings: int, created_ms: int | None = None
+    ) -> SealedBatch | None:
+        """Move up to ``max_readings`` oldest readings into a new numbered batch (atomic)."""
+        created = int(time.time() * 1000) if created_ms is None else created_ms
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute(
+                "SELECT r.id, s.device, s.point, r.ts_ms, r.value FROM readings r "
+                "JOIN series s ON s.id = r.series ORDER BY r.id LIMIT ?",
+                (max_readings,),
+            ).fetchall()
+            dropped = self._meta(self._db, "dropped_pending", 0)
+            if not rows and not dropped:
+                self._db.execute("ROLLBACK")
+                return None
+            seq = self._meta(self._db, "next_seq", 1)
+            payload = encode_batch(
+                gateway,
+                seq,
+                created,
+                (Reading(d, p, ts, v) for _, d, p, ts, v in rows),
+                dropped=dropped,
+            )
+            if rows:
+                self._db.execute("DELETE FROM readings WHERE id <= ?", (rows[-1][0],))
+            self._db.execute(
+                "INSERT INTO outbox (seq, created_ms, readings, payload) VALUES (?, ?, ?, ?)",
+                (seq, created, len(rows), payload),
+            )
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dropped_pending'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._pending_n -= len(rows)
+        return SealedBatch(seq, created, len(rows), payload)
+
+    def ack(self, seq: int) -> bool:
+        """The broker acknowledged batch ``seq``: its readings leave the buffer."""
+        cur = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> BufferStats:
+        pending = self._pending_count()
+        ob = self._db.execute("SELECT count(*), coalesce(sum(readings), 0) FROM outbox").fetchone()
+        oldest = self._db.execute("SELECT min(ts_ms) FROM readings").fetchone()[0]
+        return BufferStats(
+            pending_readings=pending,
+            outbox_batches=ob[0],
+            outbox_readings=ob[1],
+            used_bytes=self.used_bytes(),
+            max_bytes=self.max_bytes,
+            next_seq=self._meta(self._db, "next_seq", 1),
+            appended_total=self.appended_total,
+            evicted_total=self._meta(self._db, "evicted_total", 0),
+            rejected_total=self.rejected_total,
+            oldest_pending_ms=oldest,
+        )
+
+    def pending(self) -> int:
+        return self._pending_count()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class AsyncBuffer:
+    """:class:`Buffer` on one dedicated thread, awaited from the event loop."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int, synchronous: str = "normal"):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self._args = (path, max_bytes, synchronous)
+        self._buf: Buffer | None = None
+
+    async def open(self) -> AsyncBuffer:
+        path, max_bytes, synchronous = self._args
+        self._buf = await self._run(
+            lambda: Buffer(path, max_bytes=max_bytes, synchronous=synchronous)
+        )
+        return self
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    @property
+    def sync(self) -> Buffer:
+        if self._buf is None:
+            raise RuntimeError("buffer not open")
+        return self._buf
+
+    async def append(self, readings: list[Reading]) -> int:
+        return await self._run(lambda: self.sync.append(readings))
+
+    async def seal(self, gateway: str, max_readings: int) -> SealedBatch | None:
+        return await self._run(lambda: self.sync.seal(gateway, max_readings))
+
+    async def unacked(self) -> list[SealedBatch]:
+        return await self._run(self.sync.unacked)
+
+    async def ack(self, seq: int) -> bool:
+        return await self._run(lambda: self.sync.ack(seq))
+
+    async def stats(self) -> BufferStats:
+        return await self._run(self.sync.stats)
+
+    async def pending(self) -> int:
+        return await self._run(self.sync.pending)
+
+    async def close(self) -> None:
+        if self._buf is not None:
+            await self._run(self.sync.close)
+        self._pool.shutdown(wait=True)

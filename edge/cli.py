@@ -1,0 +1,221 @@
+"""The ``edge`` command: run, check, sim, consume, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro``; SIGTERM and SIGINT cancel it so it can shut down cleanly."""
+
+    async def wrapper() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            return 0
+
+    return asyncio.run(wrapper())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = loaded.config
+    print(
+        f"{args.config}: valid. gateway {cfg.gateway.id} at site {cfg.gateway.site}, "
+        f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} bytes)"
+    )
+    for dev in cfg.devices:
+        plan = loaded.plans[dev.id]
+        t = dev.transport
+        print(
+            f"  {dev.id}: {dev.profile} at {t.host}:{t.port} unit {t.unit}, every "
+            f"{dev.poll_interval_s:g} s: {plan.summary()}"
+        )
+        for r in plan.requests:
+            names = ", ".join(p.name for p in r.points)
+            print(f"    FC{r.function_code:02d} @{r.address:#06x} x{r.count:<3} {names}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+    from edge.gateway import Gateway
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def go() -> int:
+        await Gateway(loaded).run()
+        return 0
+
+    return _run(go())
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from simulators import serve_modbus_tcp, sim_unit
+
+    async def go() -> int:
+        try:
+            units = [sim_unit(args.profile, u, seed=f"{args.seed}:{u}") for u in args.unit]
+        except KeyError as exc:
+            print(f"edge sim: {exc.args[0]}", file=sys.stderr)
+            return EXIT_CONFIG
+        server = await serve_modbus_tcp(units, args.host, args.port)
+        print(
+            f"simulating {args.profile} unit(s) {','.join(map(str, args.unit))} on "
+            f"{server.host}:{server.port} (Modbus TCP)",
+            flush=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+        return 0
+
+    return _run(go())
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from edge.consumer import BatchConsumer, reading_json
+    from protocols.batch import Batch
+
+    def show(batch: Batch) -> None:
+        for r in batch.readings:
+            if args.format == "jsonl":
+                print(reading_json(batch, r.device, r.point, r.ts_ms, r.value))
+            else:
+                print(f"{batch.gateway} #{batch.seq} {r.device}.{r.point} @{r.ts_ms} = {r.value}")
+        sys.stdout.flush()
+
+    try:
+        consumer = BatchConsumer(
+            args.broker,
+            topic=args.topic,
+            client_id=args.client_id,
+            on_batch=show,
+            keep_duplicates=args.keep_duplicates,
+        )
+    except ValueError as exc:
+        print(f"edge consume: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def go() -> int:
+        try:
+            if args.duration is None:
+                await consumer.run()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(consumer.run(), args.duration)
+        finally:
+            for line in consumer.summary():
+                print(line, file=sys.stderr, flush=True)
+        return 0
+
+    return _run(go())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError
+    from edge.demo import run_demo
+
+    try:
+        return _run(
+            run_demo(
+                args.config, duration_s=args.duration, buffer_path=args.buffer, jsonl=args.jsonl
+            )
+        )
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge", description="Hanoi smart-city edge gateway")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the gateway")
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check", help="validate a config and print the read plan (exit 2 if invalid)"
+    )
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("sim", help="run a device simulator (Modbus TCP) on loopback")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5020, help="0 picks a free port")
+    p.add_argument("--unit", type=int, action="append", help="unit id (repeatable)")
+    p.add_argument("--seed", default="sim", help="seed of the simulated values")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    p.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
+    p.add_argument("--topic", default="city/+/+/+/data")
+    p.add_argument("--client-id", help="fixed id: a persistent session that survives restarts")
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="print re-delivered batches again (they are reported either way)",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("demo", help="a simulated cabinet, the gateway and a live view, on loopback")
+    p.add_argument("--config", type=Path, help="default: configs/demo.yaml")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (exit 0)")
+    p.add_argument("--buffer", type=Path, help="buffer file (default: a temporary directory)")
+    p.add_argument("--jsonl", action="store_true", help="print readings as JSON lines")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "unit", None) is None and args.command == "sim":
+        args.unit = [1]
+    _setup_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

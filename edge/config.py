@@ -1,0 +1,338 @@
+"""Gateway configuration: YAML, a strict typed schema, errors that name FILE:LINE:COL.
+
+Validation runs in two phases (house style §13): the pydantic schema checks every field (unknown
+keys, types, ranges, missing keys), then cross-field checks run on the validated model (duplicate
+device ids, unknown profiles and points, timeout budget versus poll interval, the read plan).
+Every error found is reported at once, each at the position of the offending key or value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from devices import get_profile
+from edge.plan import PlanError, ReadPlan, compile_plan
+
+__all__ = [
+    "BufferConfig",
+    "Config",
+    "ConfigError",
+    "DeviceConfig",
+    "GatewayConfig",
+    "LoadedConfig",
+    "ModbusTcpTransport",
+    "MqttConfig",
+    "load_config",
+    "parse_config",
+]
+
+#: Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Ident = Annotated[str, Field(pattern=IDENT)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. Fatal: fix the file; nothing was started."""
+
+    def __init__(self, problems: list[tuple[str, int, int, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{f}:{line}:{col}: {msg}" for f, line, col, msg in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GatewayConfig(_Model):
+    id: Ident
+    site: Ident = "default"
+
+
+class BufferConfig(_Model):
+    path: str = "buffer.sqlite"
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    commit_interval_ms: int = Field(200, ge=1, le=60_000)
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class MqttConfig(_Model):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    client_id: Ident | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    publish_timeout_s: float = Field(5.0, gt=0, le=120)
+    batch_max_readings: int = Field(1000, ge=1, le=100_000)
+    batch_max_delay_ms: int = Field(2000, ge=0, le=600_000)
+    reconnect_min_s: float = Field(1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+    stable_after_s: float = Field(60.0, ge=0, le=3600)
+    topic_prefix: str = Field("city/v1", pattern=r"^[^#+]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "mqtt":
+            raise ValueError(
+                f"broker url must look like mqtt://HOST:PORT (got scheme {parts.scheme!r})"
+            )
+        if not parts.hostname:
+            raise ValueError("broker url has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("broker url has an invalid port") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 1883
+
+
+class ModbusTcpTransport(_Model):
+    type: Literal["modbus_tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=0, le=65535)
+    unit: int = Field(1, ge=0, le=255)
+
+
+Transport = Annotated[ModbusTcpTransport, Field(discriminator="type")]
+
+
+class DeviceConfig(_Model):
+    id: Ident
+    profile: str
+    transport: Transport
+    poll_interval_s: float = Field(5.0, ge=0.05, le=86_400)
+    timeout_ms: int = Field(1000, ge=10, le=60_000)
+    retries: int = Field(1, ge=0, le=5)
+    points: list[str] | None = Field(None, min_length=1)
+    max_registers: int | None = Field(None, ge=1, le=125)
+    max_gap_registers: int = Field(125, ge=0, le=125)
+
+
+class Config(_Model):
+    gateway: GatewayConfig
+    buffer: BufferConfig = BufferConfig()
+    mqtt: MqttConfig = MqttConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus what was compiled from it."""
+
+    config: Config
+    source: str
+    plans: dict[str, ReadPlan]  # device id -> plan
+    base_dir: Path
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.resolve(self.config.buffer.path)
+
+    def mqtt_password(self) -> str | None:
+        m = self.config.mqtt
+        if m.password_file:
+            return self.resolve(m.password_file).read_text().strip()
+        return m.password
+
+
+# --------------------------------------------------------------------------- YAML with positions
+
+
+class _Positions:
+    """Source positions (1-based line, column) of every key and value, by path."""
+
+    def __init__(self) -> None:
+        self.key: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self.value: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+    def known_path(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+        path: tuple[Any, ...] = ()
+        for step in loc:
+            if (*path, step) in self.value or (*path, step) in self.key:
+                path = (*path, step)
+        return path
+
+    def locate(self, loc: tuple[Any, ...], *, prefer_key: bool) -> tuple[int, int]:
+        """Position of the deepest known step of ``loc``.
+
+        pydantic locs may contain union tags that are not in the data; those steps are skipped.
+        """
+        path = self.known_path(loc)
+        if prefer_key and path in self.key:
+            return self.key[path]
+        return self.value.get(path, (1, 1))
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _compose(text: str, source: str) -> tuple[Any, _Positions]:
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise ConfigError([(source, line, col, f"YAML syntax: {exc.problem or exc}")]) from None
+        pos = _Positions()
+        problems: list[tuple[str, int, int, str]] = []
+
+        def build(node: Node, path: tuple[Any, ...]) -> Any:
+            pos.value[path] = _mark(node)
+            if isinstance(node, MappingNode):
+                loader.flatten_mapping(node)
+                out: dict[Any, Any] = {}
+                for knode, vnode in node.value:
+                    key = loader.construct_object(knode, deep=True)
+                    if not isinstance(key, str):
+                        problems.append((source, *_mark(knode), f"key {key!r} must be a string"))
+                        continue
+                    if key in out:
+                        problems.append((source, *_mark(knode), f"duplicate key {key!r}"))
+                        continue
+                    pos.key[(*path, key)] = _mark(knode)
+                    out[key] = build(vnode, (*path, key))
+                return out
+            if isinstance(node, SequenceNode):
+                return [build(v, (*path, i)) for i, v in enumerate(node.value)]
+            assert isinstance(node, ScalarNode)
+            return loader.construct_object(node, deep=True)
+
+        data = build(root, ()) if root is not None else None
+        if problems:
+            raise ConfigError(problems)
+        return data, pos
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _pydantic_problems(
+    exc: ValidationError, pos: _Positions, source: str
+) -> list[tuple[str, int, int, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        where = ".".join(str(x) for x in pos.known_path(loc)) or "(top level)"
+        if kind == "extra_forbidden":
+            line, col = pos.locate(loc, prefer_key=True)
+            msg = f"unknown key {loc[-1]!r} in {'.'.join(str(x) for x in loc[:-1]) or 'top level'}"
+        elif kind == "missing":
+            line, col = pos.locate(loc[:-1], prefer_key=False)
+            parent = ".".join(str(x) for x in loc[:-1]) or "top level"
+            msg = f"missing required key {loc[-1]!r} in {parent}"
+        elif kind == "union_tag_invalid":
+            line, col = pos.locate(loc, prefer_key=False)
+            ctx = err.get("ctx", {})
+            msg = f"{where}: unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
+        else:
+            line, col = pos.locate(loc, prefer_key=False)
+            msg = f"{where}: {err['msg']}"
+            if "input" in err and kind.endswith("_type"):
+                msg += f" (got {err['input']!r})"
+        out.append((source, line, col, msg))
+    return out
+
+
+def _cross_checks(
+    cfg: Config, pos: _Positions, source: str
+) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]]]:
+    problems: list[tuple[str, int, int, str]] = []
+    plans: dict[str, ReadPlan] = {}
+
+    def at(path: tuple[Any, ...], msg: str, *, key: bool = False) -> None:
+        problems.append((source, *pos.locate(path, prefer_key=key), msg))
+
+    seen: dict[str, int] = {}
+    for i, dev in enumerate(cfg.devices):
+        base = ("devices", i)
+        if dev.id in seen:
+            first = pos.locate(("devices", seen[dev.id], "id"), prefer_key=False)
+            at((*base, "id"), f"duplicate device id {dev.id!r} (first defined at line {first[0]})")
+        else:
+            seen[dev.id] = i
+        try:
+            profile = get_profile(dev.profile)
+        except KeyError as exc:
+            at((*base, "profile"), str(exc.args[0]))
+            continue
+        budget_ms = dev.timeout_ms * (dev.retries + 1)
+        if budget_ms > dev.poll_interval_s * 1000:
+            at(
+                (*base, "timeout_ms"),
+                f"device {dev.id!r}: timeout_ms × (retries + 1) = {budget_ms} ms exceeds "
+                f"poll_interval_s = {dev.poll_interval_s} s; "
+                "a dead device could never keep its rate",
+            )
+        if dev.points is not None:
+            for j, name in enumerate(dev.points):
+                if name not in profile.point_names:
+                    at((*base, "points", j), f"profile {profile.name} has no point {name!r}")
+            if len(set(dev.points)) != len(dev.points):
+                at((*base, "points"), f"device {dev.id!r}: a point is listed twice")
+        try:
+            plans[dev.id] = compile_plan(
+                profile,
+                dev.points,
+                max_registers=dev.max_registers,
+                max_gap_registers=dev.max_gap_registers,
+            )
+        except PlanError as exc:
+            if dev.points is None or all(n in profile.point_names for n in dev.points):
+                at(base, f"device {dev.id!r}: {exc}")
+    if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
+        at(("mqtt", "reconnect_min_s"), "reconnect_min_s is larger than reconnect_max_s")
+    if cfg.mqtt.password is not None and cfg.mqtt.password_file is not None:
+        at(("mqtt", "password_file"), "give either password or password_file, not both")
+    if (cfg.mqtt.password is not None or cfg.mqtt.password_file) and cfg.mqtt.username is None:
+        at(("mqtt",), "a password needs a username")
+    return plans, problems
+
+
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
+    """Validate config text; raise :class:`ConfigError` listing every problem found."""
+    data, pos = _compose(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError([(source, 1, 1, "the config must be a YAML mapping (key: value)")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc, pos, source)) from None
+    plans, problems = _cross_checks(cfg, pos, source)
+    if problems:
+        raise ConfigError(problems)
+    return LoadedConfig(cfg, source, plans, base_dir or Path.cwd())
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([(str(p), 1, 1, f"cannot read config: {exc}")]) from None
+    return parse_config(text, str(p), p.resolve().parent)

@@ -1,0 +1,204 @@
+"""Consume batches: decode, de-duplicate by batch sequence number, report gaps and duplicates.
+
+The gateway delivers at least once (a batch whose PUBACK was lost is re-sent with the same
+number), so a consumer that drops repeated numbers sees every reading exactly once. Gaps are
+reported as they appear and again at the end if they were never filled.
+
+Use a fixed ``client_id``: the session is then persistent (clean_session=False), and a broker
+with persistence keeps QoS 1 batches for the consumer while it is away or restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from protocols.batch import Batch, BatchDecodeError, decode_batch
+
+__all__ = ["BatchConsumer", "SeqTracker", "reading_json"]
+
+log = logging.getLogger(__name__)
+
+
+class SeqTracker:
+    """Which batch numbers of one gateway were seen, in O(gaps) memory.
+
+    Every number from ``start`` to ``floor`` was seen; ``above`` holds numbers seen past a gap.
+    """
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.floor = -1
+        self.above: set[int] = set()
+        self.highest = -1
+
+    def add(self, seq: int) -> tuple[bool, tuple[int, int] | None]:
+        """Record ``seq``. Returns (is_new, newly opened gap as (first, last) or None)."""
+        if self.start is None:
+            self.start, self.floor, self.highest = seq, seq, seq
+            return True, None
+        if self.start <= seq <= self.floor or seq in self.above:
+            return False, None
+        gap = None
+        if seq > self.highest + 1:
+            gap = (self.highest + 1, seq - 1)
+        self.highest = max(self.highest, seq)
+        if seq == self.floor + 1:
+            self.floor = seq
+            while self.floor + 1 in self.above:
+                self.floor += 1
+                self.above.remove(self.floor)
+        else:
+            self.above.add(seq)
+        return True, gap
+
+    def missing(self) -> list[tuple[int, int]]:
+        """Gaps still open, as inclusive ranges."""
+        out: list[tuple[int, int]] = []
+        prev = self.floor
+        for s in sorted(x for x in self.above if x > self.floor):
+            if s > prev + 1:
+                out.append((prev + 1, s - 1))
+            prev = s
+        return out
+
+
+@dataclass
+class GatewayTally:
+    tracker: SeqTracker = field(default_factory=SeqTracker)
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    dropped_reported: int = 0
+
+
+def _json_value(v: object) -> object:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def reading_json(batch: Batch, device: str, point: str, ts_ms: int, value: object) -> str:
+    return json.dumps(
+        {
+            "gateway": batch.gateway,
+            "seq": batch.seq,
+            "device": device,
+            "point": point,
+            "ts_ms": ts_ms,
+            "value": _json_value(value),
+        },
+        separators=(",", ":"),
+    )
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        topic: str = "city/+/+/+/data",
+        client_id: str | None = None,
+        on_batch: Callable[[Batch], None] | None = None,
+        keep_duplicates: bool = False,
+        report: TextIO = sys.stderr,
+    ) -> None:
+        parts = urlsplit(broker_url)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"broker must look like mqtt://HOST:PORT, got {broker_url!r}")
+        self.host, self.port = parts.hostname, parts.port or 1883
+        self.topic = topic
+        self.client_id = client_id
+        self.on_batch = on_batch
+        self.keep_duplicates = keep_duplicates
+        self.report = report
+        self.tallies: dict[str, GatewayTally] = {}
+        self.bad_payloads = 0
+        self.subscribed = asyncio.Event()
+
+    def _say(self, msg: str) -> None:
+        print(msg, file=self.report, flush=True)
+
+    def handle(self, topic: str, payload: bytes) -> Batch | None:
+        """Process one message; returns the batch if it is new (or duplicates are kept)."""
+        try:
+            batch = decode_batch(payload)
+        except BatchDecodeError as exc:
+            self.bad_payloads += 1
+            self._say(f"bad batch on {topic}: {exc}")
+            return None
+        tally = self.tallies.setdefault(batch.gateway, GatewayTally())
+        is_new, gap = tally.tracker.add(batch.seq)
+        if gap is not None:
+            first, last = gap
+            span = f"{first}" if first == last else f"{first}..{last}"
+            self._say(f"gateway {batch.gateway}: missing batch {span} (got {batch.seq})")
+        if not is_new:
+            tally.duplicates += 1
+            self._say(f"gateway {batch.gateway}: duplicate batch {batch.seq}")
+            if not self.keep_duplicates:
+                return None
+        elif batch.seq < tally.tracker.highest:
+            self._say(f"gateway {batch.gateway}: late batch {batch.seq} arrived")
+        tally.batches += 1
+        tally.readings += len(batch.readings)
+        if batch.dropped:
+            tally.dropped_reported += batch.dropped
+            self._say(
+                f"gateway {batch.gateway}: batch {batch.seq} reports {batch.dropped} "
+                "readings evicted at the gateway (buffer full)"
+            )
+        if self.on_batch is not None:
+            self.on_batch(batch)
+        return batch
+
+    def summary(self) -> list[str]:
+        lines = []
+        for gw, t in sorted(self.tallies.items()):
+            missing = t.tracker.missing()
+            gaps = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in missing) or "none"
+            lines.append(
+                f"gateway {gw}: {t.batches} batches, {t.readings} readings, "
+                f"{t.duplicates} duplicates, missing: {gaps}, evicted at gateway: "
+                f"{t.dropped_reported}"
+            )
+        if self.bad_payloads:
+            lines.append(f"{self.bad_payloads} undecodable messages")
+        return lines
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with backoff."""
+        delay = 0.5
+        while True:
+            client = aiomqtt.Client(
+                self.host,
+                self.port,
+                identifier=self.client_id,
+                clean_session=False if self.client_id else True,
+                max_queued_incoming_messages=10_000,
+            )
+            try:
+                async with client:
+                    await client.subscribe(self.topic, qos=1)
+                    self.subscribed.set()
+                    delay = 0.5
+                    async for msg in client.messages:
+                        payload = msg.payload
+                        if isinstance(payload, bytes | bytearray):
+                            self.handle(str(msg.topic), bytes(payload))
+            except aiomqtt.MqttError as exc:
+                self.subscribed.clear()
+                log.warning(
+                    "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

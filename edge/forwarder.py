@@ -1,0 +1,247 @@
+"""Forward sealed batches from the buffer to the broker, QoS 1, deleting only after PUBACK.
+
+One session = one fresh aiomqtt client (a reused client re-sends a timed-out message after the
+newer ones, library-notes §4). In a session the forwarder first re-publishes every batch still in
+the outbox (same number, same bytes), then seals and publishes new ones, one in flight at a time.
+A publish that raises or times out is never counted delivered: the session ends, the batch stays
+in the outbox and is re-sent by the next session.
+
+A batch closes when ``batch_max_readings`` are pending, or when the oldest pending reading has
+waited ``batch_max_delay_ms``. Everything waits on events or timers; nothing polls.
+
+Reconnects use tenacity: exponential backoff from ``reconnect_min_s`` (the floor) to
+``reconnect_max_s`` (the cap) with jitter; the attempt count resets only after a session stayed
+up ``stable_after_s``. An outage is logged once at ERROR, then DEBUG, and INFO on recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiomqtt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_base
+
+from edge.buffer import AsyncBuffer, SealedBatch
+from edge.config import MqttConfig
+
+__all__ = ["Forwarder", "ForwarderStats", "topics"]
+
+log = logging.getLogger(__name__)
+
+#: CONNACK return codes of MQTT 3.1.1 §3.2.2.3, in words an operator can act on.
+_CONNACK = {
+    1: "the broker does not accept MQTT 3.1.1",
+    2: "the broker rejected the client id",
+    3: "the broker is unavailable",
+    4: "bad username or password (check mqtt.username / mqtt.password)",
+    5: "not authorised (check mqtt.username / mqtt.password and the broker's ACL)",
+}
+
+
+def topics(cfg: MqttConfig, site: str, gateway: str) -> dict[str, str]:
+    base = f"{cfg.topic_prefix.rstrip('/')}/{site}/{gateway}"
+    return {"data": f"{base}/data", "status": f"{base}/status"}
+
+
+@dataclass
+class ForwarderStats:
+    connected: bool = False
+    sessions: int = 0
+    connect_failures: int = 0
+    batches_sent: int = 0
+    readings_sent: int = 0
+    resent_batches: int = 0
+    publish_failures: int = 0
+    last_seq_acked: int | None = None
+
+
+class _SessionFailed(Exception):
+    """The session could not start or ended with an error; retry with backoff."""
+
+
+class _StableSessionEnded(Exception):
+    """A session that had been up long enough ended: reconnect with a fresh backoff."""
+
+
+class _JitteredExponential(wait_base):
+    """floor × 2^(n-1), capped, times a uniform jitter in [0.5, 1.0] (never below floor / 2)."""
+
+    def __init__(self, floor: float, cap: float) -> None:
+        self.floor, self.cap = floor, cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        n = max(0, retry_state.attempt_number - 1)
+        return min(self.cap, self.floor * (2.0**n)) * random.uniform(0.5, 1.0)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        buffer: AsyncBuffer,
+        cfg: MqttConfig,
+        *,
+        gateway_id: str,
+        site: str,
+        password: str | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.cfg = cfg
+        self.gateway_id = gateway_id
+        self.topics = topics(cfg, site, gateway_id)
+        self.password = password
+        self.stats = ForwarderStats()
+        self._wake = asyncio.Event()
+        self._pending_since: float | None = None  # monotonic time the oldest pending arrived
+        self._outage_since: float | None = None
+
+    # The writer calls this after every commit.
+    def notify_appended(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        self._wake.set()
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.cfg
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id or self.gateway_id,
+            username=cfg.username,
+            password=self.password,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.publish_timeout_s,
+            clean_session=True,
+            will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
+        )
+
+    async def run(self) -> None:
+        """Forward forever (until cancelled)."""
+        while True:
+            try:
+                async for attempt in AsyncRetrying(
+                    wait=_JitteredExponential(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s),
+                    retry=retry_if_exception_type(_SessionFailed),
+                    before_sleep=self._before_sleep,
+                ):
+                    with attempt:
+                        await self._session()
+            except _StableSessionEnded:
+                await asyncio.sleep(self.cfg.reconnect_min_s * random.uniform(0.5, 1.0))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.error(
+                "uplink to %s down: %s; retrying with backoff (logged at DEBUG until it recovers)",
+                self.cfg.url,
+                exc,
+            )
+        else:
+            log.debug(
+                "uplink still down (attempt %d): %s; next try in %.1f s",
+                state.attempt_number,
+                exc,
+                delay,
+            )
+
+    def _describe(self, exc: Exception) -> str:
+        if (
+            isinstance(exc, aiomqtt.MqttCodeError)
+            and isinstance(exc.rc, int)
+            and exc.rc in _CONNACK
+        ):
+            return f"broker refused the connection: {_CONNACK[exc.rc]}"
+        return str(exc) or type(exc).__name__
+
+    async def _session(self) -> None:
+        started = time.monotonic()
+        client = self._client()
+        try:
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                self.stats.connect_failures += 1
+                raise _SessionFailed(self._describe(exc)) from None
+            try:
+                self.stats.sessions += 1
+                self.stats.connected = True
+                await client.publish(self.topics["status"], b"online", qos=1, retain=True)
+                if self._outage_since is not None:
+                    log.info(
+                        "uplink to %s restored after %.1f s",
+                        self.cfg.url,
+                        time.monotonic() - self._outage_since,
+                    )
+                    self._outage_since = None
+                else:
+                    log.info("uplink to %s connected", self.cfg.url)
+                await self._forward(client)
+            finally:
+                self.stats.connected = False
+                try:
+                    await client.__aexit__(None, None, None)
+                except aiomqtt.MqttError:
+                    pass
+        except aiomqtt.MqttError as exc:
+            self.stats.publish_failures += 1
+            if time.monotonic() - started >= self.cfg.stable_after_s:
+                log.error("uplink lost after a stable session: %s", self._describe(exc))
+                self._outage_since = time.monotonic()
+                raise _StableSessionEnded() from None
+            raise _SessionFailed(self._describe(exc)) from None
+
+    async def _publish(self, client: aiomqtt.Client, batch: SealedBatch) -> None:
+        # publish(qos=1) returns only after the PUBACK; on timeout it raises MqttError.
+        await client.publish(
+            self.topics["data"], batch.payload, qos=1, timeout=self.cfg.publish_timeout_s
+        )
+        await self.buffer.ack(batch.seq)
+        self.stats.batches_sent += 1
+        self.stats.readings_sent += batch.readings
+        self.stats.last_seq_acked = batch.seq
+
+    async def _forward(self, client: aiomqtt.Client) -> None:
+        for batch in await self.buffer.unacked():
+            self.stats.resent_batches += 1
+            log.info("re-sending unacknowledged batch %d (%d readings)", batch.seq, batch.readings)
+            await self._publish(client, batch)
+        while True:
+            await self._wait_for_batch()
+            batch = await self.buffer.seal(self.gateway_id, self.cfg.batch_max_readings)
+            if batch is None:
+                self._pending_since = None
+                continue
+            if await self.buffer.pending() > 0:
+                self._pending_since = self._pending_since or time.monotonic()
+                self._wake.set()
+            else:
+                self._pending_since = None
+            await self._publish(client, batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch should close: enough readings pending, or the oldest is due."""
+        while True:
+            self._wake.clear()
+            pending = await self.buffer.pending()
+            if pending >= self.cfg.batch_max_readings:
+                return
+            if pending > 0:
+                since = self._pending_since
+                if since is None:  # a backlog from before this process started: send now
+                    return
+                remaining = since + self.cfg.batch_max_delay_ms / 1000.0 - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+                except TimeoutError:
+                    return
+            else:
+                await self._wake.wait()

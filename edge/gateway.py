@@ -1,0 +1,146 @@
+"""The gateway: poll -> writer -> buffer -> forwarder, as named tasks in one TaskGroup.
+
+    DevicePoller x N --(bounded queue: pollers wait when full)--> writer --(group commit)-->
+    SQLite buffer --(seal / PUBACK / ack)--> Forwarder --> MQTT broker
+
+Readings are *accepted* when the writer's transaction commits. On shutdown (SIGTERM, SIGINT,
+cancellation) the writer commits whatever it holds and whatever is queued before the buffer
+closes, so a clean stop loses nothing that was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from edge.buffer import AsyncBuffer, BufferError
+from edge.config import LoadedConfig, ModbusTcpTransport
+from edge.forwarder import Forwarder
+from edge.modbus_adapter import ModbusTcpLink
+from edge.poller import DevicePoller
+from protocols.batch import Reading
+
+__all__ = ["Gateway", "WriterStats"]
+
+log = logging.getLogger(__name__)
+
+#: Poll results waiting for the writer. Each item is one poll cycle of one device.
+QUEUE_CYCLES = 1024
+#: Readings per transaction at most (a backlog after a stall is committed in chunks).
+MAX_ROWS_PER_COMMIT = 20_000
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0
+    accepted: int = 0
+    rejected: int = 0  # the buffer refused them (disk full after eviction)
+
+
+class Gateway:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        cfg = loaded.config
+        self.buffer = AsyncBuffer(
+            loaded.buffer_path, max_bytes=cfg.buffer.max_bytes, synchronous=cfg.buffer.synchronous
+        )
+        self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
+        self.links: dict[tuple[str, int], ModbusTcpLink] = {}
+        self.pollers: list[DevicePoller] = []
+        for dev in cfg.devices:
+            t = dev.transport
+            assert isinstance(t, ModbusTcpTransport)
+            link = self.links.get((t.host, t.port))
+            if link is None:
+                link = self.links[(t.host, t.port)] = ModbusTcpLink(t.host, t.port)
+            self.pollers.append(DevicePoller(dev, loaded.plans[dev.id], link, self.queue))
+        self.forwarder = Forwarder(
+            self.buffer,
+            cfg.mqtt,
+            gateway_id=cfg.gateway.id,
+            site=cfg.gateway.site,
+            password=loaded.mqtt_password(),
+        )
+        self.writer_stats = WriterStats()
+        self._holding: list[Reading] = []  # taken from the queue, not yet committed
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until cancelled; on the way out commit everything already read."""
+        await self.buffer.open()
+        stats = await self.buffer.stats()
+        log.info(
+            "gateway %s: buffer %s holds %d readings and %d unacknowledged batches; next batch %d",
+            self.loaded.config.gateway.id,
+            self.loaded.buffer_path,
+            stats.pending_readings,
+            stats.outbox_batches,
+            stats.next_seq,
+        )
+        for p in self.pollers:
+            log.info(
+                "device %s (%s @ %s unit %d): %s",
+                p.device.id,
+                p.device.profile,
+                p.link.endpoint,
+                p.device.transport.unit,
+                p.plan.summary(),
+            )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._writer(), name="writer")
+                tg.create_task(self.forwarder.run(), name="forwarder")
+                for p in self.pollers:
+                    tg.create_task(p.run(), name=f"poll:{p.device.id}")
+                self.started.set()
+        finally:
+            await self._flush_on_exit()
+
+    async def _commit(self, rows: list[Reading]) -> None:
+        try:
+            n = await self.buffer.append(rows)
+        except BufferError as exc:
+            self.writer_stats.rejected += len(rows)
+            log.error("%s", exc)
+            return
+        self.writer_stats.commits += 1
+        self.writer_stats.accepted += n
+        self.forwarder.notify_appended()
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.loaded.config.buffer.commit_interval_ms / 1000.0
+        while True:
+            self._holding.extend(await self.queue.get())
+            deadline = loop.time() + interval
+            while len(self._holding) < MAX_ROWS_PER_COMMIT:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    self._holding.extend(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            rows, self._holding = self._holding, []
+            try:
+                await self._commit(rows)
+            except asyncio.CancelledError:
+                self._holding = rows + self._holding
+                raise
+
+    async def _flush_on_exit(self) -> None:
+        rows = self._holding
+        self._holding = []
+        while not self.queue.empty():
+            rows.extend(self.queue.get_nowait())
+        try:
+            if rows:
+                # The commit runs on the buffer thread; shield it so a second cancel cannot
+                # abandon a half-finished hand-over.
+                await asyncio.shield(self._commit(rows))
+                log.info("shutdown: committed %d readings still in memory", len(rows))
+        finally:
+            for link in self.links.values():
+                await link.close()
+            await self.buffer.close()

@@ -1,0 +1,279 @@
+"""The only module that imports pymodbus (its API churns between minor releases).
+
+Client side: :class:`ModbusTcpLink`, one TCP connection per host:port, shared by every unit id
+behind it, with per-request timeout and retries set explicitly (never pymodbus's 3 s × 4).
+Server side: :func:`serve_tcp`, a Modbus TCP server whose register contents come from
+:class:`SimUnit` objects (the simulators), computed fresh on every read.
+
+pymodbus behaviours this module neutralises (see ../shared/reference/library-notes.md §1):
+
+* it closes the TCP connection after ``retries + 3`` unanswered requests in a row, which would
+  let one dead unit behind a TCP-to-RTU bridge cut off its healthy neighbours: the limit is
+  raised, and the link is dropped only when the socket itself fails;
+* it reconnects on its own with a delay doubling to 300 s: switched off, the link reconnects
+  with its own capped backoff;
+* it logs an ERROR per timeout plus a frame dump: its logger is quietened; callers log once per
+  outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+__all__ = [
+    "LinkDown",
+    "ModbusDeviceError",
+    "ModbusExceptionResponse",
+    "ModbusTcpLink",
+    "ModbusTimeout",
+    "SimServer",
+    "SimUnit",
+    "serve_tcp",
+]
+
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+#: Exception codes (Modbus Application Protocol §7).
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ModbusDeviceError(Exception):
+    """A request to one device failed. Retry at the next poll; other devices are unaffected."""
+
+    def __init__(self, message: str, *, endpoint: str, unit: int, address: int, count: int):
+        self.endpoint, self.unit, self.address, self.count = endpoint, unit, address, count
+        super().__init__(f"{endpoint} unit {unit} @{address:#06x}x{count}: {message}")
+
+
+class ModbusTimeout(ModbusDeviceError):
+    """No answer within timeout × (retries + 1)."""
+
+
+class ModbusExceptionResponse(ModbusDeviceError):
+    """The device answered with a Modbus exception (it is alive but refused the request)."""
+
+    def __init__(self, code: int, **kw: int | str):
+        self.code = code
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        super().__init__(f"exception {code:#04x} ({name})", **kw)  # type: ignore[arg-type]
+
+
+class LinkDown(ModbusDeviceError):
+    """The TCP connection to the endpoint cannot be opened or broke. The link backs off."""
+
+
+class ModbusTcpLink:
+    """One connection to a Modbus TCP endpoint (a device, or a bridge with many unit ids).
+
+    Requests are serialised: one in flight per connection, as pymodbus and most bridges require.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout_s: float = 2.0,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.endpoint = f"{host}:{port}"
+        self._client = AsyncModbusTcpClient(
+            host, port=port, timeout=connect_timeout_s, retries=0, reconnect_delay=0
+        )
+        # A silent unit must not make pymodbus drop the connection shared with other units.
+        self._client.set_max_no_responses(2**31)
+        self._lock = asyncio.Lock()
+        self._connect_timeout_s = connect_timeout_s
+        self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
+        self._backoff_s = 0.0
+        self._next_connect_at = 0.0
+        self.connects = 0
+        self.connect_failures = 0
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.connected)
+
+    async def _ensure_connected(self, unit: int, address: int, count: int) -> None:
+        if self._client.connected:
+            return
+        now = time.monotonic()
+        where = {"endpoint": self.endpoint, "unit": unit, "address": address, "count": count}
+        if now < self._next_connect_at:
+            raise LinkDown(
+                f"not connected; next attempt in {self._next_connect_at - now:.1f} s", **where
+            )
+        self._client.ctx.comm_params.timeout_connect = self._connect_timeout_s
+        ok = await self._client.connect()
+        if not ok:
+            self.connect_failures += 1
+            self._backoff_s = min(
+                self._backoff_max_s, max(self._backoff_min_s, self._backoff_s * 2)
+            )
+            self._next_connect_at = now + self._backoff_s * random.uniform(0.8, 1.2)
+            raise LinkDown("connection refused or timed out", **where)
+        self.connects += 1
+        self._backoff_s = 0.0
+
+    async def read(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        *,
+        timeout_s: float,
+        retries: int,
+    ) -> list[int]:
+        """Read ``count`` registers (FC 03 holding or FC 04 input); return the raw words."""
+        if function_code not in (3, 4):
+            raise ValueError(f"unsupported read function code {function_code}")
+        where = {"endpoint": self.endpoint, "unit": unit, "address": address, "count": count}
+        async with self._lock:
+            await self._ensure_connected(unit, address, count)
+            ctx = self._client.ctx
+            ctx.comm_params.timeout_connect = timeout_s
+            ctx.retries = retries
+            call = (
+                self._client.read_input_registers
+                if function_code == 4
+                else self._client.read_holding_registers
+            )
+            try:
+                rr = await call(address, count=count, device_id=unit)
+            except ModbusIOException:
+                raise ModbusTimeout(
+                    f"no answer in {timeout_s:.2f} s × {retries + 1} attempts", **where
+                ) from None
+            except ConnectionException as exc:
+                self._client.close()
+                raise LinkDown(f"connection lost: {exc}", **where) from None
+            except ModbusException as exc:
+                raise ModbusDeviceError(f"bad response: {exc}", **where) from None
+            if rr.isError():
+                raise ModbusExceptionResponse(int(rr.exception_code), **where)
+            regs = list(rr.registers)
+            if len(regs) != count:
+                raise ModbusDeviceError(f"asked {count} registers, got {len(regs)}", **where)
+            return regs
+
+    async def close(self) -> None:
+        self._client.close()
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class SimUnit(Protocol):
+    """One simulated unit id: which registers exist and what they hold right now."""
+
+    unit_id: int
+
+    def register_ranges(self, function_code: int) -> list[tuple[int, int]]:
+        """Half-open ``(start, end)`` ranges that exist for FC 3 (holding) or FC 4 (input)."""
+        ...
+
+    def read(self, function_code: int, address: int, count: int) -> list[int] | int:
+        """The registers for a read, or a Modbus exception code to answer instead."""
+        ...
+
+
+@dataclass
+class SimServer:
+    """A running simulator server; ``silent_units`` mutes units (a dead device on the bus)."""
+
+    server: ModbusTcpServer
+    host: str
+    port: int
+    silent_units: set[int] = field(default_factory=set)
+    silent_all: bool = False
+
+    async def close(self) -> None:
+        await self.server.shutdown()
+
+
+def _hook_for(unit: SimUnit) -> Callable[..., Awaitable[ExcCodes | None]]:
+    async def action(
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if set_values is not None:
+            return ExcCodes.ILLEGAL_FUNCTION  # writes arrive with the command issue
+        if function_code not in (3, 4):
+            return ExcCodes.ILLEGAL_FUNCTION
+        result = unit.read(function_code, address, count)
+        if isinstance(result, int):
+            return ExcCodes(result)
+        off = address - start_address
+        registers[off : off + count] = result
+        return None
+
+    return action
+
+
+def _blocks(ranges: list[tuple[int, int]]) -> list[SimData]:
+    if not ranges:
+        # pymodbus needs one block per table; a lone register the hook always refuses.
+        return [SimData(0xFFFE, count=1, datatype=DataType.REGISTERS)]
+    return [SimData(lo, count=hi - lo, datatype=DataType.REGISTERS, values=0) for lo, hi in ranges]
+
+
+async def serve_tcp(units: list[SimUnit], host: str = "127.0.0.1", port: int = 0) -> SimServer:
+    """Start a Modbus TCP server on ``host:port`` (0 picks a free port) serving ``units``."""
+    devices = [
+        SimDevice(
+            unit.unit_id,
+            simdata=(
+                [SimData(0, count=16, datatype=DataType.BITS)],
+                [SimData(0, count=16, datatype=DataType.BITS)],
+                _blocks(unit.register_ranges(3)),
+                _blocks(unit.register_ranges(4)),
+            ),
+            action=_hook_for(unit),
+        )
+        for unit in units
+    ]
+    holder: dict[str, SimServer] = {}
+
+    def trace_packet(sending: bool, data: bytes) -> bytes:
+        sim = holder.get("sim")
+        if sending and sim is not None:
+            # MBAP header: transaction(2) protocol(2) length(2) unit(1)
+            if sim.silent_all or (len(data) > 6 and data[6] in sim.silent_units):
+                return b""
+        return data
+
+    server = ModbusTcpServer(devices, address=(host, port), trace_packet=trace_packet)
+    await server.serve_forever(background=True)
+    real_port = server.transport.sockets[0].getsockname()[1]
+    sim = SimServer(server, host, real_port)
+    holder["sim"] = sim
+    return sim

@@ -1,0 +1,129 @@
+"""Poll one device on a fixed schedule, following its compiled read plan.
+
+Each device has its own task and its own schedule, so a slow or dead device never delays the
+others (devices behind one TCP endpoint share that connection, one request at a time). A failed
+request only loses the points it carries; the rest of the cycle's readings are kept. An outage is
+logged once at ERROR, then at DEBUG while it lasts, and at INFO when the device answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from edge.config import DeviceConfig
+from edge.modbus_adapter import LinkDown, ModbusDeviceError, ModbusTcpLink
+from edge.plan import ReadPlan
+from protocols.batch import Reading
+
+__all__ = ["DevicePoller", "PollStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollStats:
+    polls: int = 0
+    requests: int = 0
+    request_errors: int = 0
+    readings: int = 0
+    overruns: int = 0  # schedule slots skipped because a cycle ran late
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    last_success_ms: int | None = None
+
+
+class DevicePoller:
+    def __init__(
+        self,
+        device: DeviceConfig,
+        plan: ReadPlan,
+        link: ModbusTcpLink,
+        out: asyncio.Queue[list[Reading]],
+    ) -> None:
+        self.device = device
+        self.plan = plan
+        self.link = link
+        self.out = out
+        self.stats = PollStats()
+        self._failing_since: float | None = None
+        self._failures_in_outage = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.device.poll_interval_s
+        next_t = loop.time()
+        while True:
+            await self.poll_once()
+            next_t += interval
+            now = loop.time()
+            if next_t <= now:
+                missed = int((now - next_t) // interval) + 1
+                self.stats.overruns += missed
+                next_t += missed * interval
+            await asyncio.sleep(next_t - now)
+
+    async def poll_once(self) -> list[Reading]:
+        dev = self.device
+        unit = dev.transport.unit
+        timeout_s = dev.timeout_ms / 1000.0
+        readings: list[Reading] = []
+        errors: list[ModbusDeviceError] = []
+        self.stats.polls += 1
+        for req in self.plan.requests:
+            self.stats.requests += 1
+            try:
+                regs = await self.link.read(
+                    unit,
+                    req.function_code,
+                    req.address,
+                    req.count,
+                    timeout_s=timeout_s,
+                    retries=dev.retries,
+                )
+            except ModbusDeviceError as exc:
+                errors.append(exc)
+                self.stats.request_errors += 1
+                kind = type(exc).__name__
+                self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
+                if isinstance(exc, LinkDown):
+                    break  # the endpoint is unreachable: the other requests would fail too
+                continue
+            ts_ms = time.time_ns() // 1_000_000
+            for point, value in req.decode(regs):
+                readings.append(Reading(dev.id, point.name, ts_ms, value))
+        self._report(errors)
+        if readings:
+            self.stats.readings += len(readings)
+            self.stats.last_success_ms = readings[-1].ts_ms
+            # Backpressure, not loss: if the writer is behind, this poll waits for room.
+            await self.out.put(readings)
+        return readings
+
+    def _report(self, errors: list[ModbusDeviceError]) -> None:
+        dev = self.device
+        if errors:
+            self.stats.last_error = str(errors[0])
+            self._failures_in_outage += len(errors)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.error(
+                    "device %s: %s%s; logged at DEBUG until it recovers",
+                    dev.id,
+                    errors[0],
+                    f" (+{len(errors) - 1} more requests failed)" if len(errors) > 1 else "",
+                )
+            else:
+                for exc in errors:
+                    log.debug("device %s: still failing: %s", dev.id, exc)
+        elif self._failing_since is not None:
+            log.info(
+                "device %s recovered after %.1f s (%d failed requests)",
+                dev.id,
+                time.monotonic() - self._failing_since,
+                self._failures_in_outage,
+            )
+            self._failing_since = None
+            self._failures_in_outage = 0

@@ -1,0 +1,149 @@
+"""Electrical behaviour of a meter on a Hanoi low-voltage feeder, by point name.
+
+Values move plausibly: a daily load curve (a late-morning and an evening peak, street lighting
+from dusk to dawn) with noise, 230 V phase voltages that sag a little under load, 50 Hz with
+small drift, power factors 0.85-0.99, and energy counters that integrate power and only grow.
+The names match the Eastron profiles; a profile point the model does not know reads 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+
+__all__ = ["EnergyMeterModel"]
+
+NOMINAL_V = 230.0
+NOMINAL_HZ = 50.0
+_ICT = 7 * 3600  # Indochina Time, UTC+7, no daylight saving
+
+
+def daily_load_factor(t_wall: float) -> float:
+    """Load as a fraction of peak, for a wall-clock time (seconds since the epoch)."""
+    hour = ((t_wall + _ICT) % 86400) / 3600.0
+    morning = math.exp(-(((hour - 11.0) / 2.5) ** 2))
+    evening = math.exp(-(((hour - 19.5) / 2.0) ** 2))
+    lighting = 1.0 if hour >= 18.0 or hour < 6.0 else 0.0  # street lights on dusk to dawn
+    return 0.15 + 0.45 * morning + 0.6 * evening + 0.25 * lighting
+
+
+class EnergyMeterModel:
+    """One meter's electrical state. ``phases`` is 1 (SDM120) or 3 (SDM630)."""
+
+    def __init__(
+        self,
+        *,
+        phases: int = 3,
+        peak_kw: float = 15.0,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        import_kwh: float | None = None,
+    ) -> None:
+        if phases not in (1, 3):
+            raise ValueError("phases must be 1 or 3")
+        self.phases = phases
+        self.peak_kw = peak_kw
+        self._rng = random.Random(seed)
+        self._clock = clock
+        self._imbalance = [1.0 + self._rng.uniform(-0.15, 0.15) for _ in range(3)]
+        self._pf_base = [self._rng.uniform(0.88, 0.97) for _ in range(3)]
+        start = import_kwh if import_kwh is not None else self._rng.uniform(1_000, 90_000)
+        self._import_kwh = [start / phases] * phases
+        self._import_kvarh = [start * 0.2 / phases] * phases
+        self._export_kwh = [self._rng.uniform(0, 5) / phases] * phases
+        self._last_t: float | None = None
+        self._max_demand_w = 0.0
+
+    def sample(self) -> dict[str, float]:
+        """Advance the model to now and return every quantity by point name."""
+        now = self._clock()
+        rng = self._rng
+        load = daily_load_factor(now) * (1.0 + rng.gauss(0, 0.03))
+        values: dict[str, float] = {}
+        p_phase, q_phase, s_phase, v_phase, i_phase, pf_phase = [], [], [], [], [], []
+        for ph in range(self.phases):
+            p = max(0.0, self.peak_kw * 1000.0 / self.phases * load * self._imbalance[ph])
+            pf = min(0.995, max(0.8, self._pf_base[ph] + rng.gauss(0, 0.005)))
+            s = p / pf
+            q = math.sqrt(max(0.0, s * s - p * p))
+            v = NOMINAL_V * (1.0 - 0.015 * load) + rng.gauss(0, 0.6)
+            i = s / v
+            p_phase.append(p)
+            q_phase.append(q)
+            s_phase.append(s)
+            v_phase.append(v)
+            i_phase.append(i)
+            pf_phase.append(pf)
+        # Energy counters integrate power over the time since the last sample: they only grow.
+        if self._last_t is not None and now > self._last_t:
+            hours = (now - self._last_t) / 3600.0
+            for ph in range(self.phases):
+                self._import_kwh[ph] += p_phase[ph] / 1000.0 * hours
+                self._import_kvarh[ph] += q_phase[ph] / 1000.0 * hours
+        self._last_t = now if self._last_t is None else max(self._last_t, now)
+        total_p = sum(p_phase)
+        self._max_demand_w = max(self._max_demand_w, total_p)
+        freq = NOMINAL_HZ + 0.03 * math.sin(now / 300.0) + rng.gauss(0, 0.01)
+        imp, exp_ = sum(self._import_kwh), sum(self._export_kwh)
+        common = {
+            "frequency": freq,
+            "import_energy": imp,
+            "export_energy": exp_,
+            "import_reactive_energy": sum(self._import_kvarh),
+            "export_reactive_energy": 0.0,
+            "total_energy": imp + exp_,
+            "total_reactive_energy": sum(self._import_kvarh),
+            "total_power_demand": total_p,
+            "max_total_power_demand": self._max_demand_w,
+        }
+        values.update(common)
+        if self.phases == 1:
+            angle = math.degrees(math.acos(pf_phase[0]))
+            values.update(
+                voltage=v_phase[0],
+                current=i_phase[0],
+                power=p_phase[0],
+                apparent_power=s_phase[0],
+                reactive_power=q_phase[0],
+                power_factor=pf_phase[0],
+                phase_angle=angle,
+                import_power_demand=total_p,
+                max_import_power_demand=self._max_demand_w,
+                export_power_demand=0.0,
+                max_export_power_demand=0.0,
+                current_demand=i_phase[0],
+                max_current_demand=self._max_demand_w / NOMINAL_V,
+            )
+            return values
+        for ph in range(3):
+            n = ph + 1
+            values[f"voltage_l{n}"] = v_phase[ph]
+            values[f"current_l{n}"] = i_phase[ph]
+            values[f"power_l{n}"] = p_phase[ph]
+            values[f"apparent_power_l{n}"] = s_phase[ph]
+            values[f"reactive_power_l{n}"] = q_phase[ph]
+            values[f"power_factor_l{n}"] = pf_phase[ph]
+            values[f"phase_angle_l{n}"] = math.degrees(math.acos(pf_phase[ph]))
+            values[f"voltage_thd_l{n}"] = 1.5 + rng.uniform(0, 1.0)
+            values[f"current_thd_l{n}"] = 4.0 + rng.uniform(0, 4.0)
+            values[f"import_energy_l{n}"] = self._import_kwh[ph]
+            values[f"export_energy_l{n}"] = self._export_kwh[ph]
+            values[f"total_energy_l{n}"] = self._import_kwh[ph] + self._export_kwh[ph]
+        line = math.sqrt(3.0)
+        values["voltage_l1_l2"] = (v_phase[0] + v_phase[1]) / 2 * line
+        values["voltage_l2_l3"] = (v_phase[1] + v_phase[2]) / 2 * line
+        values["voltage_l3_l1"] = (v_phase[2] + v_phase[0]) / 2 * line
+        values["voltage_avg"] = sum(v_phase) / 3
+        values["current_avg"] = sum(i_phase) / 3
+        values["current_sum"] = sum(i_phase)
+        values["total_power"] = total_p
+        s_tot, q_tot = sum(s_phase), sum(q_phase)
+        values["total_apparent_power"] = s_tot
+        values["total_reactive_power"] = q_tot
+        values["total_power_factor"] = total_p / s_tot if s_tot else 1.0
+        values["total_phase_angle"] = math.degrees(
+            math.acos(min(1.0, values["total_power_factor"]))
+        )
+        return values
