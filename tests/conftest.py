@@ -1,0 +1,152 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, simulators, config writing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.broker import free_port
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+class Mosquitto:
+    """A real Mosquitto broker on 127.0.0.1:<free port>, with persistence in a temp dir, so
+    persistent sessions and their queued QoS 1 messages survive a stop/start."""
+
+    def __init__(self, workdir: Path, *, password_file: Path | None = None) -> None:
+        binary = mosquitto_binary()
+        assert binary
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            "autosave_interval 1",
+            "max_queued_messages 100000",
+            f"log_dest file {self.dir}/mosquitto.log",
+        ]
+        if password_file is None:
+            lines.append("allow_anonymous true")
+        else:
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 10
+        while not _port_open(self.port):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited: {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("mosquitto did not start listening")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if mosquitto_binary() is None:
+        pytest.skip("no mosquitto binary on this machine (CI installs the Debian package)")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def sim_sdm630() -> AsyncIterator:
+    """A simulated TCP-to-RTU bridge with two SDM630s (units 1 and 2)."""
+    from simulators import serve_modbus_tcp, sim_unit
+
+    units = [sim_unit("eastron_sdm630", 1, seed="a"), sim_unit("eastron_sdm630", 2, seed="b")]
+    server = await serve_modbus_tcp(units)
+    server.units = {u.unit_id: u for u in units}
+    yield server
+    await server.close()
+
+
+def gateway_yaml(
+    *,
+    buffer: Path,
+    broker_port: int,
+    sim_port: int,
+    units: tuple[int, ...] = (1, 2),
+    poll_interval_s: float = 0.5,
+    extra_mqtt: str = "",
+    gateway_id: str = "gw-test",
+) -> str:
+    devices = "".join(
+        f"""
+  - id: meter-{u}
+    profile: eastron_sdm630
+    transport: {{type: modbus_tcp, host: 127.0.0.1, port: {sim_port}, unit: {u}}}
+    poll_interval_s: {poll_interval_s}
+    timeout_ms: 200
+    retries: 0
+    points: [voltage_l1, voltage_l2, voltage_l3, frequency, total_power, import_energy]
+"""
+        for u in units
+    )
+    return f"""
+gateway: {{id: {gateway_id}, site: test}}
+buffer: {{path: {buffer}, commit_interval_ms: 100}}
+mqtt:
+  url: mqtt://127.0.0.1:{broker_port}
+  batch_max_readings: 200
+  batch_max_delay_ms: 300
+  publish_timeout_s: 2
+  reconnect_min_s: 0.2
+  reconnect_max_s: 1
+  keepalive_s: 5
+{extra_mqtt}
+devices:{devices}"""
+
+
+async def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,144 @@
+"""Config: the shipped examples load; every kind of mistake is reported at FILE:LINE:COL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_config__shipped_examples_are_valid(path):
+    loaded = load_config(path)
+    assert loaded.config.devices
+    for dev in loaded.config.devices:
+        assert loaded.plans[dev.id].requests
+
+
+def test_config__cabinet_example_has_credentials_and_two_tcp_meters():
+    cfg = load_config(ROOT / "configs/cabinet-example.yaml").config
+    assert cfg.mqtt.username and cfg.mqtt.password_file
+    assert [d.profile for d in cfg.devices] == ["eastron_sdm630", "eastron_sdm630"]
+    assert {d.transport.type for d in cfg.devices} == {"modbus_tcp"}
+
+
+def edge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+def test_check__cabinet_example_exits_0_and_prints_the_plan():
+    res = edge("check", "configs/cabinet-example.yaml")
+    assert res.returncode == 0, res.stderr
+    assert "feeder-a: eastron_sdm630" in res.stdout
+    assert "5 requests touching 124 registers for 56 points" in res.stdout
+
+
+def test_check__typo_key_exits_2_naming_file_line_and_column(tmp_path):
+    text = (ROOT / "configs/cabinet-example.yaml").read_text()
+    lines = text.splitlines()
+    # Misspell the first device's poll_interval_s and remember where it is.
+    idx = next(i for i, line in enumerate(lines) if "poll_interval_s" in line)
+    col = lines[idx].index("poll_interval_s") + 1
+    lines[idx] = lines[idx].replace("poll_interval_s", "poll_intreval_s")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    res = edge("check", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}:{idx + 1}:{col}: unknown key 'poll_intreval_s'" in res.stderr
+    assert res.stdout == ""
+
+
+def test_check__missing_file_exits_2():
+    res = edge("check", "configs/does-not-exist.yaml")
+    assert res.returncode == 2
+    assert "cannot read config" in res.stderr
+
+
+def problems(text: str) -> list[tuple[int, int, str]]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.yaml")
+    return [(line, col, msg) for _, line, col, msg in info.value.problems]
+
+
+BASE = """\
+gateway: {id: gw-1}
+devices:
+  - id: m1
+    profile: eastron_sdm630
+    transport: {type: modbus_tcp, host: 127.0.0.1, port: 5020, unit: 1}
+"""
+
+
+def test_config__base_is_valid():
+    assert parse_config(BASE).config.devices[0].id == "m1"
+
+
+def test_config__wrong_type_points_at_the_value():
+    text = BASE.replace("unit: 1", "unit: one")
+    [(line, col, msg)] = problems(text)
+    assert (line, col) == (5, text.splitlines()[4].index("one") + 1)
+    assert "valid integer" in msg and "'one'" in msg
+
+
+def test_config__missing_key_points_at_its_mapping():
+    [(line, col, msg)] = problems(BASE.replace("    profile: eastron_sdm630\n", ""))
+    assert (line, msg) == (3, "missing required key 'profile' in devices.0")
+
+
+def test_config__duplicate_device_id_names_both_places():
+    text = BASE + "  - {id: m1, profile: eastron_sdm120, transport: {type: modbus_tcp, host: h}}\n"
+    [(line, col, msg)] = problems(text)
+    assert line == 6 and "duplicate device id 'm1' (first defined at line 3)" in msg
+
+
+@pytest.mark.parametrize(
+    ("change", "expect_line", "expect"),
+    [
+        (("port: 5020", "port: 70000"), 5, "less than or equal to 65535"),
+        (("gw-1", "gw/1"), 1, "should match pattern"),
+        (("eastron_sdm630", "eastron_sdm999"), 4, "unknown device profile 'eastron_sdm999'"),
+        (("modbus_tcp", "modbus_rtu"), 5, "unknown type 'modbus_rtu'"),
+    ],
+)
+def test_config__impossible_values_are_located(change, expect_line, expect):
+    [(line, _col, msg)] = problems(BASE.replace(*change))
+    assert line == expect_line and expect in msg
+
+
+def test_config__timeout_budget_beyond_poll_interval_is_refused():
+    text = BASE + "    poll_interval_s: 1\n    timeout_ms: 800\n    retries: 1\n"
+    [(line, _col, msg)] = problems(text)
+    assert line == 7 and "1600 ms exceeds poll_interval_s" in msg
+
+
+def test_config__unknown_point_and_duplicate_yaml_key_are_located():
+    text = BASE + "    points: [voltage_l1, volts]\n"
+    [(line, col, msg)] = problems(text)
+    assert (line, col) == (6, text.splitlines()[5].index("volts") + 1)
+    assert "no point 'volts'" in msg
+    [(line, col, msg)] = problems("gateway: {id: a}\ngateway: {id: b}\n")
+    assert (line, col, msg) == (2, 1, "duplicate key 'gateway'")
+
+
+def test_config__several_errors_are_reported_together():
+    text = BASE.replace("unit: 1", "unit: -1").replace("gw-1", "gw 1") + "    pol: 3\n"
+    assert len(problems(text)) == 3
+
+
+def test_config__broker_url_and_password_rules():
+    assert "mqtt://HOST:PORT" in problems(BASE + "mqtt: {url: 'http://x'}\n")[0][2]
+    assert "needs a username" in problems(BASE + "mqtt: {password: p}\n")[0][2]
+
+
+def test_config__yaml_syntax_error_is_located():
+    [(line, _col, msg)] = problems("gateway: [id: a\n")
+    assert msg.startswith("YAML syntax") and line == 2
