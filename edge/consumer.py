@@ -201,4 +201,4 @@ class BatchConsumer:
                     "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
@@ -33,13 +34,14 @@ __all__ = ["Forwarder", "ForwarderStats", "topics"]
 
 log = logging.getLogger(__name__)
 
-#: CONNACK return codes of MQTT 3.1.1 §3.2.2.3, in words an operator can act on.
-_CONNACK = {
-    1: "the broker does not accept MQTT 3.1.1",
-    2: "the broker rejected the client id",
-    3: "the broker is unavailable",
-    4: "bad username or password (check mqtt.username / mqtt.password)",
-    5: "not authorised (check mqtt.username / mqtt.password and the broker's ACL)",
+#: What an operator should do about a CONNACK refusal. paho reports MQTT 3.1.1 refusals with
+#: their MQTT 5 reason codes (3.1.1 code 4 -> 134, 5 -> 135).
+_REFUSAL_HINTS = {
+    132: "the broker does not accept this MQTT version",
+    133: "the broker rejected the client id (check mqtt.client_id)",
+    134: "check mqtt.username and mqtt.password / password_file",
+    135: "check mqtt.username, the password and the broker's ACL",
+    136: "the broker says it is unavailable",
 }
 
 
@@ -152,12 +154,10 @@ class Forwarder:
             )
 
     def _describe(self, exc: Exception) -> str:
-        if (
-            isinstance(exc, aiomqtt.MqttCodeError)
-            and isinstance(exc.rc, int)
-            and exc.rc in _CONNACK
-        ):
-            return f"broker refused the connection: {_CONNACK[exc.rc]}"
+        if isinstance(exc, MqttConnectError):
+            code = getattr(exc.rc, "value", exc.rc)
+            hint = _REFUSAL_HINTS.get(code) if isinstance(code, int) else None
+            return f"broker refused the connection: {exc.rc}" + (f" ({hint})" if hint else "")
         return str(exc) or type(exc).__name__
 
     async def _session(self) -> None:

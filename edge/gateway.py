@@ -64,6 +64,7 @@ class Gateway:
         )
         self.writer_stats = WriterStats()
         self._holding: list[Reading] = []  # taken from the queue, not yet committed
+        self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
     async def run(self) -> None:
@@ -91,11 +92,17 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._writer(), name="writer")
                 tg.create_task(self.forwarder.run(), name="forwarder")
-                for p in self.pollers:
-                    tg.create_task(p.run(), name=f"poll:{p.device.id}")
+                self.poll_tasks = [
+                    tg.create_task(p.run(), name=f"poll:{p.device.id}") for p in self.pollers
+                ]
                 self.started.set()
         finally:
             await self._flush_on_exit()
+
+    def stop_polling(self) -> None:
+        """Stop reading devices; the writer and forwarder go on until the buffer drains."""
+        for task in self.poll_tasks:
+            task.cancel()
 
     async def _commit(self, rows: list[Reading]) -> None:
         try:

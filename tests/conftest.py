@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,9 @@ class Mosquitto:
         self.dir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
+            # Started as root, mosquitto drops to user 'mosquitto', which cannot write pytest's
+            # private temp dirs: persistence and the password file would silently not work.
+            f"user {getpass.getuser()}",
             "persistence true",
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
@@ -144,9 +148,9 @@ mqtt:
 devices:{devices}"""
 
 
-async def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate, within_s: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
         await asyncio.sleep(interval)

@@ -105,7 +105,7 @@ TestBufferModel.settings = settings(max_examples=60, stateful_step_count=30, dea
 def test_buffer__full_drops_oldest_and_counts_it(tmp_path):
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=1024 * 1024)
     total = 0
-    for chunk in range(60):
+    for _ in range(60):
         buf.append(readings(1000, total))
         total += 1000
     st_ = buf.stats()

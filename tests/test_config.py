@@ -90,13 +90,13 @@ def test_config__wrong_type_points_at_the_value():
 
 
 def test_config__missing_key_points_at_its_mapping():
-    [(line, col, msg)] = problems(BASE.replace("    profile: eastron_sdm630\n", ""))
+    [(line, _col, msg)] = problems(BASE.replace("    profile: eastron_sdm630\n", ""))
     assert (line, msg) == (3, "missing required key 'profile' in devices.0")
 
 
 def test_config__duplicate_device_id_names_both_places():
     text = BASE + "  - {id: m1, profile: eastron_sdm120, transport: {type: modbus_tcp, host: h}}\n"
-    [(line, col, msg)] = problems(text)
+    [(line, _col, msg)] = problems(text)
     assert line == 6 and "duplicate device id 'm1' (first defined at line 3)" in msg
 
 

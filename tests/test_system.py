@@ -1,0 +1,390 @@
+"""End to end against a real Mosquitto: simulators -> gateway -> buffer -> MQTT -> consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import msgpack
+import pytest
+
+from edge.config import parse_config
+from edge.consumer import BatchConsumer
+from edge.gateway import Gateway
+from protocols.batch import Batch, decode_batch, encode_batch
+from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, wait_until
+
+pytestmark = pytest.mark.system
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Collector:
+    """A consumer that keeps every new (de-duplicated) batch."""
+
+    def __init__(self, url: str, client_id: str = "test-consumer") -> None:
+        self.batches: list[Batch] = []
+        self.consumer = BatchConsumer(
+            url, client_id=client_id, on_batch=self.batches.append, report=open(os.devnull, "w")
+        )
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Collector:
+        self.task = asyncio.create_task(self.consumer.run())
+        await asyncio.wait_for(self.consumer.subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.consumer.report.close()
+
+    @property
+    def readings(self):
+        return [r for b in self.batches for r in b.readings]
+
+    def tally(self, gw: str = "gw-test"):
+        return self.consumer.tallies[gw]
+
+
+async def start_gateway(tmp_path: Path, text: str) -> tuple[Gateway, asyncio.Task]:
+    gateway = Gateway(parse_config(text, "test.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    return gateway, task
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def drain(gateway: Gateway, within_s: float = 20) -> None:
+    """Stop polling and wait until every accepted reading has been acknowledged."""
+    gateway.stop_polling()
+
+    def empty() -> bool:
+        s = gateway.buffer.sync.stats()
+        return (
+            gateway.queue.empty()
+            and not gateway._holding
+            and s.pending_readings == 0
+            and s.outbox_batches == 0
+        )
+
+    await wait_until(empty, within_s, what="the buffer to drain")
+
+
+def assert_exactly_once(col: Collector, accepted: int) -> None:
+    keys = [(r.device, r.point, r.ts_ms) for r in col.readings]
+    assert len(keys) == len(set(keys)), "a reading arrived twice under different batch numbers"
+    assert len(keys) == accepted
+    assert col.tally().tracker.missing() == []
+
+
+async def test_pipeline__readings_arrive_decoded_and_equal_to_what_the_simulator_served(
+    mosquitto, sim_sdm630, tmp_path
+):
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=mosquitto.port, sim_port=sim_sdm630.port
+    )
+    async with Collector(mosquitto.url) as col:
+        gateway, task = await start_gateway(tmp_path, text)
+        await wait_until(lambda: len(col.readings) >= 60, 15, what="readings")
+        await drain(gateway)
+        await wait_until(
+            lambda: len(col.readings) == gateway.writer_stats.accepted,
+            10,
+            what="the consumer to catch up",
+        )
+        await stop(task)
+    assert_exactly_once(col, gateway.writer_stats.accepted)
+    for r in col.readings:
+        unit = sim_sdm630.units[int(r.device.split("-")[1])]
+        assert r.value in unit.served(r.point), f"{r} was never served by the simulator"
+        if r.point.startswith("voltage"):
+            assert 215 < r.value < 245
+        if r.point == "frequency":
+            assert 49.8 < r.value < 50.2
+    # The retained status says the gateway is online; the batch carries the gateway's identity.
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+        await c.subscribe("city/v1/test/gw-test/status", qos=1)
+        async with asyncio.timeout(5):
+            msg = await anext(aiter(c.messages))
+    assert msg.payload in (b"online", b"offline")  # offline once the stopped gateway's will fired
+    assert col.batches[0].gateway == "gw-test" and col.batches[0].seq == 1
+
+
+async def test_pipeline__broker_down_10s_then_every_reading_exactly_once(
+    mosquitto, sim_sdm630, tmp_path
+):
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=mosquitto.port, sim_port=sim_sdm630.port
+    )
+    async with Collector(mosquitto.url) as col:
+        gateway, task = await start_gateway(tmp_path, text)
+        await wait_until(lambda: len(col.readings) >= 24, 15, what="first readings")
+        mosquitto.stop()
+        polled_before = sum(p.stats.readings for p in gateway.pollers)
+        await asyncio.sleep(10)
+        # Polling went on during the outage and the readings are held in the buffer.
+        assert sum(p.stats.readings for p in gateway.pollers) >= polled_before + 2 * 6 * 15
+        assert gateway.buffer.sync.stats().pending_readings > 100
+        assert not gateway.forwarder.stats.connected
+        mosquitto.start()
+        await wait_until(lambda: gateway.forwarder.stats.connected, 15, what="reconnect")
+        await drain(gateway, 30)
+        await wait_until(
+            lambda: len(col.readings) >= gateway.writer_stats.accepted,
+            20,
+            what="the consumer to catch up",
+        )
+        await stop(task)
+    assert_exactly_once(col, gateway.writer_stats.accepted)
+    seqs = [b.seq for b in col.batches]
+    assert seqs == list(range(1, len(seqs) + 1))  # no gap, and in order
+
+
+async def test_gateway__sigkill_and_restart_loses_no_committed_reading(
+    mosquitto, sim_sdm630, tmp_path
+):
+    buffer = tmp_path / "b.sqlite"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        gateway_yaml(
+            buffer=buffer, broker_port=mosquitto.port, sim_port=sim_sdm630.port, poll_interval_s=0.2
+        )
+    )
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+
+    async with Collector(mosquitto.url) as col:
+        proc = spawn()
+        try:
+            await wait_until(lambda: len(col.readings) >= 100, 20, what="readings before kill")
+            # Stall the uplink briefly so the kill lands with readings committed but unsent.
+            mosquitto.stop()
+            await asyncio.sleep(1.5)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        # Everything committed at the moment of the kill, read straight from the file.
+        db = sqlite3.connect(buffer)
+        committed = {
+            (d, p, ts)
+            for d, p, ts in db.execute(
+                "SELECT s.device, s.point, r.ts_ms FROM readings r JOIN series s ON s.id = r.series"
+            )
+        }
+        for (payload,) in db.execute("SELECT payload FROM outbox"):
+            committed |= {(r.device, r.point, r.ts_ms) for r in decode_batch(payload).readings}
+        next_seq = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
+        db.close()
+        assert len(committed) > 20, "the kill should leave unsent readings behind"
+        highest_before = max(b.seq for b in col.batches)
+        mosquitto.start()
+        proc = spawn()
+        try:
+
+            def delivered() -> bool:
+                got = {(r.device, r.point, r.ts_ms) for r in col.readings}
+                return committed <= got
+
+            await wait_until(delivered, 30, what="the committed readings after restart")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+            stderr = proc.stderr.read().decode()
+            proc.stderr.close()
+    assert "Traceback" not in stderr, stderr
+    keys = [(r.device, r.point, r.ts_ms) for r in col.readings]
+    assert len(keys) == len(set(keys)), "duplicates survived de-duplication by batch number"
+    assert col.tally().tracker.missing() == []
+    new = [b.seq for b in col.batches if b.seq >= next_seq]
+    assert new and min(new) == next_seq > highest_before  # the sequence continues above
+    assert col.tally().duplicates <= 2  # at most the batches in flight at the kill came twice
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="no mosquitto binary")
+async def test_forwarder__bad_credentials_are_reported_and_readings_accumulate(
+    tmp_path, sim_sdm630, caplog
+):
+    pw = tmp_path / "passwd"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["mosquitto_passwd", "-b", "-c", str(pw), "gw-test", "right"],
+        check=True,
+        capture_output=True,
+    )
+    os.chmod(pw, 0o600)
+    broker = Mosquitto(tmp_path / "mq", password_file=pw)
+    broker.start()
+    try:
+        caplog.set_level(logging.INFO, logger="edge")
+        text = gateway_yaml(
+            buffer=tmp_path / "b.sqlite",
+            broker_port=broker.port,
+            sim_port=sim_sdm630.port,
+            extra_mqtt="  username: gw-test\n  password: wrong\n",
+        )
+        gateway, task = await start_gateway(tmp_path, text)
+        await asyncio.sleep(4)
+        await stop(task)
+    finally:
+        broker.stop()
+    f = gateway.forwarder.stats
+    assert f.connect_failures >= 3 and f.batches_sent == 0  # retried, never delivered
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name == "edge.forwarder"
+    ]
+    assert len(errors) == 1, errors  # the outage is logged once, not per attempt
+    assert "broker refused the connection" in errors[0]
+    assert "mqtt.username" in errors[0]  # says what to fix
+    assert gateway.writer_stats.accepted > 50  # polling went on into the buffer
+
+
+class StallRelay:
+    """A TCP relay between gateway and broker that can silently stop the broker's replies:
+    the connection stays open but PUBACKs stop coming (the case that costs ThingsBoard 85 %)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.stalled = False
+        self.held = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, r1: asyncio.StreamReader, w1: asyncio.StreamWriter) -> None:
+        r2, w2 = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(src, dst, downstream: bool) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if downstream and self.stalled:
+                        self.held += len(data)
+                        continue  # swallowed: the gateway never sees the PUBACK
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r1, w2, False), pipe(r2, w1, True))
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_forwarder__silent_stall_never_counts_a_batch_delivered(
+    mosquitto, sim_sdm630, tmp_path
+):
+    relay = StallRelay(mosquitto.port)
+    await relay.start()
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=relay.port, sim_port=sim_sdm630.port
+    )
+    async with Collector(mosquitto.url) as col:
+        gateway, task = await start_gateway(tmp_path, text)
+        await wait_until(lambda: gateway.forwarder.stats.batches_sent >= 3, 15, what="batches")
+        relay.stalled = True
+        sent_before = gateway.forwarder.stats.batches_sent
+        await asyncio.sleep(6)  # publish_timeout_s is 2: several sessions time out meanwhile
+        assert relay.held > 0
+        assert gateway.forwarder.stats.batches_sent == sent_before  # nothing counted delivered
+        assert gateway.forwarder.stats.publish_failures >= 1
+        relay.stalled = False
+        await drain(gateway, 30)
+        await wait_until(
+            lambda: len(col.readings) >= gateway.writer_stats.accepted,
+            20,
+            what="the consumer to catch up",
+        )
+        await stop(task)
+    await relay.close()
+    # The broker did receive the stalled batches (only the acks were lost), so the re-sent
+    # copies are duplicates by number, and de-duplication leaves every reading exactly once.
+    assert col.tally().duplicates >= 1
+    assert_exactly_once(col, gateway.writer_stats.accepted)
+
+
+async def test_consume_cli__prints_readings_and_reports_duplicates_and_gaps(mosquitto):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge",
+        "consume",
+        "--broker",
+        mosquitto.url,
+        "--duration",
+        "6",
+        "--client-id",
+        "cli-test",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    # Wait for its subscription (a persistent session), then publish seq 1, 2, 2, 4 and junk.
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+        await asyncio.sleep(2)
+        for seq in (1, 2, 2, 4):
+            payload = encode_batch("gw-x", seq, 0, [("m", "voltage", 1000 + seq, 230.0 + seq)])
+            await c.publish("city/v1/s/gw-x/data", payload, qos=1)
+        await c.publish("city/v1/s/gw-x/data", msgpack.packb({"v": 0}), qos=1)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in out.decode().splitlines()]
+    assert [(x["seq"], x["value"]) for x in lines] == [(1, 231.0), (2, 232.0), (4, 234.0)]
+    assert lines[0] == {
+        "gateway": "gw-x",
+        "seq": 1,
+        "device": "m",
+        "point": "voltage",
+        "ts_ms": 1001,
+        "value": 231.0,
+    }
+    text = err.decode()
+    assert "duplicate batch 2" in text
+    assert "missing batch 3 (got 4)" in text
+    assert "bad batch" in text
+    assert "missing: 3" in text  # the summary still lists the gap
+
+
+def test_demo__runs_and_prints_plausible_values():
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "demo", "--duration", "6", "--jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    volts = [r["value"] for r in rows if r["point"] in ("voltage_l1", "voltage")]
+    hz = [r["value"] for r in rows if r["point"] == "frequency"]
+    assert len(volts) >= 6 and all(215 < v < 245 for v in volts)
+    assert len(hz) >= 6 and all(49.8 < f < 50.2 for f in hz)
+    assert "missing: none" in res.stderr
