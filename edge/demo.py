@@ -194,10 +194,12 @@ async def run_demo(
                 await consumer_task
         polled = sum(p.stats.readings for p in gateway.pollers)
         f = gateway.forwarder.stats
+        unsent = gateway.writer_stats.accepted - f.readings_sent
+        kept = f"kept in {buffer_path}" if tmp is None else "discarded with the temporary buffer"
         print(
             f"edge demo: polled {polled} readings, accepted {gateway.writer_stats.accepted}, "
             f"sent {f.readings_sent} in {f.batches_sent} batches; the consumer decoded "
-            f"{view.readings} readings",
+            f"{view.readings} readings; {unsent} accepted but unsent at exit ({kept})",
             file=say,
             flush=True,
         )

@@ -114,6 +114,9 @@ async def sim_sdm630() -> AsyncIterator:
     await server.close()
 
 
+SOME_POINTS = "[voltage_l1, voltage_l2, voltage_l3, frequency, total_power, import_energy]"
+
+
 def gateway_yaml(
     *,
     buffer: Path,
@@ -123,6 +126,8 @@ def gateway_yaml(
     poll_interval_s: float = 0.5,
     extra_mqtt: str = "",
     gateway_id: str = "gw-test",
+    timeout_ms: int = 200,
+    points: str | None = SOME_POINTS,
 ) -> str:
     devices = "".join(
         f"""
@@ -130,10 +135,10 @@ def gateway_yaml(
     profile: eastron_sdm630
     transport: {{type: modbus_tcp, host: 127.0.0.1, port: {sim_port}, unit: {u}}}
     poll_interval_s: {poll_interval_s}
-    timeout_ms: 200
+    timeout_ms: {timeout_ms}
     retries: 0
-    points: [voltage_l1, voltage_l2, voltage_l3, frequency, total_power, import_energy]
 """
+        + (f"    points: {points}\n" if points else "")
         for u in units
     )
     return f"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from edge.plan import compile_plan
 from edge.poller import DevicePoller
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.energy_meter import EnergyMeterModel
+from tests.conftest import gateway_yaml
 
 ALL = sorted(profiles())
 
@@ -91,16 +93,16 @@ async def test_simulator__enforces_eastron_request_rules(sim_sdm630):
 
 
 def _device(unit: int, port: int, interval: float = 0.2):
-    text = f"""
-gateway: {{id: g}}
-devices:
-  - id: meter-{unit}
-    profile: eastron_sdm630
-    transport: {{type: modbus_tcp, host: 127.0.0.1, port: {port}, unit: {unit}}}
-    poll_interval_s: {interval}
-    timeout_ms: 100
-    retries: 0
-"""
+    """One SDM630 with all its points, 100 ms timeout, no retries."""
+    text = gateway_yaml(
+        buffer=Path("unused.sqlite"),
+        broker_port=1883,
+        sim_port=port,
+        units=(unit,),
+        poll_interval_s=interval,
+        timeout_ms=100,
+        points=None,
+    )
     loaded = parse_config(text)
     dev = loaded.config.devices[0]
     return dev, loaded.plans[dev.id]

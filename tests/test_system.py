@@ -70,8 +70,8 @@ async def stop(task: asyncio.Task) -> None:
         await task
 
 
-async def drain(gateway: Gateway, within_s: float = 20) -> None:
-    """Stop polling and wait until every accepted reading has been acknowledged."""
+async def drain(gateway: Gateway, col: Collector, within_s: float = 30) -> None:
+    """Stop polling, wait until every accepted reading was acknowledged and reached ``col``."""
     gateway.stop_polling()
 
     def empty() -> bool:
@@ -84,6 +84,11 @@ async def drain(gateway: Gateway, within_s: float = 20) -> None:
         )
 
     await wait_until(empty, within_s, what="the buffer to drain")
+    await wait_until(
+        lambda: len(col.readings) >= gateway.writer_stats.accepted,
+        20,
+        what="the consumer to catch up",
+    )
 
 
 def assert_exactly_once(col: Collector, accepted: int) -> None:
@@ -102,12 +107,7 @@ async def test_pipeline__readings_arrive_decoded_and_equal_to_what_the_simulator
     async with Collector(mosquitto.url) as col:
         gateway, task = await start_gateway(tmp_path, text)
         await wait_until(lambda: len(col.readings) >= 60, 15, what="readings")
-        await drain(gateway)
-        await wait_until(
-            lambda: len(col.readings) == gateway.writer_stats.accepted,
-            10,
-            what="the consumer to catch up",
-        )
+        await drain(gateway, col)
         await stop(task)
     assert_exactly_once(col, gateway.writer_stats.accepted)
     for r in col.readings:
@@ -144,12 +144,7 @@ async def test_pipeline__broker_down_10s_then_every_reading_exactly_once(
         assert not gateway.forwarder.stats.connected
         mosquitto.start()
         await wait_until(lambda: gateway.forwarder.stats.connected, 15, what="reconnect")
-        await drain(gateway, 30)
-        await wait_until(
-            lambda: len(col.readings) >= gateway.writer_stats.accepted,
-            20,
-            what="the consumer to catch up",
-        )
+        await drain(gateway, col, 30)
         await stop(task)
     assert_exactly_once(col, gateway.writer_stats.accepted)
     seqs = [b.seq for b in col.batches]
@@ -320,12 +315,7 @@ async def test_forwarder__silent_stall_never_counts_a_batch_delivered(
         assert gateway.forwarder.stats.batches_sent == sent_before  # nothing counted delivered
         assert gateway.forwarder.stats.publish_failures >= 1
         relay.stalled = False
-        await drain(gateway, 30)
-        await wait_until(
-            lambda: len(col.readings) >= gateway.writer_stats.accepted,
-            20,
-            what="the consumer to catch up",
-        )
+        await drain(gateway, col, 30)
         await stop(task)
     await relay.close()
     # The broker did receive the stalled batches (only the acks were lost), so the re-sent
