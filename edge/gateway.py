@@ -130,10 +130,14 @@ class Gateway:
                 except TimeoutError:
                     break
             rows, self._holding = self._holding, []
+            # The commit runs on the buffer thread and cannot be stopped half-way: once started,
+            # a cancellation waits for it instead of handing the rows back (which would commit
+            # them a second time on the way out).
+            commit = asyncio.ensure_future(self._commit(rows))
             try:
-                await self._commit(rows)
+                await asyncio.shield(commit)
             except asyncio.CancelledError:
-                self._holding = rows + self._holding
+                await commit
                 raise
 
     async def _flush_on_exit(self) -> None:
@@ -143,9 +147,12 @@ class Gateway:
             rows.extend(self.queue.get_nowait())
         try:
             if rows:
-                # The commit runs on the buffer thread; shield it so a second cancel cannot
-                # abandon a half-finished hand-over.
-                await asyncio.shield(self._commit(rows))
+                commit = asyncio.ensure_future(self._commit(rows))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await commit  # a second cancel still waits for the hand-over to finish
+                    raise
                 log.info("shutdown: committed %d readings still in memory", len(rows))
         finally:
             for link in self.links.values():
