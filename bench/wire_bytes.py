@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import tempfile
 from collections import defaultdict
@@ -26,9 +25,9 @@ import aiomqtt
 
 from edge.broker import EmbeddedBroker
 from edge.config import load_config
+from edge.demo import simulate_cabinet
 from edge.gateway import Gateway
 from protocols.batch import decode_batch
-from simulators import serve_modbus_tcp, sim_unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,37 +45,14 @@ def thingsboard_bytes(readings) -> int:
 
 async def main(seconds: float) -> None:
     loaded = load_config(ROOT / "configs/demo.yaml")
-    cfg = loaded.config
     broker = await EmbeddedBroker().start()
-    endpoints: dict[tuple[str, int], list] = {}
-    for d in cfg.devices:
-        endpoints.setdefault((d.transport.host, d.transport.port), []).append(
-            sim_unit(d.profile, d.transport.unit, seed=d.id)
-        )
-    servers = {k: await serve_modbus_tcp(v) for k, v in endpoints.items()}
-    devices = [
-        d.model_copy(
-            update={
-                "transport": d.transport.model_copy(
-                    update={"port": servers[(d.transport.host, d.transport.port)].port}
-                )
-            }
-        )
-        for d in cfg.devices
-    ]
     with tempfile.TemporaryDirectory() as tmp:
-        new = cfg.model_copy(
-            update={
-                "devices": devices,
-                "mqtt": cfg.mqtt.model_copy(
-                    update={
-                        "url": broker.url,
-                        "batch_max_delay_ms": 10_000,
-                        "batch_max_readings": 2000,
-                    }
-                ),
-                "buffer": cfg.buffer.model_copy(update={"path": str(Path(tmp) / "b.sqlite")}),
-            }
+        cabinet = await simulate_cabinet(
+            loaded,
+            broker_url=broker.url,
+            buffer_path=Path(tmp) / "b.sqlite",
+            batch_max_delay_ms=10_000,
+            batch_max_readings=2000,
         )
         payloads: list[bytes] = []
 
@@ -88,7 +64,7 @@ async def main(seconds: float) -> None:
 
         consumer = asyncio.create_task(collect())
         await asyncio.sleep(0.5)
-        gateway = Gateway(dataclasses.replace(loaded, config=new))
+        gateway = Gateway(cabinet.loaded)
         gw_task = asyncio.create_task(gateway.run())
         await asyncio.sleep(seconds)
         gw_task.cancel()
@@ -98,8 +74,7 @@ async def main(seconds: float) -> None:
         consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
-    for s in servers.values():
-        await s.close()
+        await cabinet.close()
     await broker.stop()
 
     readings = [r for p in payloads for r in decode_batch(p).readings]

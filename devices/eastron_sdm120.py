@@ -6,14 +6,9 @@ The reference warns not to assume gaps in the SDM120 map can be read, so no read
 are declared: the plan only merges registers that are mapped and adjacent.
 """
 
-from devices.profile import Point, Profile
-from protocols.modbus import DataType
+from devices.profile import Profile, float32_input
 
-F32 = DataType.FLOAT32
-
-
-def _p(name: str, address: int, unit: str, description: str = "") -> Point:
-    return Point(name, address, F32, unit, description=description)
+_p = float32_input
 
 
 PROFILE = Profile(

@@ -9,14 +9,9 @@ through the unmapped registers 0x002C, 0x0032, ... inside that block; that is ou
 third-party integrations, not a capture from a meter (marked [?] in the reference).
 """
 
-from devices.profile import Point, Profile, RegisterType
-from protocols.modbus import DataType
+from devices.profile import Profile, RegisterType, float32_input
 
-F32 = DataType.FLOAT32
-
-
-def _p(name: str, address: int, unit: str, description: str = "") -> Point:
-    return Point(name, address, F32, unit, description=description)
+_p = float32_input
 
 
 PROFILE = Profile(

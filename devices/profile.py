@@ -12,7 +12,7 @@ from itertools import pairwise
 
 from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
 
-__all__ = ["Point", "Profile", "ProfileError", "RegisterType"]
+__all__ = ["Point", "Profile", "ProfileError", "RegisterType", "float32_input"]
 
 
 class ProfileError(ValueError):
@@ -99,3 +99,8 @@ class Profile:
     def readable(self, rtype: RegisterType, start: int, end: int) -> bool:
         """True when registers ``[start, end)`` lie inside one declared readable range."""
         return any(lo <= start and end <= hi for lo, hi in self.readable_ranges.get(rtype, ()))
+
+
+def float32_input(name: str, address: int, unit: str = "", description: str = "") -> Point:
+    """An IEEE-754 float32 in two input registers, high word first (the energy-meter case)."""
+    return Point(name, address, DataType.FLOAT32, unit, description=description)

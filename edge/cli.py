@@ -43,13 +43,20 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _load(path: Path):
+    """The validated config, or None after printing every problem (FILE:LINE:COL: ...)."""
     from edge.config import ConfigError, load_config
 
     try:
-        loaded = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_CONFIG
     cfg = loaded.config
     print(
@@ -70,13 +77,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.config import ConfigError, load_config
     from edge.gateway import Gateway
 
-    try:
-        loaded = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_CONFIG
 
     async def go() -> int:

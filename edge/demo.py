@@ -23,10 +23,11 @@ from edge.broker import EmbeddedBroker
 from edge.config import LoadedConfig, load_config
 from edge.consumer import BatchConsumer, reading_json
 from edge.gateway import Gateway
+from edge.modbus_adapter import SimServer
 from protocols.batch import Batch
-from simulators import serve_modbus_tcp, sim_unit
+from simulators import ProfileSimUnit, serve_modbus_tcp, sim_unit
 
-__all__ = ["default_demo_config", "run_demo"]
+__all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabinet"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,60 @@ class LiveView:
         self.out.flush()
 
 
+@dataclasses.dataclass
+class SimulatedCabinet:
+    """Simulators for every device of a config, and the config rewritten to use them."""
+
+    loaded: LoadedConfig
+    servers: list[SimServer]
+    ports: dict[tuple[str, int], int]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.close()
+
+
+async def simulate_cabinet(
+    loaded: LoadedConfig, *, broker_url: str, buffer_path: Path, **mqtt: object
+) -> SimulatedCabinet:
+    """Start one simulated endpoint per distinct host:port of the config (its devices' unit ids
+    behind it, as on a TCP-to-RTU bridge) on free loopback ports, and return the config pointed
+    at them, at ``broker_url`` and at ``buffer_path`` (plus any ``mqtt`` field overrides)."""
+    cfg = loaded.config
+    endpoints: dict[tuple[str, int], list[ProfileSimUnit]] = {}
+    for dev in cfg.devices:
+        t = dev.transport
+        endpoints.setdefault((t.host, t.port), []).append(
+            sim_unit(dev.profile, t.unit, seed=dev.id)
+        )
+    servers, ports = [], {}
+    for key, units in endpoints.items():
+        server = await serve_modbus_tcp(units)
+        servers.append(server)
+        ports[key] = server.port
+    devices = [
+        d.model_copy(
+            update={
+                "transport": d.transport.model_copy(
+                    update={
+                        "host": "127.0.0.1",
+                        "port": ports[(d.transport.host, d.transport.port)],
+                    }
+                )
+            }
+        )
+        for d in cfg.devices
+    ]
+    new_cfg = cfg.model_copy(
+        update={
+            "devices": devices,
+            "mqtt": cfg.mqtt.model_copy(update={"url": broker_url, **mqtt}),
+            "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
+        }
+    )
+    return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, ports)
+
+
 async def run_demo(
     config: Path | None = None,
     *,
@@ -116,45 +171,14 @@ async def run_demo(
     loaded = load_config(config or default_demo_config())
     cfg = loaded.config
     broker = await EmbeddedBroker().start()
-    servers = []
+    cabinet: SimulatedCabinet | None = None
     tmp = None
     try:
-        # One simulated endpoint per distinct host:port in the config, with its unit ids.
-        endpoints: dict[tuple[str, int], list] = {}
-        for dev in cfg.devices:
-            t = dev.transport
-            endpoints.setdefault((t.host, t.port), []).append(
-                sim_unit(dev.profile, t.unit, seed=dev.id)
-            )
-        ports: dict[tuple[str, int], int] = {}
-        for key, units in endpoints.items():
-            server = await serve_modbus_tcp(units)
-            servers.append(server)
-            ports[key] = server.port
-        devices = [
-            d.model_copy(
-                update={
-                    "transport": d.transport.model_copy(
-                        update={
-                            "host": "127.0.0.1",
-                            "port": ports[(d.transport.host, d.transport.port)],
-                        }
-                    )
-                }
-            )
-            for d in cfg.devices
-        ]
         if buffer_path is None:
             tmp = tempfile.TemporaryDirectory(prefix="edge-demo-")
             buffer_path = Path(tmp.name) / "buffer.sqlite"
-        new_cfg = cfg.model_copy(
-            update={
-                "devices": devices,
-                "mqtt": cfg.mqtt.model_copy(update={"url": broker.url}),
-                "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
-            }
-        )
-        demo = dataclasses.replace(loaded, config=new_cfg)
+        cabinet = await simulate_cabinet(loaded, broker_url=broker.url, buffer_path=buffer_path)
+        demo = cabinet.loaded
         view = LiveView(demo, jsonl=jsonl)
         consumer = BatchConsumer(
             broker.url, topic=f"{cfg.mqtt.topic_prefix}/+/+/data", on_batch=view
@@ -163,8 +187,8 @@ async def run_demo(
         say = sys.stderr if jsonl else sys.stdout
         print(
             f"edge demo: broker {broker.url} (embedded amqtt), "
-            f"{len(devices)} simulated meters on "
-            + ", ".join(f"127.0.0.1:{p}" for p in ports.values())
+            f"{len(cfg.devices)} simulated meters on "
+            + ", ".join(f"127.0.0.1:{p}" for p in cabinet.ports.values())
             + f", buffer {buffer_path}",
             file=say,
             flush=True,
@@ -207,8 +231,8 @@ async def run_demo(
             print(f"edge demo: {line}", file=say, flush=True)
         return 0 if view.readings > 0 else 1
     finally:
-        for server in servers:
-            await server.close()
+        if cabinet is not None:
+            await cabinet.close()
         await broker.stop()
         if tmp is not None:
             tmp.cleanup()
