@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocols.batch import Reading, encode_batch
+from protocols.batch import BatchHeader, Point, Reading, encode_batch
 
 __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
 
@@ -131,8 +131,15 @@ class Buffer:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             elif version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"unknown buffer schema version {version}")
-            for key, default in (("next_seq", 1), ("dropped_pending", 0), ("evicted_total", 0)):
+            for key, default in (
+                ("next_seq", 1),
+                ("dropped_pending", 0),
+                ("evicted_total", 0),
+                ("boot", 0),
+            ):
                 db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+            # Every open is a new boot epoch: batches say which run of the gateway sealed them.
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'boot'")
             db.execute("SELECT count(*) FROM readings").fetchone()
         except BaseException:
             db.close()
@@ -153,6 +160,32 @@ class Buffer:
             cur = self._db.execute("INSERT INTO series (device, point) VALUES (?, ?)", key)
             sid = self._series[key] = int(cur.lastrowid or 0)
         return sid
+
+    @property
+    def boot(self) -> int:
+        return int(self._meta(self._db, "boot", 0))
+
+    def register_series(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Give ids to series before any reading of them arrives (so the birth can list them)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for device, point in pairs:
+                self._series_id(device, point)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self._series = {
+                (d, p): i for i, d, p in self._db.execute("SELECT id, device, point FROM series")
+            }
+            raise
+
+    @property
+    def series_count(self) -> int:
+        return len(self._series)
+
+    def series(self) -> list[tuple[int, str, str]]:
+        """Every series id ever assigned, with its device and point (ids are never reused)."""
+        return sorted((sid, d, p) for (d, p), sid in self._series.items())
 
     def append(self, readings: Iterable[Reading]) -> int:
         """Accept readings in one transaction (group commit). Returns how many were accepted."""
@@ -244,15 +277,23 @@ class Buffer:
         ]
 
     def seal(
-        self, gateway: str, max_readings: int, created_ms: int | None = None
+        self,
+        gateway: str,
+        max_readings: int,
+        created_ms: int | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> SealedBatch | None:
-        """Move up to ``max_readings`` oldest readings into a new numbered batch (atomic)."""
+        """Move up to ``max_readings`` oldest readings into a new numbered batch (atomic).
+
+        With ``max_bytes`` the batch is cut so its encoded size stays within it (below the
+        broker's maximum packet size); a single reading is always sealed, whatever its size.
+        """
         created = int(time.time() * 1000) if created_ms is None else created_ms
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rows = self._db.execute(
-                "SELECT r.id, s.device, s.point, r.ts_ms, r.value FROM readings r "
-                "JOIN series s ON s.id = r.series ORDER BY r.id LIMIT ?",
+                "SELECT id, series, ts_ms, value FROM readings ORDER BY id LIMIT ?",
                 (max_readings,),
             ).fetchall()
             dropped = self._meta(self._db, "dropped_pending", 0)
@@ -260,13 +301,14 @@ class Buffer:
                 self._db.execute("ROLLBACK")
                 return None
             seq = self._meta(self._db, "next_seq", 1)
-            payload = encode_batch(
-                gateway,
-                seq,
-                created,
-                (Reading(d, p, ts, v) for _, d, p, ts, v in rows),
-                dropped=dropped,
-            )
+            header = BatchHeader(gateway, seq, self.boot, created, dropped)
+            take = len(rows)
+            while True:
+                payload = encode_batch(header, (Point(s, t, v) for _, s, t, v in rows[:take]))
+                if max_bytes is None or len(payload) <= max_bytes or take <= 1:
+                    break
+                take = max(1, min(take - 1, int(take * max_bytes / len(payload) * 0.9)))
+            rows = rows[:take]
             if rows:
                 self._db.execute("DELETE FROM readings WHERE id <= ?", (rows[-1][0],))
             self._db.execute(
@@ -340,8 +382,19 @@ class AsyncBuffer:
     async def append(self, readings: list[Reading]) -> int:
         return await self._run(lambda: self.sync.append(readings))
 
-    async def seal(self, gateway: str, max_readings: int) -> SealedBatch | None:
-        return await self._run(lambda: self.sync.seal(gateway, max_readings))
+    async def seal(
+        self, gateway: str, max_readings: int, max_bytes: int | None = None
+    ) -> SealedBatch | None:
+        return await self._run(lambda: self.sync.seal(gateway, max_readings, max_bytes=max_bytes))
+
+    async def register_series(self, pairs: list[tuple[str, str]]) -> None:
+        await self._run(lambda: self.sync.register_series(pairs))
+
+    async def series(self) -> list[tuple[int, str, str]]:
+        return await self._run(self.sync.series)
+
+    async def boot(self) -> int:
+        return await self._run(lambda: self.sync.boot)
 
     async def unacked(self) -> list[SealedBatch]:
         return await self._run(self.sync.unacked)

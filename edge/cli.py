@@ -115,21 +115,29 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from edge.consumer import BatchConsumer, reading_json
-    from protocols.batch import Batch
+    import csv
 
-    def show(batch: Batch) -> None:
+    from edge.consumer import BatchConsumer, Delivery, reading_json
+
+    writer = csv.writer(sys.stdout)
+    if args.format == "csv":
+        writer.writerow(["gateway", "seq", "device", "point", "ts_ms", "value"])
+
+    def show(batch: Delivery) -> None:
+        h = batch.header
         for r in batch.readings:
             if args.format == "jsonl":
-                print(reading_json(batch, r.device, r.point, r.ts_ms, r.value))
+                print(reading_json(h, r))
+            elif args.format == "csv":
+                writer.writerow([h.gateway, h.seq, r.device, r.point, r.ts_ms, r.value])
             else:
-                print(f"{batch.gateway} #{batch.seq} {r.device}.{r.point} @{r.ts_ms} = {r.value}")
+                print(f"{h.gateway} #{h.seq} {r.device}.{r.point} @{r.ts_ms} = {r.value}")
         sys.stdout.flush()
 
     try:
         consumer = BatchConsumer(
             args.broker,
-            topic=args.topic,
+            prefix=args.prefix,
             client_id=args.client_id,
             on_batch=show,
             keep_duplicates=args.keep_duplicates,
@@ -193,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
-    p.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
-    p.add_argument("--topic", default="city/+/+/+/data")
+    p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
+    p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument("--client-id", help="fixed id: a persistent session that survives restarts")
     p.add_argument(
         "--keep-duplicates",

@@ -70,8 +70,10 @@ class MqttConfig(_Model):
     client_id: Ident | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     publish_timeout_s: float = Field(5.0, gt=0, le=120)
-    batch_max_readings: int = Field(1000, ge=1, le=100_000)
-    batch_max_delay_ms: int = Field(2000, ge=0, le=600_000)
+    batch_max_readings: int = Field(5000, ge=1, le=1_000_000)
+    #: Encoded batch size cap; keep it below the broker's maximum packet size.
+    batch_max_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
+    batch_max_delay_ms: int = Field(5000, ge=0, le=3_600_000)
     reconnect_min_s: float = Field(1.0, gt=0, le=600)
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     stable_after_s: float = Field(60.0, ge=0, le=3600)

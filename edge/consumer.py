@@ -1,8 +1,9 @@
-"""Consume batches: decode, de-duplicate by batch sequence number, report gaps and duplicates.
+"""Consume batches: decode, name through the birth, de-duplicate by batch number, report gaps.
 
 The gateway delivers at least once (a batch whose PUBACK was lost is re-sent with the same
 number), so a consumer that drops repeated numbers sees every reading exactly once. Gaps are
-reported as they appear and again at the end if they were never filled.
+reported as they appear and again at the end if they were never filled. Series ids are named
+through the gateway's retained birth message, which arrives first on subscription.
 
 Use a fixed ``client_id``: the session is then persistent (clean_session=False), and a broker
 with persistence keeps QoS 1 batches for the consumer while it is away or restarting.
@@ -22,9 +23,10 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from protocols.batch import Batch, BatchDecodeError, decode_batch
+from protocols.batch import BatchDecodeError, BatchHeader, Reading, decode_batch
+from protocols.birth import Birth, BirthError, SeriesInfo, resolve
 
-__all__ = ["BatchConsumer", "SeqTracker", "reading_json"]
+__all__ = ["BatchConsumer", "Delivery", "SeqTracker", "reading_json"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,14 @@ class SeqTracker:
         return out
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A new batch, its readings named through the gateway's birth."""
+
+    header: BatchHeader
+    readings: list[Reading]
+
+
 @dataclass
 class GatewayTally:
     tracker: SeqTracker = field(default_factory=SeqTracker)
@@ -79,6 +89,9 @@ class GatewayTally:
     readings: int = 0
     duplicates: int = 0
     dropped_reported: int = 0
+    birth: Birth | None = None
+    series: dict[int, SeriesInfo] = field(default_factory=dict)
+    unknown_reported: set[int] = field(default_factory=set)
 
 
 def _json_value(v: object) -> object:
@@ -87,18 +100,16 @@ def _json_value(v: object) -> object:
     return v
 
 
-def reading_json(batch: Batch, device: str, point: str, ts_ms: int, value: object) -> str:
-    return json.dumps(
-        {
-            "gateway": batch.gateway,
-            "seq": batch.seq,
-            "device": device,
-            "point": point,
-            "ts_ms": ts_ms,
-            "value": _json_value(value),
-        },
-        separators=(",", ":"),
-    )
+def reading_json(header: BatchHeader, r: Reading) -> str:
+    doc = {
+        "gateway": header.gateway,
+        "seq": header.seq,
+        "device": r.device,
+        "point": r.point,
+        "ts_ms": r.ts_ms,
+        "value": _json_value(r.value),
+    }
+    return json.dumps(doc, separators=(",", ":"))
 
 
 class BatchConsumer:
@@ -106,9 +117,9 @@ class BatchConsumer:
         self,
         broker_url: str,
         *,
-        topic: str = "city/+/+/+/data",
+        prefix: str = "city/v1",
         client_id: str | None = None,
-        on_batch: Callable[[Batch], None] | None = None,
+        on_batch: Callable[[Delivery], None] | None = None,
         keep_duplicates: bool = False,
         report: TextIO = sys.stderr,
     ) -> None:
@@ -116,7 +127,8 @@ class BatchConsumer:
         if parts.scheme != "mqtt" or not parts.hostname:
             raise ValueError(f"broker must look like mqtt://HOST:PORT, got {broker_url!r}")
         self.host, self.port = parts.hostname, parts.port or 1883
-        self.topic = topic
+        base = prefix.rstrip("/")
+        self.topics = [f"{base}/+/+/birth", f"{base}/+/+/data"]
         self.client_id = client_id
         self.on_batch = on_batch
         self.keep_duplicates = keep_duplicates
@@ -128,38 +140,65 @@ class BatchConsumer:
     def _say(self, msg: str) -> None:
         print(msg, file=self.report, flush=True)
 
-    def handle(self, topic: str, payload: bytes) -> Batch | None:
-        """Process one message; returns the batch if it is new (or duplicates are kept)."""
+    def _birth(self, topic: str, payload: bytes) -> None:
+        try:
+            birth = Birth.decode(payload)
+        except BirthError as exc:
+            self.bad_payloads += 1
+            self._say(f"bad birth on {topic}: {exc}")
+            return
+        tally = self.tallies.setdefault(birth.gateway, GatewayTally())
+        tally.birth, tally.series = birth, birth.index()
+        tally.unknown_reported.clear()
+
+    def handle(self, topic: str, payload: bytes) -> Delivery | None:
+        """Process one message; returns the delivery if it is a new batch (or duplicates are
+        kept). A birth updates its gateway's series dictionary."""
+        if topic.endswith("/birth"):
+            self._birth(topic, payload)
+            return None
         try:
             batch = decode_batch(payload)
         except BatchDecodeError as exc:
             self.bad_payloads += 1
-            self._say(f"bad batch on {topic}: {exc}")
+            h = exc.header
+            named = f" (gateway {h.gateway}, batch {h.seq})" if h else ""
+            self._say(f"bad batch on {topic}{named}: {exc}; skipped")
             return None
-        tally = self.tallies.setdefault(batch.gateway, GatewayTally())
-        is_new, gap = tally.tracker.add(batch.seq)
+        header = batch.header
+        tally = self.tallies.setdefault(header.gateway, GatewayTally())
+        is_new, gap = tally.tracker.add(header.seq)
         if gap is not None:
             first, last = gap
             span = f"{first}" if first == last else f"{first}..{last}"
-            self._say(f"gateway {batch.gateway}: missing batch {span} (got {batch.seq})")
+            self._say(f"gateway {header.gateway}: missing batch {span} (got {header.seq})")
         if not is_new:
             tally.duplicates += 1
-            self._say(f"gateway {batch.gateway}: duplicate batch {batch.seq}")
+            self._say(f"gateway {header.gateway}: duplicate batch {header.seq}")
             if not self.keep_duplicates:
                 return None
-        elif batch.seq < tally.tracker.highest:
-            self._say(f"gateway {batch.gateway}: late batch {batch.seq} arrived")
-        tally.batches += 1
-        tally.readings += len(batch.readings)
-        if batch.dropped:
-            tally.dropped_reported += batch.dropped
+        elif header.seq < tally.tracker.highest:
+            self._say(f"gateway {header.gateway}: late batch {header.seq} arrived")
+        readings, unknown = resolve(batch, tally.series)
+        fresh = unknown - tally.unknown_reported
+        if fresh:
+            tally.unknown_reported |= fresh
             self._say(
-                f"gateway {batch.gateway}: batch {batch.seq} reports {batch.dropped} "
+                f"gateway {header.gateway}: batch {header.seq} refers to series "
+                f"{sorted(fresh)} that no birth has named (shown as '#id')"
+            )
+        tally.batches += 1
+        tally.readings += len(readings)
+        if header.dropped:
+            tally.dropped_reported += header.dropped
+            self._say(
+                f"gateway {header.gateway}: batch {header.seq} reports {header.dropped} "
                 "readings evicted at the gateway (buffer full)"
             )
+        delivery = Delivery(header, readings)
         if self.on_batch is not None:
-            self.on_batch(batch)
-        return batch
+            self.on_batch(delivery)
+        return delivery
 
     def summary(self) -> list[str]:
         lines = []
@@ -188,7 +227,8 @@ class BatchConsumer:
             )
             try:
                 async with client:
-                    await client.subscribe(self.topic, qos=1)
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
                     self.subscribed.set()
                     delay = 0.5
                     async for msg in client.messages:

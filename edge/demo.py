@@ -21,10 +21,9 @@ from pathlib import Path
 from devices import get_profile
 from edge.broker import EmbeddedBroker
 from edge.config import LoadedConfig, load_config
-from edge.consumer import BatchConsumer, reading_json
+from edge.consumer import BatchConsumer, Delivery, reading_json
 from edge.gateway import Gateway
 from edge.modbus_adapter import SimServer
-from protocols.batch import Batch
 from simulators import ProfileSimUnit, serve_modbus_tcp, sim_unit
 
 __all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabinet"]
@@ -73,12 +72,13 @@ class LiveView:
         self.readings = 0
         self.batches = 0
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Delivery) -> None:
         self.batches += 1
         self.readings += len(batch.readings)
+        header = batch.header
         if self.jsonl:
             for r in batch.readings:
-                print(reading_json(batch, r.device, r.point, r.ts_ms, r.value), file=self.out)
+                print(reading_json(header, r), file=self.out)
             self.out.flush()
             return
         latest: dict[str, dict[str, object]] = {}
@@ -86,7 +86,7 @@ class LiveView:
         for r in batch.readings:
             latest.setdefault(r.device, {})[r.point] = r.value
             counts[r.device] = counts.get(r.device, 0) + 1
-        clock = time.strftime("%H:%M:%S", time.localtime(batch.created_ms / 1000))
+        clock = time.strftime("%H:%M:%S", time.localtime(header.created_ms / 1000))
         for device, values in latest.items():
             units = self.units.get(device, {})
             shown = [
@@ -95,13 +95,13 @@ class LiveView:
                 if name in values
             ]
             print(
-                f"{clock} batch {batch.seq:<4} {device:<14} {counts[device]:>3} readings  "
+                f"{clock} batch {header.seq:<4} {device:<14} {counts[device]:>3} readings  "
                 + "  ".join(shown),
                 file=self.out,
             )
-        if batch.dropped:
+        if header.dropped:
             print(
-                f"{clock} batch {batch.seq}: gateway evicted {batch.dropped} readings",
+                f"{clock} batch {header.seq}: gateway evicted {header.dropped} readings",
                 file=self.out,
             )
         self.out.flush()
@@ -180,9 +180,7 @@ async def run_demo(
         cabinet = await simulate_cabinet(loaded, broker_url=broker.url, buffer_path=buffer_path)
         demo = cabinet.loaded
         view = LiveView(demo, jsonl=jsonl)
-        consumer = BatchConsumer(
-            broker.url, topic=f"{cfg.mqtt.topic_prefix}/+/+/data", on_batch=view
-        )
+        consumer = BatchConsumer(broker.url, prefix=cfg.mqtt.topic_prefix, on_batch=view)
         gateway = Gateway(demo)
         say = sys.stderr if jsonl else sys.stdout
         print(

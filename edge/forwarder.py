@@ -17,9 +17,12 @@ up ``stable_after_s``. An outage is logged once at ERROR, then DEBUG, and INFO o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -29,6 +32,7 @@ from tenacity.wait import wait_base
 
 from edge.buffer import AsyncBuffer, SealedBatch
 from edge.config import MqttConfig
+from protocols.birth import Birth
 
 __all__ = ["Forwarder", "ForwarderStats", "topics"]
 
@@ -46,8 +50,15 @@ _REFUSAL_HINTS = {
 
 
 def topics(cfg: MqttConfig, site: str, gateway: str) -> dict[str, str]:
+    """The gateway's topics: ``<prefix>/<site>/<gateway>/{birth,data,status}``."""
     base = f"{cfg.topic_prefix.rstrip('/')}/{site}/{gateway}"
-    return {"data": f"{base}/data", "status": f"{base}/status"}
+    return {name: f"{base}/{name}" for name in ("birth", "data", "status")}
+
+
+def status_payload(state: str, gateway: str, boot: int) -> bytes:
+    return json.dumps(
+        {"state": state, "gateway": gateway, "boot": boot}, separators=(",", ":")
+    ).encode()
 
 
 @dataclass
@@ -59,6 +70,7 @@ class ForwarderStats:
     readings_sent: int = 0
     resent_batches: int = 0
     publish_failures: int = 0
+    births: int = 0
     last_seq_acked: int | None = None
 
 
@@ -90,6 +102,7 @@ class Forwarder:
         gateway_id: str,
         site: str,
         password: str | None = None,
+        birth: Callable[[], Awaitable[Birth]] | None = None,
     ) -> None:
         self.buffer = buffer
         self.cfg = cfg
@@ -100,6 +113,8 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._pending_since: float | None = None  # monotonic time the oldest pending arrived
         self._outage_since: float | None = None
+        self._birth = birth
+        self._birth_series = -1  # how many series the last published birth listed
 
     # The writer calls this after every commit.
     def notify_appended(self) -> None:
@@ -107,7 +122,7 @@ class Forwarder:
             self._pending_since = time.monotonic()
         self._wake.set()
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, boot: int) -> aiomqtt.Client:
         cfg = self.cfg
         return aiomqtt.Client(
             cfg.host,
@@ -118,7 +133,12 @@ class Forwarder:
             keepalive=cfg.keepalive_s,
             timeout=cfg.publish_timeout_s,
             clean_session=True,
-            will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
+            will=aiomqtt.Will(
+                self.topics["status"],
+                status_payload("offline", self.gateway_id, boot),
+                qos=1,
+                retain=True,
+            ),
         )
 
     async def run(self) -> None:
@@ -162,7 +182,8 @@ class Forwarder:
 
     async def _session(self) -> None:
         started = time.monotonic()
-        client = self._client()
+        boot = await self.buffer.boot()
+        client = self._client(boot)
         try:
             try:
                 await client.__aenter__()
@@ -172,7 +193,13 @@ class Forwarder:
             try:
                 self.stats.sessions += 1
                 self.stats.connected = True
-                await client.publish(self.topics["status"], b"online", qos=1, retain=True)
+                await self._publish_birth(client)
+                await client.publish(
+                    self.topics["status"],
+                    status_payload("online", self.gateway_id, boot),
+                    qos=1,
+                    retain=True,
+                )
                 if self._outage_since is not None:
                     log.info(
                         "uplink to %s restored after %.1f s",
@@ -182,7 +209,20 @@ class Forwarder:
                     self._outage_since = None
                 else:
                     log.info("uplink to %s connected", self.cfg.url)
-                await self._forward(client)
+                try:
+                    await self._forward(client)
+                except asyncio.CancelledError:
+                    # A clean stop: the Last Will only fires on an unclean disconnect, so say
+                    # "offline" ourselves (best effort), or the retained status stays "online".
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        await client.publish(
+                            self.topics["status"],
+                            status_payload("offline", self.gateway_id, boot),
+                            qos=1,
+                            retain=True,
+                            timeout=2.0,
+                        )
+                    raise
             finally:
                 self.stats.connected = False
                 try:
@@ -197,7 +237,24 @@ class Forwarder:
                 raise _StableSessionEnded() from None
             raise _SessionFailed(self._describe(exc)) from None
 
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        """Retained birth: the series dictionary every batch refers to (and who we are)."""
+        if self._birth is None:
+            return
+        birth = await self._birth()
+        await client.publish(
+            self.topics["birth"],
+            birth.encode(),
+            qos=1,
+            retain=True,
+            timeout=self.cfg.publish_timeout_s,
+        )
+        self._birth_series = len(birth.series)
+        self.stats.births += 1
+
     async def _publish(self, client: aiomqtt.Client, batch: SealedBatch) -> None:
+        if self._birth is not None and self.buffer.sync.series_count > self._birth_series:
+            await self._publish_birth(client)  # a new series appeared: name it first
         # publish(qos=1) returns only after the PUBACK; on timeout it raises MqttError.
         await client.publish(
             self.topics["data"], batch.payload, qos=1, timeout=self.cfg.publish_timeout_s
@@ -214,7 +271,9 @@ class Forwarder:
             await self._publish(client, batch)
         while True:
             await self._wait_for_batch()
-            batch = await self.buffer.seal(self.gateway_id, self.cfg.batch_max_readings)
+            batch = await self.buffer.seal(
+                self.gateway_id, self.cfg.batch_max_readings, self.cfg.batch_max_bytes
+            )
             if batch is None:
                 self._pending_since = None
                 continue

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
+from devices import get_profile
+from edge import __version__
 from edge.buffer import AsyncBuffer, BufferError
 from edge.config import LoadedConfig, ModbusTcpTransport
 from edge.forwarder import Forwarder
 from edge.modbus_adapter import ModbusTcpLink
 from edge.poller import DevicePoller
 from protocols.batch import Reading
+from protocols.birth import Birth, SeriesInfo
 
 __all__ = ["Gateway", "WriterStats"]
 
@@ -61,15 +65,62 @@ class Gateway:
             gateway_id=cfg.gateway.id,
             site=cfg.gateway.site,
             password=loaded.mqtt_password(),
+            birth=self.birth,
         )
+        self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()
         self._holding: list[Reading] = []  # taken from the queue, not yet committed
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
+    async def birth(self) -> Birth:
+        """The birth message: who this gateway is and what every series id means."""
+        cfg = self.loaded.config
+        meta: dict[tuple[str, str], tuple[str, str]] = {}
+        devices = []
+        for dev in cfg.devices:
+            profile = get_profile(dev.profile)
+            for p in profile.points:
+                meta[(dev.id, p.name)] = (p.unit, str(p.dtype))
+            t = dev.transport
+            devices.append(
+                {
+                    "id": dev.id,
+                    "profile": profile.name,
+                    "vendor": profile.vendor,
+                    "model": profile.model,
+                    "endpoint": f"{t.type}://{t.host}:{t.port}",
+                    "unit": t.unit,
+                    "poll_interval_s": dev.poll_interval_s,
+                }
+            )
+        series = tuple(
+            SeriesInfo(sid, d, p, *meta.get((d, p), ("", "")))
+            for sid, d, p in await self.buffer.series()
+        )
+        stats = await self.buffer.stats()
+        return Birth(
+            gateway=cfg.gateway.id,
+            site=cfg.gateway.site,
+            boot=await self.buffer.boot(),
+            software=f"hanoi-edge {__version__}",
+            started_ms=self.started_ms,
+            next_seq=stats.next_seq,
+            devices=tuple(devices),
+            series=series,
+        )
+
     async def run(self) -> None:
         """Run until cancelled; on the way out commit everything already read."""
         await self.buffer.open()
+        await self.buffer.register_series(
+            [
+                (p.device.id, point.name)
+                for p in self.pollers
+                for r in p.plan.requests
+                for point in r.points
+            ]
+        )
         stats = await self.buffer.stats()
         log.info(
             "gateway %s: buffer %s holds %d readings and %d unacknowledged batches; next batch %d",

@@ -1,16 +1,32 @@
 """Wire formats, bytes in and frames out. Nothing in this package does I/O or reads a clock."""
 
-from protocols.batch import Batch, BatchDecodeError, Reading, decode_batch, encode_batch
+from protocols.batch import (
+    Batch,
+    BatchDecodeError,
+    BatchHeader,
+    Point,
+    Reading,
+    decode_batch,
+    decode_header,
+    encode_batch,
+)
+from protocols.birth import Birth, BirthError, SeriesInfo
 from protocols.modbus import DataType, ModbusValueError, WordOrder, decode_value, encode_value
 
 __all__ = [
     "Batch",
     "BatchDecodeError",
+    "BatchHeader",
+    "Birth",
+    "BirthError",
     "DataType",
     "ModbusValueError",
+    "Point",
     "Reading",
+    "SeriesInfo",
     "WordOrder",
     "decode_batch",
+    "decode_header",
     "decode_value",
     "encode_batch",
     "encode_value",

@@ -1,166 +1,467 @@
-"""Uplink batch format, version 0 (msgpack). No I/O.
+"""Uplink batch format v1: columnar, typed, delta/XOR-encoded, byte-shuffled, zstd. No I/O.
 
-One MQTT message carries one batch. Format version 0 is a msgpack map:
+The normative description, with a worked example, is docs/batch-format-v1.md; golden vectors are
+in tests/golden/. In short, one MQTT message carries one batch:
 
-    key        type                      meaning
-    "v"        int                       format version, 0
-    "gw"       str                       gateway id
-    "seq"      int >= 0                  batch sequence number, strictly increasing per gateway
-                                         across restarts; a re-sent batch keeps its number
-    "created"  int                       wall-clock ms when the batch was sealed
-    "dropped"  int >= 0                  readings the gateway evicted (buffer full) since the
-                                         previous batch: loss is stated, never silent
-    "series"   [[device, point], ...]    dictionary; readings refer to it by index
-    "t0"       int                       base timestamp, ms since the Unix epoch
-    "si"       [int, ...]                per reading: index into "series"
-    "dt"       [int, ...]                per reading: timestamp - t0, ms
-    "val"      [int|float|bool|str, ...] per reading: the value as read (floats as float64)
+    header  msgpack map, uncompressed, so a consumer can name a batch it cannot decode:
+            {"v": 1, "gw": str, "seq": int, "boot": int, "created": int ms, "dropped": int,
+             "n": points in the batch, "z": "zstd", "body": bin}
+    body    zstd frame of a msgpack array [t0, layout, sids, ts, columns, strings]
+            t0      int, ms since the Unix epoch; every timestamp is an offset from it
+            layout  [[type, series, samples, ts_mode], ...], one entry per *group*: series of
+                    one value type sampled at identical instants (one Modbus request reads
+                    many points at once). type: 1 f32, 2 f64, 3 i64, 4 u64, 5 bool, 6 str
+            sids    bin: every group's series ids, ascending within a group, concatenated; each
+                    minus the one before it (the first minus 0); zigzag; uint64 LE; shuffled
+            ts      bin: every group's timestamps, concatenated, as int64 offsets from t0,
+                    transformed per group by ts_mode, zigzag, uint64 LE, byte-shuffled:
+                    0  delta of delta along time ([a0, a1 - a0, (a2 - a1) - (a1 - a0), ...])
+                    1  element-wise minus the previous group's timestamps (same sample count),
+                       then delta of delta: groups polled together cost almost nothing
+            columns [[type, bin], ...]: for each type, the value matrices of its groups (series x
+                    samples, row-major) concatenated in group order, encoded per type:
+                    f32/f64  IEEE bit patterns; each minus the same series' previous pattern
+                             modulo 2^32 (2^64) (the first minus 0), read as signed, zigzag,
+                             LE, byte-shuffled
+                    i64      differences along time, zigzag, uint64 LE, byte-shuffled
+                    u64      differences along time modulo 2^64, uint64 LE, byte-shuffled
+                    bool     numpy.packbits (big bit order) of the concatenation
+                    str      uint32 LE indexes into ``strings``, byte-shuffled
+            strings [str]: the batch's string dictionary (sorted), or []
 
-The three per-reading arrays have equal length. Unknown keys are ignored by decoders, so
-fields can be added without a version bump; removing or changing one needs a new "v".
+Byte-shuffling (w-byte words -> w planes: all first bytes, then all second bytes, ...) puts the
+bytes that rarely change (high bytes of XORs and deltas) next to each other, where zstd removes
+them. Everything is lossless: a float that is exactly a float32 travels as float32 bit for bit,
+any other float as float64; ±inf survive; NaN stays NaN (its payload bits are not kept).
+
+Series ids refer to the dictionary in the gateway's retained birth message (device, point, unit,
+type). The format does not need it to decode: :func:`decode_batch` returns series ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
+import numpy as np
+import zstandard
 
 __all__ = [
     "FORMAT_VERSION",
     "Batch",
     "BatchDecodeError",
+    "BatchHeader",
+    "Point",
     "Reading",
     "decode_batch",
+    "decode_header",
     "encode_batch",
 ]
 
-FORMAT_VERSION = 0
+FORMAT_VERSION = 1
 
 Value = int | float | bool | str
 
+F32, F64, I64, U64, BOOL, STR = 1, 2, 3, 4, 5, 6
+TYPE_NAMES = {F32: "f32", F64: "f64", I64: "i64", U64: "u64", BOOL: "bool", STR: "str"}
+
+#: Decoder limits: a hostile or broken payload cannot make the decoder allocate without bound.
+MAX_POINTS = 5_000_000
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+_ZSTD_LEVEL = 9
+_I64_MIN, _I64_MAX, _U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
 
 class BatchDecodeError(ValueError):
-    """The bytes are not a valid batch (the sender sent garbage): drop and count it."""
+    """The bytes are not a valid batch (the sender sent garbage). ``header`` is set when the
+    header decoded, so the batch can still be named (gateway, seq) in the report."""
+
+    def __init__(self, message: str, header: BatchHeader | None = None):
+        self.header = header
+        super().__init__(message)
 
 
 class Reading(NamedTuple):
+    """A point resolved through the birth dictionary: what a batch means to an integrator."""
+
     device: str
     point: str
     ts_ms: int
     value: Value
 
 
+class Point(NamedTuple):
+    """One value of one series at one instant (series ids come from the birth dictionary)."""
+
+    sid: int
+    ts_ms: int
+    value: Value
+
+
 @dataclass(frozen=True, slots=True)
-class Batch:
+class BatchHeader:
     gateway: str
     seq: int
+    boot: int
     created_ms: int
-    readings: tuple[Reading, ...]
     dropped: int = 0
+    points: int = 0
     version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    header: BatchHeader
+    points: tuple[Point, ...]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _shuffle(a: np.ndarray) -> bytes:
+    """Byte-shuffle an array of fixed-width little-endian words."""
+    width = a.dtype.itemsize
+    if a.size == 0:
+        return b""
+    return (
+        a.astype(a.dtype.newbyteorder("<"), copy=False)
+        .view(np.uint8)
+        .reshape(-1, width)
+        .T.tobytes()
+    )
+
+
+def _unshuffle(raw: bytes, dtype: str, count: int) -> np.ndarray:
+    dt = np.dtype(dtype).newbyteorder("<")
+    if len(raw) != count * dt.itemsize:
+        raise BatchDecodeError(f"column holds {len(raw)} bytes, expected {count * dt.itemsize}")
+    if count == 0:
+        return np.zeros(0, dtype=dt)
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, count)
+    return planes.T.copy().view(dt).reshape(count)
+
+
+def _zigzag(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.int64)
+    return ((a << 1) ^ (a >> 63)).view(np.uint64)
+
+
+def _unzigzag(u: np.ndarray) -> np.ndarray:
+    u = u.astype(np.uint64)
+    return ((u >> np.uint64(1)).view(np.int64)) ^ -((u & np.uint64(1)).view(np.int64))
+
+
+def _value_type(v: Value) -> int:
+    if isinstance(v, bool):
+        return BOOL
+    if isinstance(v, int):
+        if _I64_MIN <= v <= _I64_MAX:
+            return I64
+        if 0 <= v <= _U64_MAX:
+            return U64
+        raise ValueError(f"integer {v} does not fit 64 bits")
+    if isinstance(v, float):
+        if math.isnan(v):
+            return F32
+        try:
+            as_f32 = struct.unpack("<f", struct.pack("<f", v))[0]
+        except OverflowError:
+            return F64
+        return F32 if as_f32 == v else F64
+    if isinstance(v, str):
+        return STR
+    raise ValueError(f"unsupported value type {type(v).__name__}")
+
+
+def _dd(a: np.ndarray) -> np.ndarray:
+    d = np.diff(a, prepend=0)
+    return np.diff(d, prepend=0)
+
+
+def _undd(dd: np.ndarray) -> np.ndarray:
+    return np.cumsum(np.cumsum(dd))
+
+
+_FLOAT = {F32: ("<f4", np.uint32, np.int32), F64: ("<f8", np.uint64, np.int64)}
+
+
+def _encode_column(
+    kind: int, m: np.ndarray | list[list[Value]], strings: dict[str, int]
+) -> np.ndarray:
+    """One group's matrix as the array that goes into its type's column (before shuffling)."""
+    if kind in _FLOAT:
+        ftype, utype, itype = _FLOAT[kind]
+        bits = np.asarray(m, dtype=ftype).view(utype)
+        d = bits.copy()
+        d[:, 1:] = bits[:, 1:] - bits[:, :-1]  # wraps modulo 2^32 / 2^64
+        signed = d.view(itype).astype(np.int64) if kind == F32 else d.view(np.int64)
+        z = _zigzag(signed)
+        return z.astype(np.uint32) if kind == F32 else z
+    if kind == I64:
+        a = np.asarray(m, dtype=np.int64)
+        return _zigzag(np.diff(a, axis=1, prepend=np.zeros((a.shape[0], 1), dtype=np.int64)))
+    if kind == U64:
+        a = np.asarray([[int(v) for v in r] for r in m], dtype=np.uint64)
+        d = a.copy()
+        d[:, 1:] = a[:, 1:] - a[:, :-1]
+        return d
+    if kind == BOOL:
+        return np.asarray(m, dtype=bool)
+    return np.asarray([[strings[v] for v in r] for r in m], dtype=np.uint32)  # STR
+
+
+def _decode_column(
+    kind: int, flat: np.ndarray, rows: int, n: int, strings: list[str]
+) -> list[list[Value]]:
+    if kind in _FLOAT:
+        ftype, utype, itype = _FLOAT[kind]
+        signed = _unzigzag(flat.astype(np.uint64)).reshape(rows, n)
+        d = signed.astype(itype).view(utype)
+        with np.errstate(over="ignore"):
+            bits = np.cumsum(d, axis=1, dtype=utype)
+        return bits.view(ftype).tolist()
+    if kind == I64:
+        return np.cumsum(_unzigzag(flat).reshape(rows, n), axis=1).tolist()
+    if kind == U64:
+        with np.errstate(over="ignore"):
+            return np.cumsum(flat.reshape(rows, n), axis=1, dtype=np.uint64).tolist()
+    if kind == BOOL:
+        return flat.astype(bool).reshape(rows, n).tolist()
+    if kind == STR:
+        idx = flat.reshape(rows, n)
+        if idx.size and int(idx.max()) >= len(strings):
+            raise BatchDecodeError("string index past the dictionary")
+        return [[strings[i] for i in r] for r in idx.tolist()]
+    raise BatchDecodeError(f"unknown column type {kind}")
+
+
+_WORD = {F32: "u4", F64: "u8", I64: "u8", U64: "u8", STR: "u4"}
+
+
+# --------------------------------------------------------------------------- encode
+
+
 def encode_batch(
-    gateway: str,
-    seq: int,
-    created_ms: int,
-    readings: Iterable[Reading | Sequence[Any]],
+    header: BatchHeader,
+    points: Iterable[Point | tuple[int, int, Value]],
     *,
-    dropped: int = 0,
+    level: int = _ZSTD_LEVEL,
 ) -> bytes:
-    """Encode readings ``(device, point, ts_ms, value)`` into one batch message."""
-    series_index: dict[tuple[str, str], int] = {}
-    si: list[int] = []
-    ts: list[int] = []
-    val: list[Value] = []
-    for device, point, ts_ms, value in readings:
-        key = (device, point)
-        idx = series_index.get(key)
-        if idx is None:
-            idx = series_index[key] = len(series_index)
-        si.append(idx)
-        ts.append(int(ts_ms))
-        val.append(value)
-    t0 = min(ts) if ts else created_ms
+    """Encode points ``(sid, ts_ms, value)`` into one batch. ``header.points`` is filled in."""
+    per_series: dict[int, list[tuple[int, Value]]] = {}
+    for sid, ts, value in points:
+        per_series.setdefault(int(sid), []).append((int(ts), value))
+    total = sum(len(v) for v in per_series.values())
+    # Split each series into runs of one value type, then group runs with identical instants.
+    groups: dict[tuple[int, tuple[int, ...]], list[tuple[int, list[Value]]]] = {}
+    t0 = min((ts for s in per_series.values() for ts, _ in s), default=header.created_ms)
+    for sid, samples in per_series.items():
+        samples.sort(key=lambda p: p[0])
+        run_kind: int | None = None
+        run: list[tuple[int, Value]] = []
+        for ts, value in [*samples, (0, None)]:  # sentinel flushes the last run
+            kind = _value_type(value) if value is not None else None
+            if run and kind != run_kind:
+                key = (run_kind, tuple(t for t, _ in run))
+                groups.setdefault(key, []).append((sid, [v for _, v in run]))  # type: ignore[arg-type]
+                run = []
+            run_kind = kind
+            if value is not None:
+                run.append((ts, value))
+    ordered = sorted(groups.items(), key=lambda g: (g[0][1][0], g[0][0]))
+    words = sorted(
+        {
+            str(v)
+            for (kind, _), members in ordered
+            if kind == STR
+            for _, vals in members
+            for v in vals
+        }
+    )
+    strings = {w: i for i, w in enumerate(words)}
+    layout: list[list[int]] = []
+    sids: list[int] = []
+    ts_parts: list[np.ndarray] = []
+    parts: dict[int, list[np.ndarray]] = {}
+    prev_ts: np.ndarray | None = None
+    for (kind, ts), members in ordered:
+        members.sort(key=lambda m: m[0])
+        sids.extend(m[0] for m in members)
+        a = np.asarray(ts, dtype=np.int64) - t0
+        mode = 1 if prev_ts is not None and len(prev_ts) == len(a) else 0
+        ts_parts.append(_dd(a - prev_ts) if mode else _dd(a))
+        prev_ts = a
+        layout.append([kind, len(members), len(ts), mode])
+        parts.setdefault(kind, []).append(
+            _encode_column(kind, [m[1] for m in members], strings).reshape(-1)
+        )
+    sid_arr = np.asarray(sids, dtype=np.int64)
+    columns = [
+        [
+            kind,
+            np.packbits(np.concatenate(arrs)).tobytes()
+            if kind == BOOL
+            else _shuffle(np.concatenate(arrs).astype(_WORD[kind])),
+        ]
+        for kind, arrs in sorted(parts.items())
+    ]
+    body_doc = [
+        t0,
+        layout,
+        _shuffle(_zigzag(np.diff(sid_arr, prepend=0))) if sids else b"",
+        _shuffle(_zigzag(np.concatenate(ts_parts))) if ts_parts else b"",
+        columns,
+        words,
+    ]
+    body = zstandard.ZstdCompressor(level=level).compress(
+        msgpack.packb(body_doc, use_bin_type=True)
+    )
     doc = {
         "v": FORMAT_VERSION,
-        "gw": gateway,
-        "seq": seq,
-        "created": created_ms,
-        "dropped": dropped,
-        "series": [list(k) for k in series_index],
-        "t0": t0,
-        "si": si,
-        "dt": [t - t0 for t in ts],
-        "val": val,
+        "gw": header.gateway,
+        "seq": header.seq,
+        "boot": header.boot,
+        "created": header.created_ms,
+        "dropped": header.dropped,
+        "n": total,
+        "z": "zstd",
+        "body": body,
     }
     return msgpack.packb(doc, use_bin_type=True)
 
 
-def _require(doc: dict[Any, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+# --------------------------------------------------------------------------- decode
+
+
+def _field(doc: dict[Any, Any], key: str, kind: type) -> Any:
     if key not in doc:
-        raise BatchDecodeError(f"batch has no {key!r} field")
+        raise BatchDecodeError(f"batch header has no {key!r} field")
     value = doc[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise BatchDecodeError(f"batch field {key!r} has type {type(value).__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BatchDecodeError(f"batch header field {key!r} has type {type(value).__name__}")
     return value
 
 
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+_HEADER_KEYS = frozenset({"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body"})
 
 
-def decode_batch(payload: bytes, *, max_readings: int = 1_000_000) -> Batch:
-    """Decode and validate one batch; raise :class:`BatchDecodeError` on anything malformed."""
+def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
+    """Decode the uncompressed header; returns it and the compressed body."""
     try:
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise BatchDecodeError(f"not msgpack: {exc}") from None
     if not isinstance(doc, dict):
         raise BatchDecodeError(f"batch is a {type(doc).__name__}, not a map")
-    version = _require(doc, "v", int)
+    version = _field(doc, "v", int)
     if version != FORMAT_VERSION:
         raise BatchDecodeError(f"unsupported batch format version {version}")
-    gateway = _require(doc, "gw", str)
-    seq = _require(doc, "seq", int)
-    created = _require(doc, "created", int)
-    dropped = _require(doc, "dropped", int)
-    series = _require(doc, "series", list)
-    t0 = _require(doc, "t0", int)
-    si = _require(doc, "si", list)
-    dt = _require(doc, "dt", list)
-    val = _require(doc, "val", list)
-    if seq < 0 or dropped < 0:
-        raise BatchDecodeError("negative seq or dropped")
-    if not len(si) == len(dt) == len(val):
-        raise BatchDecodeError(f"column lengths differ: si={len(si)} dt={len(dt)} val={len(val)}")
-    if len(si) > max_readings:
-        raise BatchDecodeError(f"{len(si)} readings exceed the limit of {max_readings}")
-    names: list[tuple[str, str]] = []
-    for entry in series:
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 2
-            or not all(isinstance(x, str) for x in entry)
+    header = BatchHeader(
+        gateway=_field(doc, "gw", str),
+        seq=_field(doc, "seq", int),
+        boot=_field(doc, "boot", int),
+        created_ms=_field(doc, "created", int),
+        dropped=_field(doc, "dropped", int),
+        points=_field(doc, "n", int),
+        version=version,
+        extra={k: v for k, v in doc.items() if k not in _HEADER_KEYS},
+    )
+    if header.seq < 0 or header.dropped < 0 or not 0 <= header.points <= MAX_POINTS:
+        raise BatchDecodeError("negative seq or dropped, or impossible point count", header)
+    if _field(doc, "z", str) != "zstd":
+        raise BatchDecodeError(f"unknown compression {doc['z']!r}", header)
+    return header, _field(doc, "body", bytes)
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Decode and validate one batch; raise :class:`BatchDecodeError` on anything malformed."""
+    header, body = decode_header(payload)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_BODY_BYTES)
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise BatchDecodeError(f"body does not decompress or decode: {exc}", header) from None
+    try:
+        return Batch(header, _decode_body(doc, header))
+    except BatchDecodeError as exc:
+        raise BatchDecodeError(str(exc), header) from None
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise BatchDecodeError(f"malformed body: {exc}", header) from None
+
+
+def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
+    if not (isinstance(doc, list) and len(doc) == 6):
+        raise BatchDecodeError("body is not [t0, layout, sids, ts, columns, strings]")
+    t0, layout, sid_raw, ts_raw, columns, strings = doc
+    if (
+        type(t0) is not int
+        or not isinstance(layout, list)
+        or not isinstance(sid_raw, bytes)
+        or not isinstance(ts_raw, bytes)
+        or not isinstance(columns, list)
+        or not isinstance(strings, list)
+        or not all(isinstance(w, str) for w in strings)
+    ):
+        raise BatchDecodeError("body fields have the wrong types")
+    n_series = n_ts = 0
+    per_type: dict[int, int] = {}
+    for entry in layout:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 4
+            and all(type(x) is int for x in entry)
+            and entry[0] in TYPE_NAMES
+            and entry[1] > 0
+            and entry[2] > 0
+            and entry[3] in (0, 1)
         ):
-            raise BatchDecodeError(f"bad series entry {entry!r}")
-        names.append((entry[0], entry[1]))
-    readings = []
-    for i, d, v in zip(si, dt, val, strict=True):
-        if type(i) is not int or not 0 <= i < len(names):
-            raise BatchDecodeError(f"series index {i!r} out of range")
-        if type(d) is not int:
-            raise BatchDecodeError(f"timestamp delta {d!r} is not an integer")
-        if not isinstance(v, int | float | str):
-            raise BatchDecodeError(f"value {v!r} has unsupported type {type(v).__name__}")
-        device, point = names[i]
-        readings.append(Reading(device, point, t0 + d, v))
-    extra = {k: v for k, v in doc.items() if k not in _KNOWN}
-    return Batch(gateway, seq, created, tuple(readings), dropped, version, extra)
-
-
-_KNOWN = frozenset({"v", "gw", "seq", "created", "dropped", "series", "t0", "si", "dt", "val"})
+            raise BatchDecodeError(f"bad layout entry {entry!r}")
+        kind, rows, n, _ = entry
+        n_series += rows
+        n_ts += n
+        per_type[kind] = per_type.get(kind, 0) + rows * n
+    if sum(per_type.values()) != header.points:
+        raise BatchDecodeError(
+            f"layout holds {sum(per_type.values())} points, header says {header.points}"
+        )
+    sids = np.cumsum(_unzigzag(_unshuffle(sid_raw, "u8", n_series))).tolist()
+    ts_all = _unzigzag(_unshuffle(ts_raw, "u8", n_ts))
+    flats: dict[int, np.ndarray] = {}
+    for kind, count in per_type.items():
+        raw = next(
+            (c[1] for c in columns if isinstance(c, list) and len(c) == 2 and c[0] == kind), None
+        )
+        if not isinstance(raw, bytes):
+            raise BatchDecodeError(f"no column for type {TYPE_NAMES[kind]}")
+        if kind == BOOL:
+            if len(raw) != (count + 7) // 8:
+                raise BatchDecodeError("bool column has the wrong length")
+            flats[kind] = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count)
+        else:
+            flats[kind] = _unshuffle(raw, _WORD[kind], count)
+    out: list[Point] = []
+    at_sid = at_ts = 0
+    at_col = dict.fromkeys(per_type, 0)
+    prev: np.ndarray | None = None
+    for kind, rows, n, mode in layout:
+        a = _undd(ts_all[at_ts : at_ts + n])
+        if mode == 1:
+            if prev is None or len(prev) != n:
+                raise BatchDecodeError("ts_mode 1 without a previous group of the same length")
+            a = a + prev
+        prev = a
+        at_ts += n
+        ts = (a + t0).tolist()
+        flat = flats[kind][at_col[kind] : at_col[kind] + rows * n]
+        at_col[kind] += rows * n
+        values = _decode_column(kind, flat, rows, n, strings)
+        for sid, row in zip(sids[at_sid : at_sid + rows], values, strict=True):
+            out.extend(Point(sid, t, v) for t, v in zip(ts, row, strict=True))
+        at_sid += rows
+    return tuple(out)

@@ -1,8 +1,18 @@
 """Electrical behaviour of a meter on a Hanoi low-voltage feeder, by point name.
 
-Values move plausibly: a daily load curve (a late-morning and an evening peak, street lighting
-from dusk to dawn) with noise, 230 V phase voltages that sag a little under load, 50 Hz with
-small drift, power factors 0.85-0.99, and energy counters that integrate power and only grow.
+Values move as on a real feeder, with the noise a real meter shows:
+
+* load follows a daily curve (late-morning and evening peaks, street lighting dusk to dawn), with
+  a slow random drift per phase (Ornstein-Uhlenbeck, time constant 5 min, 6 % of the load) and
+  appliances switching on and off (a step of 1-4 % of peak about every 2 min per phase);
+* phase voltages are 230 V, sag 1.5 % at peak load and drift (OU, 1 min, 1.2 V);
+* frequency drifts around 50 Hz (OU, 30 s, 0.02 Hz); power factors drift in 0.85-0.99;
+* every measured value carries white measurement noise at the meter's resolution (0.05 V,
+  0.05 % of current and power, 0.001 Hz, 0.0005 of power factor), and the meter refreshes its
+  registers once per measurement cycle (1 s), as energy meters do; reads in between see the
+  same values. Values are full-precision float32 on the wire: nothing is rounded;
+* energy counters integrate power and only grow.
+
 The names match the Eastron profiles; a profile point the model does not know reads 0.
 """
 
@@ -17,6 +27,7 @@ __all__ = ["EnergyMeterModel"]
 
 NOMINAL_V = 230.0
 NOMINAL_HZ = 50.0
+MEASUREMENT_CYCLE_S = 1.0
 _ICT = 7 * 3600  # Indochina Time, UTC+7, no daylight saving
 
 
@@ -55,21 +66,60 @@ class EnergyMeterModel:
         self._export_kwh = [self._rng.uniform(0, 5) / phases] * phases
         self._last_t: float | None = None
         self._max_demand_w = 0.0
+        # Slow drifts (Ornstein-Uhlenbeck), per phase where it matters.
+        self._load_drift = [0.0] * 3
+        self._steps = [0.0] * 3
+        self._v_drift = [0.0] * 3
+        self._pf_drift = [0.0] * 3
+        self._f_drift = 0.0
+        self._cycle: int | None = None
+        self._values: dict[str, float] = {}
+
+    def _ou(self, x: float, dt: float, tau: float, sigma: float) -> float:
+        """One exact Ornstein-Uhlenbeck step with stationary standard deviation ``sigma``."""
+        a = math.exp(-dt / tau)
+        return x * a + sigma * math.sqrt(1.0 - a * a) * self._rng.gauss(0.0, 1.0)
+
+    def _advance(self, dt: float) -> None:
+        rng = self._rng
+        for ph in range(3):
+            self._load_drift[ph] = self._ou(self._load_drift[ph], dt, 300.0, 0.06)
+            self._v_drift[ph] = self._ou(self._v_drift[ph], dt, 60.0, 1.2)
+            self._pf_drift[ph] = self._ou(self._pf_drift[ph], dt, 120.0, 0.01)
+            if rng.random() < dt / 120.0:  # an appliance switches on or off
+                step = rng.uniform(0.01, 0.04) * rng.choice((-1.0, 1.0))
+                self._steps[ph] = min(0.2, max(-0.2, self._steps[ph] + step))
+        self._f_drift = self._ou(self._f_drift, dt, 30.0, 0.02)
 
     def sample(self) -> dict[str, float]:
-        """Advance the model to now and return every quantity by point name."""
+        """The meter's registers now, by point name (refreshed once per measurement cycle)."""
         now = self._clock()
+        cycle = math.floor(now / MEASUREMENT_CYCLE_S)
+        if cycle == self._cycle:
+            return self._values
+        if self._last_t is not None and now > self._last_t:
+            self._advance(min(now - self._last_t, 3600.0))
+        self._cycle = cycle
+        self._values = self._measure(now)
+        return self._values
+
+    def _measure(self, now: float) -> dict[str, float]:
         rng = self._rng
-        load = daily_load_factor(now) * (1.0 + rng.gauss(0, 0.03))
+        base_load = daily_load_factor(now)
         values: dict[str, float] = {}
         p_phase, q_phase, s_phase, v_phase, i_phase, pf_phase = [], [], [], [], [], []
         for ph in range(self.phases):
-            p = max(0.0, self.peak_kw * 1000.0 / self.phases * load * self._imbalance[ph])
-            pf = min(0.995, max(0.8, self._pf_base[ph] + rng.gauss(0, 0.005)))
+            load = max(0.02, base_load * (1.0 + self._load_drift[ph]) + self._steps[ph])
+            true_p = self.peak_kw * 1000.0 / self.phases * load * self._imbalance[ph]
+            true_pf = min(0.99, max(0.85, self._pf_base[ph] + self._pf_drift[ph]))
+            true_v = NOMINAL_V * (1.0 - 0.015 * load) + self._v_drift[ph]
+            # What the meter measures: the true value plus noise at its resolution.
+            p = true_p * (1.0 + rng.gauss(0, 0.0005))
+            pf = min(1.0, true_pf + rng.gauss(0, 0.0005))
             s = p / pf
             q = math.sqrt(max(0.0, s * s - p * p))
-            v = NOMINAL_V * (1.0 - 0.015 * load) + rng.gauss(0, 0.6)
-            i = s / v
+            v = true_v + rng.gauss(0, 0.05)
+            i = s / v * (1.0 + rng.gauss(0, 0.0005))
             p_phase.append(p)
             q_phase.append(q)
             s_phase.append(s)
@@ -85,7 +135,7 @@ class EnergyMeterModel:
         self._last_t = now if self._last_t is None else max(self._last_t, now)
         total_p = sum(p_phase)
         self._max_demand_w = max(self._max_demand_w, total_p)
-        freq = NOMINAL_HZ + 0.03 * math.sin(now / 300.0) + rng.gauss(0, 0.01)
+        freq = NOMINAL_HZ + self._f_drift + rng.gauss(0, 0.001)
         imp, exp_ = sum(self._import_kwh), sum(self._export_kwh)
         common = {
             "frequency": freq,
@@ -126,8 +176,8 @@ class EnergyMeterModel:
             values[f"reactive_power_l{n}"] = q_phase[ph]
             values[f"power_factor_l{n}"] = pf_phase[ph]
             values[f"phase_angle_l{n}"] = math.degrees(math.acos(pf_phase[ph]))
-            values[f"voltage_thd_l{n}"] = 1.5 + rng.uniform(0, 1.0)
-            values[f"current_thd_l{n}"] = 4.0 + rng.uniform(0, 4.0)
+            values[f"voltage_thd_l{n}"] = 1.8 + 0.4 * base_load + rng.gauss(0, 0.01)
+            values[f"current_thd_l{n}"] = 6.0 - 2.0 * base_load + rng.gauss(0, 0.05)
             values[f"import_energy_l{n}"] = self._import_kwh[ph]
             values[f"export_energy_l{n}"] = self._export_kwh[ph]
             values[f"total_energy_l{n}"] = self._import_kwh[ph] + self._export_kwh[ph]

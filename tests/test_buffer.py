@@ -19,6 +19,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from edge.buffer import Buffer
 from protocols.batch import Reading, decode_batch
 
+
+def named(buf: Buffer, payload: bytes) -> tuple[Reading, ...]:
+    """A sealed batch's points named through the buffer's series table (as a birth would)."""
+    names = {sid: (d, p) for sid, d, p in buf.series()}
+    return tuple(Reading(*names[p.sid], p.ts_ms, p.value) for p in decode_batch(payload).points)
+
+
 BIG = 512 * 1024 * 1024
 
 
@@ -63,8 +70,8 @@ class BufferModel(RuleBasedStateMachine):
         assert batch.seq > self.last_seq  # strictly increasing, never reused
         self.last_seq = batch.seq
         taken, self.pending = self.pending[:max_readings], self.pending[max_readings:]
-        decoded = decode_batch(batch.payload)
-        assert decoded.seq == batch.seq and decoded.readings == tuple(taken)
+        assert decode_batch(batch.payload).header.seq == batch.seq
+        assert sorted(named(self.buf, batch.payload)) == sorted(taken)
         self.outbox[batch.seq] = tuple(taken)
 
     @precondition(lambda self: self.outbox)
@@ -87,7 +94,7 @@ class BufferModel(RuleBasedStateMachine):
         unacked = self.buf.unacked()
         assert [b.seq for b in unacked] == sorted(self.outbox)
         for b in unacked:  # the exact bytes survive: same seq, same content
-            assert decode_batch(b.payload).readings == self.outbox[b.seq]
+            assert sorted(named(self.buf, b.payload)) == sorted(self.outbox[b.seq])
         assert st_.next_seq == self.last_seq + 1
         assert st_.evicted_total == 0
 
@@ -113,10 +120,11 @@ def test_buffer__full_drops_oldest_and_counts_it(tmp_path):
     assert st_.pending_readings + st_.evicted_total == total  # every reading accounted for
     assert st_.used_bytes <= 1024 * 1024
     batch = buf.seal("gw", 100)
-    decoded = decode_batch(batch.payload)
+    decoded = decode_batch(batch.payload).header
     assert decoded.dropped == st_.evicted_total  # the loss travels with the next batch
-    assert decoded.readings[0].value == float(st_.evicted_total)  # the oldest went first
-    assert decode_batch(buf.seal("gw", 100).payload).dropped == 0  # reported once
+    oldest = min(r.value for r in named(buf, batch.payload))
+    assert oldest == float(st_.evicted_total)  # the oldest went first
+    assert decode_batch(buf.seal("gw", 100).payload).header.dropped == 0  # reported once
     buf.close()
 
 
@@ -190,7 +198,7 @@ def test_buffer__sigkill_never_loses_a_committed_reading(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         db.close()
         buf = Buffer(path, max_bytes=512 * 1024 * 1024)
-        values = {r.value for b in buf.unacked() for r in decode_batch(b.payload).readings}
+        values = {r.value for b in buf.unacked() for r in named(buf, b.payload)}
         rows = buf._db.execute("SELECT value FROM readings").fetchall()
         values |= {v for (v,) in rows}
         assert last > committed, "the writer made no progress"
@@ -205,4 +213,18 @@ def test_buffer__sigkill_never_loses_a_committed_reading(tmp_path):
 def test_buffer__both_sync_modes_open(tmp_path, sync):
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG, synchronous=sync)
     assert buf.append(readings(5)) == 5
+    buf.close()
+
+
+def test_buffer__seal_respects_the_byte_limit_and_keeps_the_rest(tmp_path):
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+    noisy = [
+        Reading("m", f"p{i % 50}", 1_700_000_000_000 + i, (i * 7919 % 10007) / 3.0)
+        for i in range(5000)
+    ]
+    buf.append(noisy)
+    batch = buf.seal("gw", 5000, max_bytes=4096)
+    assert len(batch.payload) <= 4096
+    assert 0 < batch.readings < 5000
+    assert buf.stats().pending_readings == 5000 - batch.readings  # nothing lost, just later
     buf.close()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+from pathlib import Path
 
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.batch import BatchDecodeError, Reading, decode_batch, encode_batch
+from protocols.batch import BatchDecodeError, BatchHeader, Point, decode_batch, encode_batch
 from protocols.modbus import (
     DataType,
     ModbusValueError,
@@ -88,40 +90,79 @@ def test_register_codec__any_registers_round_trip(dtype, order, swap, data):
 
 # ----------------------------------------------------------------------------- batches
 
-names = st.text(min_size=1, max_size=12)
-values = st.one_of(
-    st.floats(allow_nan=False),
-    st.integers(-(2**63), 2**63 - 1),
+HEADER = BatchHeader("gw-1", 7, 3, 1_700_000_000_000, dropped=2)
+ts_st = st.integers(1_600_000_000_000, 1_900_000_000_000)
+f32 = st.floats(width=32, allow_nan=True)
+values_st = st.one_of(
+    f32,
+    st.floats(allow_nan=True),  # float64 (exact float32s travel as f32)
+    st.integers(-(2**63), 2**64 - 1),
     st.booleans(),
-    st.text(max_size=20),
-)
-readings_st = st.lists(
-    st.builds(Reading, names, names, st.integers(0, 2**41), values), max_size=200
+    st.text(max_size=12),
 )
 
 
-@given(readings_st, st.integers(0, 2**63 - 1), st.integers(0, 2**31))
-def test_batch_codec__round_trip_is_lossless(readings, seq, dropped):
-    payload = encode_batch("gw-1", seq, 1_700_000_000_000, readings, dropped=dropped)
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b and type(a) is type(b)
+
+
+def assert_round_trip(points):
+    payload = encode_batch(HEADER, points)
     batch = decode_batch(payload)
-    assert batch.gateway == "gw-1"
-    assert batch.seq == seq
-    assert batch.dropped == dropped
-    assert batch.created_ms == 1_700_000_000_000
-    assert len(batch.readings) == len(readings)
-    for got, want in zip(batch.readings, readings, strict=True):
-        assert got == want
-        assert type(got.value) is type(want.value)
+    assert batch.header.gateway == "gw-1" and batch.header.seq == 7
+    assert batch.header.boot == 3 and batch.header.dropped == 2
+    assert batch.header.points == len(points)
+    key = lambda p: (p.sid, p.ts_ms)  # noqa: E731
+    got, want = sorted(batch.points, key=key), sorted(points, key=key)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert (g.sid, g.ts_ms) == (w.sid, w.ts_ms)
+        assert same(w.value, g.value), (w, g)
+    return payload
 
 
-def test_batch_codec__nan_and_infinity_survive():
-    batch = decode_batch(
-        encode_batch(
-            "g", 1, 0, [Reading("d", "p", 5, float("nan")), Reading("d", "p", 6, float("-inf"))]
-        )
-    )
-    assert math.isnan(batch.readings[0].value)
-    assert batch.readings[1].value == float("-inf")
+@st.composite
+def point_sets(draw):
+    """Series with unique timestamps each; one value type per series or mixed."""
+    out = []
+    for sid in draw(st.lists(st.integers(0, 10_000), unique=True, max_size=8)):
+        times = draw(st.lists(ts_st, unique=True, max_size=12))
+        kind = draw(st.sampled_from(["f32", "any"]))
+        for t in times:
+            v = draw(f32 if kind == "f32" else values_st)
+            out.append(Point(sid, t, v))
+    return out
+
+
+@given(point_sets())
+def test_batch_codec__round_trip_is_lossless_for_every_column_type(points):
+    assert_round_trip(points)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [],  # empty: a batch that only reports evictions
+        [Point(1, 1_700_000_000_000, 230.2)],  # one row
+        [Point(1, 5, float("nan")), Point(1, 6, float("inf")), Point(1, 7, float("-inf"))],
+        [Point(2, 5, -0.0), Point(2, 6, 0.0), Point(3, 5, 1e300), Point(3, 6, 5e-324)],
+        [Point(4, 1, 2**64 - 1), Point(4, 2, 0), Point(4, 3, 2**63), Point(5, 1, -(2**63))],
+        [Point(6, 1, True), Point(6, 2, False), Point(6, 3, True)],
+        [Point(7, 1, "on"), Point(7, 2, ""), Point(7, 3, "tắt")],  # Vietnamese survives
+        [Point(8, 1, 1), Point(8, 2, 1.5), Point(8, 3, "x"), Point(8, 4, True)],  # mixed
+    ],
+    ids=["empty", "one-row", "nan-inf", "signed-zero-f64", "u64-i64", "bool", "str", "mixed"],
+)
+def test_batch_codec__edge_cases_round_trip(points):
+    assert_round_trip(points)
+
+
+def test_batch_codec__float32_values_travel_as_float32_bit_for_bit():
+    value = decode_value([0x4366, 0x3334], DataType.FLOAT32)  # 230.2 as a meter sends it
+    [p] = decode_batch(encode_batch(HEADER, [Point(1, 0, value)])).points
+    assert struct.pack(">f", p.value) == bytes.fromhex("43663334")
 
 
 @given(st.binary(max_size=300))
@@ -132,44 +173,78 @@ def test_batch_codec__garbage_raises_only_batch_decode_error(data):
         pass
 
 
-@given(
-    st.dictionaries(
-        st.sampled_from(
-            ["v", "gw", "seq", "created", "dropped", "series", "t0", "si", "dt", "val", "x"]
-        ),
-        st.one_of(
-            st.integers(-5, 5),
-            st.text(max_size=3),
-            st.lists(st.integers(-2, 3), max_size=4),
-            st.lists(st.lists(st.text(max_size=2), max_size=3), max_size=3),
-        ),
-    )
-)
-def test_batch_codec__hostile_maps_raise_only_batch_decode_error(doc):
+@given(st.data())
+def test_batch_codec__corrupted_payloads_raise_only_batch_decode_error(data):
+    points = data.draw(point_sets())
+    payload = bytearray(encode_batch(HEADER, points))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(payload) - 1))
+        payload[at] = data.draw(st.integers(0, 255))
     try:
-        decode_batch(msgpack.packb(doc))
+        decode_batch(bytes(payload))
     except BatchDecodeError:
         pass
 
 
-def test_batch_codec__unknown_version_is_rejected_and_unknown_fields_kept():
-    doc = msgpack.unpackb(encode_batch("g", 1, 0, []))
+def test_batch_codec__broken_body_still_names_the_batch():
+    payload = bytearray(encode_batch(HEADER, [Point(1, 1, 1.0)]))
+    payload[-2] ^= 0xFF
+    with pytest.raises(BatchDecodeError) as info:
+        decode_batch(bytes(payload))
+    assert info.value.header is not None and info.value.header.seq == 7
+
+
+def test_batch_codec__unknown_version_is_rejected_and_unknown_header_fields_kept():
+    doc = msgpack.unpackb(encode_batch(HEADER, []))
     doc["future"] = 1
-    assert decode_batch(msgpack.packb(doc)).extra == {"future": 1}
+    assert decode_batch(msgpack.packb(doc)).header.extra == {"future": 1}
     doc["v"] = 99
     with pytest.raises(BatchDecodeError, match="version 99"):
         decode_batch(msgpack.packb(doc))
 
 
-def test_batch_codec__is_compact_over_ten_poll_cycles():
-    # One batch holds many cycles, so the series dictionary (device + point names) is amortised.
-    readings = [
-        Reading("cabinet-main", f"point_{i}", 1_700_000_000_000 + 2000 * cycle, 230.0 + i / 7)
-        for cycle in range(10)
-        for i in range(56)
-    ]
-    payload = encode_batch("gw", 1, 1_700_000_000_000, readings)
-    assert decode_batch(payload).readings == tuple(readings)
-    # float64 values (9 B) dominate; issue 5's columnar v1 goes further. ThingsBoard's JSON
-    # costs ~19.6 B per value (peer-thingsboard-gateway.md).
-    assert len(payload) / len(readings) < 16
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"float": repr(v)}
+    return v
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.bin")))
+def test_batch_codec__golden_vectors_decode(name):
+    expected = json.loads((GOLDEN / f"{name}.json").read_text())
+    batch = decode_batch((GOLDEN / f"{name}.bin").read_bytes())
+    h = batch.header
+    assert {
+        "gateway": h.gateway,
+        "seq": h.seq,
+        "boot": h.boot,
+        "created_ms": h.created_ms,
+        "dropped": h.dropped,
+    } == expected["header"]
+    assert [[p.sid, p.ts_ms, _json_value(p.value)] for p in batch.points] == expected["points"]
+
+
+def test_batch_codec__golden_vectors_exist():
+    assert len(list(GOLDEN.glob("*.bin"))) >= 3
+
+
+def test_birth__round_trip_and_malformed_births_are_rejected():
+    from protocols.birth import Birth, BirthError, SeriesInfo
+
+    birth = Birth(
+        "gw",
+        "site",
+        4,
+        "hanoi-edge 0.1.0",
+        1,
+        42,
+        ({"id": "m1", "profile": "eastron_sdm630"},),
+        (SeriesInfo(1, "m1", "voltage_l1", "V", "float32"),),
+    )
+    assert Birth.decode(birth.encode()) == birth
+    for bad in (b"not json", b"[]", b'{"v": 2}', b'{"v": 1, "series": [[1]]}'):
+        with pytest.raises(BirthError):
+            Birth.decode(bad)

@@ -18,9 +18,10 @@ import msgpack
 import pytest
 
 from edge.config import parse_config
-from edge.consumer import BatchConsumer
+from edge.consumer import BatchConsumer, Delivery
 from edge.gateway import Gateway
-from protocols.batch import Batch, decode_batch, encode_batch
+from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
+from protocols.birth import Birth, SeriesInfo
 from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, wait_until
 
 pytestmark = pytest.mark.system
@@ -31,7 +32,7 @@ class Collector:
     """A consumer that keeps every new (de-duplicated) batch."""
 
     def __init__(self, url: str, client_id: str = "test-consumer") -> None:
-        self.batches: list[Batch] = []
+        self.batches: list[Delivery] = []
         self.consumer = BatchConsumer(
             url, client_id=client_id, on_batch=self.batches.append, report=open(os.devnull, "w")
         )
@@ -117,13 +118,16 @@ async def test_pipeline__readings_arrive_decoded_and_equal_to_what_the_simulator
             assert 215 < r.value < 245
         if r.point == "frequency":
             assert 49.8 < r.value < 50.2
-    # The retained status says the gateway is online; the batch carries the gateway's identity.
+    # The retained status tells the platform the gateway's state and boot epoch.
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
         await c.subscribe("city/v1/test/gw-test/status", qos=1)
         async with asyncio.timeout(5):
             msg = await anext(aiter(c.messages))
-    assert msg.payload in (b"online", b"offline")  # offline once the stopped gateway's will fired
-    assert col.batches[0].gateway == "gw-test" and col.batches[0].seq == 1
+    # A cleanly stopped gateway says so itself (the Last Will only covers unclean exits).
+    assert json.loads(msg.payload) == {"state": "offline", "gateway": "gw-test", "boot": 1}
+    first = col.batches[0].header
+    assert first.gateway == "gw-test" and first.seq == 1 and first.boot == 1
+    assert col.tally().birth is not None and col.tally().birth.boot == 1
 
 
 async def test_pipeline__broker_down_10s_then_every_reading_exactly_once(
@@ -147,7 +151,7 @@ async def test_pipeline__broker_down_10s_then_every_reading_exactly_once(
         await drain(gateway, col, 30)
         await stop(task)
     assert_exactly_once(col, gateway.writer_stats.accepted)
-    seqs = [b.seq for b in col.batches]
+    seqs = [b.header.seq for b in col.batches]
     assert seqs == list(range(1, len(seqs) + 1))  # no gap, and in order
 
 
@@ -190,12 +194,13 @@ async def test_gateway__sigkill_and_restart_loses_no_committed_reading(
                 "SELECT s.device, s.point, r.ts_ms FROM readings r JOIN series s ON s.id = r.series"
             )
         }
+        names = {sid: (d, p) for sid, d, p in db.execute("SELECT id, device, point FROM series")}
         for (payload,) in db.execute("SELECT payload FROM outbox"):
-            committed |= {(r.device, r.point, r.ts_ms) for r in decode_batch(payload).readings}
+            committed |= {(*names[p.sid], p.ts_ms) for p in decode_batch(payload).points}
         next_seq = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
         db.close()
         assert len(committed) > 20, "the kill should leave unsent readings behind"
-        highest_before = max(b.seq for b in col.batches)
+        highest_before = max(b.header.seq for b in col.batches)
         mosquitto.start()
         proc = spawn()
         try:
@@ -214,7 +219,7 @@ async def test_gateway__sigkill_and_restart_loses_no_committed_reading(
     keys = [(r.device, r.point, r.ts_ms) for r in col.readings]
     assert len(keys) == len(set(keys)), "duplicates survived de-duplication by batch number"
     assert col.tally().tracker.missing() == []
-    new = [b.seq for b in col.batches if b.seq >= next_seq]
+    new = [b.header.seq for b in col.batches if b.header.seq >= next_seq]
     assert new and min(new) == next_seq > highest_before  # the sequence continues above
     assert col.tally().duplicates <= 2  # at most the batches in flight at the kill came twice
 
@@ -343,10 +348,19 @@ async def test_consume_cli__prints_readings_and_reports_duplicates_and_gaps(mosq
     # Wait for its subscription (a persistent session), then publish seq 1, 2, 2, 4 and junk.
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
         await asyncio.sleep(2)
+        birth = Birth(
+            "gw-x", "s", 1, "test", 0, 1, (), (SeriesInfo(7, "m", "voltage", "V", "float32"),)
+        )
+        await c.publish("city/v1/s/gw-x/birth", birth.encode(), qos=1, retain=True)
         for seq in (1, 2, 2, 4):
-            payload = encode_batch("gw-x", seq, 0, [("m", "voltage", 1000 + seq, 230.0 + seq)])
+            payload = encode_batch(
+                BatchHeader("gw-x", seq, 1, 0), [Point(7, 1000 + seq, 230.0 + seq)]
+            )
             await c.publish("city/v1/s/gw-x/data", payload, qos=1)
-        await c.publish("city/v1/s/gw-x/data", msgpack.packb({"v": 0}), qos=1)
+        await c.publish("city/v1/s/gw-x/data", msgpack.packb({"v": 1}), qos=1)
+        broken = bytearray(encode_batch(BatchHeader("gw-x", 5, 1, 0), [Point(7, 9, 1.0)]))
+        broken[-3] ^= 0xFF  # the header decodes, the compressed body does not
+        await c.publish("city/v1/s/gw-x/data", bytes(broken), qos=1)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     lines = [json.loads(x) for x in out.decode().splitlines()]
@@ -363,6 +377,7 @@ async def test_consume_cli__prints_readings_and_reports_duplicates_and_gaps(mosq
     assert "duplicate batch 2" in text
     assert "missing batch 3 (got 4)" in text
     assert "bad batch" in text
+    assert "(gateway gw-x, batch 5)" in text  # a broken body is still named
     assert "missing: 3" in text  # the summary still lists the gap
 
 

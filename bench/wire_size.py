@@ -1,0 +1,156 @@
+"""Bytes per point on the wire: our batch format v1, ThingsBoard-gateway JSON, Sparkplug B.
+
+A simulated district (every profile that has a simulator: SDM630 three-phase meters and SDM120
+single-phase meters) is polled at 1 Hz for --hours of simulated time. Values come from the same
+simulated devices, read plans and register codec the gateway uses, so they are float32 exactly
+as a meter serves them, with the model's noise; nothing is rounded. All points of one Modbus
+request share its timestamp; requests of one poll are a few ms apart, as on a real TCP bridge.
+The same readings are then encoded three ways, side by side:
+
+* ours: batch format v1, batches closing every --batch-s seconds (the gateway's latency limit);
+  the birth message (series dictionary) is sent once per connection and is not counted;
+* ThingsBoard IoT Gateway JSON: one message per device per poll,
+  {"<device>": [{"ts": ms, "values": {"<point>": value, ...}}]} (peer-thingsboard-gateway.md §3);
+* Sparkplug B: one DDATA protobuf per device per poll with aliases, per-metric timestamp and
+  datatype, as the Tahu reference clients send (peer-systems.md §3.4).
+
+    pip install '.[bench]' && python bench/wire_size.py --hours 1
+
+Last line: RESULT ours_bpp=<n> json_bpp=<n> sparkplug_bpp=<n> points=<n>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sparkplug_b import ddata
+
+from devices import get_profile
+from edge.plan import compile_plan
+from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
+from simulators import sim_unit
+
+T_START = 1_763_800_000.0  # a fixed day, so runs are comparable
+
+
+def district(n630: int, n120: int):
+    devices = [(f"sdm630-{i:02d}", "eastron_sdm630") for i in range(n630)]
+    devices += [(f"sdm120-{i:02d}", "eastron_sdm120") for i in range(n120)]
+    return devices
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--sdm630", type=int, default=8)
+    ap.add_argument("--sdm120", type=int, default=8)
+    ap.add_argument("--batch-s", type=float, default=5.0)
+    args = ap.parse_args()
+
+    now = [T_START]
+    rng = random.Random(7)
+    devs = []
+    sid = 0
+    for name, profile_name in district(args.sdm630, args.sdm120):
+        profile = get_profile(profile_name)
+        unit = sim_unit(profile, 1, seed=name, clock=lambda: now[0])
+        plan = compile_plan(profile)
+        sids = {}
+        for p in profile.points:
+            sid += 1
+            sids[p.name] = sid
+        devs.append((name, profile_name, unit, plan, sids))
+
+    ours = json_b = spb = points = 0
+    per_profile: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # ours, json, spb, pts
+    batch: list[Point] = []
+    by_profile: dict[str, list[Point]] = defaultdict(list)
+    seq = 0
+    spb_seq = 0
+    t_enc = 0.0
+    seconds = int(args.hours * 3600)
+    next_close = T_START + args.batch_s
+
+    def close_batch() -> None:
+        nonlocal ours, seq, t_enc
+        if not batch:
+            return
+        seq += 1
+        t = time.perf_counter()
+        payload = encode_batch(BatchHeader("gw-district", seq, 1, int(now[0] * 1000)), batch)
+        t_enc += time.perf_counter() - t
+        ours += len(payload)
+        if seq == 1:  # check losslessness on the first batch
+            assert sorted(decode_batch(payload).points) == sorted(batch)
+        # Per-profile figures: the same window encoded once per profile.
+        for prof, pts in by_profile.items():
+            header = BatchHeader("gw-district", seq, 1, int(now[0] * 1000))
+            per_profile[prof][0] += len(encode_batch(header, pts))
+        batch.clear()
+        by_profile.clear()
+
+    for second in range(seconds):
+        base = T_START + second
+        for name, prof, unit, plan, sids in devs:
+            offset = rng.uniform(0, 0.02)
+            values_by_ts = []
+            for req in plan.requests:
+                offset += rng.uniform(0.002, 0.006)  # each request a few ms after the last
+                now[0] = base + offset
+                regs = unit.read(req.function_code, req.address, req.count)
+                ts = int(now[0] * 1000)
+                for point, value in req.decode(regs):
+                    batch.append(Point(sids[point.name], ts, value))
+                    by_profile[prof].append(batch[-1])
+                    values_by_ts.append((point.name, sids[point.name], ts, value))
+            n = len(values_by_ts)
+            points += n
+            per_profile[prof][3] += n
+            # ThingsBoard: one message per device per poll, one ts (the poll's).
+            tb = json.dumps(
+                {
+                    name: [
+                        {"ts": values_by_ts[0][2], "values": {p: v for p, _, _, v in values_by_ts}}
+                    ]
+                }
+            ).encode()
+            json_b += len(tb)
+            per_profile[prof][1] += len(tb)
+            spb_seq += 1
+            sp = ddata(spb_seq, values_by_ts[0][2], [(s, t, v) for _, s, t, v in values_by_ts])
+            spb += len(sp)
+            per_profile[prof][2] += len(sp)
+        if base + 1 >= next_close:
+            now[0] = next_close
+            close_batch()
+            next_close += args.batch_s
+    close_batch()
+
+    print(
+        f"district: {args.sdm630} x SDM630 + {args.sdm120} x SDM120 at 1 Hz for "
+        f"{seconds} s; batches every {args.batch_s:g} s ({seq} batches)"
+    )
+    print(f"{'profile':<16}{'ours B/pt':>10}{'json B/pt':>11}{'spB B/pt':>10}{'points':>12}")
+    for prof, (o, j, s, n) in sorted(per_profile.items()):
+        print(f"{prof:<16}{o / n:>10.2f}{j / n:>11.2f}{s / n:>10.2f}{n:>12}")
+    print(f"encode: {t_enc * 1e6 / points:.2f} us per point")
+    print(
+        f"totals: ours={ours} json={json_b} sparkplug={spb} bytes; "
+        f"json/ours={json_b / ours:.1f}x sparkplug/ours={spb / ours:.1f}x"
+    )
+    print(
+        f"RESULT ours_bpp={ours / points:.3f} json_bpp={json_b / points:.2f} "
+        f"sparkplug_bpp={spb / points:.2f} points={points}"
+    )
+
+
+if __name__ == "__main__":
+    main()
