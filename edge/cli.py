@@ -135,14 +135,20 @@ def cmd_consume(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
+        tls = None
+        if args.ca_file or args.cert_file:
+            from edge.tls import client_context
+
+            tls = client_context(args.ca_file, args.cert_file, args.key_file)
         consumer = BatchConsumer(
             args.broker,
+            tls_context=tls,
             prefix=args.prefix,
             client_id=args.client_id,
             on_batch=show,
             keep_duplicates=args.keep_duplicates,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"edge consume: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -203,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
     p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
+    p.add_argument("--ca-file", type=Path, help="CA to verify an mqtts:// broker")
+    p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
+    p.add_argument("--key-file", type=Path, help="client key (PEM)")
     p.add_argument("--client-id", help="fixed id: a persistent session that survives restarts")
     p.add_argument(
         "--keep-duplicates",

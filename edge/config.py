@@ -8,6 +8,7 @@ Every error found is reported at once, each at the position of the offending key
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import get_profile
 from edge.plan import PlanError, ReadPlan, compile_plan
+from edge.tls import client_context
 
 __all__ = [
     "BufferConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "LoadedConfig",
     "ModbusTcpTransport",
     "MqttConfig",
+    "TlsConfig",
     "load_config",
     "parse_config",
 ]
@@ -62,8 +65,17 @@ class BufferConfig(_Model):
     synchronous: Literal["normal", "full"] = "normal"
 
 
+class TlsConfig(_Model):
+    """TLS to the broker (use an mqtts:// url). Paths are relative to the config file."""
+
+    ca_file: str | None = None  # None: the system's CA store
+    cert_file: str | None = None  # client certificate (PEM), when the broker requires one
+    key_file: str | None = None  # its private key (PEM), unless inside cert_file
+
+
 class MqttConfig(_Model):
     url: str = "mqtt://127.0.0.1:1883"
+    tls: TlsConfig | None = None
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
@@ -83,9 +95,10 @@ class MqttConfig(_Model):
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
-        if parts.scheme != "mqtt":
+        if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(
-                f"broker url must look like mqtt://HOST:PORT (got scheme {parts.scheme!r})"
+                "broker url must look like mqtt://HOST:PORT or mqtts://HOST:PORT "
+                f"(got scheme {parts.scheme!r})"
             )
         if not parts.hostname:
             raise ValueError("broker url has no host")
@@ -101,7 +114,11 @@ class MqttConfig(_Model):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 1883
+        return urlsplit(self.url).port or (8883 if self.uses_tls else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
 
 
 class ModbusTcpTransport(_Model):
@@ -149,6 +166,18 @@ class LoadedConfig:
     @property
     def buffer_path(self) -> Path:
         return self.resolve(self.config.buffer.path)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client SSL context for an mqtts:// broker, else None."""
+        m = self.config.mqtt
+        if not m.uses_tls:
+            return None
+        t = m.tls or TlsConfig()
+        return client_context(
+            self.resolve(t.ca_file) if t.ca_file else None,
+            self.resolve(t.cert_file) if t.cert_file else None,
+            self.resolve(t.key_file) if t.key_file else None,
+        )
 
     def mqtt_password(self) -> str | None:
         m = self.config.mqtt
@@ -262,7 +291,7 @@ def _pydantic_problems(
 
 
 def _cross_checks(
-    cfg: Config, pos: _Positions, source: str
+    cfg: Config, pos: _Positions, source: str, base_dir: Path
 ) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]]]:
     problems: list[tuple[str, int, int, str]] = []
     plans: dict[str, ReadPlan] = {}
@@ -307,6 +336,21 @@ def _cross_checks(
         except PlanError as exc:
             if dev.points is None or all(n in profile.point_names for n in dev.points):
                 at(base, f"device {dev.id!r}: {exc}")
+    tls = cfg.mqtt.tls
+    if tls is not None and not cfg.mqtt.uses_tls:
+        at(("mqtt", "tls"), "mqtt.tls is set but mqtt.url is not mqtts://: the link would be plain")
+    if tls is not None:
+        if tls.key_file and not tls.cert_file:
+            at(("mqtt", "tls", "key_file"), "key_file without cert_file")
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, name)
+            if (
+                value
+                and not (
+                    base_dir / value if not Path(value).is_absolute() else Path(value)
+                ).is_file()
+            ):
+                at(("mqtt", "tls", name), f"mqtt.tls.{name}: no such file {value!r}")
     if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
         at(("mqtt", "reconnect_min_s"), "reconnect_min_s is larger than reconnect_max_s")
     if cfg.mqtt.password is not None and cfg.mqtt.password_file is not None:
@@ -325,10 +369,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_pydantic_problems(exc, pos, source)) from None
-    plans, problems = _cross_checks(cfg, pos, source)
+    base = base_dir or Path.cwd()
+    plans, problems = _cross_checks(cfg, pos, source, base)
     if problems:
         raise ConfigError(problems)
-    return LoadedConfig(cfg, source, plans, base_dir or Path.cwd())
+    return LoadedConfig(cfg, source, plans, base)
 
 
 def load_config(path: str | Path) -> LoadedConfig:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from edge.tls import client_context
 from protocols.batch import BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import Birth, BirthError, SeriesInfo, resolve
 
@@ -122,11 +124,16 @@ class BatchConsumer:
         on_batch: Callable[[Delivery], None] | None = None,
         keep_duplicates: bool = False,
         report: TextIO = sys.stderr,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(broker_url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"broker must look like mqtt://HOST:PORT, got {broker_url!r}")
-        self.host, self.port = parts.hostname, parts.port or 1883
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")
+        tls = parts.scheme == "mqtts"
+        if tls and tls_context is None:
+            tls_context = client_context()
+        self.tls_context = tls_context if tls else None
+        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
         base = prefix.rstrip("/")
         self.topics = [f"{base}/+/+/birth", f"{base}/+/+/data"]
         self.client_id = client_id
@@ -224,6 +231,7 @@ class BatchConsumer:
                 identifier=self.client_id,
                 clean_session=False if self.client_id else True,
                 max_queued_incoming_messages=10_000,
+                tls_context=self.tls_context,
             )
             try:
                 async with client:

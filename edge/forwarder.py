@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tenacity.wait import wait_base
 
 from edge.buffer import AsyncBuffer, SealedBatch
 from edge.config import MqttConfig
+from edge.tls import describe_tls_error
 from protocols.birth import Birth
 
 __all__ = ["Forwarder", "ForwarderStats", "topics"]
@@ -103,6 +105,7 @@ class Forwarder:
         site: str,
         password: str | None = None,
         birth: Callable[[], Awaitable[Birth]] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.buffer = buffer
         self.cfg = cfg
@@ -114,6 +117,7 @@ class Forwarder:
         self._pending_since: float | None = None  # monotonic time the oldest pending arrived
         self._outage_since: float | None = None
         self._birth = birth
+        self._tls_context = tls_context
         self._birth_series = -1  # how many series the last published birth listed
 
     # The writer calls this after every commit.
@@ -133,6 +137,7 @@ class Forwarder:
             keepalive=cfg.keepalive_s,
             timeout=cfg.publish_timeout_s,
             clean_session=True,
+            tls_context=self._tls_context,
             will=aiomqtt.Will(
                 self.topics["status"],
                 status_payload("offline", self.gateway_id, boot),
@@ -178,7 +183,8 @@ class Forwarder:
             code = getattr(exc.rc, "value", exc.rc)
             hint = _REFUSAL_HINTS.get(code) if isinstance(code, int) else None
             return f"broker refused the connection: {exc.rc}" + (f" ({hint})" if hint else "")
-        return str(exc) or type(exc).__name__
+        text = str(exc) or type(exc).__name__
+        return describe_tls_error(text) or text
 
     async def _session(self) -> None:
         started = time.monotonic()

@@ -66,6 +66,7 @@ class Gateway:
             site=cfg.gateway.site,
             password=loaded.mqtt_password(),
             birth=self.birth,
+            tls_context=loaded.tls_context(),
         )
         self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()

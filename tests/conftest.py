@@ -34,7 +34,9 @@ class Mosquitto:
     """A real Mosquitto broker on 127.0.0.1:<free port>, with persistence in a temp dir, so
     persistent sessions and their queued QoS 1 messages survive a stop/start."""
 
-    def __init__(self, workdir: Path, *, password_file: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, password_file: Path | None = None, tls: object | None = None
+    ) -> None:
         binary = mosquitto_binary()
         assert binary
         self.binary = binary
@@ -52,6 +54,13 @@ class Mosquitto:
             "max_queued_messages 100000",
             f"log_dest file {self.dir}/mosquitto.log",
         ]
+        if tls is not None:  # a tests.certs.Pki: TLS only, client certificates required
+            lines += [
+                f"cafile {tls.ca}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
+                "require_certificate true",
+            ]
         if password_file is None:
             lines.append("allow_anonymous true")
         else:
