@@ -144,6 +144,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
             args.broker,
             tls_context=tls,
             prefix=args.prefix,
+            share=args.share,
             client_id=args.client_id,
             on_batch=show,
             keep_duplicates=args.keep_duplicates,
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
     p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
+    p.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="join an MQTT 5 shared subscription group (needs --client-id): "
+        "consumers in one group split the batches between them",
+    )
     p.add_argument("--ca-file", type=Path, help="CA to verify an mqtts:// broker")
     p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
     p.add_argument("--key-file", type=Path, help="client key (PEM)")

@@ -5,8 +5,15 @@ number), so a consumer that drops repeated numbers sees every reading exactly on
 reported as they appear and again at the end if they were never filled. Series ids are named
 through the gateway's retained birth message, which arrives first on subscription.
 
-Use a fixed ``client_id``: the session is then persistent (clean_session=False), and a broker
-with persistence keeps QoS 1 batches for the consumer while it is away or restarting.
+Use a fixed ``client_id``: the session is then persistent, and a broker with persistence keeps
+QoS 1 batches for the consumer while it is away or restarting. A message is acknowledged only
+after it was handled (printed and flushed), so a consumer killed mid-batch gets it again.
+
+Scale-out: consumers given the same ``share`` group join an MQTT 5 shared subscription
+(``$share/<group>/<prefix>/+/+/data``) and split the batches between them; births are not shared
+(every member needs every dictionary). A member that dies keeps its share of the stream queued in
+its persistent session until it, or a replacement with the same client id, comes back: run
+consumers under a supervisor that restarts them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.tls import client_context
 from protocols.batch import BatchDecodeError, BatchHeader, Reading, decode_batch
@@ -125,6 +134,8 @@ class BatchConsumer:
         keep_duplicates: bool = False,
         report: TextIO = sys.stderr,
         tls_context: ssl.SSLContext | None = None,
+        share: str | None = None,
+        session_expiry_s: int = 7 * 86400,
     ) -> None:
         parts = urlsplit(broker_url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -135,7 +146,15 @@ class BatchConsumer:
         self.tls_context = tls_context if tls else None
         self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
         base = prefix.rstrip("/")
-        self.topics = [f"{base}/+/+/birth", f"{base}/+/+/data"]
+        if share is not None:
+            if not client_id:
+                raise ValueError("a shared subscription needs a fixed client id (--client-id)")
+            if not share or any(c in share for c in "/+#"):
+                raise ValueError(f"share group {share!r} must be a plain name")
+        data = f"$share/{share}/{base}/+/+/data" if share else f"{base}/+/+/data"
+        self.topics = [f"{base}/+/+/birth", data]
+        self.share = share
+        self.session_expiry_s = session_expiry_s
         self.client_id = client_id
         self.on_batch = on_batch
         self.keep_duplicates = keep_duplicates
@@ -221,20 +240,40 @@ class BatchConsumer:
             lines.append(f"{self.bad_payloads} undecodable messages")
         return lines
 
+    def _client(self) -> aiomqtt.Client:
+        common = {
+            "identifier": self.client_id,
+            "max_queued_incoming_messages": 10_000,
+            "tls_context": self.tls_context,
+        }
+        if self.share is None:
+            return aiomqtt.Client(
+                self.host, self.port, clean_session=False if self.client_id else True, **common
+            )
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            **common,
+        )
+
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff."""
         delay = 0.5
         while True:
-            client = aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=self.client_id,
-                clean_session=False if self.client_id else True,
-                max_queued_incoming_messages=10_000,
-                tls_context=self.tls_context,
-            )
+            client = self._client()
             try:
                 async with client:
+                    # Acknowledge after handling, not on receipt (aiomqtt has no public API for
+                    # it yet, empicano/aiomqtt#345; this is paho's own switch on its client).
+                    paho = client._client
+                    manual = hasattr(paho, "manual_ack_set")
+                    if manual:
+                        paho.manual_ack_set(True)
                     for topic in self.topics:
                         await client.subscribe(topic, qos=1)
                     self.subscribed.set()
@@ -243,6 +282,8 @@ class BatchConsumer:
                         payload = msg.payload
                         if isinstance(payload, bytes | bytearray):
                             self.handle(str(msg.topic), bytes(payload))
+                        if manual and msg.qos > 0:
+                            paho.ack(msg.mid, msg.qos)
             except aiomqtt.MqttError as exc:
                 self.subscribed.clear()
                 log.warning(
