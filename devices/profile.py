@@ -36,6 +36,7 @@ class Point:
     word_order: WordOrder = WordOrder.BIG
     scale: float = 1.0
     description: str = ""
+    writable: bool = False  # a holding register the platform may set (via an allow-list)
 
     @property
     def count(self) -> int:
@@ -77,6 +78,10 @@ class Profile:
                 raise ProfileError(f"{self.name}: point {p.name!r} declared twice")
             if not 0 <= p.address or p.end > 0x10000:
                 raise ProfileError(f"{self.name}: point {p.name!r} address out of range")
+            if p.writable and p.register_type is not RegisterType.HOLDING:
+                raise ProfileError(
+                    f"{self.name}: point {p.name!r} is writable but not a holding register"
+                )
             seen[p.name] = p
         for rtype in RegisterType:
             pts = sorted(

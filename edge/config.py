@@ -24,6 +24,7 @@ from edge.tls import client_context
 
 __all__ = [
     "BufferConfig",
+    "CommandsConfig",
     "Config",
     "ConfigError",
     "DeviceConfig",
@@ -143,10 +144,25 @@ class DeviceConfig(_Model):
     max_gap_registers: int = Field(125, ge=0, le=125)
 
 
+class WritablePoint(_Model):
+    device: Ident
+    point: str
+
+
+class CommandsConfig(_Model):
+    """Platform commands on <prefix>/<site>/<gateway>/cmd."""
+
+    enabled: bool = True
+    max_payload_bytes: int = Field(4096, ge=64, le=1024 * 1024)
+    #: The only points a ``write`` command may set; each must be writable in its profile.
+    writable: list[WritablePoint] = Field(default_factory=list)
+
+
 class Config(_Model):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
     mqtt: MqttConfig = MqttConfig()
+    commands: CommandsConfig = CommandsConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 
@@ -336,6 +352,26 @@ def _cross_checks(
         except PlanError as exc:
             if dev.points is None or all(n in profile.point_names for n in dev.points):
                 at(base, f"device {dev.id!r}: {exc}")
+    by_id = {d.id: d for d in cfg.devices}
+    for i, w in enumerate(cfg.commands.writable):
+        where = ("commands", "writable", i)
+        dev = by_id.get(w.device)
+        if dev is None:
+            at((*where, "device"), f"commands.writable: no device {w.device!r}")
+            continue
+        try:
+            point = get_profile(dev.profile).point(w.point)
+        except KeyError:
+            at(
+                (*where, "point"),
+                f"commands.writable: profile {dev.profile} has no point {w.point!r}",
+            )
+            continue
+        if not point.writable:
+            at(
+                (*where, "point"),
+                f"commands.writable: {dev.profile} point {w.point!r} is not a writable register",
+            )
     tls = cfg.mqtt.tls
     if tls is not None and not cfg.mqtt.uses_tls:
         at(("mqtt", "tls"), "mqtt.tls is set but mqtt.url is not mqtts://: the link would be plain")

@@ -32,6 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
 from edge.buffer import AsyncBuffer, SealedBatch
+from edge.commands import CommandHandler
 from edge.config import MqttConfig
 from edge.tls import describe_tls_error
 from protocols.birth import Birth
@@ -54,7 +55,14 @@ _REFUSAL_HINTS = {
 def topics(cfg: MqttConfig, site: str, gateway: str) -> dict[str, str]:
     """The gateway's topics: ``<prefix>/<site>/<gateway>/{birth,data,status}``."""
     base = f"{cfg.topic_prefix.rstrip('/')}/{site}/{gateway}"
-    return {name: f"{base}/{name}" for name in ("birth", "data", "status")}
+    names = {
+        "birth": "birth",
+        "data": "data",
+        "status": "status",
+        "cmd": "cmd",
+        "cmd_res": "cmd/res",
+    }
+    return {key: f"{base}/{suffix}" for key, suffix in names.items()}
 
 
 def status_payload(state: str, gateway: str, boot: int) -> bytes:
@@ -106,6 +114,7 @@ class Forwarder:
         password: str | None = None,
         birth: Callable[[], Awaitable[Birth]] | None = None,
         tls_context: ssl.SSLContext | None = None,
+        commands: CommandHandler | None = None,
     ) -> None:
         self.buffer = buffer
         self.cfg = cfg
@@ -118,6 +127,7 @@ class Forwarder:
         self._outage_since: float | None = None
         self._birth = birth
         self._tls_context = tls_context
+        self._commands = commands
         self._birth_series = -1  # how many series the last published birth listed
 
     # The writer calls this after every commit.
@@ -215,6 +225,11 @@ class Forwarder:
                     self._outage_since = None
                 else:
                     log.info("uplink to %s connected", self.cfg.url)
+                listener = (
+                    asyncio.create_task(self._listen(client), name="commands")
+                    if self._commands is not None
+                    else None
+                )
                 try:
                     await self._forward(client)
                 except asyncio.CancelledError:
@@ -229,6 +244,11 @@ class Forwarder:
                             timeout=2.0,
                         )
                     raise
+                finally:
+                    if listener is not None:
+                        listener.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                            await listener
             finally:
                 self.stats.connected = False
                 try:
@@ -243,10 +263,29 @@ class Forwarder:
                 raise _StableSessionEnded() from None
             raise _SessionFailed(self._describe(exc)) from None
 
-    async def _publish_birth(self, client: aiomqtt.Client) -> None:
-        """Retained birth: the series dictionary every batch refers to (and who we are)."""
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """Answer platform commands for as long as the session lasts."""
+        assert self._commands is not None
+        await client.subscribe(self.topics["cmd"], qos=1)
+
+        async def rebirth() -> int:
+            return await self._publish_birth(client)
+
+        async for msg in client.messages:
+            if str(msg.topic) != self.topics["cmd"]:
+                continue
+            payload = msg.payload
+            raw = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
+            reply = await self._commands.handle(raw, rebirth=rebirth)
+            await client.publish(
+                self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
+            )
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> int:
+        """Retained birth: the series dictionary every batch refers to (and who we are).
+        Returns how many series it named."""
         if self._birth is None:
-            return
+            return 0
         birth = await self._birth()
         await client.publish(
             self.topics["birth"],
@@ -256,6 +295,7 @@ class Forwarder:
             timeout=self.cfg.publish_timeout_s,
         )
         self._birth_series = len(birth.series)
+        return len(birth.series)
         self.stats.births += 1
 
     async def _publish(self, client: aiomqtt.Client, batch: SealedBatch) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from devices import get_profile
 from edge import __version__
 from edge.buffer import AsyncBuffer, BufferError
+from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusTcpTransport
 from edge.forwarder import Forwarder
 from edge.modbus_adapter import ModbusTcpLink
@@ -67,6 +68,7 @@ class Gateway:
             password=loaded.mqtt_password(),
             birth=self.birth,
             tls_context=loaded.tls_context(),
+            commands=CommandHandler(self) if cfg.commands.enabled else None,
         )
         self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()

@@ -181,6 +181,35 @@ class ModbusTcpLink:
                 raise ModbusDeviceError(f"asked {count} registers, got {len(regs)}", **where)
             return regs
 
+    async def write(
+        self, unit: int, address: int, registers: list[int], *, timeout_s: float, retries: int
+    ) -> None:
+        """Write holding registers (FC 16)."""
+        where = {
+            "endpoint": self.endpoint,
+            "unit": unit,
+            "address": address,
+            "count": len(registers),
+        }
+        async with self._lock:
+            await self._ensure_connected(unit, address, len(registers))
+            ctx = self._client.ctx
+            ctx.comm_params.timeout_connect = timeout_s
+            ctx.retries = retries
+            try:
+                rr = await self._client.write_registers(address, registers, device_id=unit)
+            except ModbusIOException:
+                raise ModbusTimeout(
+                    f"no answer to a write in {timeout_s:.2f} s × {retries + 1} attempts", **where
+                ) from None
+            except ConnectionException as exc:
+                self._client.close()
+                raise LinkDown(f"connection lost: {exc}", **where) from None
+            except ModbusException as exc:
+                raise ModbusDeviceError(f"bad response: {exc}", **where) from None
+            if rr.isError():
+                raise ModbusExceptionResponse(int(rr.exception_code), **where)
+
     async def close(self) -> None:
         self._client.close()
 
@@ -226,7 +255,11 @@ def _hook_for(unit: SimUnit) -> Callable[..., Awaitable[ExcCodes | None]]:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         if set_values is not None:
-            return ExcCodes.ILLEGAL_FUNCTION  # writes arrive with the command issue
+            write = getattr(unit, "write", None)
+            if write is None or function_code not in (6, 16):
+                return ExcCodes.ILLEGAL_FUNCTION
+            code = write(address, list(set_values))
+            return ExcCodes(code) if code else None
         if function_code not in (3, 4):
             return ExcCodes.ILLEGAL_FUNCTION
         result = unit.read(function_code, address, count)

@@ -13,10 +13,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from devices import get_profile
 from edge.config import DeviceConfig
 from edge.modbus_adapter import LinkDown, ModbusDeviceError, ModbusTcpLink
 from edge.plan import ReadPlan
 from protocols.batch import Reading
+from protocols.modbus import ModbusValueError, decode_value, encode_value
 
 __all__ = ["DevicePoller", "PollStats"]
 
@@ -48,14 +50,15 @@ class DevicePoller:
         self.link = link
         self.out = out
         self.stats = PollStats()
+        self.interval_s = device.poll_interval_s  # a platform command may change it
         self._failing_since: float | None = None
         self._failures_in_outage = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.device.poll_interval_s
         next_t = loop.time()
         while True:
+            interval = self.interval_s
             await self.poll_once()
             next_t += interval
             now = loop.time()
@@ -101,6 +104,35 @@ class DevicePoller:
             # Backpressure, not loss: if the writer is behind, this poll waits for room.
             await self.out.put(readings)
         return readings
+
+    async def write(self, point_name: str, value: float | int) -> float | int:
+        """Write one writable point and read it back; returns the value the device holds."""
+        profile = get_profile(self.device.profile)
+        try:
+            point = profile.point(point_name)
+        except KeyError:
+            raise ValueError(f"profile {profile.name} has no point {point_name!r}") from None
+        if not point.writable:
+            raise ValueError(f"{profile.name} point {point_name!r} is not writable")
+        try:
+            regs = encode_value(value, point.dtype, point.word_order, scale=point.scale)
+        except ModbusValueError as exc:
+            raise ValueError(str(exc)) from None
+        dev = self.device
+        unit, timeout_s = dev.transport.unit, dev.timeout_ms / 1000.0
+        await self.link.write(unit, point.address, regs, timeout_s=timeout_s, retries=dev.retries)
+        back = await self.link.read(
+            unit, 3, point.address, point.count, timeout_s=timeout_s, retries=dev.retries
+        )
+        if back != regs:
+            raise ModbusDeviceError(
+                f"read-back {back} differs from what was written {regs}",
+                endpoint=self.link.endpoint,
+                unit=unit,
+                address=point.address,
+                count=point.count,
+            )
+        return decode_value(back, point.dtype, point.word_order, scale=point.scale)
 
     def _report(self, errors: list[ModbusDeviceError]) -> None:
         dev = self.device

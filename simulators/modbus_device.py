@@ -63,6 +63,8 @@ class ProfileSimUnit:
             p.name: deque(maxlen=history) for p in profile.points
         }
         self._lock = threading.Lock()
+        self._held: dict[str, list[int]] = {}  # writable points: registers last written
+        self.writes = 0
         self.reads = 0
         self.exceptions = 0
 
@@ -91,8 +93,13 @@ class ProfileSimUnit:
         for point in p.points:
             if point.register_type is not rtype or point.end <= address or point.address >= end:
                 continue
-            regs = encode_value(
-                values.get(point.name, 0.0), point.dtype, point.word_order, scale=point.scale
+            held = self._held.get(point.name)
+            regs = (
+                held
+                if held is not None
+                else encode_value(
+                    values.get(point.name, 0.0), point.dtype, point.word_order, scale=point.scale
+                )
             )
             for i, word in enumerate(regs):
                 at = point.address + i - address
@@ -108,6 +115,25 @@ class ProfileSimUnit:
             for point, value in served:
                 self._served[point.name].append(value)
         return words
+
+    def write(self, address: int, words: list[int]) -> int | None:
+        """A write (FC 6/16): only whole writable points; returns an exception code or None."""
+        end = address + len(words)
+        targets = [
+            p
+            for p in self.profile.points
+            if p.register_type is RegisterType.HOLDING and p.address < end and p.end > address
+        ]
+        if not targets or any(
+            not p.writable or p.address < address or p.end > end for p in targets
+        ):
+            self.exceptions += 1
+            return ILLEGAL_ADDRESS
+        with self._lock:
+            for p in targets:
+                self._held[p.name] = words[p.address - address : p.end - address]
+            self.writes += 1
+        return None
 
     def served(self, point: str) -> list[float | int]:
         """Values of ``point`` this unit has put on the wire, oldest first (bounded)."""
