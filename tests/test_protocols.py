@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.batch import BatchDecodeError, BatchHeader, Point, decode_batch, encode_batch
@@ -98,7 +98,11 @@ values_st = st.one_of(
     st.floats(allow_nan=True),  # float64 (exact float32s travel as f32)
     st.integers(-(2**63), 2**64 - 1),
     st.booleans(),
-    st.text(max_size=12),
+    st.text(max_size=8),
+)
+# Generating many typed series is slow on a loaded, shared machine: that is not a failure.
+CODEC = settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], deadline=None
 )
 
 
@@ -127,8 +131,8 @@ def assert_round_trip(points):
 def point_sets(draw):
     """Series with unique timestamps each; one value type per series or mixed."""
     out = []
-    for sid in draw(st.lists(st.integers(0, 10_000), unique=True, max_size=8)):
-        times = draw(st.lists(ts_st, unique=True, max_size=12))
+    for sid in draw(st.lists(st.integers(0, 10_000), unique=True, max_size=6)):
+        times = draw(st.lists(ts_st, unique=True, max_size=10))
         kind = draw(st.sampled_from(["f32", "any"]))
         for t in times:
             v = draw(f32 if kind == "f32" else values_st)
@@ -136,6 +140,7 @@ def point_sets(draw):
     return out
 
 
+@CODEC
 @given(point_sets())
 def test_batch_codec__round_trip_is_lossless_for_every_column_type(points):
     assert_round_trip(points)
@@ -173,6 +178,7 @@ def test_batch_codec__garbage_raises_only_batch_decode_error(data):
         pass
 
 
+@CODEC
 @given(st.data())
 def test_batch_codec__corrupted_payloads_raise_only_batch_decode_error(data):
     points = data.draw(point_sets())
