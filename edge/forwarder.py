@@ -345,7 +345,8 @@ class Forwarder:
                 if remaining <= 0:
                     return
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: see gateway._writer
+                        await self._wake.wait()
                 except TimeoutError:
                     return
             else:

@@ -180,9 +180,12 @@ class Gateway:
                 if remaining <= 0:
                     break
                 try:
-                    self._holding.extend(await asyncio.wait_for(self.queue.get(), remaining))
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                    async with asyncio.timeout(remaining):
+                        cycle = await self.queue.get()
                 except TimeoutError:
                     break
+                self._holding.extend(cycle)
             rows, self._holding = self._holding, []
             # The commit runs on the buffer thread and cannot be stopped half-way: once started,
             # a cancellation waits for it instead of handing the rows back (which would commit

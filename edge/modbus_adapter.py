@@ -13,7 +13,11 @@ pymodbus behaviours this module neutralises (see ../shared/reference/library-not
 * it reconnects on its own with a delay doubling to 300 s: switched off, the link reconnects
   with its own capped backoff;
 * it logs an ERROR per timeout plus a frame dump: its logger is quietened; callers log once per
-  outage.
+  outage;
+* it waits for responses with ``asyncio.wait_for``, which on Python 3.11 can swallow a
+  cancellation that lands as the response arrives (CPython gh-86296, fixed in 3.12): a poller
+  would then ignore shutdown and the gateway would hang. Every call restores it
+  (:func:`_restore_cancel`).
 """
 
 from __future__ import annotations
@@ -84,6 +88,13 @@ class LinkDown(ModbusDeviceError):
     """The TCP connection to the endpoint cannot be opened or broke. The link backs off."""
 
 
+def _restore_cancel() -> None:
+    """Re-raise a cancellation that pymodbus's wait_for swallowed (Python 3.11)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 class ModbusTcpLink:
     """One connection to a Modbus TCP endpoint (a device, or a bridge with many unit ids).
 
@@ -129,6 +140,7 @@ class ModbusTcpLink:
             )
         self._client.ctx.comm_params.timeout_connect = self._connect_timeout_s
         ok = await self._client.connect()
+        _restore_cancel()
         if not ok:
             self.connect_failures += 1
             self._backoff_s = min(
@@ -165,7 +177,9 @@ class ModbusTcpLink:
             )
             try:
                 rr = await call(address, count=count, device_id=unit)
+                _restore_cancel()
             except ModbusIOException:
+                _restore_cancel()
                 raise ModbusTimeout(
                     f"no answer in {timeout_s:.2f} s × {retries + 1} attempts", **where
                 ) from None
@@ -198,7 +212,9 @@ class ModbusTcpLink:
             ctx.retries = retries
             try:
                 rr = await self._client.write_registers(address, registers, device_id=unit)
+                _restore_cancel()
             except ModbusIOException:
+                _restore_cancel()
                 raise ModbusTimeout(
                     f"no answer to a write in {timeout_s:.2f} s × {retries + 1} attempts", **where
                 ) from None
