@@ -114,6 +114,9 @@ class Buffer:
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         # count(*) is a full scan in SQLite: count once, then keep the number up to date.
         self._pending_n = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        # Live / backlog partition (see start_live): ids >= _live_from are live.
+        self._live_from = 0
+        self._backlog_n = 0
         self.appended_total = 0
         self.rejected_total = 0
 
@@ -228,6 +231,37 @@ class Buffer:
     def _pending_count(self) -> int:
         return self._pending_n
 
+    # ------------------------------------------------------------------ live / backlog
+
+    def start_live(self) -> int:
+        """Mark every pending reading as *backlog*; readings appended from now on are *live*.
+
+        Called when an uplink session starts, so data held through an outage can be drained
+        at a limited rate while fresh data is sent first. Returns the backlog size. New row
+        ids stay above the boundary while any backlog row exists: the newest backlog row is
+        the last one to leave (seals and evictions take the oldest first).
+        """
+        top = self._db.execute("SELECT max(id) FROM readings").fetchone()[0]
+        self._live_from = (top or 0) + 1
+        self._backlog_n = self._pending_n
+        return self._backlog_n
+
+    @property
+    def backlog_pending(self) -> int:
+        return self._backlog_n
+
+    @property
+    def live_pending(self) -> int:
+        return self._pending_n - self._backlog_n
+
+    def _taken(self, n: int, part: str) -> None:
+        """Book ``n`` rows leaving the buffer from ``part`` ("backlog", "live" or "oldest")."""
+        self._pending_n -= n
+        if part in ("backlog", "oldest"):
+            self._backlog_n = max(0, self._backlog_n - n)
+        if self._backlog_n == 0:
+            self._live_from = 0  # no backlog left: everything is live again
+
     def _enforce_limit(self) -> None:
         used = self.used_bytes()
         if used <= self.max_bytes:
@@ -258,7 +292,7 @@ class Buffer:
         except BaseException:
             self._rollback()
             raise
-        self._pending_n -= dropped
+        self._taken(dropped, "oldest")
         if dropped:
             log.error(
                 "buffer over %d bytes: evicted the %d oldest readings", self.max_bytes, dropped
@@ -283,18 +317,24 @@ class Buffer:
         created_ms: int | None = None,
         *,
         max_bytes: int | None = None,
+        part: str = "any",
     ) -> SealedBatch | None:
         """Move up to ``max_readings`` oldest readings into a new numbered batch (atomic).
 
         With ``max_bytes`` the batch is cut so its encoded size stays within it (below the
         broker's maximum packet size); a single reading is always sealed, whatever its size.
+        ``part`` picks "backlog" or "live" readings (see :meth:`start_live`), or "any".
         """
+        if part not in ("any", "backlog", "live"):
+            raise ValueError(f"unknown part {part!r}")
+        where = {"any": "", "backlog": "WHERE id < ?", "live": "WHERE id >= ?"}[part]
+        params: tuple[int, ...] = () if part == "any" else (self._live_from,)
         created = int(time.time() * 1000) if created_ms is None else created_ms
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rows = self._db.execute(
-                "SELECT id, series, ts_ms, value FROM readings ORDER BY id LIMIT ?",
-                (max_readings,),
+                f"SELECT id, series, ts_ms, value FROM readings {where} ORDER BY id LIMIT ?",
+                (*params, max_readings),
             ).fetchall()
             dropped = self._meta(self._db, "dropped_pending", 0)
             if not rows and not dropped:
@@ -310,7 +350,10 @@ class Buffer:
                 take = max(1, min(take - 1, int(take * max_bytes / len(payload) * 0.9)))
             rows = rows[:take]
             if rows:
-                self._db.execute("DELETE FROM readings WHERE id <= ?", (rows[-1][0],))
+                # The selected rows are every row of the range between the first and the last.
+                self._db.execute(
+                    "DELETE FROM readings WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0])
+                )
             self._db.execute(
                 "INSERT INTO outbox (seq, created_ms, readings, payload) VALUES (?, ?, ?, ?)",
                 (seq, created, len(rows), payload),
@@ -321,7 +364,7 @@ class Buffer:
         except BaseException:
             self._rollback()
             raise
-        self._pending_n -= len(rows)
+        self._taken(len(rows), "oldest" if part == "any" else part)
         return SealedBatch(seq, created, len(rows), payload)
 
     def ack(self, seq: int) -> bool:
@@ -383,9 +426,14 @@ class AsyncBuffer:
         return await self._run(lambda: self.sync.append(readings))
 
     async def seal(
-        self, gateway: str, max_readings: int, max_bytes: int | None = None
+        self, gateway: str, max_readings: int, max_bytes: int | None = None, part: str = "any"
     ) -> SealedBatch | None:
-        return await self._run(lambda: self.sync.seal(gateway, max_readings, max_bytes=max_bytes))
+        return await self._run(
+            lambda: self.sync.seal(gateway, max_readings, max_bytes=max_bytes, part=part)
+        )
+
+    async def start_live(self) -> int:
+        return await self._run(self.sync.start_live)
 
     async def register_series(self, pairs: list[tuple[str, str]]) -> None:
         await self._run(lambda: self.sync.register_series(pairs))

@@ -87,6 +87,10 @@ class MqttConfig(_Model):
     #: Encoded batch size cap; keep it below the broker's maximum packet size.
     batch_max_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
     batch_max_delay_ms: int = Field(5000, ge=0, le=3_600_000)
+    #: Batches waiting for their PUBACK at once.
+    max_inflight_batches: int = Field(4, ge=1, le=100)
+    #: After an outage, held data drains at most this fast (0: no limit); fresh data goes first.
+    drain_max_batches_per_s: float = Field(2.0, ge=0, le=1000)
     reconnect_min_s: float = Field(1.0, gt=0, le=600)
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     stable_after_s: float = Field(60.0, ge=0, le=3600)

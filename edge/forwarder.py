@@ -123,7 +123,8 @@ class Forwarder:
         self.password = password
         self.stats = ForwarderStats()
         self._wake = asyncio.Event()
-        self._pending_since: float | None = None  # monotonic time the oldest pending arrived
+        self._pending_since: float | None = None  # monotonic time the oldest live one arrived
+        self._next_drain = 0.0  # monotonic time the next backlog batch may be sealed
         self._outage_since: float | None = None
         self._birth = birth
         self._tls_context = tls_context
@@ -311,43 +312,85 @@ class Forwarder:
         self.stats.last_seq_acked = batch.seq
 
     async def _forward(self, client: aiomqtt.Client) -> None:
-        for batch in await self.buffer.unacked():
-            self.stats.resent_batches += 1
-            log.info("re-sending unacknowledged batch %d (%d readings)", batch.seq, batch.readings)
-            await self._publish(client, batch)
-        while True:
-            await self._wait_for_batch()
-            batch = await self.buffer.seal(
-                self.gateway_id, self.cfg.batch_max_readings, self.cfg.batch_max_bytes
-            )
-            if batch is None:
-                self._pending_since = None
-                continue
-            if await self.buffer.pending() > 0:
-                self._pending_since = self._pending_since or time.monotonic()
-                self._wake.set()
-            else:
-                self._pending_since = None
-            await self._publish(client, batch)
+        """Publish until the session breaks: the outbox first, then live and backlog batches.
 
-    async def _wait_for_batch(self) -> None:
-        """Return when a batch should close: enough readings pending, or the oldest is due."""
+        Up to ``max_inflight_batches`` publishes wait for their PUBACK at once. The first one
+        that fails ends the session; every batch not acknowledged stays in the outbox.
+        """
+        window = asyncio.Semaphore(self.cfg.max_inflight_batches)
+
+        async def send(batch: SealedBatch) -> None:
+            try:
+                await self._publish(client, batch)
+            finally:
+                window.release()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for batch in await self.buffer.unacked():
+                    self.stats.resent_batches += 1
+                    log.info(
+                        "re-sending unacknowledged batch %d (%d readings)",
+                        batch.seq,
+                        batch.readings,
+                    )
+                    await window.acquire()
+                    tg.create_task(send(batch))
+                backlog = await self.buffer.start_live()
+                if backlog:
+                    log.info(
+                        "draining a backlog of %d readings at up to %g batches/s while "
+                        "fresh data goes first",
+                        backlog,
+                        self.cfg.drain_max_batches_per_s,
+                    )
+                while True:
+                    part = await self._next_part()
+                    await window.acquire()
+                    batch = await self.buffer.seal(
+                        self.gateway_id, self.cfg.batch_max_readings, self.cfg.batch_max_bytes, part
+                    )
+                    if part == "live":
+                        live_left = self.buffer.sync.live_pending
+                        self._pending_since = (
+                            self._pending_since or time.monotonic() if live_left else None
+                        )
+                    if batch is None:
+                        window.release()
+                        continue
+                    tg.create_task(send(batch))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    async def _next_part(self) -> str:
+        """Wait until a batch should be sealed; say from which part ("live" or "backlog").
+
+        Live readings go first: as soon as ``batch_max_readings`` are pending, or the oldest has
+        waited ``batch_max_delay_ms``. Backlog batches are sealed no faster than
+        ``drain_max_batches_per_s`` (0: no limit).
+        """
+        rate = self.cfg.drain_max_batches_per_s
+        delay = self.cfg.batch_max_delay_ms / 1000.0
         while True:
             self._wake.clear()
-            pending = await self.buffer.pending()
-            if pending >= self.cfg.batch_max_readings:
-                return
-            if pending > 0:
-                since = self._pending_since
-                if since is None:  # a backlog from before this process started: send now
-                    return
-                remaining = since + self.cfg.batch_max_delay_ms / 1000.0 - time.monotonic()
-                if remaining <= 0:
-                    return
-                try:
-                    async with asyncio.timeout(remaining):  # not wait_for: see gateway._writer
-                        await self._wake.wait()
-                except TimeoutError:
-                    return
-            else:
-                await self._wake.wait()
+            buf = self.buffer.sync
+            live, backlog = buf.live_pending, buf.backlog_pending
+            now = time.monotonic()
+            if live >= self.cfg.batch_max_readings:
+                return "live"
+            if live > 0 and (self._pending_since is None or now >= self._pending_since + delay):
+                return "live"
+            if backlog > 0 and now >= self._next_drain:
+                self._next_drain = now + (1.0 / rate if rate > 0 else 0.0)
+                return "backlog"
+            deadlines = []
+            if live > 0 and self._pending_since is not None:
+                deadlines.append(self._pending_since + delay)
+            if backlog > 0:
+                deadlines.append(self._next_drain)
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                async with asyncio.timeout(min(deadlines) - now if deadlines else None):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass

@@ -228,3 +228,24 @@ def test_buffer__seal_respects_the_byte_limit_and_keeps_the_rest(tmp_path):
     assert 0 < batch.readings < 5000
     assert buf.stats().pending_readings == 5000 - batch.readings  # nothing lost, just later
     buf.close()
+
+
+def test_buffer__live_and_backlog_partitions(tmp_path):
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+    buf.append(readings(30, 0))  # held through an "outage"
+    assert buf.start_live() == 30
+    buf.append(readings(5, 1000))  # fresh
+    assert (buf.backlog_pending, buf.live_pending) == (30, 5)
+    live = named(buf, buf.seal("gw", 100, part="live").payload)
+    assert sorted(r.value for r in live) == [float(1000 + i) for i in range(5)]
+    back = named(buf, buf.seal("gw", 10, part="backlog").payload)
+    assert sorted(r.value for r in back) == [float(i) for i in range(10)]  # oldest first
+    assert (buf.backlog_pending, buf.live_pending) == (20, 0)
+    assert buf.seal("gw", 100, part="live") is None
+    buf.append(readings(3, 2000))
+    assert (buf.backlog_pending, buf.live_pending) == (20, 3)
+    buf.seal("gw", 100, part="backlog")
+    assert (buf.backlog_pending, buf.live_pending) == (0, 3)  # the boundary is gone
+    buf.append(readings(2, 3000))
+    assert buf.live_pending == 5 and buf.pending() == 5
+    buf.close()
