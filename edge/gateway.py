@@ -22,7 +22,7 @@ from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusTcpTransport
 from edge.forwarder import Forwarder
 from edge.modbus_adapter import ModbusTcpLink
-from edge.poller import DevicePoller
+from edge.poller import STATUS_POINT, DevicePoller
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
 
@@ -85,6 +85,7 @@ class Gateway:
             profile = get_profile(dev.profile)
             for p in profile.points:
                 meta[(dev.id, p.name)] = (p.unit, str(p.dtype))
+            meta[(dev.id, STATUS_POINT)] = ("", "status")
             t = dev.transport
             devices.append(
                 {
@@ -118,10 +119,9 @@ class Gateway:
         await self.buffer.open()
         await self.buffer.register_series(
             [
-                (p.device.id, point.name)
+                (p.device.id, name)
                 for p in self.pollers
-                for r in p.plan.requests
-                for point in r.points
+                for name in [STATUS_POINT, *(pt.name for r in p.plan.requests for pt in r.points)]
             ]
         )
         stats = await self.buffer.stats()

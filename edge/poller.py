@@ -20,7 +20,10 @@ from edge.plan import ReadPlan
 from protocols.batch import Reading
 from protocols.modbus import ModbusValueError, decode_value, encode_value
 
-__all__ = ["DevicePoller", "PollStats"]
+__all__ = ["STATUS_POINT", "DevicePoller", "PollStats"]
+
+#: The series that carries a device's health: "online", "degraded" or "offline" on each change.
+STATUS_POINT = "_status"
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class DevicePoller:
         self.out = out
         self.stats = PollStats()
         self.interval_s = device.poll_interval_s  # a platform command may change it
+        self.status: str | None = None  # online / degraded / offline, once known
         self._failing_since: float | None = None
         self._failures_in_outage = 0
 
@@ -98,6 +102,11 @@ class DevicePoller:
             for point, value in req.decode(regs):
                 readings.append(Reading(dev.id, point.name, ts_ms, value))
         self._report(errors)
+        status = "online" if not errors else "degraded" if readings else "offline"
+        if status != self.status:
+            # The platform sees health changes as readings, in order with the data.
+            self.status = status
+            readings.append(Reading(dev.id, STATUS_POINT, time.time_ns() // 1_000_000, status))
         if readings:
             self.stats.readings += len(readings)
             self.stats.last_success_ms = readings[-1].ts_ms

@@ -69,7 +69,7 @@ async def test_commands__answered_refused_and_never_a_crash(mosquitto, sim_sdm63
 
         births = platform.births
         reb = await platform.send({"id": 2, "cmd": "rebirth"}, 2)
-        assert reb["ok"] and reb["result"]["series"] == 12
+        assert reb["ok"] and reb["result"]["series"] == 14  # 2 x (6 points + health)
         await wait_until(lambda: platform.births > births, 5, what="a new birth")
 
         ok = await platform.send(

@@ -13,7 +13,7 @@ from devices import get_profile, profiles
 from edge.config import parse_config
 from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
 from edge.plan import compile_plan
-from edge.poller import DevicePoller
+from edge.poller import STATUS_POINT, DevicePoller
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.energy_meter import EnergyMeterModel
 from tests.conftest import gateway_yaml
@@ -113,12 +113,16 @@ async def test_poller__readings_equal_what_the_simulator_served(sim_sdm630):
     queue: asyncio.Queue = asyncio.Queue()
     dev, plan = _device(1, sim_sdm630.port)
     poller = DevicePoller(dev, plan, link, queue)
-    for _ in range(3):
+    for i in range(3):
         readings = await poller.poll_once()
-        assert len(readings) == 56
+        # 56 points; the first poll also reports the device online (a health reading)
+        assert len(readings) == (57 if i == 0 else 56)
     unit = sim_sdm630.units[1]
     while not queue.empty():
         for r in queue.get_nowait():
+            if r.point == STATUS_POINT:
+                assert r.value == "online"
+                continue
             assert r.value in unit.served(r.point), r
     await link.close()
 
@@ -153,6 +157,16 @@ async def test_poller__silent_unit_is_logged_once_and_the_other_keeps_its_rate(s
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and "meter-2" in r.message]
     assert len(errors) == 1, [r.message for r in errors]
     assert any("meter-2 recovered" in r.message for r in caplog.records)
+    # Health changes are readings too, in order. The silent meter starts offline and ends
+    # online (through "degraded" when it came back in the middle of a cycle).
+    statuses = {"meter-1": [], "meter-2": []}
+    while not queue.empty():
+        for r in queue.get_nowait():
+            if r.point == STATUS_POINT:
+                statuses[r.device].append(r.value)
+    assert statuses["meter-1"] == ["online"]
+    assert statuses["meter-2"][0] == "offline" and statuses["meter-2"][-1] == "online"
+    assert set(statuses["meter-2"]) <= {"offline", "degraded", "online"}
 
 
 async def test_link__refused_connection_backs_off_without_blocking():
