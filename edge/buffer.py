@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocols.batch import BatchHeader, Point, Reading, encode_batch
+from protocols.batch import BatchHeader, Point, Reading, decode_batch, encode_batch
 
 __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: outbox rows carry a part path (split batches)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS series (
@@ -51,8 +51,19 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value);
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, readings INTEGER NOT NULL,
-    payload BLOB NOT NULL);
+    seq INTEGER NOT NULL, part TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,
+    readings INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (seq, part));
+"""
+
+_MIGRATE_1_TO_2 = """
+ALTER TABLE outbox RENAME TO outbox_v1;
+CREATE TABLE outbox (
+    seq INTEGER NOT NULL, part TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,
+    readings INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (seq, part));
+INSERT INTO outbox (seq, part, created_ms, readings, payload)
+    SELECT seq, '', created_ms, readings, payload FROM outbox_v1;
+DROP TABLE outbox_v1;
+UPDATE meta SET value = 2 WHERE key = 'schema_version';
 """
 
 
@@ -67,6 +78,19 @@ class SealedBatch:
     created_ms: int
     readings: int
     payload: bytes
+    part: tuple[int, ...] = ()  # the halvings of a batch split for the broker's size limit
+
+    @property
+    def key(self) -> tuple[int, tuple[int, ...]]:
+        return (self.seq, self.part)
+
+
+def _part_text(part: tuple[int, ...]) -> str:
+    return ".".join(map(str, part))
+
+
+def _part_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".")) if text else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +156,8 @@ class Buffer:
             version = self._meta(db, "schema_version", None)
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif version == 1:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
             elif version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"unknown buffer schema version {version}")
             for key, default in (
@@ -303,12 +329,10 @@ class Buffer:
 
     def unacked(self) -> list[SealedBatch]:
         """Sealed batches still waiting for their PUBACK, oldest first."""
-        return [
-            SealedBatch(*row)
-            for row in self._db.execute(
-                "SELECT seq, created_ms, readings, payload FROM outbox ORDER BY seq"
-            )
-        ]
+        rows = self._db.execute(
+            "SELECT seq, created_ms, readings, payload, part FROM outbox ORDER BY seq, part"
+        )
+        return [SealedBatch(s, c, n, p, _part_tuple(part)) for s, c, n, p, part in rows]
 
     def seal(
         self,
@@ -367,10 +391,56 @@ class Buffer:
         self._taken(len(rows), "oldest" if part == "any" else part)
         return SealedBatch(seq, created, len(rows), payload)
 
-    def ack(self, seq: int) -> bool:
-        """The broker acknowledged batch ``seq``: its readings leave the buffer."""
-        cur = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    def ack(self, seq: int, part: tuple[int, ...] = ()) -> bool:
+        """The broker acknowledged batch ``seq`` (or that part of it): its readings leave."""
+        cur = self._db.execute(
+            "DELETE FROM outbox WHERE seq = ? AND part = ?", (seq, _part_text(part))
+        )
         return cur.rowcount == 1
+
+    def split(self, seq: int, part: tuple[int, ...] = ()) -> list[SealedBatch]:
+        """Replace an unacknowledged batch by its two halves, which keep its seq (atomic).
+
+        For a batch the broker refuses as too large. Consumers de-duplicate parts against the
+        whole batch, so exactly-once holds even if the whole had in fact been delivered.
+        Returns the halves, or [] when the batch holds fewer than two readings.
+        """
+        row = self._db.execute(
+            "SELECT created_ms, payload FROM outbox WHERE seq = ? AND part = ?",
+            (seq, _part_text(part)),
+        ).fetchone()
+        if row is None:
+            return []
+        created, payload = row
+        batch = decode_batch(payload)
+        points = sorted(batch.points, key=lambda p: (p.ts_ms, p.sid))
+        if len(points) < 2:
+            return []
+        half = len(points) // 2
+        out = []
+        for i, chunk in ((1, points[:half]), (2, points[half:])):
+            h = batch.header
+            header = BatchHeader(
+                h.gateway, h.seq, h.boot, h.created_ms, h.dropped if i == 1 else 0, part=(*part, i)
+            )
+            out.append(
+                SealedBatch(seq, created, len(chunk), encode_batch(header, chunk), (*part, i))
+            )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "DELETE FROM outbox WHERE seq = ? AND part = ?", (seq, _part_text(part))
+            )
+            self._db.executemany(
+                "INSERT INTO outbox (seq, part, created_ms, readings, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(b.seq, _part_text(b.part), b.created_ms, b.readings, b.payload) for b in out],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return out
 
     # ------------------------------------------------------------------ introspection
 
@@ -447,8 +517,11 @@ class AsyncBuffer:
     async def unacked(self) -> list[SealedBatch]:
         return await self._run(self.sync.unacked)
 
-    async def ack(self, seq: int) -> bool:
-        return await self._run(lambda: self.sync.ack(seq))
+    async def ack(self, seq: int, part: tuple[int, ...] = ()) -> bool:
+        return await self._run(lambda: self.sync.ack(seq, part))
+
+    async def split(self, seq: int, part: tuple[int, ...] = ()) -> list[SealedBatch]:
+        return await self._run(lambda: self.sync.split(seq, part))
 
     async def stats(self) -> BufferStats:
         return await self._run(self.sync.stats)

@@ -74,6 +74,9 @@ class SeqTracker:
             self.above.add(seq)
         return True, gap
 
+    def seen(self, seq: int) -> bool:
+        return self.start is not None and (self.start <= seq <= self.floor or seq in self.above)
+
     def missing(self) -> list[tuple[int, int]]:
         """Gaps still open, as inclusive ranges."""
         out: list[tuple[int, int]] = []
@@ -103,6 +106,8 @@ class GatewayTally:
     birth: Birth | None = None
     series: dict[int, SeriesInfo] = field(default_factory=dict)
     unknown_reported: set[int] = field(default_factory=set)
+    #: Split batches: seq -> the part paths delivered (whole batches are not listed here).
+    parts: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
 
 
 def _json_value(v: object) -> object:
@@ -193,7 +198,10 @@ class BatchConsumer:
             return None
         header = batch.header
         tally = self.tallies.setdefault(header.gateway, GatewayTally())
+        seen_before = tally.tracker.seen(header.seq)
         is_new, gap = tally.tracker.add(header.seq)
+        if header.part or header.seq in tally.parts:
+            is_new = self._new_part(tally, header.seq, header.part, seen_before)
         if gap is not None:
             first, last = gap
             span = f"{first}" if first == last else f"{first}..{last}"
@@ -225,6 +233,21 @@ class BatchConsumer:
         if self.on_batch is not None:
             self.on_batch(delivery)
         return delivery
+
+    @staticmethod
+    def _new_part(tally: GatewayTally, seq: int, path: tuple[int, ...], seen_before: bool) -> bool:
+        """De-duplicate split batches: a part is new unless the whole batch, a part containing
+        it, or a part it contains was already delivered."""
+        delivered = tally.parts.get(seq)
+        if delivered is None:
+            if seen_before:  # delivered whole before it was split
+                return False
+            delivered = tally.parts[seq] = set()
+        for d in delivered:
+            if path[: len(d)] == d or d[: len(path)] == path:
+                return False
+        delivered.add(path)
+        return True
 
     def summary(self) -> list[str]:
         lines = []

@@ -81,7 +81,12 @@ class ForwarderStats:
     resent_batches: int = 0
     publish_failures: int = 0
     births: int = 0
+    split_batches: int = 0
     last_seq_acked: int | None = None
+
+
+#: Sessions in a row that must break with the same batch in flight before it is split.
+SPLIT_AFTER_FAILED_SESSIONS = 3
 
 
 class _SessionFailed(Exception):
@@ -125,6 +130,9 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._pending_since: float | None = None  # monotonic time the oldest live one arrived
         self._next_drain = 0.0  # monotonic time the next backlog batch may be sealed
+        self._max_bytes = cfg.batch_max_bytes  # lowered if the broker refuses a batch's size
+        self._inflight: dict[tuple[int, tuple[int, ...]], SealedBatch] = {}
+        self._failed_sessions: dict[tuple[int, tuple[int, ...]], int] = {}
         self._outage_since: float | None = None
         self._birth = birth
         self._tls_context = tls_context
@@ -258,6 +266,7 @@ class Forwarder:
                     pass
         except aiomqtt.MqttError as exc:
             self.stats.publish_failures += 1
+            await self._after_failed_session()
             if time.monotonic() - started >= self.cfg.stable_after_s:
                 log.error("uplink lost after a stable session: %s", self._describe(exc))
                 self._outage_since = time.monotonic()
@@ -282,6 +291,35 @@ class Forwarder:
                 self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
             )
 
+    async def _after_failed_session(self) -> None:
+        """A broker that refuses a packet's size (MQTT 3.1.1) just drops the connection, and the
+        same batch would fail on every reconnect. A batch that was in flight when
+        ``SPLIT_AFTER_FAILED_SESSIONS`` sessions in a row broke is split in halves that keep
+        its seq, and later batches are capped at half its size: smaller batches, no retry loop.
+        (Were it a stall instead, consumers still de-duplicate the parts against the whole.)"""
+        inflight, self._inflight = self._inflight, {}
+        for key, batch in inflight.items():
+            failures = self._failed_sessions.get(key, 0) + 1
+            self._failed_sessions[key] = failures
+            if failures < SPLIT_AFTER_FAILED_SESSIONS:
+                continue
+            del self._failed_sessions[key]
+            halves = await self.buffer.split(batch.seq, batch.part)
+            if not halves:
+                log.error("batch %d holds a single reading and still fails to publish", batch.seq)
+                continue
+            self._max_bytes = max(1024, min(self._max_bytes, len(batch.payload) // 2))
+            self.stats.split_batches += 1
+            log.error(
+                "batch %d (%d bytes) was in flight when %d sessions in a row broke: the broker "
+                "may refuse its size. Split it in two (same seq) and capped batches at %d bytes; "
+                "set mqtt.batch_max_bytes below the broker's maximum packet size",
+                batch.seq,
+                len(batch.payload),
+                failures,
+                self._max_bytes,
+            )
+
     async def _publish_birth(self, client: aiomqtt.Client) -> int:
         """Retained birth: the series dictionary every batch refers to (and who we are).
         Returns how many series it named."""
@@ -303,10 +341,13 @@ class Forwarder:
         if self._birth is not None and self.buffer.sync.series_count > self._birth_series:
             await self._publish_birth(client)  # a new series appeared: name it first
         # publish(qos=1) returns only after the PUBACK; on timeout it raises MqttError.
+        self._inflight[batch.key] = batch
         await client.publish(
             self.topics["data"], batch.payload, qos=1, timeout=self.cfg.publish_timeout_s
         )
-        await self.buffer.ack(batch.seq)
+        await self.buffer.ack(batch.seq, batch.part)
+        self._inflight.pop(batch.key, None)
+        self._failed_sessions.pop(batch.key, None)
         self.stats.batches_sent += 1
         self.stats.readings_sent += batch.readings
         self.stats.last_seq_acked = batch.seq
@@ -348,7 +389,7 @@ class Forwarder:
                     part = await self._next_part()
                     await window.acquire()
                     batch = await self.buffer.seal(
-                        self.gateway_id, self.cfg.batch_max_readings, self.cfg.batch_max_bytes, part
+                        self.gateway_id, self.cfg.batch_max_readings, self._max_bytes, part
                     )
                     if part == "live":
                         live_left = self.buffer.sync.live_pending

@@ -111,6 +111,9 @@ class BatchHeader:
     created_ms: int
     dropped: int = 0
     points: int = 0
+    #: A batch too large for the broker is split in halves that keep its seq: the path of
+    #: halvings, () for a whole batch, (1,) / (2,) for its halves, (2, 1) for a half of a half.
+    part: tuple[int, ...] = ()
     version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -333,6 +336,8 @@ def encode_batch(
         "z": "zstd",
         "body": body,
     }
+    if header.part:
+        doc["part"] = list(header.part)
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -348,7 +353,18 @@ def _field(doc: dict[Any, Any], key: str, kind: type) -> Any:
     return value
 
 
-_HEADER_KEYS = frozenset({"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body"})
+_HEADER_KEYS = frozenset({"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body", "part"})
+
+
+def _part(doc: dict[Any, Any]) -> tuple[int, ...]:
+    raw = doc.get("part", [])
+    if (
+        not isinstance(raw, list)
+        or len(raw) > 64
+        or not all(type(x) is int and x in (1, 2) for x in raw)
+    ):
+        raise BatchDecodeError(f"bad part path {raw!r}")
+    return tuple(raw)
 
 
 def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
@@ -369,6 +385,7 @@ def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
         created_ms=_field(doc, "created", int),
         dropped=_field(doc, "dropped", int),
         points=_field(doc, "n", int),
+        part=_part(doc),
         version=version,
         extra={k: v for k, v in doc.items() if k not in _HEADER_KEYS},
     )

@@ -51,10 +51,12 @@ class EnergyMeterModel:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         import_kwh: float | None = None,
+        cycle_s: float = MEASUREMENT_CYCLE_S,
     ) -> None:
         if phases not in (1, 3):
             raise ValueError("phases must be 1 or 3")
         self.phases = phases
+        self.cycle_s = cycle_s  # how often the meter refreshes its registers
         self.peak_kw = peak_kw
         self._rng = random.Random(seed)
         self._clock = clock
@@ -94,7 +96,7 @@ class EnergyMeterModel:
     def sample(self) -> dict[str, float]:
         """The meter's registers now, by point name (refreshed once per measurement cycle)."""
         now = self._clock()
-        cycle = math.floor(now / MEASUREMENT_CYCLE_S)
+        cycle = math.floor(now / self.cycle_s)
         if cycle == self._cycle:
             return self._values
         if self._last_t is not None and now > self._last_t:

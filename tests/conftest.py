@@ -35,7 +35,12 @@ class Mosquitto:
     persistent sessions and their queued QoS 1 messages survive a stop/start."""
 
     def __init__(
-        self, workdir: Path, *, password_file: Path | None = None, tls: object | None = None
+        self,
+        workdir: Path,
+        *,
+        password_file: Path | None = None,
+        tls: object | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         binary = mosquitto_binary()
         assert binary
@@ -61,6 +66,7 @@ class Mosquitto:
                 f"keyfile {tls.server_key}",
                 "require_certificate true",
             ]
+        lines += extra
         if password_file is None:
             lines.append("allow_anonymous true")
         else:

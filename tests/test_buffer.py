@@ -249,3 +249,43 @@ def test_buffer__live_and_backlog_partitions(tmp_path):
     buf.append(readings(2, 3000))
     assert buf.live_pending == 5 and buf.pending() == 5
     buf.close()
+
+
+def test_buffer__split_keeps_the_seq_and_every_reading(tmp_path):
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+    buf.append(readings(40))
+    whole = buf.seal("gw", 100)
+    halves = buf.split(whole.seq)
+    assert [h.part for h in halves] == [(1,), (2,)] and {h.seq for h in halves} == {whole.seq}
+    quarters = buf.split(whole.seq, (2,))
+    assert [q.part for q in quarters] == [(2, 1), (2, 2)]
+    left = buf.unacked()
+    assert [b.part for b in left] == [(1,), (2, 1), (2, 2)]
+    got = sorted(r for b in left for r in named(buf, b.payload))
+    assert got == sorted(named(buf, whole.payload))  # nothing lost, nothing doubled
+    assert (
+        decode_batch(left[0].payload).header.dropped == decode_batch(whole.payload).header.dropped
+    )
+    assert all(buf.ack(b.seq, b.part) for b in left) and buf.unacked() == []
+    buf.close()
+
+
+def test_buffer__schema_1_outbox_is_migrated(tmp_path):
+    path = tmp_path / "b.sqlite"
+    buf = Buffer(path, max_bytes=BIG)
+    buf.append(readings(5))
+    sealed = buf.seal("gw", 5)
+    buf.close()
+    db = sqlite3.connect(path)  # rebuild the outbox as schema 1 had it
+    db.executescript("""
+        ALTER TABLE outbox RENAME TO o2;
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
+                             readings INTEGER NOT NULL, payload BLOB NOT NULL);
+        INSERT INTO outbox SELECT seq, created_ms, readings, payload FROM o2;
+        DROP TABLE o2;
+        UPDATE meta SET value = 1 WHERE key = 'schema_version';
+    """)
+    db.close()
+    buf = Buffer(path, max_bytes=BIG)
+    assert [(b.seq, b.part, b.payload) for b in buf.unacked()] == [(sealed.seq, (), sealed.payload)]
+    buf.close()

@@ -254,3 +254,27 @@ def test_birth__round_trip_and_malformed_births_are_rejected():
     for bad in (b"not json", b"[]", b'{"v": 2}', b'{"v": 1, "series": [[1]]}'):
         with pytest.raises(BirthError):
             Birth.decode(bad)
+
+
+def test_consumer__split_parts_are_deduplicated_against_the_whole_and_each_other():
+    import io
+
+    from edge.consumer import BatchConsumer
+
+    c = BatchConsumer("mqtt://127.0.0.1:1", report=io.StringIO())
+
+    def send(seq, part=(), n=1):
+        header = BatchHeader("gw", seq, 1, 0, part=part)
+        return c.handle(
+            "city/v1/s/gw/data",
+            encode_batch(header, [Point(1, seq * 10 + i, 1.0) for i in range(n)]),
+        )
+
+    assert send(1) is not None
+    assert send(1, (1,)) is None  # the whole was delivered before it was split
+    assert send(2, (1,)) is not None and send(2, (2, 1)) is not None
+    assert send(2, (2, 1)) is None  # a repeated part
+    assert send(2, (2,)) is None  # contains a part already delivered
+    assert send(2) is None  # the whole, after its parts
+    assert send(2, (2, 2)) is not None
+    assert c.tallies["gw"].tracker.missing() == []
