@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -151,6 +151,42 @@ class ModbusTcpLink:
         self.connects += 1
         self._backoff_s = 0.0
 
+    async def _execute(
+        self,
+        unit: int,
+        address: int,
+        count: int,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        timeout_s: float,
+        retries: int,
+        what: str,
+    ) -> Any:
+        """Run one pymodbus request with our timeout and retries; map its failures to ours."""
+        where = {"endpoint": self.endpoint, "unit": unit, "address": address, "count": count}
+        async with self._lock:
+            await self._ensure_connected(unit, address, count)
+            ctx = self._client.ctx
+            ctx.comm_params.timeout_connect = timeout_s
+            ctx.retries = retries
+            try:
+                rr = await call()
+                _restore_cancel()
+            except ModbusIOException:
+                _restore_cancel()
+                raise ModbusTimeout(
+                    f"no answer to a {what} in {timeout_s:.2f} s × {retries + 1} attempts",
+                    **where,
+                ) from None
+            except ConnectionException as exc:
+                self._client.close()
+                raise LinkDown(f"connection lost: {exc}", **where) from None
+            except ModbusException as exc:
+                raise ModbusDeviceError(f"bad response: {exc}", **where) from None
+        if rr.isError():
+            raise ModbusExceptionResponse(int(rr.exception_code), **where)
+        return rr
+
     async def read(
         self,
         unit: int,
@@ -164,67 +200,44 @@ class ModbusTcpLink:
         """Read ``count`` registers (FC 03 holding or FC 04 input); return the raw words."""
         if function_code not in (3, 4):
             raise ValueError(f"unsupported read function code {function_code}")
-        where = {"endpoint": self.endpoint, "unit": unit, "address": address, "count": count}
-        async with self._lock:
-            await self._ensure_connected(unit, address, count)
-            ctx = self._client.ctx
-            ctx.comm_params.timeout_connect = timeout_s
-            ctx.retries = retries
-            call = (
-                self._client.read_input_registers
-                if function_code == 4
-                else self._client.read_holding_registers
+        fn = (
+            self._client.read_input_registers
+            if function_code == 4
+            else self._client.read_holding_registers
+        )
+        rr = await self._execute(
+            unit,
+            address,
+            count,
+            lambda: fn(address, count=count, device_id=unit),
+            timeout_s=timeout_s,
+            retries=retries,
+            what="read",
+        )
+        regs = list(rr.registers)
+        if len(regs) != count:
+            raise ModbusDeviceError(
+                f"asked {count} registers, got {len(regs)}",
+                endpoint=self.endpoint,
+                unit=unit,
+                address=address,
+                count=count,
             )
-            try:
-                rr = await call(address, count=count, device_id=unit)
-                _restore_cancel()
-            except ModbusIOException:
-                _restore_cancel()
-                raise ModbusTimeout(
-                    f"no answer in {timeout_s:.2f} s × {retries + 1} attempts", **where
-                ) from None
-            except ConnectionException as exc:
-                self._client.close()
-                raise LinkDown(f"connection lost: {exc}", **where) from None
-            except ModbusException as exc:
-                raise ModbusDeviceError(f"bad response: {exc}", **where) from None
-            if rr.isError():
-                raise ModbusExceptionResponse(int(rr.exception_code), **where)
-            regs = list(rr.registers)
-            if len(regs) != count:
-                raise ModbusDeviceError(f"asked {count} registers, got {len(regs)}", **where)
-            return regs
+        return regs
 
     async def write(
         self, unit: int, address: int, registers: list[int], *, timeout_s: float, retries: int
     ) -> None:
         """Write holding registers (FC 16)."""
-        where = {
-            "endpoint": self.endpoint,
-            "unit": unit,
-            "address": address,
-            "count": len(registers),
-        }
-        async with self._lock:
-            await self._ensure_connected(unit, address, len(registers))
-            ctx = self._client.ctx
-            ctx.comm_params.timeout_connect = timeout_s
-            ctx.retries = retries
-            try:
-                rr = await self._client.write_registers(address, registers, device_id=unit)
-                _restore_cancel()
-            except ModbusIOException:
-                _restore_cancel()
-                raise ModbusTimeout(
-                    f"no answer to a write in {timeout_s:.2f} s × {retries + 1} attempts", **where
-                ) from None
-            except ConnectionException as exc:
-                self._client.close()
-                raise LinkDown(f"connection lost: {exc}", **where) from None
-            except ModbusException as exc:
-                raise ModbusDeviceError(f"bad response: {exc}", **where) from None
-            if rr.isError():
-                raise ModbusExceptionResponse(int(rr.exception_code), **where)
+        await self._execute(
+            unit,
+            address,
+            len(registers),
+            lambda: self._client.write_registers(address, registers, device_id=unit),
+            timeout_s=timeout_s,
+            retries=retries,
+            what="write",
+        )
 
     async def close(self) -> None:
         self._client.close()
