@@ -447,7 +447,10 @@ class Buffer:
     def stats(self) -> BufferStats:
         pending = self._pending_count()
         ob = self._db.execute("SELECT count(*), coalesce(sum(readings), 0) FROM outbox").fetchone()
-        oldest = self._db.execute("SELECT min(ts_ms) FROM readings").fetchone()[0]
+        # The oldest by arrival (rowid order, O(log n)); min(ts_ms) would scan the whole table,
+        # and stats() runs at every connection (the birth), so a large backlog must stay cheap.
+        row = self._db.execute("SELECT ts_ms FROM readings ORDER BY id LIMIT 1").fetchone()
+        oldest = row[0] if row else None
         return BufferStats(
             pending_readings=pending,
             outbox_batches=ob[0],
@@ -525,9 +528,6 @@ class AsyncBuffer:
 
     async def stats(self) -> BufferStats:
         return await self._run(self.sync.stats)
-
-    async def pending(self) -> int:
-        return await self._run(self.sync.pending)
 
     async def close(self) -> None:
         if self._buf is not None:
