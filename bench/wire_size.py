@@ -7,8 +7,10 @@ as a meter serves them, with the model's noise; nothing is rounded. All points o
 request share its timestamp; requests of one poll are a few ms apart, as on a real TCP bridge.
 The same readings are then encoded three ways, side by side:
 
-* ours: batch format v1, batches closing every --batch-s seconds (the gateway's latency limit);
-  the birth message (series dictionary) is sent once per connection and is not counted;
+* ours: batch format v1, batches closing every --batch-s seconds (the gateway's latency limit,
+  batch_max_delay_ms, default 5 s); further latencies (--also) are encoded from the same readings
+  in the same run, so the latency / size trade-off is measured side by side. The birth message
+  (series dictionary) is sent once per connection and is not counted;
 * ThingsBoard IoT Gateway JSON: one message per device per poll,
   {"<device>": [{"ts": ms, "values": {"<point>": value, ...}}]} (peer-thingsboard-gateway.md §3);
 * Sparkplug B: one DDATA protobuf per device per poll with aliases, per-metric timestamp and
@@ -16,7 +18,7 @@ The same readings are then encoded three ways, side by side:
 
     pip install '.[bench]' && python bench/wire_size.py --hours 1
 
-Last line: RESULT ours_bpp=<n> json_bpp=<n> sparkplug_bpp=<n> points=<n>
+Last line (at --batch-s): RESULT ours_bpp=<n> json_bpp=<n> sparkplug_bpp=<n> points=<n>
 """
 
 from __future__ import annotations
@@ -47,12 +49,39 @@ def district(n630: int, n120: int):
     return devices
 
 
+class Lane:
+    """Our batches at one latency: accumulates points, seals a batch every ``latency`` s."""
+
+    def __init__(self, latency: float, start: float):
+        self.latency = latency
+        self.next_close = start + latency
+        self.batch: list[Point] = []
+        self.seq = 0
+        self.bytes = 0
+        self.t_enc = 0.0
+
+    def close(self, now: float) -> None:
+        if not self.batch:
+            return
+        self.seq += 1
+        t = time.perf_counter()
+        payload = encode_batch(BatchHeader("gw-district", self.seq, 1, int(now * 1000)), self.batch)
+        self.t_enc += time.perf_counter() - t
+        self.bytes += len(payload)
+        if self.seq == 1:  # check losslessness on the first batch
+            assert sorted(decode_batch(payload).points) == sorted(self.batch)
+        self.batch = []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=1.0)
     ap.add_argument("--sdm630", type=int, default=8)
     ap.add_argument("--sdm120", type=int, default=8)
-    ap.add_argument("--batch-s", type=float, default=5.0)
+    ap.add_argument("--batch-s", type=float, default=5.0, help="batch latency (the headline)")
+    ap.add_argument(
+        "--also", default="10,30", help="further batch latencies in s, comma separated ('' none)"
+    )
     args = ap.parse_args()
 
     now = [T_START]
@@ -69,32 +98,20 @@ def main() -> None:
             sids[p.name] = sid
         devs.append((name, profile_name, unit, plan, sids))
 
-    ours = json_b = spb = points = 0
+    json_b = spb = points = 0
     per_profile: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # ours, json, spb, pts
-    batch: list[Point] = []
     by_profile: dict[str, list[Point]] = defaultdict(list)
-    seq = 0
     spb_seq = 0
-    t_enc = 0.0
     seconds = int(args.hours * 3600)
-    next_close = T_START + args.batch_s
+    latencies = [args.batch_s] + [float(x) for x in args.also.split(",") if x.strip()]
+    lanes = [Lane(s, T_START) for s in latencies]
+    headline = lanes[0]
 
-    def close_batch() -> None:
-        nonlocal ours, seq, t_enc
-        if not batch:
-            return
-        seq += 1
-        t = time.perf_counter()
-        payload = encode_batch(BatchHeader("gw-district", seq, 1, int(now[0] * 1000)), batch)
-        t_enc += time.perf_counter() - t
-        ours += len(payload)
-        if seq == 1:  # check losslessness on the first batch
-            assert sorted(decode_batch(payload).points) == sorted(batch)
-        # Per-profile figures: the same window encoded once per profile.
+    def close_headline_profiles() -> None:
+        # Per-profile figures at the headline latency: the same window encoded once per profile.
         for prof, pts in by_profile.items():
-            header = BatchHeader("gw-district", seq, 1, int(now[0] * 1000))
+            header = BatchHeader("gw-district", headline.seq, 1, int(now[0] * 1000))
             per_profile[prof][0] += len(encode_batch(header, pts))
-        batch.clear()
         by_profile.clear()
 
     for second in range(seconds):
@@ -108,8 +125,10 @@ def main() -> None:
                 regs = unit.read(req.function_code, req.address, req.count)
                 ts = int(now[0] * 1000)
                 for point, value in req.decode(regs):
-                    batch.append(Point(sids[point.name], ts, value))
-                    by_profile[prof].append(batch[-1])
+                    pt = Point(sids[point.name], ts, value)
+                    for lane in lanes:
+                        lane.batch.append(pt)
+                    by_profile[prof].append(pt)
                     values_by_ts.append((point.name, sids[point.name], ts, value))
             n = len(values_by_ts)
             points += n
@@ -128,20 +147,29 @@ def main() -> None:
             sp = ddata(spb_seq, values_by_ts[0][2], [(s, t, v) for _, s, t, v in values_by_ts])
             spb += len(sp)
             per_profile[prof][2] += len(sp)
-        if base + 1 >= next_close:
-            now[0] = next_close
-            close_batch()
-            next_close += args.batch_s
-    close_batch()
+        for lane in lanes:
+            if base + 1 >= lane.next_close:
+                now[0] = lane.next_close
+                lane.close(now[0])
+                if lane is headline:
+                    close_headline_profiles()
+                lane.next_close += lane.latency
+    for lane in lanes:
+        lane.close(now[0])
+    close_headline_profiles()
+    ours = headline.bytes
 
     print(
         f"district: {args.sdm630} x SDM630 + {args.sdm120} x SDM120 at 1 Hz for "
-        f"{seconds} s; batches every {args.batch_s:g} s ({seq} batches)"
+        f"{seconds} s; batches every {args.batch_s:g} s ({headline.seq} batches)"
     )
+    print(f"{'batch latency':<16}{'ours B/pt':>10}{'batches':>9}")
+    for lane in lanes:
+        print(f"{lane.latency:<16g}{lane.bytes / points:>10.3f}{lane.seq:>9}")
     print(f"{'profile':<16}{'ours B/pt':>10}{'json B/pt':>11}{'spB B/pt':>10}{'points':>12}")
     for prof, (o, j, s, n) in sorted(per_profile.items()):
         print(f"{prof:<16}{o / n:>10.2f}{j / n:>11.2f}{s / n:>10.2f}{n:>12}")
-    print(f"encode: {t_enc * 1e6 / points:.2f} us per point")
+    print(f"encode: {headline.t_enc * 1e6 / points:.2f} us per point")
     print(
         f"totals: ours={ours} json={json_b} sparkplug={spb} bytes; "
         f"json/ours={json_b / ours:.1f}x sparkplug/ours={spb / ours:.1f}x"

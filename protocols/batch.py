@@ -1,4 +1,4 @@
-"""Uplink batch format v1: columnar, typed, delta/XOR-encoded, byte-shuffled, zstd. No I/O.
+"""Uplink batch format v1: columnar, typed, delta-encoded, byte-shuffled, zstd. No I/O.
 
 The normative description, with a worked example, is docs/batch-format-v1.md; golden vectors are
 in tests/golden/. In short, one MQTT message carries one batch:
@@ -10,27 +10,28 @@ in tests/golden/. In short, one MQTT message carries one batch:
             t0      int, ms since the Unix epoch; every timestamp is an offset from it
             layout  [[type, series, samples, ts_mode], ...], one entry per *group*: series of
                     one value type sampled at identical instants (one Modbus request reads
-                    many points at once). type: 1 f32, 2 f64, 3 i64, 4 u64, 5 bool, 6 str
+                    many points at once), in the encoder's order (ours: by first series id).
+                    type: 1 f32, 2 f64, 3 i64, 4 u64, 5 bool, 6 str
             sids    bin: every group's series ids, ascending within a group, concatenated; each
                     minus the one before it (the first minus 0); zigzag; uint64 LE; shuffled
             ts      bin: every group's timestamps, concatenated, as int64 offsets from t0,
                     transformed per group by ts_mode, zigzag, uint64 LE, byte-shuffled:
                     0  delta of delta along time ([a0, a1 - a0, (a2 - a1) - (a1 - a0), ...])
-                    1  element-wise minus the previous group's timestamps (same sample count),
-                       then delta of delta: groups polled together cost almost nothing
+                    1  element-wise minus the previous group's timestamps (same sample count):
+                       requests polled one after another differ by a few ms
             columns [[type, bin], ...]: for each type, the value matrices of its groups (series x
-                    samples, row-major) concatenated in group order, encoded per type:
-                    f32/f64  IEEE bit patterns; each minus the same series' previous pattern
-                             modulo 2^32 (2^64) (the first minus 0), read as signed, zigzag,
-                             LE, byte-shuffled
-                    i64      differences along time, zigzag, uint64 LE, byte-shuffled
-                    u64      differences along time modulo 2^64, uint64 LE, byte-shuffled
+                    samples, row-major) in group order, encoded per type:
+                    numeric  f32/f64 IEEE bits, i64 two's complement, u64 as is, as w-bit
+                             words; a sample minus the series' previous one, a series' first
+                             minus the first of the row above (the top row's minus 0), modulo
+                             2^w, read as signed, zigzag; bin = shuffled firsts of every row,
+                             then shuffled rest
                     bool     numpy.packbits (big bit order) of the concatenation
                     str      uint32 LE indexes into ``strings``, byte-shuffled
             strings [str]: the batch's string dictionary (sorted), or []
 
 Byte-shuffling (w-byte words -> w planes: all first bytes, then all second bytes, ...) puts the
-bytes that rarely change (high bytes of XORs and deltas) next to each other, where zstd removes
+bytes that rarely change (high bytes of differences) next to each other, where zstd removes
 them. Everything is lossless: a float that is exactly a float32 travels as float32 bit for bit,
 any other float as float64; ±inf survive; NaN stays NaN (its payload bits are not kept).
 
@@ -191,60 +192,56 @@ def _undd(dd: np.ndarray) -> np.ndarray:
     return np.cumsum(np.cumsum(dd))
 
 
-_FLOAT = {F32: ("<f4", np.uint32, np.int32), F64: ("<f8", np.uint64, np.int64)}
+#: Numeric types: the unsigned word their values travel as, and how a value becomes that word.
+_NUMERIC = {F32: np.uint32, F64: np.uint64, I64: np.uint64, U64: np.uint64}
+_AS_FLOAT = {F32: "<f4", F64: "<f8"}
+_SIGNED = {np.uint32: np.int32, np.uint64: np.int64}
 
 
-def _encode_column(
-    kind: int, m: np.ndarray | list[list[Value]], strings: dict[str, int]
-) -> np.ndarray:
-    """One group's matrix as the array that goes into its type's column (before shuffling)."""
-    if kind in _FLOAT:
-        ftype, utype, itype = _FLOAT[kind]
-        bits = np.asarray(m, dtype=ftype).view(utype)
-        d = bits.copy()
-        d[:, 1:] = bits[:, 1:] - bits[:, :-1]  # wraps modulo 2^32 / 2^64
-        signed = d.view(itype).astype(np.int64) if kind == F32 else d.view(np.int64)
-        z = _zigzag(signed)
-        return z.astype(np.uint32) if kind == F32 else z
+def _words(kind: int, m: list[list[Value]]) -> np.ndarray:
+    """A group's values (series x samples) as unsigned words: IEEE bits or two's complement."""
+    if kind in _AS_FLOAT:
+        return np.asarray(m, dtype=_AS_FLOAT[kind]).view(_NUMERIC[kind])
     if kind == I64:
-        a = np.asarray(m, dtype=np.int64)
-        return _zigzag(np.diff(a, axis=1, prepend=np.zeros((a.shape[0], 1), dtype=np.int64)))
-    if kind == U64:
-        a = np.asarray([[int(v) for v in r] for r in m], dtype=np.uint64)
-        d = a.copy()
-        d[:, 1:] = a[:, 1:] - a[:, :-1]
-        return d
-    if kind == BOOL:
-        return np.asarray(m, dtype=bool)
-    return np.asarray([[strings[v] for v in r] for r in m], dtype=np.uint32)  # STR
+        return np.asarray(m, dtype=np.int64).view(np.uint64)
+    return np.asarray([[int(v) for v in r] for r in m], dtype=np.uint64)  # U64
 
 
-def _decode_column(
-    kind: int, flat: np.ndarray, rows: int, n: int, strings: list[str]
-) -> list[list[Value]]:
-    if kind in _FLOAT:
-        ftype, utype, itype = _FLOAT[kind]
-        signed = _unzigzag(flat.astype(np.uint64)).reshape(rows, n)
-        d = signed.astype(itype).view(utype)
-        with np.errstate(over="ignore"):
-            bits = np.cumsum(d, axis=1, dtype=utype)
-        return bits.view(ftype).tolist()
+def _from_words(kind: int, w: np.ndarray) -> list[list[Value]]:
+    if kind in _AS_FLOAT:
+        return w.view(_AS_FLOAT[kind]).tolist()
     if kind == I64:
-        return np.cumsum(_unzigzag(flat).reshape(rows, n), axis=1).tolist()
-    if kind == U64:
-        with np.errstate(over="ignore"):
-            return np.cumsum(flat.reshape(rows, n), axis=1, dtype=np.uint64).tolist()
-    if kind == BOOL:
-        return flat.astype(bool).reshape(rows, n).tolist()
-    if kind == STR:
-        idx = flat.reshape(rows, n)
-        if idx.size and int(idx.max()) >= len(strings):
-            raise BatchDecodeError("string index past the dictionary")
-        return [[strings[i] for i in r] for r in idx.tolist()]
-    raise BatchDecodeError(f"unknown column type {kind}")
+        return w.view(np.int64).tolist()
+    return w.tolist()
 
 
-_WORD = {F32: "u4", F64: "u8", I64: "u8", U64: "u8", STR: "u4"}
+def _zz_words(d: np.ndarray) -> np.ndarray:
+    """Wrapped differences (unsigned words) read as signed, zigzagged, back to the word size."""
+    return _zigzag(d.view(_SIGNED[d.dtype.type]).astype(np.int64)).astype(d.dtype)
+
+
+def _unzz_words(z: np.ndarray, word: type) -> np.ndarray:
+    return _unzigzag(z.astype(np.uint64)).astype(_SIGNED[word]).view(word)
+
+
+def _encode_numeric(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A group's word matrix as (firsts, rest): every sample minus the same series' previous
+    sample; a series' first sample minus the first sample of the series above it in the group
+    (neighbours such as L1/L2/L3 are alike), the top one minus 0. All modulo the word size."""
+    d = w.copy()
+    d[:, 1:] = w[:, 1:] - w[:, :-1]
+    d[1:, 0] = w[1:, 0] - w[:-1, 0]
+    return _zz_words(d[:, 0]), _zz_words(d[:, 1:]).reshape(-1)
+
+
+def _decode_numeric(firsts: np.ndarray, rest: np.ndarray, rows: int, n: int) -> np.ndarray:
+    word = firsts.dtype.type
+    d = np.empty((rows, n), dtype=word)
+    d[:, 0] = _unzz_words(firsts, word)
+    d[:, 1:] = _unzz_words(rest, word).reshape(rows, n - 1)
+    with np.errstate(over="ignore"):
+        d[:, 0] = np.cumsum(d[:, 0], dtype=word)
+        return np.cumsum(d, axis=1, dtype=word)
 
 
 # --------------------------------------------------------------------------- encode
@@ -277,7 +274,11 @@ def encode_batch(
             run_kind = kind
             if value is not None:
                 run.append((ts, value))
-    ordered = sorted(groups.items(), key=lambda g: (g[0][1][0], g[0][0]))
+    # Groups in series-id order: a device's requests sit side by side, so ids step by one and
+    # each group's timestamps differ little from the group before it.
+    for members in groups.values():
+        members.sort(key=lambda m: m[0])
+    ordered = sorted(groups.items(), key=lambda g: (g[1][0][0], g[0][1][0], g[0][0]))
     words = sorted(
         {
             str(v)
@@ -291,29 +292,41 @@ def encode_batch(
     layout: list[list[int]] = []
     sids: list[int] = []
     ts_parts: list[np.ndarray] = []
+    firsts: dict[int, list[np.ndarray]] = {}
     parts: dict[int, list[np.ndarray]] = {}
     prev_ts: np.ndarray | None = None
     for (kind, ts), members in ordered:
-        members.sort(key=lambda m: m[0])
         sids.extend(m[0] for m in members)
         a = np.asarray(ts, dtype=np.int64) - t0
-        mode = 1 if prev_ts is not None and len(prev_ts) == len(a) else 0
-        ts_parts.append(_dd(a - prev_ts) if mode else _dd(a))
+        own = _dd(a)
+        mode = 0
+        if prev_ts is not None and len(prev_ts) == len(a):
+            rel = a - prev_ts
+            if np.abs(rel).sum() <= np.abs(own).sum():
+                mode, own = 1, rel
+        ts_parts.append(own)
         prev_ts = a
         layout.append([kind, len(members), len(ts), mode])
-        parts.setdefault(kind, []).append(
-            _encode_column(kind, [m[1] for m in members], strings).reshape(-1)
-        )
+        values = [m[1] for m in members]
+        if kind in _NUMERIC:
+            first, rest = _encode_numeric(_words(kind, values))
+            firsts.setdefault(kind, []).append(first)
+            parts.setdefault(kind, []).append(rest)
+        elif kind == BOOL:
+            parts.setdefault(kind, []).append(np.asarray(values, dtype=bool).reshape(-1))
+        else:  # STR
+            idx = [[strings[v] for v in r] for r in values]
+            parts.setdefault(kind, []).append(np.asarray(idx, dtype=np.uint32).reshape(-1))
     sid_arr = np.asarray(sids, dtype=np.int64)
-    columns = [
-        [
-            kind,
-            np.packbits(np.concatenate(arrs)).tobytes()
-            if kind == BOOL
-            else _shuffle(np.concatenate(arrs).astype(_WORD[kind])),
-        ]
-        for kind, arrs in sorted(parts.items())
-    ]
+    columns = []
+    for kind, arrs in sorted(parts.items()):
+        if kind == BOOL:
+            raw = np.packbits(np.concatenate(arrs)).tobytes()
+        elif kind == STR:
+            raw = _shuffle(np.concatenate(arrs))
+        else:
+            raw = _shuffle(np.concatenate(firsts[kind])) + _shuffle(np.concatenate(arrs))
+        columns.append([kind, raw])
     body_doc = [
         t0,
         layout,
@@ -428,6 +441,7 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         raise BatchDecodeError("body fields have the wrong types")
     n_series = n_ts = 0
     per_type: dict[int, int] = {}
+    rows_per_type: dict[int, int] = {}
     for entry in layout:
         if not (
             isinstance(entry, list)
@@ -443,6 +457,7 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         n_series += rows
         n_ts += n
         per_type[kind] = per_type.get(kind, 0) + rows * n
+        rows_per_type[kind] = rows_per_type.get(kind, 0) + rows
     if sum(per_type.values()) != header.points:
         raise BatchDecodeError(
             f"layout holds {sum(per_type.values())} points, header says {header.points}"
@@ -450,6 +465,7 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
     sids = np.cumsum(_unzigzag(_unshuffle(sid_raw, "u8", n_series))).tolist()
     ts_all = _unzigzag(_unshuffle(ts_raw, "u8", n_ts))
     flats: dict[int, np.ndarray] = {}
+    first_flats: dict[int, np.ndarray] = {}
     for kind, count in per_type.items():
         raw = next(
             (c[1] for c in columns if isinstance(c, list) and len(c) == 2 and c[0] == kind), None
@@ -460,24 +476,45 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
             if len(raw) != (count + 7) // 8:
                 raise BatchDecodeError("bool column has the wrong length")
             flats[kind] = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count)
+        elif kind == STR:
+            flats[kind] = _unshuffle(raw, "u4", count)
         else:
-            flats[kind] = _unshuffle(raw, _WORD[kind], count)
+            word = np.dtype(_NUMERIC[kind])
+            n_first = rows_per_type[kind]
+            split = n_first * word.itemsize
+            first_flats[kind] = _unshuffle(raw[:split], word.str, n_first)
+            flats[kind] = _unshuffle(raw[split:], word.str, count - n_first)
     out: list[Point] = []
     at_sid = at_ts = 0
     at_col = dict.fromkeys(per_type, 0)
+    at_first = dict.fromkeys(per_type, 0)
     prev: np.ndarray | None = None
     for kind, rows, n, mode in layout:
-        a = _undd(ts_all[at_ts : at_ts + n])
+        chunk = ts_all[at_ts : at_ts + n]
         if mode == 1:
             if prev is None or len(prev) != n:
                 raise BatchDecodeError("ts_mode 1 without a previous group of the same length")
-            a = a + prev
+            a = chunk + prev
+        else:
+            a = _undd(chunk)
         prev = a
         at_ts += n
         ts = (a + t0).tolist()
-        flat = flats[kind][at_col[kind] : at_col[kind] + rows * n]
-        at_col[kind] += rows * n
-        values = _decode_column(kind, flat, rows, n, strings)
+        if kind in _NUMERIC:
+            first = first_flats[kind][at_first[kind] : at_first[kind] + rows]
+            at_first[kind] += rows
+            rest = flats[kind][at_col[kind] : at_col[kind] + rows * (n - 1)]
+            at_col[kind] += rows * (n - 1)
+            values = _from_words(kind, _decode_numeric(first, rest, rows, n))
+        else:
+            flat = flats[kind][at_col[kind] : at_col[kind] + rows * n]
+            at_col[kind] += rows * n
+            if kind == BOOL:
+                values = flat.astype(bool).reshape(rows, n).tolist()
+            else:
+                if flat.size and int(flat.max()) >= len(strings):
+                    raise BatchDecodeError("string index past the dictionary")
+                values = [[strings[i] for i in r] for r in flat.reshape(rows, n).tolist()]
         for sid, row in zip(sids[at_sid : at_sid + rows], values, strict=True):
             out.extend(Point(sid, t, v) for t, v in zip(ts, row, strict=True))
         at_sid += rows

@@ -146,6 +146,43 @@ def test_batch_codec__round_trip_is_lossless_for_every_column_type(points):
     assert_round_trip(points)
 
 
+def exact_f32(v: float) -> bool:
+    try:
+        return struct.unpack("<f", struct.pack("<f", v))[0] == v
+    except OverflowError:
+        return False
+
+
+TYPED = {
+    "f32": f32,
+    "f64": st.floats(allow_nan=False).filter(lambda v: not exact_f32(v)),
+    "i64": st.integers(-(2**63), 2**63 - 1),
+    "u64": st.integers(2**63, 2**64 - 1),
+    "bool": st.booleans(),
+    "str": st.text(max_size=4),
+}
+
+
+@st.composite
+def polled_groups(draw):
+    """Requests as the gateway sees them: several series of one type read at the same instants,
+    so groups have many rows (the neighbour prediction of first samples and its wrap-around)."""
+    out, sid = [], 0
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(sorted(TYPED)))
+        times = draw(st.lists(ts_st, unique=True, min_size=1, max_size=6))
+        for _ in range(draw(st.integers(1, 5))):
+            sid += draw(st.integers(1, 3))
+            out.extend(Point(sid, t, draw(TYPED[kind])) for t in times)
+    return out
+
+
+@CODEC
+@given(polled_groups())
+def test_batch_codec__round_trip_is_lossless_for_groups_polled_together(points):
+    assert_round_trip(points)
+
+
 @pytest.mark.parametrize(
     "points",
     [
