@@ -67,6 +67,34 @@ UPDATE meta SET value = 2 WHERE key = 'schema_version';
 """
 
 
+# The readings table's value column is untyped: floats, int64s and strings go in as themselves;
+# what SQLite cannot keep apart (a bool would come back as 1) or hold (an unsigned 64-bit value
+# above 2**63 - 1) goes in as a tagged blob.
+_TRUE, _FALSE, _U64 = b"\x01", b"\x00", b"u"
+_I64_MAX = 2**63 - 1
+
+
+def _stored(value: object) -> object:
+    if value is True:
+        return _TRUE
+    if value is False:
+        return _FALSE
+    if isinstance(value, int) and value > _I64_MAX:
+        return _U64 + value.to_bytes(8, "big")
+    return value
+
+
+def _loaded(value: object) -> object:
+    if isinstance(value, bytes):
+        if value == _TRUE:
+            return True
+        if value == _FALSE:
+            return False
+        if value[:1] == _U64 and len(value) == 9:
+            return int.from_bytes(value[1:], "big")
+    return value
+
+
 class BufferError(Exception):
     """The buffer could not accept readings (disk full even after eviction). They were not
     accepted and are counted as dropped; already accepted data is unaffected."""
@@ -227,7 +255,7 @@ class Buffer:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT INTO readings (series, ts_ms, value) VALUES (?, ?, ?)",
-                    [(self._series_id(d, p), ts, v) for d, p, ts, v in rows],
+                    [(self._series_id(d, p), ts, _stored(v)) for d, p, ts, v in rows],
                 )
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
@@ -368,7 +396,9 @@ class Buffer:
             header = BatchHeader(gateway, seq, self.boot, created, dropped)
             take = len(rows)
             while True:
-                payload = encode_batch(header, (Point(s, t, v) for _, s, t, v in rows[:take]))
+                payload = encode_batch(
+                    header, (Point(s, t, _loaded(v)) for _, s, t, v in rows[:take])
+                )
                 if max_bytes is None or len(payload) <= max_bytes or take <= 1:
                     break
                 take = max(1, min(take - 1, int(take * max_bytes / len(payload) * 0.9)))

@@ -289,3 +289,18 @@ def test_buffer__schema_1_outbox_is_migrated(tmp_path):
     buf = Buffer(path, max_bytes=BIG)
     assert [(b.seq, b.part, b.payload) for b in buf.unacked()] == [(sealed.seq, (), sealed.payload)]
     buf.close()
+
+
+def test_buffer__every_value_type_comes_back_as_it_went_in(tmp_path):
+    """SQLite would hand a bool back as 1 and cannot hold a uint64 above 2**63 - 1."""
+    values = [True, False, 0, 1, 2**64 - 1, 2**63, -(2**63), 1.5, float("inf"), "offline", ""]
+    rows = [Reading("cab", f"p{i}", 1_700_000_000_000, v) for i, v in enumerate(values)]
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+    assert buf.append(rows) == len(rows)
+    buf.close()
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)  # and across a restart
+    got = named(buf, buf.seal("gw", 100).payload)
+    assert sorted(got, key=lambda r: r.point) == sorted(rows, key=lambda r: r.point)
+    for r in got:
+        want = values[int(r.point[1:])]
+        assert type(r.value) is type(want), r
