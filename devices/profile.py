@@ -11,8 +11,9 @@ from enum import StrEnum
 from itertools import pairwise
 
 from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
+from protocols.modbus_frame import MAX_READ_BITS
 
-__all__ = ["Point", "Profile", "ProfileError", "RegisterType", "float32_input"]
+__all__ = ["Point", "Profile", "ProfileError", "RegisterType", "bit", "float32_input"]
 
 
 class ProfileError(ValueError):
@@ -20,8 +21,32 @@ class ProfileError(ValueError):
 
 
 class RegisterType(StrEnum):
+    """The four Modbus tables. Coils and discrete inputs hold bits, addressed bit by bit."""
+
     INPUT = "input"  # FC 04
-    HOLDING = "holding"  # FC 03
+    HOLDING = "holding"  # FC 03; written with FC 16
+    COIL = "coil"  # FC 01; written with FC 05
+    DISCRETE = "discrete"  # FC 02
+
+    @property
+    def read_function(self) -> int:
+        return _READ_FC[self]
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (RegisterType.COIL, RegisterType.DISCRETE)
+
+    @property
+    def writable(self) -> bool:
+        return self in (RegisterType.COIL, RegisterType.HOLDING)
+
+
+_READ_FC = {
+    RegisterType.COIL: 1,
+    RegisterType.DISCRETE: 2,
+    RegisterType.HOLDING: 3,
+    RegisterType.INPUT: 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +61,9 @@ class Point:
     word_order: WordOrder = WordOrder.BIG
     scale: float = 1.0
     description: str = ""
-    writable: bool = False  # a holding register the platform may set (via an allow-list)
+    writable: bool = False  # a coil or holding register the platform may set (allow-listed)
+    #: For a writable number: the values the device accepts (it answers exception 03 outside).
+    limits: tuple[float, float] | None = None
 
     @property
     def count(self) -> int:
@@ -62,6 +89,7 @@ class Profile:
     model: str
     points: tuple[Point, ...]
     max_registers_per_request: int = MAX_READ_REGISTERS
+    max_bits_per_request: int = MAX_READ_BITS
     even_register_count: bool = False  # Eastron: odd counts draw an exception
     readable_ranges: dict[RegisterType, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     default_port: int = 502
@@ -72,15 +100,22 @@ class Profile:
             raise ProfileError(
                 f"{self.name}: max_registers_per_request must be 1..{MAX_READ_REGISTERS}"
             )
+        if not 1 <= self.max_bits_per_request <= MAX_READ_BITS:
+            raise ProfileError(f"{self.name}: max_bits_per_request must be 1..{MAX_READ_BITS}")
         seen: dict[str, Point] = {}
         for p in self.points:
             if p.name in seen:
                 raise ProfileError(f"{self.name}: point {p.name!r} declared twice")
             if not 0 <= p.address or p.end > 0x10000:
                 raise ProfileError(f"{self.name}: point {p.name!r} address out of range")
-            if p.writable and p.register_type is not RegisterType.HOLDING:
+            if p.writable and not p.register_type.writable:
                 raise ProfileError(
-                    f"{self.name}: point {p.name!r} is writable but not a holding register"
+                    f"{self.name}: point {p.name!r} is writable but not a coil or holding register"
+                )
+            if p.register_type.is_bits != (p.dtype is DataType.BOOL):
+                raise ProfileError(
+                    f"{self.name}: point {p.name!r}: coils and discrete inputs are bool, "
+                    "and only they are"
                 )
             seen[p.name] = p
         for rtype in RegisterType:
@@ -101,9 +136,32 @@ class Profile:
     def point_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.points)
 
+    def max_per_request(self, rtype: RegisterType) -> int:
+        """The most registers (or bits, for coils and discrete inputs) one read may ask for."""
+        return self.max_bits_per_request if rtype.is_bits else self.max_registers_per_request
+
     def readable(self, rtype: RegisterType, start: int, end: int) -> bool:
         """True when registers ``[start, end)`` lie inside one declared readable range."""
         return any(lo <= start and end <= hi for lo, hi in self.readable_ranges.get(rtype, ()))
+
+
+def bit(
+    name: str,
+    address: int,
+    table: RegisterType,
+    *,
+    writable: bool = False,
+    description: str = "",
+) -> Point:
+    """A coil or discrete input."""
+    return Point(
+        name,
+        address,
+        DataType.BOOL,
+        register_type=table,
+        writable=writable,
+        description=description,
+    )
 
 
 def float32_input(name: str, address: int, unit: str = "", description: str = "") -> Point:

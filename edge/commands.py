@@ -163,7 +163,10 @@ class CommandHandler:
             )
         poller = self._device_arg(args)
         value = args.get("value")
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        is_bit = poller.point_is_bit(point)
+        if is_bit and not isinstance(value, bool):
+            raise CommandError("bad_args", f"{point!r} is a switch: value must be true or false")
+        if not is_bit and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise CommandError("bad_args", "value must be a number")
         try:
             written = await poller.write(point, value)

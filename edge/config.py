@@ -374,7 +374,8 @@ def _cross_checks(
         if not point.writable:
             at(
                 (*where, "point"),
-                f"commands.writable: {dev.profile} point {w.point!r} is not a writable register",
+                f"commands.writable: {dev.profile} point {w.point!r} is not writable "
+                "in its profile",
             )
     tls = cfg.mqtt.tls
     if tls is not None and not cfg.mqtt.uses_tls:

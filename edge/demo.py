@@ -23,8 +23,7 @@ from edge.broker import EmbeddedBroker
 from edge.config import LoadedConfig, load_config
 from edge.consumer import BatchConsumer, Delivery, reading_json
 from edge.gateway import Gateway
-from edge.modbus_adapter import SimServer
-from simulators import ProfileSimUnit, serve_modbus_tcp, sim_unit
+from simulators import ProfileSimUnit, SimServer, serve_modbus_tcp, sim_unit
 
 __all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabinet"]
 
@@ -57,6 +56,27 @@ def _fmt(value: object) -> str:
             return str(value)
         return f"{value:.2f}" if abs(value) < 1e5 else f"{value:.1f}"
     return str(value)
+
+
+ALARMS = ("door_open", "leakage_trip", "breaker_trip", "local_override")
+
+
+def _lighting(values: dict[str, object]) -> list[str]:
+    """A lighting controller's state in a few words: segments on/off with dim levels, alarms."""
+    relays = sorted(k for k in values if k.startswith("relay_segment_"))
+    out = []
+    if relays:
+        segs = []
+        for k in relays:
+            n = k.rsplit("_", 1)[1]
+            dim = values.get(f"dim_level_segment_{n}")
+            state = "on" if values[k] else "off"
+            segs.append(f"{n}:{state}" + (f"@{dim}%" if values[k] and dim is not None else ""))
+        out.append("segments " + " ".join(segs))
+    if "photocell_dark" in values:
+        out.append("photocell " + ("dark" if values["photocell_dark"] else "light"))
+    out += [f"ALARM {a}" for a in ALARMS if values.get(a) is True]
+    return out
 
 
 class LiveView:
@@ -94,6 +114,7 @@ class LiveView:
                 for name in HEADLINE
                 if name in values
             ]
+            shown += _lighting(values)
             print(
                 f"{clock} batch {header.seq:<4} {device:<14} {counts[device]:>3} readings  "
                 + "  ".join(shown),
@@ -185,7 +206,7 @@ async def run_demo(
         say = sys.stderr if jsonl else sys.stdout
         print(
             f"edge demo: broker {broker.url} (embedded amqtt), "
-            f"{len(cfg.devices)} simulated meters on "
+            f"{len(cfg.devices)} simulated devices on "
             + ", ".join(f"127.0.0.1:{p}" for p in cabinet.ports.values())
             + f", buffer {buffer_path}",
             file=say,

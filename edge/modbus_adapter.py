@@ -1,9 +1,10 @@
 """The only module that imports pymodbus (its API churns between minor releases).
 
-Client side: :class:`ModbusTcpLink`, one TCP connection per host:port, shared by every unit id
-behind it, with per-request timeout and retries set explicitly (never pymodbus's 3 s × 4).
-Server side: :func:`serve_tcp`, a Modbus TCP server whose register contents come from
-:class:`SimUnit` objects (the simulators), computed fresh on every read.
+:class:`ModbusTcpLink`: one TCP connection per host:port, shared by every unit id behind it,
+with per-request timeout and retries set explicitly (never pymodbus's 3 s × 4). It reads the four
+tables (FC 01-04) and writes coils (FC 05) and holding registers (FC 16). The simulators serve
+with our own server (simulators/modbus_server.py): pymodbus's simulator cannot mute a unit, hand
+bits to a behaviour model cleanly or inject byte-level faults.
 
 pymodbus behaviours this module neutralises (see ../shared/reference/library-notes.md §1):
 
@@ -27,14 +28,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 __all__ = [
     "LinkDown",
@@ -42,9 +39,6 @@ __all__ = [
     "ModbusExceptionResponse",
     "ModbusTcpLink",
     "ModbusTimeout",
-    "SimServer",
-    "SimUnit",
-    "serve_tcp",
 ]
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -197,14 +191,15 @@ class ModbusTcpLink:
         timeout_s: float,
         retries: int,
     ) -> list[int]:
-        """Read ``count`` registers (FC 03 holding or FC 04 input); return the raw words."""
-        if function_code not in (3, 4):
+        """Read ``count`` items: registers (FC 03 / 04) as words, or bits (FC 01 / 02) as 0 / 1."""
+        fn = {
+            1: self._client.read_coils,
+            2: self._client.read_discrete_inputs,
+            3: self._client.read_holding_registers,
+            4: self._client.read_input_registers,
+        }.get(function_code)
+        if fn is None:
             raise ValueError(f"unsupported read function code {function_code}")
-        fn = (
-            self._client.read_input_registers
-            if function_code == 4
-            else self._client.read_holding_registers
-        )
         rr = await self._execute(
             unit,
             address,
@@ -214,10 +209,14 @@ class ModbusTcpLink:
             retries=retries,
             what="read",
         )
-        regs = list(rr.registers)
+        if function_code <= 2:
+            # pymodbus pads bits to whole bytes
+            regs = [int(b) for b in rr.bits[:count]] if len(rr.bits) >= count else []
+        else:
+            regs = list(rr.registers)
         if len(regs) != count:
             raise ModbusDeviceError(
-                f"asked {count} registers, got {len(regs)}",
+                f"asked {count} items, got {len(regs)}",
                 endpoint=self.endpoint,
                 unit=unit,
                 address=address,
@@ -239,103 +238,19 @@ class ModbusTcpLink:
             what="write",
         )
 
+    async def write_coil(
+        self, unit: int, address: int, value: bool, *, timeout_s: float, retries: int
+    ) -> None:
+        """Switch one coil (FC 05)."""
+        await self._execute(
+            unit,
+            address,
+            1,
+            lambda: self._client.write_coil(address, bool(value), device_id=unit),
+            timeout_s=timeout_s,
+            retries=retries,
+            what="write",
+        )
+
     async def close(self) -> None:
         self._client.close()
-
-
-# --------------------------------------------------------------------------- server side
-
-
-class SimUnit(Protocol):
-    """One simulated unit id: which registers exist and what they hold right now."""
-
-    unit_id: int
-
-    def register_ranges(self, function_code: int) -> list[tuple[int, int]]:
-        """Half-open ``(start, end)`` ranges that exist for FC 3 (holding) or FC 4 (input)."""
-        ...
-
-    def read(self, function_code: int, address: int, count: int) -> list[int] | int:
-        """The registers for a read, or a Modbus exception code to answer instead."""
-        ...
-
-
-@dataclass
-class SimServer:
-    """A running simulator server; ``silent_units`` mutes units (a dead device on the bus)."""
-
-    server: ModbusTcpServer
-    host: str
-    port: int
-    silent_units: set[int] = field(default_factory=set)
-    silent_all: bool = False
-
-    async def close(self) -> None:
-        await self.server.shutdown()
-
-
-def _hook_for(unit: SimUnit) -> Callable[..., Awaitable[ExcCodes | None]]:
-    async def action(
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        if set_values is not None:
-            write = getattr(unit, "write", None)
-            if write is None or function_code not in (6, 16):
-                return ExcCodes.ILLEGAL_FUNCTION
-            code = write(address, list(set_values))
-            return ExcCodes(code) if code else None
-        if function_code not in (3, 4):
-            return ExcCodes.ILLEGAL_FUNCTION
-        result = unit.read(function_code, address, count)
-        if isinstance(result, int):
-            return ExcCodes(result)
-        off = address - start_address
-        registers[off : off + count] = result
-        return None
-
-    return action
-
-
-def _blocks(ranges: list[tuple[int, int]]) -> list[SimData]:
-    if not ranges:
-        # pymodbus needs one block per table; a lone register the hook always refuses.
-        return [SimData(0xFFFE, count=1, datatype=DataType.REGISTERS)]
-    return [SimData(lo, count=hi - lo, datatype=DataType.REGISTERS, values=0) for lo, hi in ranges]
-
-
-async def serve_tcp(units: list[SimUnit], host: str = "127.0.0.1", port: int = 0) -> SimServer:
-    """Start a Modbus TCP server on ``host:port`` (0 picks a free port) serving ``units``."""
-    devices = [
-        SimDevice(
-            unit.unit_id,
-            simdata=(
-                [SimData(0, count=16, datatype=DataType.BITS)],
-                [SimData(0, count=16, datatype=DataType.BITS)],
-                _blocks(unit.register_ranges(3)),
-                _blocks(unit.register_ranges(4)),
-            ),
-            action=_hook_for(unit),
-        )
-        for unit in units
-    ]
-    holder: dict[str, SimServer] = {}
-
-    def trace_packet(sending: bool, data: bytes) -> bytes:
-        sim = holder.get("sim")
-        if sending and sim is not None:
-            # MBAP header: transaction(2) protocol(2) length(2) unit(1)
-            if sim.silent_all or (len(data) > 6 and data[6] in sim.silent_units):
-                return b""
-        return data
-
-    server = ModbusTcpServer(devices, address=(host, port), trace_packet=trace_packet)
-    await server.serve_forever(background=True)
-    real_port = server.transport.sockets[0].getsockname()[1]
-    sim = SimServer(server, host, real_port)
-    holder["sim"] = sim
-    return sim

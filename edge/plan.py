@@ -38,10 +38,10 @@ class ReadRequest:
 
     @property
     def function_code(self) -> int:
-        return 4 if self.register_type is RegisterType.INPUT else 3
+        return self.register_type.read_function
 
     def decode(self, registers: Sequence[int]) -> list[tuple[Point, float | int]]:
-        """Decode every point of this request from the registers it returned."""
+        """Decode every point of this request from the registers (or bits) it returned."""
         if len(registers) != self.count:
             raise ValueError(f"expected {self.count} registers, got {len(registers)}")
         out = []
@@ -86,11 +86,8 @@ def compile_plan(
     max_gap_registers: int = MAX_READ_REGISTERS,
 ) -> ReadPlan:
     """Build the read plan for ``point_names`` (all of the profile's points when None)."""
-    limit = min(MAX_READ_REGISTERS, profile.max_registers_per_request)
-    if max_registers is not None:
-        if max_registers < 1:
-            raise PlanError("max_registers must be at least 1")
-        limit = min(limit, max_registers)
+    if max_registers is not None and max_registers < 1:
+        raise PlanError("max_registers must be at least 1")
     if point_names is None:
         points = list(profile.points)
     else:
@@ -102,6 +99,9 @@ def compile_plan(
                 raise PlanError(f"profile {profile.name} has no point {name!r}") from None
     requests: list[ReadRequest] = []
     for rtype in RegisterType:
+        limit = profile.max_per_request(rtype)
+        if max_registers is not None and not rtype.is_bits:
+            limit = min(limit, max_registers)
         pts = sorted((p for p in points if p.register_type is rtype), key=lambda p: p.address)
         group: list[Point] = []
         for p in pts:
@@ -132,7 +132,7 @@ def _fits(
 
 def _seal(profile: Profile, rtype: RegisterType, group: list[Point], limit: int) -> ReadRequest:
     start, end = group[0].address, max(q.end for q in group)
-    if profile.even_register_count and (end - start) % 2:
+    if profile.even_register_count and not rtype.is_bits and (end - start) % 2:
         if end - start + 1 <= limit and profile.readable(rtype, end, end + 1):
             end += 1
         elif end - start + 1 <= limit and start > 0 and profile.readable(rtype, start - 1, start):

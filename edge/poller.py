@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from devices import get_profile
+from devices import RegisterType, get_profile
 from edge.config import DeviceConfig
 from edge.modbus_adapter import LinkDown, ModbusDeviceError, ModbusTcpLink
 from edge.plan import ReadPlan
@@ -114,8 +114,16 @@ class DevicePoller:
             await self.out.put(readings)
         return readings
 
-    async def write(self, point_name: str, value: float | int) -> float | int:
-        """Write one writable point and read it back; returns the value the device holds."""
+    def point_is_bit(self, point_name: str) -> bool:
+        """True when the point is a coil or discrete input (its value is true / false)."""
+        try:
+            return get_profile(self.device.profile).point(point_name).register_type.is_bits
+        except KeyError:
+            return False
+
+    async def write(self, point_name: str, value: float | int | bool) -> float | int | bool:
+        """Write one writable point (a coil with FC 05, registers with FC 16) and read it back;
+        returns the value the device holds."""
         profile = get_profile(self.device.profile)
         try:
             point = profile.point(point_name)
@@ -123,15 +131,32 @@ class DevicePoller:
             raise ValueError(f"profile {profile.name} has no point {point_name!r}") from None
         if not point.writable:
             raise ValueError(f"{profile.name} point {point_name!r} is not writable")
+        if point.limits is not None and not point.limits[0] <= value <= point.limits[1]:
+            lo, hi = point.limits
+            raise ValueError(
+                f"{profile.name} point {point_name!r} accepts {lo:g}..{hi:g}, not {value}"
+            )
         try:
             regs = encode_value(value, point.dtype, point.word_order, scale=point.scale)
         except ModbusValueError as exc:
             raise ValueError(str(exc)) from None
         dev = self.device
         unit, timeout_s = dev.transport.unit, dev.timeout_ms / 1000.0
-        await self.link.write(unit, point.address, regs, timeout_s=timeout_s, retries=dev.retries)
+        if point.register_type is RegisterType.COIL:
+            await self.link.write_coil(
+                unit, point.address, bool(regs[0]), timeout_s=timeout_s, retries=dev.retries
+            )
+        else:
+            await self.link.write(
+                unit, point.address, regs, timeout_s=timeout_s, retries=dev.retries
+            )
         back = await self.link.read(
-            unit, 3, point.address, point.count, timeout_s=timeout_s, retries=dev.retries
+            unit,
+            point.register_type.read_function,
+            point.address,
+            point.count,
+            timeout_s=timeout_s,
+            retries=dev.retries,
         )
         if back != regs:
             raise ModbusDeviceError(

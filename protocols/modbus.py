@@ -48,6 +48,7 @@ class DataType(StrEnum):
     INT64 = "int64"
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    BOOL = "bool"  # a coil or discrete input: one bit, carried as 0 / 1
 
 
 class WordOrder(StrEnum):
@@ -72,6 +73,7 @@ _LAYOUT: dict[DataType, _Layout] = {
     DataType.INT64: _Layout(">q", 4, False),
     DataType.FLOAT32: _Layout(">f", 2, True),
     DataType.FLOAT64: _Layout(">d", 4, True),
+    DataType.BOOL: _Layout("", 1, False),
 }
 
 
@@ -100,10 +102,15 @@ def decode_value(
     """Decode one value from exactly ``register_count(dtype)`` registers.
 
     Integers stay ``int`` when ``scale`` is 1; otherwise the result is ``value * scale``.
+    A BOOL (a coil or discrete input) is one bit given as 0 / 1 and decodes to a bool.
     """
     layout = _LAYOUT[dtype]
     if len(registers) != layout.registers:
         raise ModbusValueError(f"{dtype} needs {layout.registers} registers, got {len(registers)}")
+    if dtype is DataType.BOOL:
+        if registers[0] not in (0, 1):
+            raise ModbusValueError(f"bit value {registers[0]!r} is not 0 or 1")
+        return bool(registers[0])
     for word in registers:
         if not 0 <= word <= 0xFFFF:
             raise ModbusValueError(f"register value {word!r} is not a 16-bit word")
@@ -123,6 +130,10 @@ def encode_value(
 ) -> list[int]:
     """Encode one value into registers (the inverse of :func:`decode_value`)."""
     layout = _LAYOUT[dtype]
+    if dtype is DataType.BOOL:
+        if value not in (0, 1):  # True / False / 0 / 1 / 0.0 / 1.0
+            raise ModbusValueError(f"{value!r} is not a bit (true / false)")
+        return [int(bool(value))]
     raw_value: float | int = value / scale if scale != 1.0 else value
     if not layout.is_float:
         if isinstance(raw_value, float):

@@ -12,17 +12,32 @@ from collections.abc import Callable
 
 from devices import Profile, get_profile
 from simulators.energy_meter import EnergyMeterModel
+from simulators.light_cabinet import LightCabinetModel
 from simulators.modbus_device import ProfileSimUnit
+from simulators.modbus_server import SimServer, serve_tcp
 
-__all__ = ["EnergyMeterModel", "ProfileSimUnit", "serve_modbus_tcp", "sim_unit"]
+__all__ = [
+    "EnergyMeterModel",
+    "LightCabinetModel",
+    "ProfileSimUnit",
+    "SimServer",
+    "serve_modbus_tcp",
+    "sim_unit",
+]
 
-#: Profile name -> behaviour model factory (seed -> model callable).
-_MODELS: dict[str, Callable[[int | None, Callable[[], float]], Callable[[], dict[str, float]]]] = {
-    "eastron_sdm630": lambda seed, clock: (
+Commanded = dict[str, float | int | bool]
+Model = Callable[[], dict[str, float | int | bool]]
+
+#: Profile name -> behaviour model factory (seed, clock, commanded) -> model callable.
+_MODELS: dict[str, Callable[[int | None, Callable[[], float], Commanded], Model]] = {
+    "eastron_sdm630": lambda seed, clock, _: (
         EnergyMeterModel(phases=3, peak_kw=15.0, seed=seed, clock=clock).sample
     ),
-    "eastron_sdm120": lambda seed, clock: (
+    "eastron_sdm120": lambda seed, clock, _: (
         EnergyMeterModel(phases=1, peak_kw=3.0, seed=seed, clock=clock).sample
+    ),
+    "street_light_cabinet": lambda seed, clock, commanded: (
+        LightCabinetModel(seed=seed, clock=clock, commanded=commanded).sample
     ),
 }
 
@@ -41,11 +56,12 @@ def sim_unit(
         raise KeyError(f"no simulator model for profile {prof.name!r}")
     if isinstance(seed, str):
         seed = zlib.crc32(seed.encode())
-    return ProfileSimUnit(prof, unit_id, factory(seed, clock))
+    commanded: Commanded = {}
+    return ProfileSimUnit(prof, unit_id, factory(seed, clock, commanded), commanded=commanded)
 
 
-async def serve_modbus_tcp(units: list[ProfileSimUnit], host: str = "127.0.0.1", port: int = 0):
+async def serve_modbus_tcp(
+    units: list[ProfileSimUnit], host: str = "127.0.0.1", port: int = 0
+) -> SimServer:
     """Serve ``units`` on ``host:port`` (0: a free port). Returns the running server."""
-    from edge.modbus_adapter import serve_tcp
-
     return await serve_tcp(list(units), host, port)

@@ -7,6 +7,11 @@ truth. The device's request rules are enforced as a real Eastron meter does (ref
 * a register that is neither a mapped point nor inside a readable range: exception 02;
 * an odd register count on a device that wants even counts, or more registers than the device
   serves per request: exception 03 (the real meter's code is unconfirmed, reference §8).
+
+Writes reach only whole writable points (coils with FC 05/15, holding registers with FC 06/16);
+anything else gets exception 02. A written point keeps its value and is shown to the behaviour
+model through ``commanded`` (point name -> decoded value), so a relay switched off by the
+platform takes its load off the embedded meter.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from protocols.modbus import decode_value, encode_value
 
 __all__ = ["ProfileSimUnit"]
 
-_FC_TYPE = {3: RegisterType.HOLDING, 4: RegisterType.INPUT}
+_FC_TYPE = {rt.read_function: rt for rt in RegisterType}
+_WRITE_TYPE = {5: RegisterType.COIL, 15: RegisterType.COIL}
+_WRITE_TYPE |= {6: RegisterType.HOLDING, 16: RegisterType.HOLDING}
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 
 
@@ -48,6 +55,7 @@ class ProfileSimUnit:
         model: Callable[[], dict[str, float]],
         *,
         history: int = 4096,
+        commanded: dict[str, float | int | bool] | None = None,
     ) -> None:
         self.profile = profile
         self.unit_id = unit_id
@@ -64,13 +72,10 @@ class ProfileSimUnit:
         }
         self._lock = threading.Lock()
         self._held: dict[str, list[int]] = {}  # writable points: registers last written
+        self.commanded = commanded if commanded is not None else {}
         self.writes = 0
         self.reads = 0
         self.exceptions = 0
-
-    def register_ranges(self, function_code: int) -> list[tuple[int, int]]:
-        rtype = _FC_TYPE.get(function_code)
-        return list(self._ranges[rtype]) if rtype else []
 
     def _covered(self, rtype: RegisterType, start: int, end: int) -> bool:
         return any(lo <= start and end <= hi for lo, hi in self._ranges[rtype])
@@ -80,7 +85,9 @@ class ProfileSimUnit:
         if rtype is None:
             return ILLEGAL_FUNCTION
         p = self.profile
-        if count > p.max_registers_per_request or (p.even_register_count and count % 2):
+        if count > p.max_per_request(rtype) or (
+            p.even_register_count and not rtype.is_bits and count % 2
+        ):
             self.exceptions += 1
             return ILLEGAL_VALUE
         end = address + count
@@ -116,24 +123,41 @@ class ProfileSimUnit:
                 self._served[point.name].append(value)
         return words
 
-    def write(self, address: int, words: list[int]) -> int | None:
-        """A write (FC 6/16): only whole writable points; returns an exception code or None."""
+    def write(self, function_code: int, address: int, words: list[int]) -> int | None:
+        """A write (FC 5/6/15/16): only whole writable points; returns an exception code or None."""
+        rtype = _WRITE_TYPE.get(function_code)
+        if rtype is None:
+            return ILLEGAL_FUNCTION
+        words = [int(w) for w in words]  # bits arrive as bools
         end = address + len(words)
         targets = [
             p
             for p in self.profile.points
-            if p.register_type is RegisterType.HOLDING and p.address < end and p.end > address
+            if p.register_type is rtype and p.address < end and p.end > address
         ]
         if not targets or any(
             not p.writable or p.address < address or p.end > end for p in targets
         ):
             self.exceptions += 1
             return ILLEGAL_ADDRESS
+        decoded = {}
+        for p in targets:
+            regs = words[p.address - address : p.end - address]
+            value = decode_value(regs, p.dtype, p.word_order, scale=p.scale)
+            if p.limits is not None and not p.limits[0] <= value <= p.limits[1]:
+                self.exceptions += 1
+                return ILLEGAL_VALUE
+            decoded[p.name] = (regs, value)
         with self._lock:
-            for p in targets:
-                self._held[p.name] = words[p.address - address : p.end - address]
+            for name, (regs, value) in decoded.items():
+                self._held[name] = regs
+                self.commanded[name] = value
             self.writes += 1
         return None
+
+    def model_values(self) -> dict[str, float | int | bool]:
+        """What the behaviour model holds now, by point name (before encoding)."""
+        return dict(self._model())
 
     def served(self, point: str) -> list[float | int]:
         """Values of ``point`` this unit has put on the wire, oldest first (bounded)."""

@@ -124,7 +124,6 @@ async def sim_sdm630() -> AsyncIterator:
 
     units = [sim_unit("eastron_sdm630", 1, seed="a"), sim_unit("eastron_sdm630", 2, seed="b")]
     server = await serve_modbus_tcp(units)
-    server.units = {u.unit_id: u for u in units}
     yield server
     await server.close()
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import time
 
 import aiomqtt
 import pytest
 
-from devices import Point, Profile, RegisterType
 from edge.config import ConfigError, parse_config
-from edge.modbus_adapter import ModbusTcpLink
+from edge.consumer import BatchConsumer
+from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink
 from edge.poller import DevicePoller
-from protocols.modbus import DataType
-from simulators import ProfileSimUnit, serve_modbus_tcp
+from simulators import serve_modbus_tcp, sim_unit
 from tests.conftest import gateway_yaml, wait_until
 from tests.test_system import start_gateway, stop
 
@@ -144,57 +146,121 @@ def test_commands__allow_list_is_checked_at_load():
     with pytest.raises(ConfigError) as info:
         parse_config(text, "t.yaml")
     msg = str(info.value)
-    assert "point 'voltage_l1' is not a writable register" in msg
+    assert "point 'voltage_l1' is not writable in its profile" in msg
     assert "commands.writable: no device 'meter-7'" in msg
 
 
-DIMMER = Profile(
-    name="test_dimmer",
-    vendor="test",
-    model="dimmer",
-    points=(
-        Point(
-            "dim_level",
-            0x0010,
-            DataType.UINT16,
-            "%",
-            register_type=RegisterType.HOLDING,
-            writable=True,
-        ),
-        Point("lamp_power", 0x0000, DataType.FLOAT32, "W"),
-    ),
-)
+NIGHT = 1_763_816_400.0  # 2025-11-22 20:00 in Hanoi: dark, contactors closed, dim at 100 %
 
 
-async def test_poller__write_is_applied_and_read_back(tmp_path):
-    unit = ProfileSimUnit(DIMMER, 3, lambda: {"lamp_power": 120.0})
+def cabinet_yaml(port: int, unit: int = 5) -> str:
+    return f"""
+  - id: cabinet-1
+    profile: street_light_cabinet
+    transport: {{type: modbus_tcp, host: 127.0.0.1, port: {port}, unit: {unit}}}
+    poll_interval_s: 0.3
+    timeout_ms: 300
+    retries: 0
+commands:
+  writable:
+    - {{device: cabinet-1, point: relay_segment_1}}
+    - {{device: cabinet-1, point: dim_level_segment_2}}
+"""
+
+
+@pytest.fixture
+async def cabinet():
+    start = time.monotonic()
+    unit = sim_unit(
+        "street_light_cabinet", 5, seed="cab", clock=lambda: NIGHT + time.monotonic() - start
+    )
     server = await serve_modbus_tcp([unit])
-    text = gateway_yaml(
-        buffer=tmp_path / "b.sqlite",
-        broker_port=1883,
-        sim_port=server.port,
-        units=(3,),
-        points=None,
-    )
-    dev = parse_config(text).config.devices[0]
-    link = ModbusTcpLink("127.0.0.1", server.port)
-    # A poller for the dimmer: the config's profile name is irrelevant to write(); patch it.
-    poller = DevicePoller(
-        dev.model_copy(update={"profile": "test_dimmer"}), None, link, asyncio.Queue()
-    )
-    import devices
+    yield server, unit
+    await server.close()
 
-    devices.profiles()["test_dimmer"] = DIMMER
+
+async def test_poller__cabinet_relay_and_dim_writes_are_applied_read_back_and_bounded(
+    tmp_path, cabinet
+):
+    server, unit = cabinet
+    text = gateway_yaml(buffer=tmp_path / "b.sqlite", broker_port=1883, sim_port=1, units=())
+    dev = parse_config(text + cabinet_yaml(server.port)).config.devices[0]
+    link = ModbusTcpLink("127.0.0.1", server.port)
+    poller = DevicePoller(dev, None, link, asyncio.Queue())
     try:
-        assert await poller.write("dim_level", 40) == 40
-        assert unit.writes == 1
-        regs = await link.read(3, 3, 0x0010, 1, timeout_s=1, retries=0)
-        assert regs == [40]
+        assert await poller.write("relay_segment_1", False) is False  # FC 05, read back FC 01
+        assert await poller.write("dim_level_segment_2", 30) == 30  # FC 16, read back FC 03
+        assert unit.writes == 2
+        assert unit.commanded == {"relay_segment_1": False, "dim_level_segment_2": 30}
+        assert await link.read(5, 1, 0, 4, timeout_s=1, retries=0) == [0, 1, 1, 1]
+        with pytest.raises(ValueError, match=r"accepts 0\.\.100, not 150"):
+            await poller.write("dim_level_segment_2", 150)
         with pytest.raises(ValueError, match="not writable"):
-            await poller.write("lamp_power", 1.0)
-        with pytest.raises(ValueError, match="does not fit"):
-            await poller.write("dim_level", 70000)
+            await poller.write("photocell_dark", True)
+        # The device itself refuses what the gateway would never send (exception 03 / 02).
+        with pytest.raises(ModbusExceptionResponse, match="exception 0x03"):
+            await link.write(5, 1, [150], timeout_s=1, retries=0)
+        with pytest.raises(ModbusExceptionResponse, match="exception 0x02"):
+            await link.write(5, 6, [1], timeout_s=1, retries=0)
+        assert unit.commanded["dim_level_segment_2"] == 30
     finally:
-        del devices.profiles()["test_dimmer"]
         await link.close()
-        await server.close()
+
+
+@pytest.mark.system
+async def test_commands__platform_switches_a_segment_off_and_the_meter_sees_it(
+    mosquitto, tmp_path, cabinet
+):
+    server, unit = cabinet
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=mosquitto.port, sim_port=1, units=()
+    )
+    _gateway, task = await start_gateway(tmp_path, text + cabinet_yaml(server.port))
+    readings: list = []
+    consumer = BatchConsumer(
+        f"mqtt://127.0.0.1:{mosquitto.port}",
+        on_batch=lambda d: readings.extend(d.readings),
+        report=io.StringIO(),
+    )
+    consuming = asyncio.create_task(consumer.run())
+
+    def latest(point: str):
+        values = [r for r in readings if r.point == point]
+        return values[-1] if values else None
+
+    try:
+        await wait_until(lambda: latest("relay_segment_1") is not None, 15, what="cabinet data")
+        assert latest("relay_segment_1").value is True  # night: automatic mode closed it
+        power_before = latest("total_power").value
+        async with Platform(mosquitto.port) as platform:
+            off = {"device": "cabinet-1", "point": "relay_segment_1", "value": False}
+            reply = await platform.send({"id": "r1", "cmd": "write", "args": off}, "r1")
+            assert reply == {"id": "r1", "ok": True, "result": off}
+            dim = {"device": "cabinet-1", "point": "dim_level_segment_2", "value": 30}
+            reply = await platform.send({"id": "d1", "cmd": "write", "args": dim}, "d1")
+            assert reply["ok"] and reply["result"]["value"] == 30
+            refused = {
+                "d2": {**dim, "value": 150},  # outside the device's range
+                "r2": {**off, "value": "off"},  # a switch takes true / false
+                "r3": {**off, "point": "relay_segment_2"},  # not allow-listed
+            }
+            codes = {}
+            for rid, args in refused.items():
+                reply = await platform.send({"id": rid, "cmd": "write", "args": args}, rid)
+                codes[rid] = reply["error"]["code"]
+            assert codes == {"d2": "bad_args", "r2": "bad_args", "r3": "not_allowed"}
+        written_at = time.time_ns() // 1_000_000
+        await wait_until(
+            lambda: (r := latest("total_power")) is not None and r.ts_ms > written_at + 1500,
+            15,
+            what="readings after the writes",
+        )
+        assert latest("relay_segment_1").value is False
+        assert latest("dim_level_segment_2").value == 30
+        assert latest("total_power").value < power_before * 0.9  # the load went off the meter
+        assert unit.writes == 2  # the refused writes never reached the device
+    finally:
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        await stop(task)

@@ -63,6 +63,15 @@ def test_register_codec__wrong_register_count_is_a_value_error():
         decode_value([0x10000], DataType.UINT16)
 
 
+def test_register_codec__bits_are_bools_and_nothing_else():
+    assert decode_value([1], DataType.BOOL) is True
+    assert encode_value(False, DataType.BOOL) == [0]
+    with pytest.raises(ModbusValueError):
+        encode_value(2, DataType.BOOL)
+    with pytest.raises(ModbusValueError):
+        decode_value([0xFF00], DataType.BOOL)
+
+
 def test_register_codec__out_of_range_value_is_a_value_error():
     with pytest.raises(ModbusValueError):
         encode_value(70000, DataType.UINT16)
@@ -77,11 +86,8 @@ def test_register_codec__out_of_range_value_is_a_value_error():
     st.data(),
 )
 def test_register_codec__any_registers_round_trip(dtype, order, swap, data):
-    regs = data.draw(
-        st.lists(
-            st.integers(0, 0xFFFF), min_size=register_count(dtype), max_size=register_count(dtype)
-        )
-    )
+    word = st.integers(0, 1) if dtype is DataType.BOOL else st.integers(0, 0xFFFF)
+    regs = data.draw(st.lists(word, min_size=register_count(dtype), max_size=register_count(dtype)))
     value = decode_value(regs, dtype, order, byte_swap=swap)
     if isinstance(value, float) and math.isnan(value):
         return  # NaN payload bits are not canonical
