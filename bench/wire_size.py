@@ -1,7 +1,8 @@
 """Bytes per point on the wire: our batch format v1, ThingsBoard-gateway JSON, Sparkplug B.
 
-A simulated district (every profile that has a simulator: SDM630 three-phase meters and SDM120
-single-phase meters) is polled at 1 Hz for --hours of simulated time. Values come from the same
+A simulated district (every profile that has a simulator: SDM630 three-phase meters, SDM120
+single-phase meters and street-lighting cabinet controllers) is polled at 1 Hz for --hours of
+simulated time. Values come from the same
 simulated devices, read plans and register codec the gateway uses, so they are float32 exactly
 as a meter serves them, with the model's noise; nothing is rounded. All points of one Modbus
 request share its timestamp; requests of one poll are a few ms apart, as on a real TCP bridge.
@@ -43,9 +44,10 @@ from simulators import sim_unit
 T_START = 1_763_800_000.0  # a fixed day, so runs are comparable
 
 
-def district(n630: int, n120: int):
+def district(n630: int, n120: int, ncab: int):
     devices = [(f"sdm630-{i:02d}", "eastron_sdm630") for i in range(n630)]
     devices += [(f"sdm120-{i:02d}", "eastron_sdm120") for i in range(n120)]
+    devices += [(f"lighting-{i:02d}", "street_light_cabinet") for i in range(ncab)]
     return devices
 
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=1.0)
     ap.add_argument("--sdm630", type=int, default=8)
     ap.add_argument("--sdm120", type=int, default=8)
+    ap.add_argument("--cabinets", type=int, default=4, help="street-lighting controllers")
     ap.add_argument("--batch-s", type=float, default=5.0, help="batch latency (the headline)")
     ap.add_argument(
         "--also", default="10,30", help="further batch latencies in s, comma separated ('' none)"
@@ -88,7 +91,7 @@ def main() -> None:
     rng = random.Random(7)
     devs = []
     sid = 0
-    for name, profile_name in district(args.sdm630, args.sdm120):
+    for name, profile_name in district(args.sdm630, args.sdm120, args.cabinets):
         profile = get_profile(profile_name)
         unit = sim_unit(profile, 1, seed=name, clock=lambda: now[0])
         plan = compile_plan(profile)
@@ -160,7 +163,8 @@ def main() -> None:
     ours = headline.bytes
 
     print(
-        f"district: {args.sdm630} x SDM630 + {args.sdm120} x SDM120 at 1 Hz for "
+        f"district: {args.sdm630} x SDM630 + {args.sdm120} x SDM120 + {args.cabinets} x "
+        f"lighting cabinet at 1 Hz for "
         f"{seconds} s; batches every {args.batch_s:g} s ({headline.seq} batches)"
     )
     print(f"{'batch latency':<16}{'ours B/pt':>10}{'batches':>9}")

@@ -74,7 +74,9 @@ TYPE_NAMES = {F32: "f32", F64: "f64", I64: "i64", U64: "u64", BOOL: "bool", STR:
 MAX_POINTS = 5_000_000
 MAX_BODY_BYTES = 256 * 1024 * 1024
 
-_ZSTD_LEVEL = 9
+_ZSTD_LEVEL = (
+    19  # batches are small: level 19 costs ~0.5 us per point more than 9, 2.5 % fewer bytes
+)
 _I64_MIN, _I64_MAX, _U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
