@@ -67,7 +67,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         plan = loaded.plans[dev.id]
         t = dev.transport
         print(
-            f"  {dev.id}: {dev.profile} at {t.host}:{t.port} unit {t.unit}, every "
+            f"  {dev.id}: {dev.profile} at {t.describe()}, every "
             f"{dev.poll_interval_s:g} s: {plan.summary()}"
         )
         for r in plan.requests:

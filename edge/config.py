@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import get_profile
-from edge.plan import PlanError, ReadPlan, compile_plan
+from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.tls import client_context
+from protocols.modbus_frame import LineTiming
 
 __all__ = [
     "BufferConfig",
@@ -132,8 +133,47 @@ class ModbusTcpTransport(_Model):
     port: int = Field(502, ge=0, le=65535)
     unit: int = Field(1, ge=0, le=255)
 
+    @property
+    def line(self) -> str:
+        """Devices with the same line share one connection."""
+        return f"modbus_tcp://{self.host}:{self.port}"
 
-Transport = Annotated[ModbusTcpTransport, Field(discriminator="type")]
+    def describe(self) -> str:
+        return f"{self.host}:{self.port} unit {self.unit}"
+
+
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+class ModbusRtuTransport(_Model):
+    """A device on an RS-485 line; every device on one port shares it (one owner)."""
+
+    type: Literal["modbus_rtu"]
+    port: str = Field(min_length=1)  # /dev/ttyUSB0, /dev/serial/by-id/..., /dev/ttyAMA0
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit: int = Field(1, ge=1, le=247)
+
+    @field_validator("baudrate")
+    @classmethod
+    def _baud(cls, v: int) -> int:
+        if v not in BAUD_RATES:
+            raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
+        return v
+
+    @property
+    def line(self) -> str:
+        return f"modbus_rtu://{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits} unit {self.unit}"
+
+    def timing(self) -> LineTiming:
+        return LineTiming(self.baudrate, self.parity, self.stopbits)
+
+
+Transport = Annotated[ModbusTcpTransport | ModbusRtuTransport, Field(discriminator="type")]
 
 
 class DeviceConfig(_Model):
@@ -145,7 +185,13 @@ class DeviceConfig(_Model):
     retries: int = Field(1, ge=0, le=5)
     points: list[str] | None = Field(None, min_length=1)
     max_registers: int | None = Field(None, ge=1, le=125)
-    max_gap_registers: int = Field(125, ge=0, le=125)
+    #: Read through unmapped gaps up to this many registers; by default the cost model decides
+    #: from the line's timing and the device's turnaround (edge/plan.py).
+    max_gap_registers: int | None = Field(None, ge=0, le=125)
+    #: How long the device takes to start answering (the planner's cost model uses it).
+    turnaround_ms: float = Field(20.0, ge=0, le=5000)
+    #: Quiet time the device needs before a request to it (at least t3.5 on an RTU line).
+    inter_request_delay_ms: float = Field(0.0, ge=0, le=5000)
 
 
 class WritablePoint(_Model):
@@ -204,6 +250,34 @@ class LoadedConfig:
         if m.password_file:
             return self.resolve(m.password_file).read_text().strip()
         return m.password
+
+
+def link_cost(dev: DeviceConfig) -> LinkCost:
+    """The planner's cost model for one device on its link."""
+    t = dev.transport
+    if isinstance(t, ModbusRtuTransport):
+        return LinkCost.rtu(t.timing(), dev.turnaround_ms / 1000, dev.inter_request_delay_ms / 1000)
+    return LinkCost.tcp(dev.turnaround_ms / 1000)
+
+
+def _check_lines(cfg: Config, at: Any) -> None:
+    """Devices on one line: one unit id each; on one serial port, one set of line settings."""
+    seen: dict[tuple[str, int], str] = {}
+    settings: dict[str, tuple[ModbusRtuTransport, str]] = {}
+    for i, dev in enumerate(cfg.devices):
+        t = dev.transport
+        where = ("devices", i, "transport")
+        other = seen.setdefault((t.line, t.unit), dev.id)
+        if other != dev.id:
+            at((*where, "unit"), f"device {dev.id!r}: unit {t.unit} on {t.line} is {other!r} too")
+        if isinstance(t, ModbusRtuTransport):
+            first, first_id = settings.setdefault(t.port, (t, dev.id))
+            if first.timing() != t.timing():
+                at(
+                    (*where, "baudrate"),
+                    f"device {dev.id!r}: {t.port} runs at {first.baudrate} "
+                    f"{first.parity}{first.stopbits} for {first_id!r}; one line has one setting",
+                )
 
 
 # --------------------------------------------------------------------------- YAML with positions
@@ -352,10 +426,12 @@ def _cross_checks(
                 dev.points,
                 max_registers=dev.max_registers,
                 max_gap_registers=dev.max_gap_registers,
+                cost=link_cost(dev),
             )
         except PlanError as exc:
             if dev.points is None or all(n in profile.point_names for n in dev.points):
                 at(base, f"device {dev.id!r}: {exc}")
+    _check_lines(cfg, at)
     by_id = {d.id: d for d in cfg.devices}
     for i, w in enumerate(cfg.commands.writable):
         where = ("commands", "writable", i)

@@ -19,10 +19,11 @@ from devices import get_profile
 from edge import __version__
 from edge.buffer import AsyncBuffer, BufferError
 from edge.commands import CommandHandler
-from edge.config import LoadedConfig, ModbusTcpTransport
+from edge.config import LoadedConfig, ModbusRtuTransport
 from edge.forwarder import Forwarder
 from edge.modbus_adapter import ModbusTcpLink
-from edge.poller import STATUS_POINT, DevicePoller
+from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
+from edge.rtu import RtuLink
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
 
@@ -51,14 +52,19 @@ class Gateway:
             loaded.buffer_path, max_bytes=cfg.buffer.max_bytes, synchronous=cfg.buffer.synchronous
         )
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
-        self.links: dict[tuple[str, int], ModbusTcpLink] = {}
+        # One link per line: a TCP endpoint (a device or a TCP-to-RTU bridge) or a serial port,
+        # shared by every unit id on it; the link serialises their requests.
+        self.links: dict[str, ModbusTcpLink | RtuLink] = {}
         self.pollers: list[DevicePoller] = []
         for dev in cfg.devices:
             t = dev.transport
-            assert isinstance(t, ModbusTcpTransport)
-            link = self.links.get((t.host, t.port))
+            link = self.links.get(t.line)
             if link is None:
-                link = self.links[(t.host, t.port)] = ModbusTcpLink(t.host, t.port)
+                if isinstance(t, ModbusRtuTransport):
+                    link = RtuLink(t.port, t.timing())
+                else:
+                    link = ModbusTcpLink(t.host, t.port)
+                self.links[t.line] = link
             self.pollers.append(DevicePoller(dev, loaded.plans[dev.id], link, self.queue))
         self.forwarder = Forwarder(
             self.buffer,
@@ -86,6 +92,7 @@ class Gateway:
             for p in profile.points:
                 meta[(dev.id, p.name)] = (p.unit, str(p.dtype))
             meta[(dev.id, STATUS_POINT)] = ("", "status")
+            meta[(dev.id, BAD_POINTS)] = ("", "bad_points")
             t = dev.transport
             devices.append(
                 {
@@ -93,7 +100,7 @@ class Gateway:
                     "profile": profile.name,
                     "vendor": profile.vendor,
                     "model": profile.model,
-                    "endpoint": f"{t.type}://{t.host}:{t.port}",
+                    "endpoint": t.line,
                     "unit": t.unit,
                     "poll_interval_s": dev.poll_interval_s,
                 }
@@ -121,7 +128,11 @@ class Gateway:
             [
                 (p.device.id, name)
                 for p in self.pollers
-                for name in [STATUS_POINT, *(pt.name for r in p.plan.requests for pt in r.points)]
+                for name in [
+                    STATUS_POINT,
+                    BAD_POINTS,
+                    *(pt.name for r in p.plan.requests for pt in r.points),
+                ]
             ]
         )
         stats = await self.buffer.stats()
@@ -135,11 +146,10 @@ class Gateway:
         )
         for p in self.pollers:
             log.info(
-                "device %s (%s @ %s unit %d): %s",
+                "device %s (%s @ %s): %s",
                 p.device.id,
                 p.device.profile,
-                p.link.endpoint,
-                p.device.transport.unit,
+                p.device.transport.describe(),
                 p.plan.summary(),
             )
         try:

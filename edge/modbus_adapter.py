@@ -33,6 +33,13 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from edge.fieldbus import (
+    LinkDown,
+    ModbusDeviceError,
+    ModbusExceptionResponse,
+    ModbusTimeout,
+)
+
 __all__ = [
     "LinkDown",
     "ModbusDeviceError",
@@ -42,44 +49,6 @@ __all__ = [
 ]
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-#: Exception codes (Modbus Application Protocol §7).
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
-
-
-class ModbusDeviceError(Exception):
-    """A request to one device failed. Retry at the next poll; other devices are unaffected."""
-
-    def __init__(self, message: str, *, endpoint: str, unit: int, address: int, count: int):
-        self.endpoint, self.unit, self.address, self.count = endpoint, unit, address, count
-        super().__init__(f"{endpoint} unit {unit} @{address:#06x}x{count}: {message}")
-
-
-class ModbusTimeout(ModbusDeviceError):
-    """No answer within timeout × (retries + 1)."""
-
-
-class ModbusExceptionResponse(ModbusDeviceError):
-    """The device answered with a Modbus exception (it is alive but refused the request)."""
-
-    def __init__(self, code: int, **kw: int | str):
-        self.code = code
-        name = EXCEPTION_NAMES.get(code, "unknown")
-        super().__init__(f"exception {code:#04x} ({name})", **kw)  # type: ignore[arg-type]
-
-
-class LinkDown(ModbusDeviceError):
-    """The TCP connection to the endpoint cannot be opened or broke. The link backs off."""
 
 
 def _restore_cancel() -> None:
@@ -118,6 +87,7 @@ class ModbusTcpLink:
         self._next_connect_at = 0.0
         self.connects = 0
         self.connect_failures = 0
+        self._last_done = 0.0
 
     @property
     def connected(self) -> bool:
@@ -155,10 +125,16 @@ class ModbusTcpLink:
         timeout_s: float,
         retries: int,
         what: str,
+        gap_s: float = 0.0,
     ) -> Any:
-        """Run one pymodbus request with our timeout and retries; map its failures to ours."""
+        """Run one pymodbus request with our timeout and retries; map its failures to ours.
+        ``gap_s``: quiet time the device needs after the previous answer (a slow bridge)."""
         where = {"endpoint": self.endpoint, "unit": unit, "address": address, "count": count}
         async with self._lock:
+            if gap_s > 0:
+                wait = self._last_done + gap_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             await self._ensure_connected(unit, address, count)
             ctx = self._client.ctx
             ctx.comm_params.timeout_connect = timeout_s
@@ -177,6 +153,8 @@ class ModbusTcpLink:
                 raise LinkDown(f"connection lost: {exc}", **where) from None
             except ModbusException as exc:
                 raise ModbusDeviceError(f"bad response: {exc}", **where) from None
+            finally:
+                self._last_done = time.monotonic()
         if rr.isError():
             raise ModbusExceptionResponse(int(rr.exception_code), **where)
         return rr
@@ -190,6 +168,7 @@ class ModbusTcpLink:
         *,
         timeout_s: float,
         retries: int,
+        gap_s: float = 0.0,
     ) -> list[int]:
         """Read ``count`` items: registers (FC 03 / 04) as words, or bits (FC 01 / 02) as 0 / 1."""
         fn = {
@@ -208,6 +187,7 @@ class ModbusTcpLink:
             timeout_s=timeout_s,
             retries=retries,
             what="read",
+            gap_s=gap_s,
         )
         if function_code <= 2:
             # pymodbus pads bits to whole bytes
@@ -225,7 +205,14 @@ class ModbusTcpLink:
         return regs
 
     async def write(
-        self, unit: int, address: int, registers: list[int], *, timeout_s: float, retries: int
+        self,
+        unit: int,
+        address: int,
+        registers: list[int],
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
     ) -> None:
         """Write holding registers (FC 16)."""
         await self._execute(
@@ -236,10 +223,18 @@ class ModbusTcpLink:
             timeout_s=timeout_s,
             retries=retries,
             what="write",
+            gap_s=gap_s,
         )
 
     async def write_coil(
-        self, unit: int, address: int, value: bool, *, timeout_s: float, retries: int
+        self,
+        unit: int,
+        address: int,
+        value: bool,
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
     ) -> None:
         """Switch one coil (FC 05)."""
         await self._execute(
@@ -250,6 +245,7 @@ class ModbusTcpLink:
             timeout_s=timeout_s,
             retries=retries,
             what="write",
+            gap_s=gap_s,
         )
 
     async def close(self) -> None:

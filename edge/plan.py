@@ -2,27 +2,71 @@
 
 Pure (no I/O). Points are sorted by address and merged greedily into one request while
 
-* the request stays within ``max_registers`` (the smaller of 125, the profile's limit and the
-  configured limit), and
+* the request stays within the device's limit (the smaller of 125 registers or 2000 bits, the
+  profile's limit and the configured one), and
 * the registers between the request's end and the next point are either none (adjacent), or an
-  unmapped gap of at most ``max_gap_registers`` lying inside a range the profile declares
-  readable (a device may answer exception 02 for an unmapped register it does not serve).
+  unmapped gap lying inside a range the profile declares readable (a device may answer
+  exception 02 for a register it does not serve) and **cheaper to read through than a request**.
+
+The cost model (:class:`LinkCost`) prices both from the link: one more request costs its frames'
+fixed bytes (8 + 5 on RTU), two t3.5 silences and the device's turnaround; reading through a gap
+costs two characters per register (an eighth of one per bit). At 9600 baud with a 20 ms
+turnaround a request costs as much as 20 registers, so gaps of up to 20 are read through; on a
+LAN, registers are nearly free and any readable gap within the request limit is read through.
 
 A device that wants even register counts (Eastron) gets its odd requests widened by one register
-where that register is readable; otherwise the plan is refused.
-
-Issue 3 replaces the fixed gap threshold with a cost model from link speed and turnaround.
+where that register is readable; otherwise the plan is refused. :func:`split_request` is what the
+poller uses when a device answers exception 02 to a merged request: read the points again without
+the gaps, and, if a part still fails, one point at a time.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from devices.profile import Point, Profile, RegisterType
 from protocols.modbus import MAX_READ_REGISTERS, decode_value
+from protocols.modbus_frame import MAX_READ_BITS, LineTiming, read_frame_sizes
 
-__all__ = ["PlanError", "ReadPlan", "ReadRequest", "compile_plan"]
+__all__ = ["LinkCost", "PlanError", "ReadPlan", "ReadRequest", "compile_plan", "split_request"]
+
+_LAN_BYTE_S = 8 / 10e6  # a byte on a 10 Mbit/s Ethernet link
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCost:
+    """What a request and a register cost one device on its link, in seconds."""
+
+    request_s: float  # the fixed cost of one more request
+    register_s: float  # the wire cost of one more register in a response
+    bit_s: float  # ... of one more coil or discrete input
+    timing: LineTiming | None = None  # the RTU line, when there is one
+    turnaround_s: float = 0.0
+
+    @classmethod
+    def rtu(cls, timing: LineTiming, turnaround_s: float, gap_s: float = 0.0) -> LinkCost:
+        extra_gap = max(0.0, gap_s - timing.t35_s)  # a device that wants more than t3.5
+        request_s = timing.transaction_s(8, 5, turnaround_s) + extra_gap
+        return cls(request_s, timing.wire_s(2), timing.char_s / 8, timing, turnaround_s)
+
+    @classmethod
+    def tcp(cls, turnaround_s: float) -> LinkCost:
+        return cls(max(turnaround_s, 0.001), 2 * _LAN_BYTE_S, _LAN_BYTE_S / 8, None, turnaround_s)
+
+    def max_gap(self, rtype: RegisterType) -> int:
+        """The longest gap cheaper to read through than to skip with one more request."""
+        per = self.bit_s if rtype.is_bits else self.register_s
+        cap = MAX_READ_BITS if rtype.is_bits else MAX_READ_REGISTERS
+        return min(cap, math.floor(self.request_s / per))
+
+    def request_time_s(self, function_code: int, count: int) -> float:
+        """Line time of one read (RTU), or its round trip estimate (TCP)."""
+        if self.timing is None:
+            return self.request_s
+        req, resp = read_frame_sizes(function_code, count)
+        return self.timing.transaction_s(req, resp, self.turnaround_s)
 
 
 class PlanError(ValueError):
@@ -62,6 +106,7 @@ class ReadRequest:
 class ReadPlan:
     profile: str
     requests: tuple[ReadRequest, ...]
+    cost: LinkCost | None = None
 
     @property
     def point_count(self) -> int:
@@ -71,11 +116,21 @@ class ReadPlan:
     def register_count(self) -> int:
         return sum(r.count for r in self.requests)
 
+    def line_time_s(self) -> float | None:
+        """Line time of one poll on an RTU line (None elsewhere)."""
+        if self.cost is None or self.cost.timing is None:
+            return None
+        return sum(self.cost.request_time_s(r.function_code, r.count) for r in self.requests)
+
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.requests)} requests touching {self.register_count} registers "
             f"for {self.point_count} points"
         )
+        line_s = self.line_time_s()
+        if line_s is not None:
+            text += f", {line_s * 1000:.0f} ms of line time per poll"
+        return text
 
 
 def compile_plan(
@@ -83,9 +138,14 @@ def compile_plan(
     point_names: Sequence[str] | None = None,
     *,
     max_registers: int | None = None,
-    max_gap_registers: int = MAX_READ_REGISTERS,
+    max_gap_registers: int | None = None,
+    cost: LinkCost | None = None,
 ) -> ReadPlan:
-    """Build the read plan for ``point_names`` (all of the profile's points when None)."""
+    """Build the read plan for ``point_names`` (all of the profile's points when None).
+
+    Gaps are read through when ``cost`` says it is cheaper (a LAN link when no cost is given),
+    or up to ``max_gap_registers`` when that is set (the operator's word wins)."""
+    cost = cost or LinkCost.tcp(0.02)
     if max_registers is not None and max_registers < 1:
         raise PlanError("max_registers must be at least 1")
     if point_names is None:
@@ -102,12 +162,15 @@ def compile_plan(
         limit = profile.max_per_request(rtype)
         if max_registers is not None and not rtype.is_bits:
             limit = min(limit, max_registers)
+        max_gap = cost.max_gap(rtype)
+        if max_gap_registers is not None and not rtype.is_bits:
+            max_gap = max_gap_registers
         pts = sorted((p for p in points if p.register_type is rtype), key=lambda p: p.address)
         group: list[Point] = []
         for p in pts:
             if p.count > limit:
                 raise PlanError(f"point {p.name!r} needs {p.count} registers; the limit is {limit}")
-            if group and _fits(profile, rtype, group, p, limit, max_gap_registers):
+            if group and _fits(profile, rtype, group, p, limit, max_gap):
                 group.append(p)
                 continue
             if group:
@@ -115,7 +178,7 @@ def compile_plan(
             group = [p]
         if group:
             requests.append(_seal(profile, rtype, group, limit))
-    return ReadPlan(profile.name, tuple(requests))
+    return ReadPlan(profile.name, tuple(requests), cost)
 
 
 def _fits(
@@ -145,3 +208,25 @@ def _seal(profile: Profile, rtype: RegisterType, group: list[Point], limit: int)
                 "to them is not readable"
             )
     return ReadRequest(rtype, start, end - start, tuple(group))
+
+
+def split_request(profile: Profile, req: ReadRequest) -> list[ReadRequest]:
+    """The parts of a merged request that read no gap: runs of adjacent points (a device that
+    answered exception 02 does not serve something in a gap). A run of adjacent points splits
+    into single points. Parts keep the device's rules (even counts where readable)."""
+    runs: list[list[Point]] = []
+    for p in req.points:
+        if runs and p.address == max(q.end for q in runs[-1]):
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    if len(runs) == 1:
+        runs = [[p] for p in req.points]
+    limit = profile.max_per_request(req.register_type)
+    out = []
+    for run in runs:
+        try:
+            out.append(_seal(profile, req.register_type, run, limit))
+        except PlanError:
+            out.extend(ReadRequest(req.register_type, p.address, p.count, (p,)) for p in run)
+    return out

@@ -1,40 +1,79 @@
 """Poll one device on a fixed schedule, following its compiled read plan.
 
 Each device has its own task and its own schedule, so a slow or dead device never delays the
-others (devices behind one TCP endpoint share that connection, one request at a time). A failed
-request only loses the points it carries; the rest of the cycle's readings are kept. An outage is
-logged once at ERROR, then at DEBUG while it lasts, and at INFO when the device answers again.
+others beyond the line time it really uses (devices on one TCP endpoint or serial line share it,
+one request at a time). What one bad device may cost its neighbours is bounded:
+
+* **Per-point quality.** A failed request loses only the points it carries; the rest of the
+  cycle's readings are kept. The points that could not be read travel as the device's
+  ``_bad_points`` series (comma-separated names, ``all``, or empty when every point was read),
+  sent on every change, so the platform can tell a missing value from a dead device.
+* **Circuit breaker.** A device that answered nothing in a whole cycle is ``offline``: it is
+  then probed with its first request only, every interval × 2, 4, 8 ... up to
+  ``PROBE_MAX_S``, so a dead device costs the line at most one timeout budget per probe period.
+  The first answer closes the breaker and the full plan runs again in the same cycle.
+* **Learning.** A merged request refused with exception 02 (an address the device does not
+  serve, somewhere in a gap) is split into requests that read no gap, read again at once, and
+  the plan keeps the split; a single point still refused with 02 is dropped from the plan and
+  stays in ``_bad_points``. Each change is logged once at WARNING with the new plan.
+
+An outage is logged once at ERROR, then at DEBUG while it lasts, and at INFO when the device
+answers again. Health (``_status``: online / degraded / offline) is a reading on every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from devices import RegisterType, get_profile
 from edge.config import DeviceConfig
-from edge.modbus_adapter import LinkDown, ModbusDeviceError, ModbusTcpLink
-from edge.plan import ReadPlan
+from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
+from edge.plan import ReadPlan, ReadRequest, split_request
 from protocols.batch import Reading
 from protocols.modbus import ModbusValueError, decode_value, encode_value
 
-__all__ = ["STATUS_POINT", "DevicePoller", "PollStats"]
+__all__ = ["BAD_POINTS", "PROBE_MAX_S", "STATUS_POINT", "DevicePoller", "Link", "PollStats"]
 
 #: The series that carries a device's health: "online", "degraded" or "offline" on each change.
 STATUS_POINT = "_status"
+#: The points a cycle could not read: "" (none), "all", or names joined by commas; on change.
+BAD_POINTS = "_bad_points"
+#: The longest wait between two probes of an offline device.
+PROBE_MAX_S = 60.0
+ILLEGAL_DATA_ADDRESS = 2
 
 log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    """A Modbus TCP endpoint or an RTU line (edge.modbus_adapter / edge.rtu)."""
+
+    endpoint: str
+
+    async def read(
+        self, unit: int, function_code: int, address: int, count: int, **kw: float
+    ) -> list[int]: ...
+
+    async def write(self, unit: int, address: int, registers: list[int], **kw: float) -> None: ...
+
+    async def write_coil(self, unit: int, address: int, value: bool, **kw: float) -> None: ...
 
 
 @dataclass
 class PollStats:
     polls: int = 0
+    probes: int = 0  # cycles of an offline device that tried one request only
+    skipped: int = 0  # cycles an offline device sat out (breaker open)
     requests: int = 0
     request_errors: int = 0
     readings: int = 0
     overruns: int = 0  # schedule slots skipped because a cycle ran late
+    splits: int = 0  # merged requests split after exception 02
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_success_ms: int | None = None
@@ -45,18 +84,23 @@ class DevicePoller:
         self,
         device: DeviceConfig,
         plan: ReadPlan,
-        link: ModbusTcpLink,
+        link: Link,
         out: asyncio.Queue[list[Reading]],
     ) -> None:
         self.device = device
         self.plan = plan
+        self.requests: list[ReadRequest] = list(plan.requests)  # learning may split them
         self.link = link
         self.out = out
         self.stats = PollStats()
         self.interval_s = device.poll_interval_s  # a platform command may change it
         self.status: str | None = None  # online / degraded / offline, once known
+        self.bad_points: str | None = None  # last value sent on BAD_POINTS
+        self.unserved: set[str] = set()  # points the device refused one by one (exception 02)
         self._failing_since: float | None = None
         self._failures_in_outage = 0
+        self._probe_backoff_s = 0.0
+        self._next_probe_at = 0.0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -72,47 +116,134 @@ class DevicePoller:
                 next_t += missed * interval
             await asyncio.sleep(next_t - now)
 
+    def _io(self) -> dict[str, float]:
+        dev = self.device
+        return {
+            "timeout_s": dev.timeout_ms / 1000.0,
+            "retries": dev.retries,
+            "gap_s": dev.inter_request_delay_ms / 1000.0,
+        }
+
+    async def _read(self, req: ReadRequest) -> list[int]:
+        self.stats.requests += 1
+        return await self.link.read(
+            self.device.transport.unit, req.function_code, req.address, req.count, **self._io()
+        )
+
+    def _count(self, exc: ModbusDeviceError) -> None:
+        self.stats.request_errors += 1
+        kind = type(exc).__name__
+        self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
+
     async def poll_once(self) -> list[Reading]:
         dev = self.device
-        unit = dev.transport.unit
-        timeout_s = dev.timeout_ms / 1000.0
+        now = time.monotonic()
+        probing = self.status == "offline"
+        if probing and now < self._next_probe_at:
+            self.stats.skipped += 1
+            return []
+        self.stats.polls += 1
+        if probing:
+            self.stats.probes += 1
         readings: list[Reading] = []
         errors: list[ModbusDeviceError] = []
-        self.stats.polls += 1
-        for req in self.plan.requests:
-            self.stats.requests += 1
+        bad: list[str] = sorted(self.unserved)
+        queue = list(self.requests)
+        answered = False
+        while queue:
+            req = queue.pop(0)
             try:
-                regs = await self.link.read(
-                    unit,
-                    req.function_code,
-                    req.address,
-                    req.count,
-                    timeout_s=timeout_s,
-                    retries=dev.retries,
-                )
+                regs = await self._read(req)
+            except ModbusExceptionResponse as exc:
+                answered = True  # alive, it refused
+                if exc.code == ILLEGAL_DATA_ADDRESS:
+                    parts = self._learn(req)
+                    if parts:
+                        queue[:0] = parts  # read the parts of the split request right away
+                        continue
+                errors.append(exc)
+                self._count(exc)
+                bad += [p.name for p in req.points]
+                continue
             except ModbusDeviceError as exc:
                 errors.append(exc)
-                self.stats.request_errors += 1
-                kind = type(exc).__name__
-                self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
-                if isinstance(exc, LinkDown):
-                    break  # the endpoint is unreachable: the other requests would fail too
+                self._count(exc)
+                bad += [p.name for p in req.points]
+                if isinstance(exc, LinkDown) or (probing and not answered):
+                    break  # the line is down, or the probe failed: don't spend more on it
                 continue
+            answered = True
+            if probing:
+                probing = False  # the breaker closes: the rest of the plan runs now
             ts_ms = time.time_ns() // 1_000_000
             for point, value in req.decode(regs):
                 readings.append(Reading(dev.id, point.name, ts_ms, value))
+        if not answered:
+            bad = [p.name for r in self.requests for p in r.points] + sorted(self.unserved)
         self._report(errors)
-        status = "online" if not errors else "degraded" if readings else "offline"
+        self._breaker(answered, now)
+        ts_ms = time.time_ns() // 1_000_000
+        status = "online" if not errors else "degraded" if answered else "offline"
         if status != self.status:
             # The platform sees health changes as readings, in order with the data.
             self.status = status
-            readings.append(Reading(dev.id, STATUS_POINT, time.time_ns() // 1_000_000, status))
+            readings.append(Reading(dev.id, STATUS_POINT, ts_ms, status))
+        n_points = sum(len(r.points) for r in self.requests) + len(self.unserved)
+        bad_value = (
+            "" if not bad else "all" if len(set(bad)) >= n_points else ",".join(sorted(set(bad)))
+        )
+        if bad_value != self.bad_points:
+            self.bad_points = bad_value
+            readings.append(Reading(dev.id, BAD_POINTS, ts_ms, bad_value))
         if readings:
             self.stats.readings += len(readings)
             self.stats.last_success_ms = readings[-1].ts_ms
             # Backpressure, not loss: if the writer is behind, this poll waits for room.
             await self.out.put(readings)
         return readings
+
+    def _breaker(self, answered: bool, now: float) -> None:
+        if answered:
+            self._probe_backoff_s = 0.0
+            return
+        self._probe_backoff_s = min(
+            max(PROBE_MAX_S, self.interval_s), max(self.interval_s * 2, self._probe_backoff_s * 2)
+        )
+        self._next_probe_at = now + self._probe_backoff_s * random.uniform(0.9, 1.1)
+
+    def _learn(self, req: ReadRequest) -> list[ReadRequest]:
+        """Exception 02 to ``req``: the requests to read instead (none if it is one point)."""
+        profile = get_profile(self.device.profile)
+        at = self.requests.index(req) if req in self.requests else None
+        if len(req.points) == 1:
+            (p,) = req.points
+            self.unserved.add(p.name)
+            if at is not None:
+                del self.requests[at]
+            log.warning(
+                "device %s: %s at %#06x is not served (exception 02); dropped from the plan: "
+                "%d requests left",
+                self.device.id,
+                p.name,
+                p.address,
+                len(self.requests),
+            )
+            return []
+        parts = split_request(profile, req)
+        self.stats.splits += 1
+        if at is not None:
+            self.requests[at : at + 1] = parts
+        log.warning(
+            "device %s: exception 02 to %s @%#06x x%d; reading it as %d requests without the "
+            "gaps from now on (%d requests in the plan)",
+            self.device.id,
+            f"FC{req.function_code:02d}",
+            req.address,
+            req.count,
+            len(parts),
+            len(self.requests),
+        )
+        return parts
 
     def point_is_bit(self, point_name: str) -> bool:
         """True when the point is a coil or discrete input (its value is true / false)."""
@@ -140,23 +271,13 @@ class DevicePoller:
             regs = encode_value(value, point.dtype, point.word_order, scale=point.scale)
         except ModbusValueError as exc:
             raise ValueError(str(exc)) from None
-        dev = self.device
-        unit, timeout_s = dev.transport.unit, dev.timeout_ms / 1000.0
+        unit, io = self.device.transport.unit, self._io()
         if point.register_type is RegisterType.COIL:
-            await self.link.write_coil(
-                unit, point.address, bool(regs[0]), timeout_s=timeout_s, retries=dev.retries
-            )
+            await self.link.write_coil(unit, point.address, bool(regs[0]), **io)
         else:
-            await self.link.write(
-                unit, point.address, regs, timeout_s=timeout_s, retries=dev.retries
-            )
+            await self.link.write(unit, point.address, regs, **io)
         back = await self.link.read(
-            unit,
-            point.register_type.read_function,
-            point.address,
-            point.count,
-            timeout_s=timeout_s,
-            retries=dev.retries,
+            unit, point.register_type.read_function, point.address, point.count, **io
         )
         if back != regs:
             raise ModbusDeviceError(

@@ -28,6 +28,7 @@ __all__ = [
     "ExceptionCode",
     "FrameError",
     "Function",
+    "LineTiming",
     "MbapStream",
     "Request",
     "RequestError",
@@ -41,6 +42,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_rtu",
+    "read_frame_sizes",
     "rtu_request_length",
     "rtu_response_length",
 ]
@@ -344,3 +346,55 @@ def rtu_response_length(buf: bytes, req: Request) -> int | None:
     if req.is_read:
         return None if len(buf) < 3 else 5 + buf[2]
     return 8
+
+
+# --------------------------------------------------------------------------- RTU line timing
+
+
+@dataclass(frozen=True, slots=True)
+class LineTiming:
+    """Wire timing of an RS-485 line (Modbus over Serial Line v1.02 §2.5.1.1).
+
+    A character is a start bit, 8 data bits, a parity bit unless parity is "N", and the stop
+    bits. Frames are separated by at least 3.5 characters of silence (t3.5), fixed at 1.75 ms
+    above 19200 baud.
+    """
+
+    baudrate: int = 9600
+    parity: str = "N"  # N, E or O
+    stopbits: int = 1
+
+    def __post_init__(self) -> None:
+        if self.parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, not {self.parity!r}")
+        if self.stopbits not in (1, 2):
+            raise ValueError(f"stop bits must be 1 or 2, not {self.stopbits!r}")
+        if not 300 <= self.baudrate <= 1_000_000:
+            raise ValueError(f"baud rate {self.baudrate} out of range")
+
+    @property
+    def bits_per_char(self) -> int:
+        return 1 + 8 + (self.parity != "N") + self.stopbits
+
+    @property
+    def char_s(self) -> float:
+        return self.bits_per_char / self.baudrate
+
+    @property
+    def t35_s(self) -> float:
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_s
+
+    def wire_s(self, nbytes: int) -> float:
+        return nbytes * self.char_s
+
+    def transaction_s(self, request_bytes: int, response_bytes: int, turnaround_s: float) -> float:
+        """One request and its response, with the silences the line needs: the request, t3.5
+        (the slave sees the frame end), its turnaround, the response, and t3.5 before the
+        master may send again."""
+        return self.wire_s(request_bytes + response_bytes) + 2 * self.t35_s + turnaround_s
+
+
+def read_frame_sizes(function: int, count: int) -> tuple[int, int]:
+    """(request, response) RTU frame bytes of a read of ``count`` items (registers or bits)."""
+    data = (count + 7) // 8 if function in (1, 2) else 2 * count
+    return 8, 5 + data

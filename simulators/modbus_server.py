@@ -27,7 +27,7 @@ from protocols.modbus_frame import (
     encode_response,
 )
 
-__all__ = ["SimServer", "SimUnit", "serve_tcp"]
+__all__ = ["ModbusSim", "SimServer", "SimUnit", "serve_tcp"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,15 @@ class SimUnit(Protocol):
 
 
 @dataclass
-class SimServer:
-    """A running simulator endpoint; the fault switches apply from the next request on."""
+class ModbusSim:
+    """Units behind one endpoint (a TCP port or a serial line) and the faults switched on."""
 
-    host: str
-    port: int
     units: dict[int, SimUnit]
     silent_units: set[int] = field(default_factory=set)
     silent_all: bool = False
-    delay_s: float = 0.0
+    #: unit -> exception code it answers to every request (02, 04, 06: a device in trouble)
+    exception_units: dict[int, int] = field(default_factory=dict)
     requests: int = 0
-    _server: asyncio.Server | None = None
-    _conns: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
     def answer(self, unit: int, pdu: bytes) -> bytes | None:
         """The response PDU to one request PDU, or None for no answer."""
@@ -75,7 +72,9 @@ class SimServer:
         except FrameError:
             return None
         if sim is None:
-            return encode_exception(req.function, GATEWAY_TARGET_FAILED)
+            return self.unknown_unit(req.function)
+        if unit in self.exception_units:
+            return encode_exception(req.function, self.exception_units[unit])
         try:
             if req.is_read:
                 result = sim.read(req.function, req.address, req.count)
@@ -89,6 +88,21 @@ class SimServer:
         except Exception:  # a simulator bug must look like a device failure, not kill the port
             log.exception("simulated unit %d failed on %s", unit, req)
             return encode_exception(req.function, ExceptionCode.SERVER_DEVICE_FAILURE)
+
+    def unknown_unit(self, function: int) -> bytes | None:
+        """A TCP-to-RTU bridge answers 0x0B for a unit that is not there."""
+        return encode_exception(function, GATEWAY_TARGET_FAILED)
+
+
+@dataclass
+class SimServer(ModbusSim):
+    """A running Modbus TCP endpoint; the fault switches apply from the next request on."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    delay_s: float = 0.0
+    _server: asyncio.Server | None = None
+    _conns: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -129,7 +143,7 @@ class SimServer:
 
 async def serve_tcp(units: list[SimUnit], host: str = "127.0.0.1", port: int = 0) -> SimServer:
     """Serve ``units`` on ``host:port`` (0 picks a free port); returns the running server."""
-    sim = SimServer(host, 0, {u.unit_id: u for u in units})
+    sim = SimServer({u.unit_id: u for u in units}, host=host)
     server = await asyncio.start_server(sim._serve, host, port)
     sim._server = server
     sim.port = server.sockets[0].getsockname()[1]

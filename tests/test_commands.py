@@ -71,7 +71,7 @@ async def test_commands__answered_refused_and_never_a_crash(mosquitto, sim_sdm63
 
         births = platform.births
         reb = await platform.send({"id": 2, "cmd": "rebirth"}, 2)
-        assert reb["ok"] and reb["result"]["series"] == 14  # 2 x (6 points + health)
+        assert reb["ok"] and reb["result"]["series"] == 16  # 2 x (6 points + 2 health series)
         await wait_until(lambda: platform.births > births, 5, what="a new birth")
 
         ok = await platform.send(
@@ -184,9 +184,10 @@ async def test_poller__cabinet_relay_and_dim_writes_are_applied_read_back_and_bo
 ):
     server, unit = cabinet
     text = gateway_yaml(buffer=tmp_path / "b.sqlite", broker_port=1883, sim_port=1, units=())
-    dev = parse_config(text + cabinet_yaml(server.port)).config.devices[0]
+    loaded = parse_config(text + cabinet_yaml(server.port))
+    dev = loaded.config.devices[0]
     link = ModbusTcpLink("127.0.0.1", server.port)
-    poller = DevicePoller(dev, None, link, asyncio.Queue())
+    poller = DevicePoller(dev, loaded.plans[dev.id], link, asyncio.Queue())
     try:
         assert await poller.write("relay_segment_1", False) is False  # FC 05, read back FC 01
         assert await poller.write("dim_level_segment_2", 30) == 30  # FC 16, read back FC 03

@@ -106,7 +106,7 @@ def test_config__duplicate_device_id_names_both_places():
         (("port: 5020", "port: 70000"), 5, "less than or equal to 65535"),
         (("gw-1", "gw/1"), 1, "should match pattern"),
         (("eastron_sdm630", "eastron_sdm999"), 4, "unknown device profile 'eastron_sdm999'"),
-        (("modbus_tcp", "modbus_rtu"), 5, "unknown type 'modbus_rtu'"),
+        (("modbus_tcp", "modbus_ascii"), 5, "unknown type 'modbus_ascii'"),
     ],
 )
 def test_config__impossible_values_are_located(change, expect_line, expect):

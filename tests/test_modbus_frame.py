@@ -13,6 +13,7 @@ from protocols.modbus_frame import (
     ExceptionCode,
     FrameError,
     Function,
+    LineTiming,
     MbapStream,
     Request,
     RequestError,
@@ -25,6 +26,7 @@ from protocols.modbus_frame import (
     encode_request,
     encode_response,
     encode_rtu,
+    read_frame_sizes,
     rtu_request_length,
     rtu_response_length,
 )
@@ -204,3 +206,18 @@ def test_mbap__any_chunking_yields_the_frames_in_order(frames, cuts):
 def test_mbap__a_header_that_is_not_modbus_is_refused():
     with pytest.raises(FrameError, match="protocol 7"):
         MbapStream().feed(bytes([0, 1, 0, 7, 0, 6, 1, 3, 0, 0, 0, 1]))
+
+
+def test_line_timing__matches_the_reference_tables():
+    # device-protocols.md §6.1 (11-bit characters, 10-bit in brackets) and §6.4
+    assert LineTiming(9600, "E").char_s == pytest.approx(1.146e-3, abs=1e-6)
+    assert LineTiming(9600, "N").char_s == pytest.approx(1.042e-3, abs=1e-6)
+    assert LineTiming(9600, "N", 2).t35_s == pytest.approx(4.01e-3, abs=1e-5)
+    assert LineTiming(115200, "E").t35_s == 0.00175
+    line = LineTiming(9600, "E")
+    req, resp = read_frame_sizes(4, 80)
+    assert (req, resp) == (8, 165)
+    assert line.transaction_s(req, resp, 0.020) == pytest.approx(0.226, abs=0.001)
+    assert read_frame_sizes(1, 4) == (8, 6)
+    with pytest.raises(ValueError):
+        LineTiming(9600, "X")

@@ -1,0 +1,53 @@
+"""What every field-bus link (Modbus TCP, Modbus RTU on a serial line) raises, in one place.
+
+Pollers see only these: a failure is always about one request to one unit, so one bad device is
+never a reason to give up on its neighbours.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXCEPTION_NAMES",
+    "LinkDown",
+    "ModbusDeviceError",
+    "ModbusExceptionResponse",
+    "ModbusTimeout",
+]
+
+#: Exception codes (Modbus Application Protocol §7).
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ModbusDeviceError(Exception):
+    """A request to one device failed. Retry at the next poll; other devices are unaffected."""
+
+    def __init__(self, message: str, *, endpoint: str, unit: int, address: int, count: int):
+        self.endpoint, self.unit, self.address, self.count = endpoint, unit, address, count
+        super().__init__(f"{endpoint} unit {unit} @{address:#06x}x{count}: {message}")
+
+
+class ModbusTimeout(ModbusDeviceError):
+    """No answer within timeout × (retries + 1)."""
+
+
+class ModbusExceptionResponse(ModbusDeviceError):
+    """The device answered with a Modbus exception (it is alive but refused the request)."""
+
+    def __init__(self, code: int, **kw: int | str):
+        self.code = code
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        super().__init__(f"exception {code:#04x} ({name})", **kw)  # type: ignore[arg-type]
+
+
+class LinkDown(ModbusDeviceError):
+    """The connection (TCP socket or serial port) cannot be opened or broke. The link backs off."""

@@ -1,0 +1,334 @@
+"""Modbus RTU master on one serial line (RS-485): the only owner of its port.
+
+Every device on the line goes through one :class:`RtuLink`, one transaction at a time (an
+``asyncio.Lock`` queues them in arrival order). For each transaction the link:
+
+1. waits until the line has been quiet for t3.5 (3.5 characters, or the device's own
+   inter-request delay when that is longer): strict slaves need the silence to see a frame end;
+2. throws away whatever arrived unasked (a late answer to an earlier request, noise) and counts it
+   (``stale_bytes``), so stale bytes are never read as this request's answer;
+3. sends the request and collects the answer until the response timeout, accepting only a frame
+   with the right unit id, function code (or its exception), byte count or echo, and CRC. It
+   looks for that frame at every offset of what arrived, so garbage before an answer costs nothing
+   (``garbage_bytes``); a complete frame for this unit with a bad CRC ends the attempt early
+   (``crc_errors``) and the request is retried.
+
+Errors are the field-bus errors of :mod:`edge.fieldbus`, as for Modbus TCP, so pollers treat both
+alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened (unplugged USB
+adapter) backs off with jitter like a TCP connection.
+
+pymodbus is not used here on purpose (../shared/reference/library-notes.md §2): it does no
+inter-frame timing at all, cannot resynchronise on garbage before a response (any prefix made the
+response fail), and gives no control over flushing or per-device delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import serial
+import serial_asyncio_fast
+
+from edge.fieldbus import LinkDown, ModbusExceptionResponse, ModbusTimeout
+from protocols.modbus_frame import (
+    FrameError,
+    Function,
+    LineTiming,
+    Request,
+    decode_response,
+    decode_rtu,
+    encode_request,
+    encode_rtu,
+    rtu_response_length,
+)
+
+__all__ = ["LineStats", "RtuLink"]
+
+log = logging.getLogger(__name__)
+
+_PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+_STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
+
+
+@dataclass
+class LineStats:
+    """What the line saw; never decoded into readings, always counted."""
+
+    transactions: int = 0
+    timeouts: int = 0
+    exceptions: int = 0
+    crc_errors: int = 0  # a whole frame for the addressed unit with a bad CRC
+    garbage_bytes: int = 0  # bytes before (or instead of) a valid answer
+    stale_bytes: int = 0  # bytes that arrived unasked, flushed before a request
+    busy_s: float = 0.0  # line time spent in transactions
+    by_unit: dict[int, int] = field(default_factory=dict)
+
+
+class _Line(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.arrived = asyncio.Event()
+        self.last_rx = 0.0
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.last_rx = time.monotonic()
+        self.arrived.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionError("serial port closed")
+        self.arrived.set()
+
+
+class RtuLink:
+    """One serial line with any number of unit ids on it."""
+
+    def __init__(
+        self,
+        port: str,
+        timing: LineTiming,
+        *,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.port = port
+        self.endpoint = f"{port}@{timing.baudrate}{timing.parity}{timing.stopbits}"
+        self.timing = timing
+        self.stats = LineStats()
+        self._lock = asyncio.Lock()
+        self._line: _Line | None = None
+        self._quiet_since = 0.0  # monotonic time the line last went quiet
+        self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
+        self._backoff_s = 0.0
+        self._next_open_at = 0.0
+        self.opens = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._line is not None and self._line.lost is None
+
+    async def _ensure_open(self, where: dict[str, int | str]) -> _Line:
+        if self._line is not None and self._line.lost is None:
+            return self._line
+        self._line = None
+        now = time.monotonic()
+        if now < self._next_open_at:
+            raise LinkDown(
+                f"serial port not open; next attempt in {self._next_open_at - now:.1f} s", **where
+            )
+        line = _Line()
+        try:
+            await serial_asyncio_fast.create_serial_connection(
+                asyncio.get_running_loop(),
+                lambda: line,
+                self.port,
+                baudrate=self.timing.baudrate,
+                parity=_PARITY[self.timing.parity],
+                stopbits=_STOPBITS[self.timing.stopbits],
+                bytesize=serial.EIGHTBITS,
+            )
+        except (OSError, serial.SerialException) as exc:
+            self._backoff_s = min(
+                self._backoff_max_s, max(self._backoff_min_s, self._backoff_s * 2)
+            )
+            self._next_open_at = now + self._backoff_s * random.uniform(0.8, 1.2)
+            raise LinkDown(f"cannot open serial port: {exc}", **where) from None
+        self._line = line
+        self._backoff_s = 0.0
+        self._quiet_since = time.monotonic()
+        self.opens += 1
+        return line
+
+    async def transact(
+        self, unit: int, req: Request, *, timeout_s: float, retries: int, gap_s: float = 0.0
+    ) -> tuple[int, ...]:
+        """Send ``req`` to ``unit`` and return its values (read) or () (write)."""
+        where = {
+            "endpoint": self.endpoint,
+            "unit": unit,
+            "address": req.address,
+            "count": req.count,
+        }
+        frame = encode_rtu(unit, encode_request(req))
+        async with self._lock:
+            line = await self._ensure_open(where)
+            started = time.monotonic()
+            try:
+                for attempt in range(retries + 1):
+                    outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s)
+                    if outcome is not None:
+                        break
+                    if attempt == retries:
+                        self.stats.timeouts += 1
+                        raise ModbusTimeout(
+                            f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts",
+                            **where,
+                        )
+            finally:
+                self.stats.busy_s += time.monotonic() - started
+        self.stats.transactions += 1
+        self.stats.by_unit[unit] = self.stats.by_unit.get(unit, 0) + 1
+        if outcome.exception is not None:
+            self.stats.exceptions += 1
+            raise ModbusExceptionResponse(outcome.exception, **where)
+        return outcome.values
+
+    async def _attempt(self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s):
+        """One request on the wire; the decoded response, or None (nothing valid in time)."""
+        t = self.timing
+        quiet_needed = max(t.t35_s, gap_s)
+        while True:
+            wait = self._quiet_since + quiet_needed - time.monotonic()
+            if line.buf:  # something arrived unasked: the line is not quiet
+                self.stats.stale_bytes += len(line.buf)
+                line.buf.clear()
+                self._quiet_since = max(self._quiet_since, line.last_rx)
+                continue
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        if line.lost is not None or line.transport is None:
+            raise LinkDown(
+                f"serial port lost: {line.lost}",
+                endpoint=self.endpoint,
+                unit=unit,
+                address=req.address,
+                count=req.count,
+            )
+        line.arrived.clear()
+        line.transport.write(frame)
+        sent_at = time.monotonic()
+        # On a real line the request takes its wire time; the timeout runs from its end.
+        deadline = sent_at + t.wire_s(len(frame)) + timeout_s
+        early_end = t.t35_s + 0.02  # silence after a corrupted frame before giving up on it
+        try:
+            while True:
+                found, bad_crc = self._scan(line.buf, unit, req)
+                if found is not None:
+                    start, end, response = found
+                    self.stats.garbage_bytes += start
+                    leftover = len(line.buf) - end
+                    if leftover:
+                        self.stats.stale_bytes += leftover
+                    line.buf.clear()
+                    return response
+                now = time.monotonic()
+                if bad_crc and now - line.last_rx >= early_end:
+                    self.stats.crc_errors += 1
+                    self.stats.garbage_bytes += len(line.buf)
+                    line.buf.clear()
+                    return None
+                left = deadline - now
+                if left <= 0:
+                    self.stats.garbage_bytes += len(line.buf)
+                    line.buf.clear()
+                    return None
+                line.arrived.clear()
+                wake = min(left, early_end) if bad_crc else left
+                try:
+                    async with asyncio.timeout(wake):
+                        await line.arrived.wait()
+                except TimeoutError:
+                    pass
+                if line.lost is not None:
+                    raise LinkDown(
+                        f"serial port lost: {line.lost}",
+                        endpoint=self.endpoint,
+                        unit=unit,
+                        address=req.address,
+                        count=req.count,
+                    )
+        finally:
+            self._quiet_since = max(time.monotonic(), line.last_rx)
+
+    @staticmethod
+    def _scan(buf: bytearray, unit: int, req: Request):
+        """Find the answer to ``req`` from ``unit`` anywhere in ``buf``.
+
+        Returns ((start, end, response) or None, whether a complete frame for this unit failed
+        its CRC)."""
+        bad_crc = False
+        fc, efc = int(req.function), int(req.function) | 0x80
+        for i in range(len(buf) - 1):
+            if buf[i] != unit or buf[i + 1] not in (fc, efc):
+                continue
+            n = rtu_response_length(bytes(buf[i : i + 3]), req)
+            if n is None or len(buf) - i < n:
+                continue
+            try:
+                _, pdu = decode_rtu(bytes(buf[i : i + n]))
+            except FrameError:
+                bad_crc = True
+                continue
+            try:
+                return (i, i + n, decode_response(req, pdu)), bad_crc
+            except FrameError:
+                continue
+        return None, bad_crc
+
+    # ------------------------------------------------------------------ the link interface
+
+    async def read(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> list[int]:
+        """Read ``count`` registers (FC 03 / 04) or bits (FC 01 / 02, as 0 / 1)."""
+        if function_code not in (1, 2, 3, 4):
+            raise ValueError(f"unsupported read function code {function_code}")
+        values = await self.transact(
+            unit,
+            Request(Function(function_code), address, count),
+            timeout_s=timeout_s,
+            retries=retries,
+            gap_s=gap_s,
+        )
+        return [int(v) for v in values]
+
+    async def write(
+        self,
+        unit: int,
+        address: int,
+        registers: list[int],
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> None:
+        """Write holding registers (FC 16)."""
+        req = Request(Function.WRITE_MULTIPLE_REGISTERS, address, len(registers), tuple(registers))
+        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
+
+    async def write_coil(
+        self,
+        unit: int,
+        address: int,
+        value: bool,
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> None:
+        """Switch one coil (FC 05)."""
+        req = Request(Function.WRITE_SINGLE_COIL, address, 1, (bool(value),))
+        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
+
+    async def close(self) -> None:
+        if self._line is not None and self._line.transport is not None:
+            self._line.transport.close()
+        self._line = None

@@ -1,0 +1,187 @@
+"""A simulated RS-485 line: Modbus RTU slaves behind a pseudo-terminal, paced like the real wire.
+
+The gateway opens :attr:`RtuSimLine.path` (the pty's slave side) as it would open /dev/ttyUSB0.
+A pty moves bytes instantly and ignores the baud rate, so the line keeps wire time itself
+(../shared/reference/device-protocols.md §6): a request counts as received one request-wire-time
+after its bytes arrive; the slave answers after t3.5 (it sees the frame end) plus its turnaround
+(default 20 ms, with jitter); the answer is written in small chunks at the character rate of the
+configured baud and framing, so its last byte lands when it would on a real line. Throughput
+figures measured against this line are therefore the wire's, not the pty's.
+
+Faults on demand, from tests or ``edge sim --rtu``, on top of :class:`ModbusSim`'s (silent
+units, a forced exception code per unit):
+
+* ``corrupt_crc_units``: answers carry a wrong CRC;
+* ``garbage_bytes``: that many random bytes go on the line before every answer;
+* ``unit_turnaround_s``: a slow device;
+* ``swapped_units``: 32-bit values with their two words swapped (a device set to the other word
+  order).
+
+Broadcast requests (unit 0) are applied and never answered; frames with a bad CRC are ignored,
+as a slave does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import tty
+from dataclasses import dataclass, field
+
+from protocols.modbus_frame import (
+    FrameError,
+    LineTiming,
+    decode_rtu,
+    encode_rtu,
+    rtu_request_length,
+)
+from simulators.modbus_server import ModbusSim, SimUnit
+
+__all__ = ["RtuSimLine", "serve_rtu"]
+
+log = logging.getLogger(__name__)
+
+CHUNK_S = 0.002  # write the answer in pieces of about this much wire time
+
+
+@dataclass
+class RtuSimLine(ModbusSim):
+    timing: LineTiming = field(default_factory=LineTiming)
+    turnaround_s: float = 0.020
+    jitter_s: float = 0.002
+    unit_turnaround_s: dict[int, float] = field(default_factory=dict)
+    corrupt_crc_units: set[int] = field(default_factory=set)
+    swapped_units: set[int] = field(default_factory=set)
+    garbage_bytes: int = 0
+    seed: int = 0
+    path: str = ""
+    answered: int = 0
+    ignored_frames: int = 0
+    _master: int = -1
+    _slave: int = -1
+    _buf: bytearray = field(default_factory=bytearray)
+    _last_rx: float = 0.0
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def unknown_unit(self, function: int) -> bytes | None:
+        return None  # nobody on the line has that address: silence
+
+    async def start(self) -> RtuSimLine:
+        self._rng = random.Random(self.seed)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no line discipline: 0x03 is data, not Ctrl-C
+        tty.setraw(self._master)
+        os.set_blocking(self._master, False)
+        self.path = os.ttyname(self._slave)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._master, self._on_readable)
+        self._task = asyncio.create_task(self._serve(), name=f"rtu-sim {self.path}")
+        return self
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: nobody has the port open right now
+            return
+        if data:
+            self._buf += data
+            self._last_rx = time.monotonic()
+            self._arrived.set()
+
+    async def _next_frame(self) -> tuple[bytes, float]:
+        """The next request frame and the time its last byte arrived."""
+        t35 = self.timing.t35_s
+        while True:
+            if self._buf:
+                n = rtu_request_length(bytes(self._buf[:7]))
+                if n and len(self._buf) >= n:
+                    frame = bytes(self._buf[:n])
+                    del self._buf[:n]
+                    return frame, self._last_rx
+                silent = time.monotonic() - self._last_rx
+                if silent >= t35 + 0.05:
+                    # A frame that ended by silence without making sense: a slave drops it.
+                    if n == 0 and len(self._buf) >= 4:
+                        frame = bytes(self._buf)
+                        self._buf.clear()
+                        return frame, self._last_rx
+                    self.ignored_frames += 1
+                    self._buf.clear()
+                    continue
+                wait = t35 + 0.05 - silent
+            else:
+                wait = None
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._arrived.wait()
+
+    async def _serve(self) -> None:
+        while True:
+            frame, arrived = await self._next_frame()
+            try:
+                unit, pdu = decode_rtu(frame)
+            except FrameError:
+                self.ignored_frames += 1
+                continue
+            reply = self.answer(unit, pdu)
+            if unit == 0 or reply is None:
+                continue
+            if unit in self.swapped_units and reply[0] in (3, 4) and len(reply) >= 6:
+                data = bytearray(reply[2:])
+                for i in range(0, len(data) - 3, 4):
+                    data[i : i + 4] = data[i + 2 : i + 4] + data[i : i + 2]
+                reply = reply[:2] + bytes(data)
+            out = encode_rtu(unit, reply)
+            if unit in self.corrupt_crc_units:
+                out = out[:-1] + bytes([out[-1] ^ 0x5A])
+            if self.garbage_bytes:
+                out = bytes(self._rng.randrange(256) for _ in range(self.garbage_bytes)) + out
+            t = self.timing
+            turnaround = self.unit_turnaround_s.get(unit, self.turnaround_s)
+            turnaround += self._rng.uniform(0, self.jitter_s)
+            start = arrived + t.wire_s(len(frame)) + t.t35_s + turnaround
+            await self._send_paced(out, start)
+            self.answered += 1
+
+    async def _send_paced(self, out: bytes, start: float) -> None:
+        t = self.timing
+        step = max(1, int(CHUNK_S / t.char_s))
+        for at in range(0, len(out), step):
+            chunk = out[at : at + step]
+            due = start + t.wire_s(at + len(chunk))
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                os.write(self._master, chunk)
+            except OSError:  # the master went away mid-answer: the bytes fall off the wire
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._master)
+            for fd in (self._master, self._slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._master = self._slave = -1
+
+
+async def serve_rtu(
+    units: list[SimUnit], timing: LineTiming | None = None, **options: object
+) -> RtuSimLine:
+    """Start a simulated RTU line with ``units`` on a new pty; open ``line.path`` to talk to it."""
+    line = RtuSimLine({u.unit_id: u for u in units}, timing=timing or LineTiming(), **options)  # type: ignore[arg-type]
+    return await line.start()
