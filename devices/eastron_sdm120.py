@@ -7,6 +7,7 @@ are declared: the plan only merges registers that are mapped and adjacent.
 """
 
 from devices.profile import Profile, float32_input
+from protocols.modbus_frame import LineTiming
 
 _p = float32_input
 
@@ -18,6 +19,7 @@ PROFILE = Profile(
     description="Single-phase DIN-rail energy meter, Modbus RTU (2400 8N1 factory)",
     max_registers_per_request=80,
     even_register_count=True,
+    default_line=LineTiming(2400, "N", 1),
     points=(
         _p("voltage", 0x0000, "V"),
         _p("current", 0x0006, "A"),

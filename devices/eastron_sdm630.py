@@ -10,6 +10,7 @@ third-party integrations, not a capture from a meter (marked [?] in the referenc
 """
 
 from devices.profile import Profile, RegisterType, float32_input
+from protocols.modbus_frame import LineTiming
 
 _p = float32_input
 
@@ -30,6 +31,7 @@ PROFILE = Profile(
             (0x0156, 0x016C),
         ),
     },
+    default_line=LineTiming(9600, "N", 1),
     points=(
         _p("voltage_l1", 0x0000, "V", "Phase 1 line-to-neutral voltage"),
         _p("voltage_l2", 0x0002, "V", "Phase 2 line-to-neutral voltage"),

@@ -11,7 +11,7 @@ from enum import StrEnum
 from itertools import pairwise
 
 from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
-from protocols.modbus_frame import MAX_READ_BITS
+from protocols.modbus_frame import MAX_READ_BITS, LineTiming
 
 __all__ = ["Point", "Profile", "ProfileError", "RegisterType", "bit", "float32_input"]
 
@@ -93,6 +93,8 @@ class Profile:
     even_register_count: bool = False  # Eastron: odd counts draw an exception
     readable_ranges: dict[RegisterType, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     default_port: int = 502
+    #: The serial setting the device leaves the factory with (baud, parity, stop bits).
+    default_line: LineTiming = field(default_factory=LineTiming)
     description: str = ""
 
     def __post_init__(self) -> None:

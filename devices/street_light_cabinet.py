@@ -19,6 +19,7 @@ At most 80 registers per request, as the SDM630-class meter module it embeds.
 from devices.eastron_sdm630 import PROFILE as SDM630
 from devices.profile import Point, Profile, RegisterType, bit
 from protocols.modbus import DataType
+from protocols.modbus_frame import LineTiming
 
 SEGMENTS = 4
 _COIL, _DI = RegisterType.COIL, RegisterType.DISCRETE
@@ -64,6 +65,7 @@ PROFILE = Profile(
     max_registers_per_request=80,
     even_register_count=False,
     readable_ranges={RegisterType.INPUT: SDM630.readable_ranges[RegisterType.INPUT][:1]},
+    default_line=LineTiming(9600, "N", 1),
     points=(
         *(
             bit(f"relay_segment_{i}", i - 1, _COIL, writable=True, description="Contactor on")

@@ -334,8 +334,8 @@ class Forwarder:
             timeout=self.cfg.publish_timeout_s,
         )
         self._birth_series = len(birth.series)
-        return len(birth.series)
         self.stats.births += 1
+        return len(birth.series)
 
     async def _publish(self, client: aiomqtt.Client, batch: SealedBatch) -> None:
         if self._birth is not None and self.buffer.sync.series_count > self._birth_series:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from devices import Profile, get_profile
 from simulators.energy_meter import EnergyMeterModel
+from simulators.environment import ThermoHygroModel, WaterLevelModel, WeatherStationModel
 from simulators.light_cabinet import LightCabinetModel
 from simulators.modbus_device import ProfileSimUnit
 from simulators.modbus_server import SimServer, serve_tcp
@@ -39,6 +40,9 @@ _MODELS: dict[str, Callable[[int | None, Callable[[], float], Commanded], Model]
     "street_light_cabinet": lambda seed, clock, commanded: (
         LightCabinetModel(seed=seed, clock=clock, commanded=commanded).sample
     ),
+    "sht20_xy_md02": lambda seed, clock, _: ThermoHygroModel(seed=seed, clock=clock).sample,
+    "dfrobot_urm14": lambda seed, clock, _: WaterLevelModel(seed=seed, clock=clock).sample,
+    "sensecap_one_s500": lambda seed, clock, _: WeatherStationModel(seed=seed, clock=clock).sample,
 }
 
 
