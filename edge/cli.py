@@ -90,25 +90,82 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def _pairs(values: list[str] | None, what: str) -> dict[int, int]:
+    """UNIT:N arguments as {unit: N}."""
+    out = {}
+    for v in values or []:
+        unit, _, n = v.partition(":")
+        if not (unit.isdigit() and n.isdigit()):
+            raise ValueError(
+                f"{what} takes UNIT:{'CODE' if 'exception' in what else 'MS'}, not {v!r}"
+            )
+        out[int(unit)] = int(n)
+    return out
+
+
+def _symlink(link: Path, target: str | None) -> None:
+    """Point ``link`` at ``target`` (None: remove it), replacing an old link."""
+    link.unlink(missing_ok=True)
+    if target is not None:
+        link.symlink_to(target)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
+    from protocols.modbus_frame import LineTiming
     from simulators import serve_modbus_tcp, sim_unit
+    from simulators.rtu_line import serve_rtu
 
     async def go() -> int:
         try:
-            units = [sim_unit(args.profile, u, seed=f"{args.seed}:{u}") for u in args.unit]
-        except KeyError as exc:
+            specs = [(args.profile, u) for u in (args.unit or [1])] if args.profile else []
+            for d in args.device or []:
+                prof, _, unit = d.rpartition(":")
+                if not prof or not unit.isdigit():
+                    raise ValueError(f"--device takes PROFILE:UNIT, not {d!r}")
+                specs.append((prof, int(unit)))
+            if not specs:
+                raise ValueError("give --profile (with --unit) or --device PROFILE:UNIT")
+            units = [sim_unit(prof, u, seed=f"{args.seed}:{u}") for prof, u in specs]
+            exceptions = _pairs(args.exception, "--exception")
+            slow = _pairs(args.slow, "--slow")
+            timing = LineTiming(args.baud, args.parity, args.stopbits)
+        except (KeyError, ValueError) as exc:
             print(f"edge sim: {exc.args[0]}", file=sys.stderr)
             return EXIT_CONFIG
-        server = await serve_modbus_tcp(units, args.host, args.port)
-        print(
-            f"simulating {args.profile} unit(s) {','.join(map(str, args.unit))} on "
-            f"{server.host}:{server.port} (Modbus TCP)",
-            flush=True,
-        )
+        names = ", ".join(f"{prof} unit {u}" for prof, u in specs)
+        if args.rtu:
+            sim = await serve_rtu(
+                units,
+                timing,
+                turnaround_s=args.turnaround_ms / 1000,
+                unit_turnaround_s={u: ms / 1000 for u, ms in slow.items()},
+                corrupt_crc_units=set(args.corrupt_crc or []),
+                swapped_units=set(args.swap_words or []),
+                garbage_bytes=args.garbage,
+            )
+            where = sim.path
+            if args.link:
+                _symlink(Path(args.link), sim.path)
+                where = f"{args.link} -> {sim.path}"
+            print(
+                f"simulating {names} on an RS-485 line at {where} ({args.baud} 8"
+                f"{args.parity}{args.stopbits}, paced at wire speed); in a config: "
+                f"transport: {{type: modbus_rtu, port: {args.link or sim.path}, "
+                f"baudrate: {args.baud}, parity: {args.parity}, stopbits: {args.stopbits}, "
+                f"unit: {specs[0][1]}}}",
+                flush=True,
+            )
+        else:
+            sim = await serve_modbus_tcp(units, args.host, args.port)
+            print(f"simulating {names} on {sim.host}:{sim.port} (Modbus TCP)", flush=True)
+        sim.silent_units |= set(args.silent or [])
+        sim.exception_units |= exceptions
         try:
             await asyncio.Event().wait()
         finally:
-            await server.close()
+            await sim.close()
+            if args.rtu and args.link:
+                _symlink(Path(args.link), None)
         return 0
 
     return _run(go())
@@ -198,12 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("sim", help="run a device simulator (Modbus TCP) on loopback")
-    p.add_argument("--profile", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5020, help="0 picks a free port")
+    p = sub.add_parser(
+        "sim",
+        help="run device simulators: a Modbus TCP endpoint, or an RS-485 line on a pty (--rtu)",
+    )
+    p.add_argument("--profile", help="the profile of every --unit")
     p.add_argument("--unit", type=int, action="append", help="unit id (repeatable)")
+    p.add_argument(
+        "--device", action="append", metavar="PROFILE:UNIT", help="a device (repeatable; mixes)"
+    )
     p.add_argument("--seed", default="sim", help="seed of the simulated values")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one")
+    rtu = p.add_argument_group("RS-485 line (Modbus RTU on a pseudo-terminal)")
+    rtu.add_argument("--rtu", action="store_true", help="serve on a pty instead of TCP")
+    rtu.add_argument("--link", help="also make this path a symlink to the pty (/tmp/ttyRS485)")
+    rtu.add_argument("--baud", type=int, default=9600)
+    rtu.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    rtu.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    rtu.add_argument("--turnaround-ms", type=float, default=20.0, help="slave processing time")
+    faults = p.add_argument_group("faults on demand")
+    faults.add_argument("--silent", type=int, action="append", metavar="UNIT", help="never answers")
+    faults.add_argument(
+        "--exception", action="append", metavar="UNIT:CODE", help="answers every request with CODE"
+    )
+    faults.add_argument("--corrupt-crc", type=int, action="append", metavar="UNIT")
+    faults.add_argument(
+        "--garbage", type=int, default=0, metavar="N", help="N random bytes before every answer"
+    )
+    faults.add_argument("--slow", action="append", metavar="UNIT:MS", help="turnaround of UNIT")
+    faults.add_argument(
+        "--swap-words", type=int, action="append", metavar="UNIT", help="32-bit words swapped"
+    )
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")

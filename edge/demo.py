@@ -20,10 +20,11 @@ from pathlib import Path
 
 from devices import get_profile
 from edge.broker import EmbeddedBroker
-from edge.config import LoadedConfig, load_config
+from edge.config import LoadedConfig, ModbusRtuTransport, load_config
 from edge.consumer import BatchConsumer, Delivery, reading_json
 from edge.gateway import Gateway
 from simulators import ProfileSimUnit, SimServer, serve_modbus_tcp, sim_unit
+from simulators.rtu_line import RtuSimLine, serve_rtu
 
 __all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabinet"]
 
@@ -40,6 +41,13 @@ HEADLINE = (
     "power_factor",
     "frequency",
     "import_energy",
+    "temperature",
+    "humidity",
+    "distance",
+    "air_temperature",
+    "air_humidity",
+    "wind_speed_avg",
+    "light_intensity",
 )
 
 
@@ -116,7 +124,7 @@ class LiveView:
             ]
             shown += _lighting(values)
             print(
-                f"{clock} batch {header.seq:<4} {device:<14} {counts[device]:>3} readings  "
+                f"{clock} batch {header.seq:<4} {device:<19} {counts[device]:>3} readings  "
                 + "  ".join(shown),
                 file=self.out,
             )
@@ -133,8 +141,8 @@ class SimulatedCabinet:
     """Simulators for every device of a config, and the config rewritten to use them."""
 
     loaded: LoadedConfig
-    servers: list[SimServer]
-    ports: dict[tuple[str, int], int]
+    servers: list[SimServer | RtuSimLine]
+    where: dict[str, str]  # config line -> where its simulator listens
 
     async def close(self) -> None:
         for server in self.servers:
@@ -144,32 +152,35 @@ class SimulatedCabinet:
 async def simulate_cabinet(
     loaded: LoadedConfig, *, broker_url: str, buffer_path: Path, **mqtt: object
 ) -> SimulatedCabinet:
-    """Start one simulated endpoint per distinct host:port of the config (its devices' unit ids
-    behind it, as on a TCP-to-RTU bridge) on free loopback ports, and return the config pointed
-    at them, at ``broker_url`` and at ``buffer_path`` (plus any ``mqtt`` field overrides)."""
+    """Start one simulator per line of the config, with its devices' unit ids on it: a Modbus
+    TCP endpoint on a free loopback port (as a TCP-to-RTU bridge), or an RS-485 line on a
+    pseudo-terminal paced at the line's baud rate. Return the config pointed at them, at
+    ``broker_url`` and at ``buffer_path`` (plus any ``mqtt`` field overrides)."""
     cfg = loaded.config
-    endpoints: dict[tuple[str, int], list[ProfileSimUnit]] = {}
+    lines: dict[str, list[ProfileSimUnit]] = {}
     for dev in cfg.devices:
         t = dev.transport
-        endpoints.setdefault((t.host, t.port), []).append(
-            sim_unit(dev.profile, t.unit, seed=dev.id)
-        )
-    servers, ports = [], {}
-    for key, units in endpoints.items():
-        server = await serve_modbus_tcp(units)
-        servers.append(server)
-        ports[key] = server.port
+        lines.setdefault(t.line, []).append(sim_unit(dev.profile, t.unit, seed=dev.id))
+    servers: list[SimServer | RtuSimLine] = []
+    moved: dict[str, dict[str, object]] = {}
+    where: dict[str, str] = {}
+    for dev in cfg.devices:
+        t = dev.transport
+        if t.line in moved:
+            continue
+        units = lines[t.line]
+        if isinstance(t, ModbusRtuTransport):
+            line = await serve_rtu(units, t.timing())
+            servers.append(line)
+            moved[t.line] = {"port": line.path}
+            where[t.line] = f"RS-485 {line.path} {t.baudrate} 8{t.parity}{t.stopbits}"
+        else:
+            server = await serve_modbus_tcp(units)
+            servers.append(server)
+            moved[t.line] = {"host": "127.0.0.1", "port": server.port}
+            where[t.line] = f"Modbus TCP 127.0.0.1:{server.port}"
     devices = [
-        d.model_copy(
-            update={
-                "transport": d.transport.model_copy(
-                    update={
-                        "host": "127.0.0.1",
-                        "port": ports[(d.transport.host, d.transport.port)],
-                    }
-                )
-            }
-        )
+        d.model_copy(update={"transport": d.transport.model_copy(update=moved[d.transport.line])})
         for d in cfg.devices
     ]
     new_cfg = cfg.model_copy(
@@ -179,7 +190,7 @@ async def simulate_cabinet(
             "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
         }
     )
-    return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, ports)
+    return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, where)
 
 
 async def run_demo(
@@ -207,7 +218,7 @@ async def run_demo(
         print(
             f"edge demo: broker {broker.url} (embedded amqtt), "
             f"{len(cfg.devices)} simulated devices on "
-            + ", ".join(f"127.0.0.1:{p}" for p in cabinet.ports.values())
+            + ", ".join(cabinet.where.values())
             + f", buffer {buffer_path}",
             file=say,
             flush=True,
