@@ -73,6 +73,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         for r in plan.requests:
             names = ", ".join(p.name for p in r.points)
             print(f"    FC{r.function_code:02d} @{r.address:#06x} x{r.count:<3} {names}")
+    # The share of each RS-485 line the poll intervals ask for (one request at a time).
+    load: dict[str, tuple[float, int]] = {}
+    for dev in cfg.devices:
+        line_s = loaded.plans[dev.id].line_time_s()
+        if line_s is not None:
+            busy, n = load.get(dev.transport.line, (0.0, 0))
+            load[dev.transport.line] = (busy + line_s / dev.poll_interval_s, n + 1)
+    for line, (busy, n) in load.items():
+        verdict = (
+            "over capacity: polls will run late, lengthen poll_interval_s or raise the baud rate"
+            if busy > 1.0
+            else "close to capacity: little room for retries and timeouts"
+            if busy > 0.8
+            else "room to spare"
+        )
+        print(f"  line {line}: {n} devices keep it busy {busy:.0%} of the time ({verdict})")
     return 0
 
 

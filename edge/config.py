@@ -132,6 +132,10 @@ class ModbusTcpTransport(_Model):
     host: str = Field(min_length=1)
     port: int = Field(502, ge=0, le=65535)
     unit: int = Field(1, ge=0, le=255)
+    #: Connections the gateway may open to this endpoint (a bridge serving several RS-485
+    #: ports can answer in parallel; many devices and bridges allow only 1-4 clients).
+    #: Devices on the endpoint are spread over them, each always on the same one.
+    max_connections: int = Field(1, ge=1, le=8)
 
     @property
     def line(self) -> str:
@@ -264,12 +268,21 @@ def _check_lines(cfg: Config, at: Any) -> None:
     """Devices on one line: one unit id each; on one serial port, one set of line settings."""
     seen: dict[tuple[str, int], str] = {}
     settings: dict[str, tuple[ModbusRtuTransport, str]] = {}
+    tcp: dict[str, tuple[ModbusTcpTransport, str]] = {}
     for i, dev in enumerate(cfg.devices):
         t = dev.transport
         where = ("devices", i, "transport")
         other = seen.setdefault((t.line, t.unit), dev.id)
         if other != dev.id:
             at((*where, "unit"), f"device {dev.id!r}: unit {t.unit} on {t.line} is {other!r} too")
+        if isinstance(t, ModbusTcpTransport):
+            first_tcp, first_id = tcp.setdefault(t.line, (t, dev.id))
+            if first_tcp.max_connections != t.max_connections:
+                at(
+                    (*where, "max_connections"),
+                    f"device {dev.id!r}: {t.line} allows {first_tcp.max_connections} "
+                    f"connection(s) for {first_id!r}; one endpoint has one limit",
+                )
         if isinstance(t, ModbusRtuTransport):
             first, first_id = settings.setdefault(t.port, (t, dev.id))
             if first.timing() != t.timing():

@@ -52,19 +52,23 @@ class Gateway:
             loaded.buffer_path, max_bytes=cfg.buffer.max_bytes, synchronous=cfg.buffer.synchronous
         )
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
-        # One link per line: a TCP endpoint (a device or a TCP-to-RTU bridge) or a serial port,
-        # shared by every unit id on it; the link serialises their requests.
-        self.links: dict[str, ModbusTcpLink | RtuLink] = {}
+        # One owner per line: a serial port, or a TCP endpoint (a device or a TCP-to-RTU bridge)
+        # with up to max_connections connections; a link serialises the requests of the unit
+        # ids on it, and a device always uses the same connection.
+        self.links: dict[str, list[ModbusTcpLink | RtuLink]] = {}
         self.pollers: list[DevicePoller] = []
+        on_line: dict[str, int] = {}
         for dev in cfg.devices:
             t = dev.transport
-            link = self.links.get(t.line)
-            if link is None:
+            links = self.links.get(t.line)
+            if links is None:
                 if isinstance(t, ModbusRtuTransport):
-                    link = RtuLink(t.port, t.timing())
+                    links = [RtuLink(t.port, t.timing())]
                 else:
-                    link = ModbusTcpLink(t.host, t.port)
-                self.links[t.line] = link
+                    links = [ModbusTcpLink(t.host, t.port) for _ in range(t.max_connections)]
+                self.links[t.line] = links
+            n = on_line[t.line] = on_line.get(t.line, -1) + 1
+            link = links[n % len(links)]
             self.pollers.append(DevicePoller(dev, loaded.plans[dev.id], link, self.queue))
         self.forwarder = Forwarder(
             self.buffer,
@@ -222,6 +226,7 @@ class Gateway:
                     raise
                 log.info("shutdown: committed %d readings still in memory", len(rows))
         finally:
-            for link in self.links.values():
-                await link.close()
+            for links in self.links.values():
+                for link in links:
+                    await link.close()
             await self.buffer.close()

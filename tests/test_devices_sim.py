@@ -15,8 +15,10 @@ from edge.config import parse_config
 from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
 from edge.plan import compile_plan
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
+from edge.rtu import RtuLink
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.energy_meter import EnergyMeterModel
+from simulators.rtu_line import serve_rtu
 from tests.conftest import gateway_yaml, wait_until
 
 ALL = sorted(profiles())
@@ -39,6 +41,25 @@ async def test_profile_contract__simulator_answers_every_planned_request(name):
     finally:
         await link.close()
         await server.close()
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_profile_contract__simulator_answers_every_planned_request_on_rs485(name):
+    profile = get_profile(name)
+    unit = sim_unit(profile, 7, seed=1)
+    line = await serve_rtu([unit], profile.default_line, turnaround_s=0.002)
+    link = RtuLink(line.path, profile.default_line)
+    try:
+        for req in compile_plan(profile).requests:
+            regs = await link.read(
+                7, req.function_code, req.address, req.count, timeout_s=1, retries=0
+            )
+            for point, value in req.decode(regs):
+                assert value == unit.served(point.name)[-1]
+        assert link.stats.garbage_bytes == 0 and link.stats.crc_errors == 0
+    finally:
+        await link.close()
+        await line.close()
 
 
 @pytest.mark.parametrize("name", ALL)

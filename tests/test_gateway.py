@@ -7,8 +7,10 @@ import contextlib
 import sqlite3
 import time
 
+import pytest
+
 from edge.broker import free_port
-from edge.config import parse_config
+from edge.config import ConfigError, parse_config
 from edge.gateway import Gateway
 from tests.conftest import gateway_yaml, wait_until
 
@@ -52,3 +54,23 @@ async def test_gateway__cancel_during_a_commit_neither_loses_nor_doubles_reading
     db.close()
     assert len(rows) == len(set(rows)), "a reading was committed twice"
     assert len(rows) == polled  # and every reading polled before the stop was kept
+
+
+async def test_gateway__an_endpoint_gets_at_most_its_connection_limit(sim_sdm630, tmp_path):
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=free_port(), sim_port=sim_sdm630.port
+    )
+    limited = text.replace("unit: 1}", "unit: 1, max_connections: 2}").replace(
+        "unit: 2}", "unit: 2, max_connections: 2}"
+    )
+    gateway = Gateway(parse_config(limited, "t.yaml", tmp_path))
+    [links] = gateway.links.values()
+    assert len(links) == 2 and {id(p.link) for p in gateway.pollers} == {id(x) for x in links}
+    for p in gateway.pollers:
+        assert len(await p.poll_once()) > 0  # each device on its own connection
+    assert all(link.connects == 1 for link in links)
+    for link in links:
+        await link.close()
+    mixed = text.replace("unit: 1}", "unit: 1, max_connections: 2}")
+    with pytest.raises(ConfigError, match="allows 2 connection"):
+        parse_config(mixed, "t.yaml", tmp_path)
