@@ -197,13 +197,7 @@ class RtuLink:
                 break
             await asyncio.sleep(wait)
         if line.lost is not None or line.transport is None:
-            raise LinkDown(
-                f"serial port lost: {line.lost}",
-                endpoint=self.endpoint,
-                unit=unit,
-                address=req.address,
-                count=req.count,
-            )
+            raise self._lost(line, unit, req)
         line.arrived.clear()
         line.transport.write(frame)
         sent_at = time.monotonic()
@@ -240,15 +234,18 @@ class RtuLink:
                 except TimeoutError:
                     pass
                 if line.lost is not None:
-                    raise LinkDown(
-                        f"serial port lost: {line.lost}",
-                        endpoint=self.endpoint,
-                        unit=unit,
-                        address=req.address,
-                        count=req.count,
-                    )
+                    raise self._lost(line, unit, req)
         finally:
             self._quiet_since = max(time.monotonic(), line.last_rx)
+
+    def _lost(self, line: _Line, unit: int, req: Request) -> LinkDown:
+        return LinkDown(
+            f"serial port lost: {line.lost}",
+            endpoint=self.endpoint,
+            unit=unit,
+            address=req.address,
+            count=req.count,
+        )
 
     @staticmethod
     def _scan(buf: bytearray, unit: int, req: Request):
