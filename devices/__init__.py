@@ -9,30 +9,55 @@ import importlib
 import pkgutil
 from functools import cache
 
-from devices.profile import Point, Profile, ProfileError, RegisterType
+from devices.profile import (
+    Point,
+    Profile,
+    ProfileError,
+    RegisterType,
+    SensorPoint,
+    SensorProfile,
+)
 
-__all__ = ["Point", "Profile", "ProfileError", "RegisterType", "get_profile", "profiles"]
+__all__ = [
+    "AnyProfile",
+    "Point",
+    "Profile",
+    "ProfileError",
+    "RegisterType",
+    "SensorPoint",
+    "SensorProfile",
+    "get_profile",
+    "modbus_profiles",
+    "profiles",
+]
+
+#: A Modbus device (register map) or a serial sensor with its own protocol.
+AnyProfile = Profile | SensorProfile
 
 _NOT_PROFILES = {"profile"}
 
 
 @cache
-def profiles() -> dict[str, Profile]:
+def profiles() -> dict[str, AnyProfile]:
     """All profiles shipped in this package, by name."""
-    found: dict[str, Profile] = {}
+    found: dict[str, AnyProfile] = {}
     for mod in pkgutil.iter_modules(__path__):
         if mod.name in _NOT_PROFILES or mod.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{mod.name}")
         profile = getattr(module, "PROFILE", None)
-        if isinstance(profile, Profile):
+        if isinstance(profile, Profile | SensorProfile):
             if profile.name in found:
                 raise ProfileError(f"profile name {profile.name!r} defined twice")
             found[profile.name] = profile
     return found
 
 
-def get_profile(name: str) -> Profile:
+def modbus_profiles() -> dict[str, Profile]:
+    return {k: v for k, v in profiles().items() if isinstance(v, Profile)}
+
+
+def get_profile(name: str) -> AnyProfile:
     try:
         return profiles()[name]
     except KeyError:

@@ -13,7 +13,16 @@ from itertools import pairwise
 from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
 from protocols.modbus_frame import MAX_READ_BITS, LineTiming
 
-__all__ = ["Point", "Profile", "ProfileError", "RegisterType", "bit", "float32_input"]
+__all__ = [
+    "Point",
+    "Profile",
+    "ProfileError",
+    "RegisterType",
+    "SensorPoint",
+    "SensorProfile",
+    "bit",
+    "float32_input",
+]
 
 
 class ProfileError(ValueError):
@@ -169,3 +178,47 @@ def bit(
 def float32_input(name: str, address: int, unit: str = "", description: str = "") -> Point:
     """An IEEE-754 float32 in two input registers, high word first (the energy-meter case)."""
     return Point(name, address, DataType.FLOAT32, unit, description=description)
+
+
+# --------------------------------------------------------------------------- serial sensors
+
+
+@dataclass(frozen=True, slots=True)
+class SensorPoint:
+    """One value a streaming serial sensor reports (no registers: the protocol names it)."""
+
+    name: str
+    unit: str = ""
+    dtype: DataType = DataType.UINT16
+    description: str = ""
+    writable: bool = False  # serial sensors take mode commands, never point writes
+
+
+@dataclass(frozen=True, slots=True)
+class SensorProfile:
+    """A sensor with its own UART protocol (``protocol`` names the codec in protocols/)."""
+
+    name: str
+    vendor: str
+    model: str
+    protocol: str
+    points: tuple[SensorPoint, ...]
+    default_line: LineTiming = field(default_factory=LineTiming)
+    #: Seconds after wake-up before readings can be trusted (the fan must reach speed).
+    warmup_s: float = 30.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.points]
+        if len(set(names)) != len(names):
+            raise ProfileError(f"{self.name}: a point is declared twice")
+
+    def point(self, name: str) -> SensorPoint:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def point_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.points)

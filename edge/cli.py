@@ -64,8 +64,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} bytes)"
     )
     for dev in cfg.devices:
-        plan = loaded.plans[dev.id]
+        plan = loaded.plans.get(dev.id)
         t = dev.transport
+        if plan is None:  # a serial sensor: its protocol decides what it sends
+            print(f"  {dev.id}: {dev.profile} at {t.describe()}, every {dev.poll_interval_s:g} s")
+            continue
         print(
             f"  {dev.id}: {dev.profile} at {t.describe()}, every "
             f"{dev.poll_interval_s:g} s: {plan.summary()}"
@@ -76,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The share of each RS-485 line the poll intervals ask for (one request at a time).
     load: dict[str, tuple[float, int]] = {}
     for dev in cfg.devices:
-        line_s = loaded.plans[dev.id].line_time_s()
+        line_s = loaded.plans[dev.id].line_time_s() if dev.id in loaded.plans else None
         if line_s is not None:
             busy, n = load.get(dev.transport.line, (0.0, 0))
             load[dev.transport.line] = (busy + line_s / dev.poll_interval_s, n + 1)

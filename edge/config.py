@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from devices import get_profile
+from devices import SensorProfile, get_profile
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.tls import client_context
 from protocols.modbus_frame import LineTiming
@@ -33,7 +33,9 @@ __all__ = [
     "LoadedConfig",
     "ModbusTcpTransport",
     "MqttConfig",
+    "ProcessingRule",
     "TlsConfig",
+    "UartTransport",
     "load_config",
     "parse_config",
 ]
@@ -177,7 +179,69 @@ class ModbusRtuTransport(_Model):
         return LineTiming(self.baudrate, self.parity, self.stopbits)
 
 
-Transport = Annotated[ModbusTcpTransport | ModbusRtuTransport, Field(discriminator="type")]
+class UartTransport(_Model):
+    """A serial sensor with its own protocol (PMS5003, SDS011) alone on its port."""
+
+    type: Literal["uart"]
+    port: str = Field(min_length=1)
+    baudrate: int = 9600
+    unit: int = 0  # no addresses on a point-to-point link
+
+    @field_validator("baudrate")
+    @classmethod
+    def _baud(cls, v: int) -> int:
+        if v not in BAUD_RATES:
+            raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
+        return v
+
+    @property
+    def line(self) -> str:
+        return f"uart://{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.port} {self.baudrate} 8N1"
+
+
+Transport = Annotated[
+    ModbusTcpTransport | ModbusRtuTransport | UartTransport, Field(discriminator="type")
+]
+
+
+AGGREGATES = ("mean", "min", "max", "first", "last", "count")
+
+
+class ProcessingRule(_Model):
+    """What the gateway sends for some points of a device instead of every raw reading.
+
+    * ``window_s``: one value per aggregate per window (windows aligned to the clock, stamped
+      with the window's start), as series ``<point>.<aggregate>``; aggregates from mean, min,
+      max, first, last, count and percentiles ``p1`` .. ``p99``;
+    * ``deadband``: report a reading only when it moved more than this from the last one
+      reported, and at least every ``heartbeat_s`` so a quiet value still reports;
+    * ``raw: true`` with a window also sends every raw reading.
+    """
+
+    points: list[str] | None = None  # None: every point of the device
+    window_s: float | None = Field(None, gt=0, le=86_400)
+    aggregates: list[str] = Field(default_factory=lambda: ["mean", "min", "max", "count"])
+    deadband: float | None = Field(None, ge=0)
+    heartbeat_s: float = Field(300.0, gt=0, le=86_400)
+    raw: bool = False
+
+    @field_validator("aggregates")
+    @classmethod
+    def _aggregates(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if a in AGGREGATES:
+                continue
+            if a.startswith("p") and a[1:].isdigit() and 1 <= int(a[1:]) <= 99:
+                continue
+            raise ValueError(
+                f"unknown aggregate {a!r}; use {', '.join(AGGREGATES)} or a percentile p1..p99"
+            )
+        if not v or len(set(v)) != len(v):
+            raise ValueError("aggregates must be a non-empty list without repeats")
+        return v
 
 
 class DeviceConfig(_Model):
@@ -196,6 +260,13 @@ class DeviceConfig(_Model):
     turnaround_ms: float = Field(20.0, ge=0, le=5000)
     #: Quiet time the device needs before a request to it (at least t3.5 on an RTU line).
     inter_request_delay_ms: float = Field(0.0, ge=0, le=5000)
+    #: Serial sensors: "passive" (asked for each sample; duty-cycled when the interval allows)
+    #: or "active" (the sensor streams, the latest frame is reported once per interval).
+    mode: Literal["passive", "active"] = "passive"
+    #: Serial sensors: seconds awake before a sample counts (default: the profile's, 30 s).
+    warmup_s: float | None = Field(None, ge=0, le=600)
+    #: Edge processing of this device's readings (windows, deadbands); raw when absent.
+    processing: list[ProcessingRule] = Field(default_factory=list)
 
 
 class WritablePoint(_Model):
@@ -254,6 +325,34 @@ class LoadedConfig:
         if m.password_file:
             return self.resolve(m.password_file).read_text().strip()
         return m.password
+
+
+def _check_processing(dev: DeviceConfig, base: tuple[Any, ...], points: list[str], at: Any) -> None:
+    covered: dict[str, int] = {}
+    for k, rule in enumerate(dev.processing):
+        where = (*base, "processing", k)
+        names = rule.points if rule.points is not None else points
+        for j, name in enumerate(rule.points or []):
+            if name not in points:
+                at((*where, "points", j), f"device {dev.id!r} does not read a point {name!r}")
+        for name in names:
+            if name in covered:
+                at(
+                    where,
+                    f"device {dev.id!r}: point {name!r} is in processing rules {covered[name]} "
+                    f"and {k}; one rule per point",
+                )
+            covered.setdefault(name, k)
+        if (rule.window_s is None) == (rule.deadband is None):
+            at(where, "a processing rule takes either window_s or deadband")
+        if rule.window_s is not None and rule.window_s < dev.poll_interval_s:
+            at(
+                (*where, "window_s"),
+                f"window_s {rule.window_s:g} s is shorter than poll_interval_s "
+                f"{dev.poll_interval_s:g} s: a window would hold at most one sample",
+            )
+        if rule.raw and rule.window_s is None:
+            at((*where, "raw"), "raw: true goes with window_s (a deadband filters the raw values)")
 
 
 def link_cost(dev: DeviceConfig) -> LinkCost:
@@ -433,6 +532,21 @@ def _cross_checks(
                     at((*base, "points", j), f"profile {profile.name} has no point {name!r}")
             if len(set(dev.points)) != len(dev.points):
                 at((*base, "points"), f"device {dev.id!r}: a point is listed twice")
+        _check_processing(dev, base, dev.points or list(profile.point_names), at)
+        is_uart = isinstance(dev.transport, UartTransport)
+        if is_uart != isinstance(profile, SensorProfile):
+            at(
+                (*base, "transport", "type"),
+                f"device {dev.id!r}: profile {profile.name} is "
+                + (
+                    f"a serial sensor ({profile.protocol}): use transport type uart"
+                    if isinstance(profile, SensorProfile)
+                    else "a Modbus device: use transport type modbus_tcp or modbus_rtu"
+                ),
+            )
+            continue
+        if is_uart:
+            continue  # no register plan: the sensor's protocol says what it sends
         try:
             plans[dev.id] = compile_plan(
                 profile,

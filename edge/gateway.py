@@ -15,15 +15,17 @@ import logging
 import time
 from dataclasses import dataclass
 
-from devices import get_profile
+from devices import SensorProfile, get_profile
 from edge import __version__
 from edge.buffer import AsyncBuffer, BufferError
 from edge.commands import CommandHandler
-from edge.config import LoadedConfig, ModbusRtuTransport
+from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
 from edge.modbus_adapter import ModbusTcpLink
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
+from edge.processing import Processor, output_series
 from edge.rtu import RtuLink
+from edge.uart_sensor import SensorPoller
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
 
@@ -56,10 +58,15 @@ class Gateway:
         # with up to max_connections connections; a link serialises the requests of the unit
         # ids on it, and a device always uses the same connection.
         self.links: dict[str, list[ModbusTcpLink | RtuLink]] = {}
-        self.pollers: list[DevicePoller] = []
+        self.pollers: list[DevicePoller | SensorPoller] = []
         on_line: dict[str, int] = {}
         for dev in cfg.devices:
             t = dev.transport
+            if isinstance(t, UartTransport):
+                profile = get_profile(dev.profile)
+                assert isinstance(profile, SensorProfile)
+                self.pollers.append(SensorPoller(dev, profile, self.queue))
+                continue
             links = self.links.get(t.line)
             if links is None:
                 if isinstance(t, ModbusRtuTransport):
@@ -70,6 +77,9 @@ class Gateway:
             n = on_line[t.line] = on_line.get(t.line, -1) + 1
             link = links[n % len(links)]
             self.pollers.append(DevicePoller(dev, loaded.plans[dev.id], link, self.queue))
+        self.processor = Processor(
+            cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}
+        )
         self.forwarder = Forwarder(
             self.buffer,
             cfg.mqtt,
@@ -86,6 +96,19 @@ class Gateway:
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
+    def _rule(self, device: str, point: str) -> ProcessingRule | None:
+        dev = next(d for d in self.loaded.config.devices if d.id == device)
+        return next((r for r in dev.processing if point in (r.points or [point])), None)
+
+    def _outputs(self, device: str, point: str) -> list[str]:
+        """The series a point becomes after processing (itself, when raw)."""
+        rule = self._rule(device, point)
+        return [point] if rule is None else output_series(rule, point)
+
+    def _aggregates(self, device: str, point: str) -> list[str]:
+        rule = self._rule(device, point)
+        return rule.aggregates if rule is not None and rule.window_s is not None else []
+
     async def birth(self) -> Birth:
         """The birth message: who this gateway is and what every series id means."""
         cfg = self.loaded.config
@@ -95,6 +118,13 @@ class Gateway:
             profile = get_profile(dev.profile)
             for p in profile.points:
                 meta[(dev.id, p.name)] = (p.unit, str(p.dtype))
+                for agg in self._aggregates(dev.id, p.name):
+                    kind = (
+                        "int64"
+                        if agg == "count"
+                        else (str(p.dtype) if agg in ("min", "max", "first", "last") else "float64")
+                    )
+                    meta[(dev.id, f"{p.name}.{agg}")] = ("" if agg == "count" else p.unit, kind)
             meta[(dev.id, STATUS_POINT)] = ("", "status")
             meta[(dev.id, BAD_POINTS)] = ("", "bad_points")
             t = dev.transport
@@ -135,7 +165,7 @@ class Gateway:
                 for name in [
                     STATUS_POINT,
                     BAD_POINTS,
-                    *(pt.name for r in p.plan.requests for pt in r.points),
+                    *(out for n in p.point_names() for out in self._outputs(p.device.id, n)),
                 ]
             ]
         )
@@ -149,13 +179,7 @@ class Gateway:
             stats.next_seq,
         )
         for p in self.pollers:
-            log.info(
-                "device %s (%s @ %s): %s",
-                p.device.id,
-                p.device.profile,
-                p.device.transport.describe(),
-                p.plan.summary(),
-            )
+            log.info("device %s (%s) %s", p.device.id, p.device.profile, p.summary())
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._writer(), name="writer")
@@ -186,8 +210,21 @@ class Gateway:
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.loaded.config.buffer.commit_interval_ms / 1000.0
+        processor = self.processor
         while True:
-            self._holding.extend(await self.queue.get())
+            if processor.active:
+                # Wake at least once a second to close the windows of devices that fell silent.
+                try:
+                    async with asyncio.timeout(1.0):
+                        cycle = await self.queue.get()
+                except TimeoutError:
+                    cycle = []
+                self._holding.extend(processor.process(cycle))
+                self._holding.extend(processor.flush(time.time_ns() // 1_000_000))
+                if not self._holding:
+                    continue
+            else:
+                self._holding.extend(await self.queue.get())
             deadline = loop.time() + interval
             while len(self._holding) < MAX_ROWS_PER_COMMIT:
                 remaining = deadline - loop.time()
@@ -199,7 +236,7 @@ class Gateway:
                         cycle = await self.queue.get()
                 except TimeoutError:
                     break
-                self._holding.extend(cycle)
+                self._holding.extend(processor.process(cycle))
             rows, self._holding = self._holding, []
             # The commit runs on the buffer thread and cannot be stopped half-way: once started,
             # a cancellation waits for it instead of handing the rows back (which would commit
@@ -215,7 +252,9 @@ class Gateway:
         rows = self._holding
         self._holding = []
         while not self.queue.empty():
-            rows.extend(self.queue.get_nowait())
+            rows.extend(self.processor.process(self.queue.get_nowait()))
+        # open windows go out as they are (their count says how many samples they hold)
+        rows.extend(self.processor.flush(time.time_ns() // 1_000_000, everything=True))
         try:
             if rows:
                 commit = asyncio.ensure_future(self._commit(rows))

@@ -245,6 +245,12 @@ class DevicePoller:
         )
         return parts
 
+    def point_names(self) -> tuple[str, ...]:
+        return tuple(p.name for r in self.plan.requests for p in r.points)
+
+    def summary(self) -> str:
+        return f"{self.device.transport.describe()}: {self.plan.summary()}"
+
     def point_is_bit(self, point_name: str) -> bool:
         """True when the point is a coil or discrete input (its value is true / false)."""
         try:

@@ -127,7 +127,7 @@ class RtuLink:
             )
         line = _Line()
         try:
-            await serial_asyncio_fast.create_serial_connection(
+            transport, _ = await serial_asyncio_fast.create_serial_connection(
                 asyncio.get_running_loop(),
                 lambda: line,
                 self.port,
@@ -142,6 +142,7 @@ class RtuLink:
             )
             self._next_open_at = now + self._backoff_s * random.uniform(0.8, 1.2)
             raise LinkDown(f"cannot open serial port: {exc}", **where) from None
+        line.transport = transport  # connection_made may come a loop turn later
         self._line = line
         self._backoff_s = 0.0
         self._quiet_since = time.monotonic()

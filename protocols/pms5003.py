@@ -28,6 +28,7 @@ __all__ = [
     "PmsError",
     "PmsFrame",
     "command",
+    "decode_command",
     "decode_frame",
     "encode_ack",
     "encode_frame",
@@ -84,6 +85,15 @@ def command(cmd: tuple[int, int]) -> bytes:
     c, data = cmd
     body = START + struct.pack(">BH", c, data)
     return body + struct.pack(">H", _sum(body))
+
+
+def decode_command(raw: bytes) -> tuple[int, int]:
+    """(command byte, data word) of a 7-byte host command; :class:`PmsError` if it is not one."""
+    if len(raw) != 7 or raw[:2] != START:
+        raise PmsError("not a 7-byte 42 4D command")
+    if _sum(raw[:5]) != struct.unpack(">H", raw[5:7])[0]:
+        raise PmsError("command checksum does not match")
+    return raw[2], struct.unpack(">H", raw[3:5])[0]
 
 
 def encode_frame(f: PmsFrame) -> bytes:

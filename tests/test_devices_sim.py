@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devices import get_profile, profiles
+from devices import get_profile, modbus_profiles
 from edge.config import parse_config
 from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
 from edge.plan import compile_plan
@@ -21,7 +21,7 @@ from simulators.energy_meter import EnergyMeterModel
 from simulators.rtu_line import serve_rtu
 from tests.conftest import gateway_yaml, wait_until
 
-ALL = sorted(profiles())
+ALL = sorted(modbus_profiles())
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices import Point, Profile, RegisterType, get_profile, profiles
+from devices import Point, Profile, RegisterType, get_profile, modbus_profiles
 from edge.plan import PlanError, compile_plan
 from protocols.modbus import DataType, register_count
 
@@ -21,7 +21,7 @@ def test_plan__sdm630_uses_far_fewer_requests_than_points():
     assert (plan.requests[0].address, plan.requests[0].count) == (0, 80)
 
 
-@pytest.mark.parametrize("name", sorted(profiles()))
+@pytest.mark.parametrize("name", sorted(modbus_profiles()))
 def test_plan__every_profile_respects_its_limits(name):
     profile = get_profile(name)
     plan = compile_plan(profile)
