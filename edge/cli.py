@@ -129,12 +129,44 @@ def _symlink(link: Path, target: str | None) -> None:
         link.symlink_to(target)
 
 
+def _is_sensor(profile: str) -> bool:
+    from devices import SensorProfile, profiles
+
+    return isinstance(profiles().get(profile), SensorProfile)
+
+
+async def _serve_sensor(args: argparse.Namespace) -> int:
+    """A PMS5003 / SDS011 on a pty whose slave is linked at --link (default /tmp/tty<profile>)."""
+    from devices import get_profile
+    from simulators.particulate import Pms5003Sim, Sds011Sim
+
+    profile = get_profile(args.profile)
+    cls = Pms5003Sim if profile.protocol == "pms5003" else Sds011Sim
+    link = Path(args.link or f"/tmp/tty{profile.model}")
+    sim = await cls(link, seed=hash(args.seed) & 0xFFFF, warmup_s=args.warmup_s).start()
+    sim.garbage_bytes = args.garbage
+    sim.bad_checksum_every = args.bad_checksum_every
+    print(
+        f"simulating a {profile.vendor} {profile.model} at {link} -> {sim.tty} "
+        f"(9600 8N1, active mode until told otherwise); in a config: "
+        f"transport: {{type: uart, port: {link}}}",
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.close()
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from protocols.modbus_frame import LineTiming
     from simulators import serve_modbus_tcp, sim_unit
     from simulators.rtu_line import serve_rtu
 
     async def go() -> int:
+        if args.profile and _is_sensor(args.profile):
+            return await _serve_sensor(args)
         try:
             specs = [(args.profile, u) for u in (args.unit or [1])] if args.profile else []
             for d in args.device or []:
@@ -305,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--slow", action="append", metavar="UNIT:MS", help="turnaround of UNIT")
     faults.add_argument(
         "--swap-words", type=int, action="append", metavar="UNIT", help="32-bit words swapped"
+    )
+    serial_sensor = p.add_argument_group(
+        "serial sensors (--profile plantower_pms5003 or novafitness_sds011, on a pty at --link)"
+    )
+    serial_sensor.add_argument("--warmup-s", type=float, default=30.0, help="fan spin-up")
+    serial_sensor.add_argument(
+        "--bad-checksum-every", type=int, default=0, metavar="N", help="corrupt every Nth frame"
     )
     p.set_defaults(func=cmd_sim)
 

@@ -12,18 +12,21 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import sys
 import tempfile
 import time
+import zlib
 from importlib import resources
 from pathlib import Path
 
-from devices import get_profile
+from devices import SensorProfile, get_profile
 from edge.broker import EmbeddedBroker
-from edge.config import LoadedConfig, ModbusRtuTransport, load_config
+from edge.config import LoadedConfig, ModbusRtuTransport, UartTransport, load_config
 from edge.consumer import BatchConsumer, Delivery, reading_json
 from edge.gateway import Gateway
 from simulators import ProfileSimUnit, SimServer, serve_modbus_tcp, sim_unit
+from simulators.particulate import Pms5003Sim, Sds011Sim, UartSim
 from simulators.rtu_line import RtuSimLine, serve_rtu
 
 __all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabinet"]
@@ -48,6 +51,10 @@ HEADLINE = (
     "air_humidity",
     "wind_speed_avg",
     "light_intensity",
+    "pm2_5",
+    "pm10",
+    "pm2_5.mean",
+    "pm2_5.max",
 )
 
 
@@ -141,12 +148,15 @@ class SimulatedCabinet:
     """Simulators for every device of a config, and the config rewritten to use them."""
 
     loaded: LoadedConfig
-    servers: list[SimServer | RtuSimLine]
+    servers: list[SimServer | RtuSimLine | UartSim]
     where: dict[str, str]  # config line -> where its simulator listens
+    tty_dir: Path | None = None  # where the serial sensors' port links live
 
     async def close(self) -> None:
         for server in self.servers:
             await server.close()
+        if self.tty_dir is not None:
+            shutil.rmtree(self.tty_dir, ignore_errors=True)
 
 
 async def simulate_cabinet(
@@ -160,13 +170,27 @@ async def simulate_cabinet(
     lines: dict[str, list[ProfileSimUnit]] = {}
     for dev in cfg.devices:
         t = dev.transport
-        lines.setdefault(t.line, []).append(sim_unit(dev.profile, t.unit, seed=dev.id))
-    servers: list[SimServer | RtuSimLine] = []
+        if not isinstance(t, UartTransport):
+            lines.setdefault(t.line, []).append(sim_unit(dev.profile, t.unit, seed=dev.id))
+    servers: list[SimServer | RtuSimLine | UartSim] = []
     moved: dict[str, dict[str, object]] = {}
     where: dict[str, str] = {}
+    ttys = Path(tempfile.mkdtemp(prefix="edge-demo-tty-"))
     for dev in cfg.devices:
         t = dev.transport
         if t.line in moved:
+            continue
+        if isinstance(t, UartTransport):
+            profile = get_profile(dev.profile)
+            assert isinstance(profile, SensorProfile)
+            sim_cls = Pms5003Sim if profile.protocol == "pms5003" else Sds011Sim
+            warmup = profile.warmup_s if dev.warmup_s is None else dev.warmup_s
+            sensor = await sim_cls(
+                ttys / dev.id, seed=zlib.crc32(dev.id.encode()), warmup_s=warmup
+            ).start()
+            servers.append(sensor)
+            moved[t.line] = {"port": str(sensor.path)}
+            where[t.line] = f"UART {sensor.path}"
             continue
         units = lines[t.line]
         if isinstance(t, ModbusRtuTransport):
@@ -190,7 +214,7 @@ async def simulate_cabinet(
             "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
         }
     )
-    return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, where)
+    return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, where, ttys)
 
 
 async def run_demo(

@@ -99,6 +99,7 @@ class UartSim:
         self.frames_sent = 0
         self.commands = 0
         self.plugged = False
+        self.tty = ""
         self._master = self._slave = -1
         self._rx = bytearray()
         self._tx_lock = asyncio.Lock()
@@ -121,8 +122,9 @@ class UartSim:
         tty.setraw(self._slave)
         tty.setraw(self._master)
         os.set_blocking(self._master, False)
+        self.tty = os.ttyname(self._slave)
         self.path.unlink(missing_ok=True)
-        self.path.symlink_to(os.ttyname(self._slave))
+        self.path.symlink_to(self.tty)
         asyncio.get_running_loop().add_reader(self._master, self._on_readable)
         self.plugged = True
 

@@ -93,7 +93,7 @@ def test_windows__equal_a_plain_python_reference(steps, window_s):
 
 
 @settings(deadline=None, max_examples=60)
-@given(series_st, st.floats(0, 50), st.integers(1, 30))
+@given(series_st, st.integers(0, 5000).map(lambda c: c / 100), st.integers(1, 30))
 def test_deadband__equals_a_plain_python_reference(steps, band, heartbeat_s):
     proc = processor(f"      - {{points: [pm2_5], deadband: {band}, heartbeat_s: {heartbeat_s}}}")
     ts, readings = T0, []
