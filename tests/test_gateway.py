@@ -74,3 +74,40 @@ async def test_gateway__an_endpoint_gets_at_most_its_connection_limit(sim_sdm630
     mixed = text.replace("unit: 1}", "unit: 1, max_connections: 2}")
     with pytest.raises(ConfigError, match="allows 2 connection"):
         parse_config(mixed, "t.yaml", tmp_path)
+
+
+async def test_gateway__processing_applies_to_modbus_devices_too(sim_sdm630, tmp_path):
+    # No broker: what the processing stage produced stays in the buffer, where we read it.
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite",
+        broker_port=free_port(),
+        sim_port=sim_sdm630.port,
+        units=(1,),
+        poll_interval_s=0.2,
+    )
+    text += """    processing:
+      - {points: [voltage_l1, voltage_l2], window_s: 1, aggregates: [mean, max, count]}
+      - {points: [frequency], deadband: 100, heartbeat_s: 3600}
+"""
+    gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    await asyncio.sleep(3.5)
+    birth = await gateway.birth()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    db = sqlite3.connect(tmp_path / "b.sqlite")
+    rows = db.execute(
+        "SELECT s.point, r.ts_ms, r.value FROM readings r JOIN series s ON s.id = r.series"
+    ).fetchall()
+    db.close()
+    points = [p for p, _, _ in rows]
+    assert "voltage_l1" not in points and "voltage_l2" not in points  # windows instead
+    assert points.count("frequency") == 1  # inside the deadband: only the first went
+    assert points.count("voltage_l3") >= 10  # no rule: raw
+    counts = [v for p, ts, v in rows if p == "voltage_l1.count"]
+    assert len(counts) >= 3 and all(1 <= c <= 6 for c in counts)  # 0.2 s polls in 1 s windows
+    assert all(ts % 1000 == 0 for p, ts, _ in rows if p.endswith((".mean", ".max", ".count")))
+    names = {(s.point, s.unit) for s in birth.series}
+    assert ("voltage_l1.mean", "V") in names and ("voltage_l1.count", "") in names
