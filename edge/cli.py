@@ -222,6 +222,80 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from edge.scan import parse_units, scan_rtu, scan_tcp
+
+    try:
+        units = parse_units(args.units)
+    except ValueError as exc:
+        print(f"edge scan: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def progress(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    async def go() -> int:
+        if args.tcp:
+            host, _, port = args.tcp.partition(":")
+            found = await scan_tcp(host, int(port or 502), units, progress=progress)
+        else:
+            found = await scan_rtu(
+                args.port,
+                units,
+                turnaround_s=args.turnaround_ms / 1000,
+                all_settings=args.all_settings,
+                progress=progress,
+            )
+        if not found:
+            print("nothing answered (check wiring A/B, termination, power, and the unit range)")
+            return 1
+        print(f"{'unit':>4}  {'where':<16} profile (requests of its map answered)")
+        for f in found:
+            detail = ", ".join(f"{n} {ok}/{tot}" for n, ok, tot in f.guesses[:3] if ok)
+            print(f"{f.unit:>4}  {f.where:<16} {f.guess}   [{detail}]")
+        return 0
+
+    return _run(go())
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from edge.fieldbus import ModbusDeviceError
+    from protocols.modbus import DataType, WordOrder, decode_value, register_count
+    from protocols.modbus_frame import LineTiming
+
+    async def go() -> int:
+        if args.tcp:
+            from edge.modbus_adapter import ModbusTcpLink
+
+            host, _, port = args.tcp.partition(":")
+            link = ModbusTcpLink(host, int(port or 502))
+        else:
+            from edge.rtu import RtuLink
+
+            link = RtuLink(args.port, LineTiming(args.baud, args.parity, args.stopbits))
+        dtype = DataType(args.type)
+        per = 1 if args.fc in (1, 2) else register_count(dtype)
+        count = args.count or per
+        try:
+            regs = await link.read(
+                args.unit, args.fc, args.address, count, timeout_s=args.timeout_ms / 1000, retries=1
+            )
+        except ModbusDeviceError as exc:
+            print(f"edge probe: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await link.close()
+        print("raw: " + " ".join(f"{r:04x}" if args.fc > 2 else str(r) for r in regs))
+        if args.fc in (1, 2):
+            return 0
+        for i in range(0, len(regs) - per + 1, per):
+            value = decode_value(regs[i : i + per], dtype, WordOrder(args.word_order))
+            print(f"  @{args.address + i:#06x} {dtype}: {value!r}")
+        return 0
+
+    return _run(go())
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     import csv
 
@@ -346,6 +420,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--bad-checksum-every", type=int, default=0, metavar="N", help="corrupt every Nth frame"
     )
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "scan", help="find the devices on an RS-485 port (and its setting) or behind a TCP gateway"
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port, e.g. /dev/ttyUSB0")
+    where.add_argument("--tcp", metavar="HOST[:PORT]", help="a Modbus TCP gateway")
+    p.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-32 or 1,2,10-20")
+    p.add_argument("--turnaround-ms", type=float, default=50.0, help="slowest device to wait for")
+    p.add_argument(
+        "--all-settings", action="store_true", help="keep trying settings after one answers"
+    )
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("probe", help="read and decode registers of one unit, for a quick look")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port")
+    where.add_argument("--tcp", metavar="HOST[:PORT]")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    p.add_argument("--unit", type=int, required=True)
+    p.add_argument("--fc", type=int, choices=[1, 2, 3, 4], default=4, help="function code")
+    p.add_argument("--address", type=lambda v: int(v, 0), default=0, help="0x0046 or 70")
+    p.add_argument("--count", type=int, help="registers / bits (default: one value)")
+    p.add_argument("--type", default="float32", help="uint16 int16 uint32 int32 float32 ...")
+    p.add_argument("--word-order", choices=["big", "little"], default="big")
+    p.add_argument("--timeout-ms", type=float, default=500)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import termios
 import time
 from dataclasses import dataclass, field
 
@@ -136,7 +137,7 @@ class RtuLink:
                 stopbits=_STOPBITS[self.timing.stopbits],
                 bytesize=serial.EIGHTBITS,
             )
-        except (OSError, serial.SerialException) as exc:
+        except (OSError, serial.SerialException, termios.error) as exc:
             self._backoff_s = min(
                 self._backoff_max_s, max(self._backoff_min_s, self._backoff_s * 2)
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,7 +192,7 @@ class SensorPoller:
         while True:
             try:
                 await self._session()
-            except (OSError, serial.SerialException, _PortLost) as exc:
+            except (OSError, serial.SerialException, termios.error, _PortLost) as exc:
                 lost = isinstance(exc, _PortLost)
                 if lost:
                     self.stats.port_losses += 1

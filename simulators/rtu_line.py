@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import random
+import termios
 import time
 import tty
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class RtuSimLine(ModbusSim):
     path: str = ""
     answered: int = 0
     ignored_frames: int = 0
+    mismatched_frames: int = 0
     _master: int = -1
     _slave: int = -1
     _buf: bytearray = field(default_factory=bytearray)
@@ -123,9 +125,30 @@ class RtuSimLine(ModbusSim):
                 async with asyncio.timeout(wait):
                     await self._arrived.wait()
 
+    def port_matches(self) -> bool:
+        """Whether the master opened the port with this line's speed and framing.
+
+        A slave on a real line hears only noise at the wrong baud rate or framing. On a pty the
+        master's termios settings are visible: the speed, the stop bits and odd parity are kept;
+        Linux drops PARENB on a pty, so even parity cannot be told from none here."""
+        try:
+            attrs = termios.tcgetattr(self._slave)
+        except termios.error:
+            return True
+        speed = getattr(termios, f"B{self.timing.baudrate}", None)
+        cflag = attrs[2]
+        return (
+            (speed is None or attrs[4] == speed)
+            and bool(cflag & termios.CSTOPB) == (self.timing.stopbits == 2)
+            and bool(cflag & termios.PARODD) == (self.timing.parity == "O")
+        )
+
     async def _serve(self) -> None:
         while True:
             frame, arrived = await self._next_frame()
+            if not self.port_matches():
+                self.mismatched_frames += 1  # noise to the slaves: nobody answers
+                continue
             try:
                 unit, pdu = decode_rtu(frame)
             except FrameError:

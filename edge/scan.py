@@ -1,0 +1,165 @@
+"""Find devices: the unit ids that answer on a serial line (at which setting) or behind a gateway.
+
+A unit is *there* when it answers a small read with anything valid, an exception included
+(exception 02 means "alive, but I have no register 0"). Exceptions 0x0A / 0x0B come from a
+TCP-to-RTU gateway saying the unit is not there. For every unit found, each Modbus profile's
+read plan is tried and scored by how many of its requests the unit answers without an exception:
+a meter answers a meter's map, a lighting controller its coils. The best score is the guess.
+
+On a serial line the common settings are tried in order of how often devices ship with them; the
+first setting at which a unit answers is kept and the line scanned fully at it (devices on one
+line share a setting), unless ``all_settings`` asks to try every one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from devices import modbus_profiles
+from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
+from edge.plan import compile_plan
+from protocols.modbus_frame import LineTiming
+
+__all__ = ["COMMON_SETTINGS", "Found", "guess_profile", "parse_units", "probe_unit", "scan_rtu"]
+
+#: (baud, parity, stop bits), most common first: Eastron and most sensors ship at 9600 8N1;
+#: the Modbus spec's default is 8E1; 19200 is common on newer sensors, 2400 on the SDM120.
+COMMON_SETTINGS: tuple[tuple[int, str, int], ...] = (
+    (9600, "N", 1),
+    (9600, "E", 1),
+    (19200, "N", 1),
+    (19200, "E", 1),
+    (2400, "N", 1),
+    (4800, "N", 1),
+    (38400, "N", 1),
+    (115200, "N", 1),
+    (9600, "N", 2),
+    (19200, "N", 2),
+    (9600, "O", 1),
+    (19200, "O", 1),
+)
+ABSENT_CODES = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond
+
+
+@dataclass
+class Found:
+    unit: int
+    where: str  # "9600 8N1" or "host:port"
+    guesses: list[tuple[str, int, int]]  # (profile, requests answered, requests tried), best first
+
+    @property
+    def guess(self) -> str:
+        if not self.guesses or self.guesses[0][1] == 0:
+            return "unknown"
+        best = self.guesses[0]
+        ties = [g[0] for g in self.guesses if (g[1], g[2]) == (best[1], best[2])]
+        return " or ".join(ties)
+
+
+def parse_units(text: str) -> list[int]:
+    """'1-247', '1,2,5-9' -> unit ids."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not (1 <= a <= b <= 247):
+            raise ValueError(f"unit ids are 1..247, not {part!r}")
+        out.extend(range(a, b + 1))
+    return out
+
+
+async def probe_unit(link, unit: int, timeout_s: float) -> bool:
+    """Does anything answer at ``unit``? (a read of one holding register at 0)"""
+    try:
+        await link.read(unit, 3, 0, 1, timeout_s=timeout_s, retries=0)
+    except ModbusExceptionResponse as exc:
+        return exc.code not in ABSENT_CODES
+    except LinkDown:
+        raise
+    except ModbusDeviceError:
+        return False
+    return True
+
+
+async def guess_profile(link, unit: int, timeout_s: float) -> list[tuple[str, int, int]]:
+    scores = []
+    for name, profile in sorted(modbus_profiles().items()):
+        plan = compile_plan(profile)
+        ok = 0
+        for req in plan.requests:
+            try:
+                await link.read(
+                    unit, req.function_code, req.address, req.count, timeout_s=timeout_s, retries=1
+                )
+                ok += 1
+            except ModbusDeviceError:
+                pass
+        scores.append((name, ok, len(plan.requests)))
+    scores.sort(key=lambda s: (-s[1] / s[2], -s[1], s[0]))
+    return scores
+
+
+async def scan_rtu(
+    port: str,
+    units: Sequence[int],
+    *,
+    settings: Sequence[tuple[int, str, int]] = COMMON_SETTINGS,
+    turnaround_s: float = 0.05,
+    all_settings: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Found]:
+    from edge.rtu import RtuLink
+
+    found: list[Found] = []
+    for baud, parity, stop in settings:
+        timing = LineTiming(baud, parity, stop)
+        label = f"{baud} 8{parity}{stop}"
+        timeout_s = timing.transaction_s(8, 7, turnaround_s)
+        link = RtuLink(port, timing)
+        here: list[int] = []
+        started = time.monotonic()
+        try:
+            for i, unit in enumerate(units):
+                if i % 16 == 0:
+                    progress(f"{label}: unit {unit}/{units[-1]}, {len(here)} found")
+                if await probe_unit(link, unit, timeout_s):
+                    here.append(unit)
+                    progress(f"{label}: unit {unit} answers")
+            for unit in here:
+                guesses = await guess_profile(link, unit, max(timeout_s, 0.3))
+                found.append(Found(unit, label, guesses))
+        except LinkDown as exc:
+            progress(f"{label}: skipped, the port does not take this setting ({exc})")
+            continue
+        finally:
+            await link.close()
+        progress(f"{label}: {len(here)} units in {time.monotonic() - started:.1f} s")
+        if here and not all_settings:
+            break
+    return found
+
+
+async def scan_tcp(
+    host: str,
+    port: int,
+    units: Sequence[int],
+    *,
+    timeout_s: float = 0.3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Found]:
+    from edge.modbus_adapter import ModbusTcpLink
+
+    link = ModbusTcpLink(host, port)
+    found = []
+    try:
+        for i, unit in enumerate(units):
+            if i % 16 == 0:
+                progress(f"{host}:{port}: unit {unit}/{units[-1]}, {len(found)} found")
+            if await probe_unit(link, unit, timeout_s):
+                progress(f"{host}:{port}: unit {unit} answers")
+                found.append(Found(unit, f"{host}:{port}", await guess_profile(link, unit, 1.0)))
+    finally:
+        await link.close()
+    return found
