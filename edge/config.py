@@ -283,11 +283,29 @@ class CommandsConfig(_Model):
     writable: list[WritablePoint] = Field(default_factory=list)
 
 
+class StatusConfig(_Model):
+    """The local status page (/) and Prometheus metrics (/metrics), read-only."""
+
+    enabled: bool = True
+    #: host:port; loopback by default. Any other address exposes the page and needs a token.
+    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$")
+    token_file: str | None = None  # a secret asked for as ?token= or "Authorization: Bearer"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class Config(_Model):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
     mqtt: MqttConfig = MqttConfig()
     commands: CommandsConfig = CommandsConfig()
+    status: StatusConfig = StatusConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 
@@ -559,6 +577,15 @@ def _cross_checks(
             if dev.points is None or all(n in profile.point_names for n in dev.points):
                 at(base, f"device {dev.id!r}: {exc}")
     _check_lines(cfg, at)
+    st = cfg.status
+    if st.enabled and st.host not in ("127.0.0.1", "localhost", "::1") and not st.token_file:
+        at(
+            ("status", "listen"),
+            f"status.listen {st.listen} exposes the status page beyond this machine: "
+            "set status.token_file (a file holding the token) too",
+        )
+    if st.token_file and not (base_dir / st.token_file).expanduser().is_file():
+        at(("status", "token_file"), f"status.token_file {st.token_file} does not exist")
     by_id = {d.id: d for d in cfg.devices}
     for i, w in enumerate(cfg.commands.writable):
         where = ("commands", "writable", i)

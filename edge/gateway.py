@@ -25,6 +25,7 @@ from edge.modbus_adapter import ModbusTcpLink
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.processing import Processor, output_series
 from edge.rtu import RtuLink
+from edge.status import StatusServer
 from edge.uart_sensor import SensorPoller
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
@@ -95,6 +96,7 @@ class Gateway:
         self._holding: list[Reading] = []  # taken from the queue, not yet committed
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
+        self.status_page: StatusServer | None = None
 
     def _rule(self, device: str, point: str) -> ProcessingRule | None:
         dev = next(d for d in self.loaded.config.devices if d.id == device)
@@ -180,6 +182,7 @@ class Gateway:
         )
         for p in self.pollers:
             log.info("device %s (%s) %s", p.device.id, p.device.profile, p.summary())
+        await self._start_status_page()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._writer(), name="writer")
@@ -189,7 +192,26 @@ class Gateway:
                 ]
                 self.started.set()
         finally:
+            if self.status_page is not None:
+                await self.status_page.close()
             await self._flush_on_exit()
+
+    async def _start_status_page(self) -> None:
+        """The page is a help, not a duty: if it cannot listen, say why and run without it."""
+        st = self.loaded.config.status
+        if not st.enabled:
+            return
+        token = None
+        if st.token_file:
+            token = self.loaded.resolve(st.token_file).read_text().strip()
+        page = StatusServer(self, st.host, st.port, token)
+        try:
+            await page.start()
+        except OSError as exc:
+            log.error("status page: cannot listen on %s (%s); running without it", st.listen, exc)
+            return
+        self.status_page = page
+        log.info("status page on %s%s", page.url, " (token required)" if token else "")
 
     def stop_polling(self) -> None:
         """Stop reading devices; the writer and forwarder go on until the buffer drains."""

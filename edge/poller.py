@@ -97,6 +97,7 @@ class DevicePoller:
         self.status: str | None = None  # online / degraded / offline, once known
         self.bad_points: str | None = None  # last value sent on BAD_POINTS
         self.unserved: set[str] = set()  # points the device refused one by one (exception 02)
+        self.last: dict[str, tuple[int, object]] = {}  # point -> (ts_ms, value), for the page
         self._failing_since: float | None = None
         self._failures_in_outage = 0
         self._probe_backoff_s = 0.0
@@ -195,6 +196,8 @@ class DevicePoller:
         if bad_value != self.bad_points:
             self.bad_points = bad_value
             readings.append(Reading(dev.id, BAD_POINTS, ts_ms, bad_value))
+        for r in readings:
+            self.last[r.point] = (r.ts_ms, r.value)
         if readings:
             self.stats.readings += len(readings)
             self.stats.last_success_ms = readings[-1].ts_ms

@@ -155,6 +155,7 @@ class SensorPoller:
         self.stats = SensorStats()
         self.status: str | None = None
         self.bad_points: str | None = None
+        self.last: dict[str, tuple[int, object]] = {}
         self._port: _Port | None = None
         self._awake: bool | None = None
         self._backoff_s = 0.0
@@ -339,6 +340,8 @@ class SensorPoller:
         else:
             status, why = "offline", "no answer to a sample request"
         readings += self._health_readings(status, why, ts_ms)
+        for r in readings:
+            self.last[r.point] = (r.ts_ms, r.value)
         if readings:
             self.stats.readings += len(readings)
             await self.out.put(readings)

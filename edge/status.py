@@ -1,0 +1,311 @@
+"""The gateway's local status page and Prometheus metrics, read-only, over plain HTTP/1.1.
+
+    /              a page for a phone at the cabinet: uplink, buffer, every device's health and
+                   last values, recent problems; it refreshes itself every 2 s and needs nothing
+                   from the internet (no CDN, no fonts, no framework)
+    /status.json   what the page shows, for scripts
+    /metrics       Prometheus text format: polls, errors, readings, drops by reason, batches,
+                   buffer depth and bytes, reconnects, RS-485 line counters
+
+Loopback by default; another address needs ``status.token_file``, and every request must then
+carry the token (``?token=`` or ``Authorization: Bearer``). The server is a few dozen lines on
+asyncio streams instead of a web framework: three read-only GET routes do not justify the memory
+of one on a 1 GB Pi. Requests are bounded (8 KiB of headers, 5 s to send them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import json
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from edge.gateway import Gateway
+
+__all__ = ["StatusServer"]
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 8192
+
+
+class _Recent(logging.Handler):
+    """The last warnings and errors, for the page."""
+
+    def __init__(self, size: int = 30) -> None:
+        super().__init__(logging.WARNING)
+        self.records: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append((record.created, record.levelname, record.getMessage()))
+        except Exception:  # never let the page break logging
+            pass
+
+
+class StatusServer:
+    def __init__(self, gateway: Gateway, host: str, port: int, token: str | None) -> None:
+        self.gateway = gateway
+        self.host, self.port = host, port
+        self.token = token
+        self.recent = _Recent()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        logging.getLogger().addHandler(self.recent)
+
+    async def close(self) -> None:
+        logging.getLogger().removeHandler(self.recent)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method = "GET"
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > MAX_HEAD:
+                raise ValueError("headers too large")
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (h.partition(":") for h in lines[1:] if h)
+            }
+            status, ctype, body = await self._route(method, target, headers)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            status, ctype, body = 400, "text/plain", b"bad request\n"
+        except Exception:
+            log.exception("status page failed")
+            status, ctype, body = 500, "text/plain", b"internal error\n"
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+                  405: "Method Not Allowed", 500: "Internal Server Error"}[status]  # fmt: skip
+        try:
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n".encode()
+            )
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _route(
+        self, method: str, target: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"read-only\n"
+        url = urlsplit(target)
+        if self.token is not None:
+            given = parse_qs(url.query).get("token", [""])[0]
+            auth = headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:]
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return 401, "text/plain", b"token required\n"
+        if url.path == "/":
+            return 200, "text/html; charset=utf-8", PAGE.encode()
+        if url.path == "/status.json":
+            return 200, "application/json", json.dumps(await self.snapshot()).encode()
+        if url.path == "/metrics":
+            return 200, "text/plain; version=0.0.4", (await self.metrics()).encode()
+        return 404, "text/plain", b"not found\n"
+
+    # ------------------------------------------------------------------ content
+
+    async def snapshot(self) -> dict[str, Any]:
+        g = self.gateway
+        cfg = g.loaded.config
+        b = await g.buffer.stats()
+        f = g.forwarder.stats
+        now = time.time()
+        devices = []
+        for p in g.pollers:
+            last = {k: v for k, v in p.last.items() if not k.startswith("_")}
+            newest = max((ts for ts, _ in last.values()), default=None)
+            devices.append(
+                {
+                    "id": p.device.id,
+                    "profile": p.device.profile,
+                    "where": p.device.transport.describe(),
+                    "status": p.status or "starting",
+                    "bad_points": p.bad_points or "",
+                    "polls": p.stats.polls,
+                    "readings": p.stats.readings,
+                    "errors": sum(p.stats.errors_by_kind.values()),
+                    "last_error": getattr(p.stats, "last_error", None),
+                    "age_s": None if newest is None else round(now - newest / 1000, 1),
+                    "values": {k: _show(v) for k, (_, v) in sorted(last.items())[:12]},
+                }
+            )
+        oldest = b.oldest_pending_ms
+        return {
+            "gateway": cfg.gateway.id,
+            "site": cfg.gateway.site,
+            "time": now,
+            "uplink": {
+                "broker": cfg.mqtt.url,
+                "connected": f.connected,
+                "sessions": f.sessions,
+                "batches_sent": f.batches_sent,
+                "readings_sent": f.readings_sent,
+                "last_seq_acked": f.last_seq_acked,
+            },
+            "buffer": {
+                "pending_readings": b.pending_readings,
+                "outbox_batches": b.outbox_batches,
+                "used_bytes": b.used_bytes,
+                "max_bytes": b.max_bytes,
+                "oldest_unsent_age_s": None if oldest is None else round(now - oldest / 1000, 1),
+                "evicted_total": b.evicted_total,
+            },
+            "devices": devices,
+            "recent": [
+                {"time": t, "level": lvl, "message": m} for t, lvl, m in list(self.recent.records)
+            ][::-1],
+        }
+
+    async def metrics(self) -> str:
+        g = self.gateway
+        b = await g.buffer.stats()
+        f = g.forwarder.stats
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP edge_{name} {help_}")
+            out.append(f"# TYPE edge_{name} {kind}")
+            out.extend(f"edge_{name}{labels} {value:g}" for labels, value in samples)
+
+        def dev(p: Any, **extra: str) -> str:
+            labels = {"device": p.device.id, **extra}
+            return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items()) + "}"
+
+        polls = g.pollers
+        metric(
+            "polls_total", "counter", "Poll cycles run.", [(dev(p), p.stats.polls) for p in polls]
+        )
+        metric(
+            "readings_polled_total",
+            "counter",
+            "Readings produced by polling, health readings included.",
+            [(dev(p), p.stats.readings) for p in polls],
+        )
+        metric(
+            "request_errors_total",
+            "counter",
+            "Failed requests or samples, by kind.",
+            [(dev(p, kind=k), n) for p in polls for k, n in sorted(p.stats.errors_by_kind.items())],
+        )
+        metric(
+            "device_up",
+            "gauge",
+            "1 online, 0.5 degraded, 0 offline.",
+            [(dev(p), {"online": 1, "degraded": 0.5}.get(p.status or "", 0)) for p in polls],
+        )
+        metric("uplink_connected", "gauge", "MQTT session up.", [("", int(f.connected))])
+        metric("uplink_sessions_total", "counter", "MQTT sessions opened.", [("", f.sessions)])
+        metric(
+            "uplink_connect_failures_total",
+            "counter",
+            "Failed connects.",
+            [("", f.connect_failures)],
+        )
+        metric(
+            "batches_sent_total",
+            "counter",
+            "Batches acknowledged by the broker.",
+            [("", f.batches_sent)],
+        )
+        metric(
+            "readings_sent_total",
+            "counter",
+            "Readings in acknowledged batches.",
+            [("", f.readings_sent)],
+        )
+        metric(
+            "batches_resent_total",
+            "counter",
+            "Batches sent again after a broken session.",
+            [("", f.resent_batches)],
+        )
+        metric(
+            "buffer_pending_readings",
+            "gauge",
+            "Accepted readings not yet in a batch.",
+            [("", b.pending_readings)],
+        )
+        metric(
+            "buffer_outbox_batches",
+            "gauge",
+            "Sealed batches awaiting acknowledgement.",
+            [("", b.outbox_batches)],
+        )
+        metric("buffer_bytes", "gauge", "Bytes used by the buffer file.", [("", b.used_bytes)])
+        metric("buffer_max_bytes", "gauge", "The buffer's size limit.", [("", b.max_bytes)])
+        oldest = b.oldest_pending_ms
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
+        metric(
+            "buffer_oldest_unsent_seconds",
+            "gauge",
+            "Age of the oldest unsent reading.",
+            [("", age)],
+        )
+        metric(
+            "readings_dropped_total",
+            "counter",
+            "Readings lost at the gateway, by reason.",
+            [('{reason="buffer_full_evicted"}', b.evicted_total),
+             ('{reason="disk_full_rejected"}', g.writer_stats.rejected)],
+        )  # fmt: skip
+        lines = [
+            (name, link)
+            for name, links in g.links.items()
+            for link in links
+            if hasattr(link, "stats")
+        ]
+        for field, name, help_ in (
+            ("transactions", "transactions", "RS-485 transactions completed."),
+            ("timeouts", "timeouts", "RS-485 requests with no valid answer."),
+            ("crc_errors", "crc_errors", "RS-485 answers with a bad CRC."),
+            ("garbage_bytes", "garbage_bytes", "RS-485 bytes that were not the expected answer."),
+            ("stale_bytes", "stale_bytes", "RS-485 bytes that arrived unasked."),
+            ("busy_s", "busy_seconds", "Seconds the RS-485 line spent in transactions."),
+        ):
+            metric(
+                f"line_{name}_total",
+                "counter",
+                help_,
+                [(f'{{line="{_esc(n)}"}}', getattr(link.stats, field)) for n, link in lines],
+            )
+        return "\n".join(out) + "\n"
+
+
+def _esc(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _show(v: object) -> object:
+    return round(v, 3) if isinstance(v, float) else v
+
+
+#: The page: one self-contained file (inline CSS and JS), shipped as package data.
+PAGE = (resources.files("edge") / "data" / "status.html").read_text(encoding="utf-8")

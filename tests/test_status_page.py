@@ -1,0 +1,115 @@
+"""The status page in a real headless Chromium, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edge.broker import free_port
+from tests.chromium import BINARY, Chromium
+from tests.conftest import gateway_yaml, wait_until
+from tests.test_system import start_gateway, stop
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+needs_chromium = pytest.mark.skipif(
+    BINARY is None and not os.environ.get("EDGE_REQUIRE_CHROMIUM"),
+    reason="chromium is not installed (apt-get install chromium); CI installs it",
+)
+
+
+def status_yaml(tmp_path, broker_port: int, sim_port: int, page_port: int, extra: str = "") -> str:
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=broker_port, sim_port=sim_port, timeout_ms=150
+    )
+    return text.replace(
+        "devices:", f"status: {{listen: '127.0.0.1:{page_port}'{extra}}}\ndevices:", 1
+    )
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.system
+@needs_chromium
+async def test_status_page__shows_a_device_going_offline_in_a_real_browser(
+    mosquitto, sim_sdm630, tmp_path
+):
+    port = free_port()
+    gateway, task = await start_gateway(
+        tmp_path, status_yaml(tmp_path, mosquitto.port, sim_sdm630.port, port)
+    )
+    browser = await asyncio.to_thread(Chromium)
+    try:
+        await wait_until(lambda: gateway.forwarder.stats.batches_sent >= 1, 15, what="a batch")
+        await asyncio.to_thread(browser.open, f"http://127.0.0.1:{port}/")
+
+        async def text(selector: str) -> str:
+            js = f"(document.querySelector({selector!r}) || {{innerText: ''}}).innerText"
+            return await asyncio.to_thread(browser.evaluate, js) or ""
+
+        await wait_until_async(lambda: text("#dev-meter-2"), "online", 10)
+        assert "connected" in await text("#uplink")
+        assert "voltage_l1" in await text("#dev-meter-1")
+        sim_sdm630.silent_units.add(2)  # meter-2 dies
+        # The page refreshes itself every 2 s: the same page, not a reload, shows it.
+        await wait_until_async(lambda: text("#dev-meter-2"), "offline", 8)
+        assert "online" in await text("#dev-meter-1")
+        await asyncio.to_thread(browser.screenshot, ARTIFACTS / "status-page.png")
+        assert (ARTIFACTS / "status-page.png").stat().st_size > 5000
+    finally:
+        await asyncio.to_thread(browser.close)
+        await stop(task)
+
+
+async def wait_until_async(get_text, needle: str, within_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    last = ""
+    while asyncio.get_running_loop().time() < deadline:
+        last = await get_text()
+        if needle in last:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{needle!r} never appeared; last text: {last!r}")
+
+
+@pytest.mark.system
+async def test_metrics_and_token(mosquitto, sim_sdm630, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    port = free_port()
+    text = status_yaml(
+        tmp_path, mosquitto.port, sim_sdm630.port, port, ", token_file: token"
+    ).replace("'127.0.0.1:", "'0.0.0.0:")
+    gateway, task = await start_gateway(tmp_path, text)
+    try:
+        await wait_until(lambda: gateway.forwarder.stats.batches_sent >= 1, 15, what="a batch")
+        base = f"http://127.0.0.1:{port}"
+        assert (await asyncio.to_thread(get, base + "/metrics"))[0] == 401
+        status, body = await asyncio.to_thread(get, base + "/metrics?token=s3cret")
+        assert status == 200
+        assert 'edge_polls_total{device="meter-1"}' in body
+        assert "edge_uplink_connected 1" in body and "edge_batches_sent_total" in body
+        assert 'edge_readings_dropped_total{reason="buffer_full_evicted"} 0' in body
+        status, _ = await asyncio.to_thread(
+            get, base + "/status.json", {"Authorization": "Bearer s3cret"}
+        )
+        assert status == 200
+    finally:
+        await stop(task)
+
+
+def test_status__exposing_the_page_needs_a_token(tmp_path):
+    from edge.config import ConfigError, parse_config
+
+    text = status_yaml(tmp_path, 1883, 5020, 8080).replace("'127.0.0.1:", "'0.0.0.0:")
+    with pytest.raises(ConfigError, match=r"set status\.token_file"):
+        parse_config(text, "s.yaml", tmp_path)
