@@ -296,6 +296,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge.doctor import run_doctor
+
+    return _run(run_doctor(args.config, sys.stdout))
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     import csv
 
@@ -420,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bad-checksum-every", type=int, default=0, metavar="N", help="corrupt every Nth frame"
     )
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "doctor", help="check a setup: config, ports, devices, clock, broker, buffer"
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser(
         "scan", help="find the devices on an RS-485 port (and its setting) or behind a TCP gateway"

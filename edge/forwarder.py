@@ -108,6 +108,16 @@ class _JitteredExponential(wait_base):
         return min(self.cap, self.floor * (2.0**n)) * random.uniform(0.5, 1.0)
 
 
+def describe_mqtt_error(exc: Exception) -> str:
+    """An MQTT connect failure in words an operator can act on."""
+    if isinstance(exc, MqttConnectError):
+        code = getattr(exc.rc, "value", exc.rc)
+        hint = _REFUSAL_HINTS.get(code) if isinstance(code, int) else None
+        return f"broker refused the connection: {exc.rc}" + (f" ({hint})" if hint else "")
+    text = str(exc) or type(exc).__name__
+    return describe_tls_error(text) or text
+
+
 class Forwarder:
     def __init__(
         self,
@@ -198,12 +208,7 @@ class Forwarder:
             )
 
     def _describe(self, exc: Exception) -> str:
-        if isinstance(exc, MqttConnectError):
-            code = getattr(exc.rc, "value", exc.rc)
-            hint = _REFUSAL_HINTS.get(code) if isinstance(code, int) else None
-            return f"broker refused the connection: {exc.rc}" + (f" ({hint})" if hint else "")
-        text = str(exc) or type(exc).__name__
-        return describe_tls_error(text) or text
+        return describe_mqtt_error(exc)
 
     async def _session(self) -> None:
         started = time.monotonic()
