@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from devices import SensorProfile, get_profile
-from edge import __version__
+from edge import __version__, systemd
 from edge.buffer import AsyncBuffer, BufferError
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
@@ -190,8 +190,11 @@ class Gateway:
                 self.poll_tasks = [
                     tg.create_task(p.run(), name=f"poll:{p.device.id}") for p in self.pollers
                 ]
+                tg.create_task(systemd.watchdog(), name="watchdog")
                 self.started.set()
+                systemd.notify("READY=1")
         finally:
+            systemd.notify("STOPPING=1")
             if self.status_page is not None:
                 await self.status_page.close()
             await self._flush_on_exit()

@@ -111,3 +111,32 @@ async def test_gateway__processing_applies_to_modbus_devices_too(sim_sdm630, tmp
     assert all(ts % 1000 == 0 for p, ts, _ in rows if p.endswith((".mean", ".max", ".count")))
     names = {(s.point, s.unit) for s in birth.series}
     assert ("voltage_l1.mean", "V") in names and ("voltage_l1.count", "") in names
+
+
+async def test_gateway__tells_systemd_it_is_ready_and_pings_the_watchdog(
+    sim_sdm630, tmp_path, monkeypatch
+):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WatchdogSec=0.4: a ping every 0.2 s
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite", broker_port=free_port(), sim_port=sim_sdm630.port
+    )
+    gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    await asyncio.sleep(1.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    messages = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            messages.append(sock.recv(256).decode())
+    sock.close()
+    assert messages[0] == "READY=1" or messages[1] == "READY=1"
+    assert messages.count("WATCHDOG=1") >= 4 and messages[-1] == "STOPPING=1"
