@@ -265,7 +265,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         if args.tcp:
-            from edge.modbus_adapter import ModbusTcpLink
+            from edge.modbus_tcp import ModbusTcpLink
 
             host, _, port = args.tcp.partition(":")
             link = ModbusTcpLink(host, int(port or 502))

@@ -113,7 +113,7 @@ def _ports(loaded: LoadedConfig) -> list[Check]:
 
 async def _devices(loaded: LoadedConfig) -> list[Check]:
     from edge.fieldbus import ModbusDeviceError
-    from edge.modbus_adapter import ModbusTcpLink
+    from edge.modbus_tcp import ModbusTcpLink
     from edge.rtu import RtuLink
 
     out = []

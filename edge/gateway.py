@@ -21,7 +21,7 @@ from edge.buffer import AsyncBuffer, BufferError
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
-from edge.modbus_adapter import ModbusTcpLink
+from edge.modbus_tcp import ModbusTcpLink
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.processing import Processor, output_series
 from edge.rtu import RtuLink

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class Link(Protocol):
-    """A Modbus TCP endpoint or an RTU line (edge.modbus_adapter / edge.rtu)."""
+    """A Modbus TCP endpoint or an RTU line (edge.modbus_tcp / edge.rtu)."""
 
     endpoint: str
 

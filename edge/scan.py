@@ -149,7 +149,7 @@ async def scan_tcp(
     timeout_s: float = 0.3,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Found]:
-    from edge.modbus_adapter import ModbusTcpLink
+    from edge.modbus_tcp import ModbusTcpLink
 
     link = ModbusTcpLink(host, port)
     found = []

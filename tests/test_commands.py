@@ -13,7 +13,7 @@ import pytest
 
 from edge.config import ConfigError, parse_config
 from edge.consumer import BatchConsumer
-from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink
+from edge.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink
 from edge.poller import DevicePoller
 from simulators import serve_modbus_tcp, sim_unit
 from tests.conftest import gateway_yaml, wait_until

@@ -12,7 +12,7 @@ import pytest
 
 from devices import get_profile, modbus_profiles
 from edge.config import parse_config
-from edge.modbus_adapter import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
+from edge.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
 from edge.plan import compile_plan
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.rtu import RtuLink
@@ -200,7 +200,7 @@ async def test_poller__silent_unit_is_logged_once_and_the_other_keeps_its_rate(s
 
 async def test_link__refused_connection_backs_off_without_blocking():
     from edge.broker import free_port
-    from edge.modbus_adapter import LinkDown
+    from edge.modbus_tcp import LinkDown
 
     link = ModbusTcpLink("127.0.0.1", free_port(), backoff_min_s=0.5)
     with pytest.raises(LinkDown, match="refused"):
