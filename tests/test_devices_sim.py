@@ -220,3 +220,19 @@ async def test_link__timeout_is_explicit_not_pymodbus_default(sim_sdm630):
         await link.read(1, 4, 0, 2, timeout_s=0.15, retries=1)
     assert loop.time() - t0 < 1.5  # 2 x 0.15 s, far from pymodbus's 3 s x 4 default
     await link.close()
+
+
+async def test_link__a_late_answer_is_recognised_by_its_transaction_id(sim_sdm630):
+    link = ModbusTcpLink("127.0.0.1", sim_sdm630.port)
+    try:
+        sim_sdm630.delay_s = 0.3
+        with pytest.raises(ModbusTimeout):
+            await link.read(1, 4, 0x0046, 2, timeout_s=0.1, retries=0)  # frequency, too slow
+        sim_sdm630.delay_s = 0.0
+        regs = await link.read(1, 4, 0x0000, 2, timeout_s=1.0, retries=0)  # voltage now
+        assert link.stale_answers == 1  # the frequency answer came first and was dropped
+        volts = compile_plan(get_profile("eastron_sdm630"), ["voltage_l1"]).requests[0]
+        [(_, value)] = volts.decode(regs)
+        assert 200 < value < 260 and link.connects == 1
+    finally:
+        await link.close()
