@@ -24,8 +24,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from edge.config import DeviceConfig, ProcessingRule
 from protocols.batch import Reading
 
@@ -44,6 +42,8 @@ def aggregate(values: list[int | float], name: str) -> int | float:
         return values[0]
     if name == "last":
         return values[-1]
+    import numpy as np  # only a gateway with windows pays numpy's ~15 MB
+
     arr = np.asarray(values)
     if name == "min":
         return arr.min().item()

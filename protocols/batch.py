@@ -26,7 +26,7 @@ in tests/golden/. In short, one MQTT message carries one batch:
                              minus the first of the row above (the top row's minus 0), modulo
                              2^w, read as signed, zigzag; bin = shuffled firsts of every row,
                              then shuffled rest
-                    bool     numpy.packbits (big bit order) of the concatenation
+                    bool     packed 8 to a byte, the first in the top bit (numpy.packbits order)
                     str      uint32 LE indexes into ``strings``, byte-shuffled
             strings [str]: the batch's string dictionary (sorted), or []
 
@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
-import numpy as np
 import zstandard
 
 __all__ = [
@@ -130,37 +131,50 @@ class Batch:
 # --------------------------------------------------------------------------- helpers
 
 
-def _shuffle(a: np.ndarray) -> bytes:
-    """Byte-shuffle an array of fixed-width little-endian words."""
-    width = a.dtype.itemsize
-    if a.size == 0:
+_M64, _M32 = (1 << 64) - 1, (1 << 32) - 1
+_TYPECODE = {4: "I", 8: "Q"}
+_SWAP = sys.byteorder == "big"  # the wire is little-endian
+assert array("I").itemsize == 4 and array("Q").itemsize == 8
+
+
+def _shuffle(words: list[int], width: int) -> bytes:
+    """Byte-shuffle unsigned ``width``-byte words: all first bytes, then all second bytes, ..."""
+    if not words:
         return b""
-    return (
-        a.astype(a.dtype.newbyteorder("<"), copy=False)
-        .view(np.uint8)
-        .reshape(-1, width)
-        .T.tobytes()
-    )
+    a = array(_TYPECODE[width], words)
+    if _SWAP:
+        a.byteswap()
+    raw = a.tobytes()
+    return b"".join(raw[i::width] for i in range(width))
 
 
-def _unshuffle(raw: bytes, dtype: str, count: int) -> np.ndarray:
-    dt = np.dtype(dtype).newbyteorder("<")
-    if len(raw) != count * dt.itemsize:
-        raise BatchDecodeError(f"column holds {len(raw)} bytes, expected {count * dt.itemsize}")
+def _unshuffle(raw: bytes, width: int, count: int) -> list[int]:
+    if len(raw) != count * width:
+        raise BatchDecodeError(f"column holds {len(raw)} bytes, expected {count * width}")
     if count == 0:
-        return np.zeros(0, dtype=dt)
-    planes = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, count)
-    return planes.T.copy().view(dt).reshape(count)
+        return []
+    out = bytearray(len(raw))
+    for i in range(width):
+        out[i::width] = raw[i * count : (i + 1) * count]
+    a = array(_TYPECODE[width])
+    a.frombytes(bytes(out))
+    if _SWAP:
+        a.byteswap()
+    return a.tolist()
 
 
-def _zigzag(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.int64)
-    return ((a << 1) ^ (a >> 63)).view(np.uint64)
+def _zigzag(values: list[int], bits: int = 64) -> list[int]:
+    """Signed -> unsigned (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...), for values of ``bits`` bits."""
+    mask, top = (1 << bits) - 1, bits - 1
+    return [((v << 1) ^ (v >> top)) & mask for v in values]
 
 
-def _unzigzag(u: np.ndarray) -> np.ndarray:
-    u = u.astype(np.uint64)
-    return ((u >> np.uint64(1)).view(np.int64)) ^ -((u & np.uint64(1)).view(np.int64))
+def _unzigzag(values: list[int]) -> list[int]:
+    return [(u >> 1) ^ -(u & 1) for u in values]
+
+
+def _signed(u: int, bits: int) -> int:
+    return u - (1 << bits) if u >> (bits - 1) else u
 
 
 def _value_type(v: Value) -> int:
@@ -185,65 +199,106 @@ def _value_type(v: Value) -> int:
     raise ValueError(f"unsupported value type {type(v).__name__}")
 
 
-def _dd(a: np.ndarray) -> np.ndarray:
-    d = np.diff(a, prepend=0)
-    return np.diff(d, prepend=0)
+def _dd(a: list[int]) -> list[int]:
+    """Delta of delta: [a0, a1 - a0, (a2 - a1) - (a1 - a0), ...]."""
+    out, prev, prev_d = [], 0, 0
+    for v in a:
+        d = v - prev
+        out.append(d - prev_d)
+        prev, prev_d = v, d
+    return out
 
 
-def _undd(dd: np.ndarray) -> np.ndarray:
-    return np.cumsum(np.cumsum(dd))
+def _undd(dd: list[int]) -> list[int]:
+    out, v, d = [], 0, 0
+    for x in dd:
+        d += x
+        v += d
+        out.append(v)
+    return out
 
 
-#: Numeric types: the unsigned word their values travel as, and how a value becomes that word.
-_NUMERIC = {F32: np.uint32, F64: np.uint64, I64: np.uint64, U64: np.uint64}
-_AS_FLOAT = {F32: "<f4", F64: "<f8"}
-_SIGNED = {np.uint32: np.int32, np.uint64: np.int64}
+#: Numeric types: the width in bits of the word their values travel as.
+_NUMERIC = {F32: 32, F64: 64, I64: 64, U64: 64}
+_AS_FLOAT = {F32: ("f", "I"), F64: ("d", "Q")}
 
 
-def _words(kind: int, m: list[list[Value]]) -> np.ndarray:
+def _words(kind: int, m: list[list[Value]]) -> list[list[int]]:
     """A group's values (series x samples) as unsigned words: IEEE bits or two's complement."""
     if kind in _AS_FLOAT:
-        return np.asarray(m, dtype=_AS_FLOAT[kind]).view(_NUMERIC[kind])
+        ftype, utype = _AS_FLOAT[kind]
+        out = []
+        for row in m:
+            w = array(utype)
+            w.frombytes(array(ftype, row).tobytes())
+            out.append(w.tolist())
+        return out
     if kind == I64:
-        return np.asarray(m, dtype=np.int64).view(np.uint64)
-    return np.asarray([[int(v) for v in r] for r in m], dtype=np.uint64)  # U64
+        return [[int(v) & _M64 for v in row] for row in m]
+    return [[int(v) for v in row] for row in m]  # U64
 
 
-def _from_words(kind: int, w: np.ndarray) -> list[list[Value]]:
+def _from_words(kind: int, rows: list[list[int]]) -> list[list[Value]]:
     if kind in _AS_FLOAT:
-        return w.view(_AS_FLOAT[kind]).tolist()
+        ftype, utype = _AS_FLOAT[kind]
+        out = []
+        for row in rows:
+            f = array(ftype)
+            f.frombytes(array(utype, row).tobytes())
+            out.append(f.tolist())
+        return out
     if kind == I64:
-        return w.view(np.int64).tolist()
-    return w.tolist()
+        return [[_signed(v, 64) for v in row] for row in rows]
+    return rows
 
 
-def _zz_words(d: np.ndarray) -> np.ndarray:
-    """Wrapped differences (unsigned words) read as signed, zigzagged, back to the word size."""
-    return _zigzag(d.view(_SIGNED[d.dtype.type]).astype(np.int64)).astype(d.dtype)
-
-
-def _unzz_words(z: np.ndarray, word: type) -> np.ndarray:
-    return _unzigzag(z.astype(np.uint64)).astype(_SIGNED[word]).view(word)
-
-
-def _encode_numeric(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _encode_numeric(w: list[list[int]], bits: int) -> tuple[list[int], list[int]]:
     """A group's word matrix as (firsts, rest): every sample minus the same series' previous
     sample; a series' first sample minus the first sample of the series above it in the group
-    (neighbours such as L1/L2/L3 are alike), the top one minus 0. All modulo the word size."""
-    d = w.copy()
-    d[:, 1:] = w[:, 1:] - w[:, :-1]
-    d[1:, 0] = w[1:, 0] - w[:-1, 0]
-    return _zz_words(d[:, 0]), _zz_words(d[:, 1:]).reshape(-1)
+    (neighbours such as L1/L2/L3 are alike), the top one minus 0. All modulo the word size, read
+    as signed, zigzagged."""
+    mask = (1 << bits) - 1
+    firsts, rest = [], []
+    above = 0
+    for row in w:
+        firsts.append(_signed((row[0] - above) & mask, bits))
+        above = row[0]
+        prev = row[0]
+        for v in row[1:]:
+            rest.append(_signed((v - prev) & mask, bits))
+            prev = v
+    return _zigzag(firsts, bits), _zigzag(rest, bits)
 
 
-def _decode_numeric(firsts: np.ndarray, rest: np.ndarray, rows: int, n: int) -> np.ndarray:
-    word = firsts.dtype.type
-    d = np.empty((rows, n), dtype=word)
-    d[:, 0] = _unzz_words(firsts, word)
-    d[:, 1:] = _unzz_words(rest, word).reshape(rows, n - 1)
-    with np.errstate(over="ignore"):
-        d[:, 0] = np.cumsum(d[:, 0], dtype=word)
-        return np.cumsum(d, axis=1, dtype=word)
+def _decode_numeric(
+    firsts: list[int], rest: list[int], rows: int, n: int, bits: int
+) -> list[list[int]]:
+    mask = (1 << bits) - 1
+    out, above, at = [], 0, 0
+    deltas = _unzigzag(rest)
+    for f in _unzigzag(firsts):
+        v = (above + f) & mask
+        above = v
+        row = [v]
+        for d in deltas[at : at + n - 1]:
+            v = (v + d) & mask
+            row.append(v)
+        at += n - 1
+        out.append(row)
+    return out
+
+
+def _packbits(bits: list[bool]) -> bytes:
+    """Eight booleans to a byte, the first in the most significant bit (numpy.packbits)."""
+    out = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        if b:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def _unpackbits(raw: bytes, count: int) -> list[int]:
+    return [(raw[i >> 3] >> (7 - (i & 7))) & 1 for i in range(count)]
 
 
 # --------------------------------------------------------------------------- encode
@@ -293,47 +348,47 @@ def encode_batch(
     strings = {w: i for i, w in enumerate(words)}
     layout: list[list[int]] = []
     sids: list[int] = []
-    ts_parts: list[np.ndarray] = []
-    firsts: dict[int, list[np.ndarray]] = {}
-    parts: dict[int, list[np.ndarray]] = {}
-    prev_ts: np.ndarray | None = None
+    ts_parts: list[int] = []
+    firsts: dict[int, list[int]] = {}
+    parts: dict[int, list[int]] = {}
+    prev_ts: list[int] | None = None
     for (kind, ts), members in ordered:
         sids.extend(m[0] for m in members)
-        a = np.asarray(ts, dtype=np.int64) - t0
+        a = [t - t0 for t in ts]
         own = _dd(a)
         mode = 0
         if prev_ts is not None and len(prev_ts) == len(a):
-            rel = a - prev_ts
-            if np.abs(rel).sum() <= np.abs(own).sum():
+            rel = [x - y for x, y in zip(a, prev_ts, strict=True)]
+            if sum(map(abs, rel)) <= sum(map(abs, own)):
                 mode, own = 1, rel
-        ts_parts.append(own)
+        ts_parts.extend(own)
         prev_ts = a
         layout.append([kind, len(members), len(ts), mode])
         values = [m[1] for m in members]
         if kind in _NUMERIC:
-            first, rest = _encode_numeric(_words(kind, values))
-            firsts.setdefault(kind, []).append(first)
-            parts.setdefault(kind, []).append(rest)
+            first, rest = _encode_numeric(_words(kind, values), _NUMERIC[kind])
+            firsts.setdefault(kind, []).extend(first)
+            parts.setdefault(kind, []).extend(rest)
         elif kind == BOOL:
-            parts.setdefault(kind, []).append(np.asarray(values, dtype=bool).reshape(-1))
+            parts.setdefault(kind, []).extend(bool(v) for r in values for v in r)
         else:  # STR
-            idx = [[strings[v] for v in r] for r in values]
-            parts.setdefault(kind, []).append(np.asarray(idx, dtype=np.uint32).reshape(-1))
-    sid_arr = np.asarray(sids, dtype=np.int64)
+            parts.setdefault(kind, []).extend(strings[v] for r in values for v in r)
     columns = []
-    for kind, arrs in sorted(parts.items()):
+    for kind, flat in sorted(parts.items()):
         if kind == BOOL:
-            raw = np.packbits(np.concatenate(arrs)).tobytes()
+            raw = _packbits(flat)
         elif kind == STR:
-            raw = _shuffle(np.concatenate(arrs))
+            raw = _shuffle(flat, 4)
         else:
-            raw = _shuffle(np.concatenate(firsts[kind])) + _shuffle(np.concatenate(arrs))
+            width = _NUMERIC[kind] // 8
+            raw = _shuffle(firsts[kind], width) + _shuffle(flat, width)
         columns.append([kind, raw])
+    sid_deltas = [b - a for a, b in zip([0, *sids], sids, strict=False)]
     body_doc = [
         t0,
         layout,
-        _shuffle(_zigzag(np.diff(sid_arr, prepend=0))) if sids else b"",
-        _shuffle(_zigzag(np.concatenate(ts_parts))) if ts_parts else b"",
+        _shuffle(_zigzag(sid_deltas), 8),
+        _shuffle(_zigzag(ts_parts), 8),
         columns,
         words,
     ]
@@ -464,10 +519,14 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         raise BatchDecodeError(
             f"layout holds {sum(per_type.values())} points, header says {header.points}"
         )
-    sids = np.cumsum(_unzigzag(_unshuffle(sid_raw, "u8", n_series))).tolist()
-    ts_all = _unzigzag(_unshuffle(ts_raw, "u8", n_ts))
-    flats: dict[int, np.ndarray] = {}
-    first_flats: dict[int, np.ndarray] = {}
+    sids = []
+    acc = 0
+    for d in _unzigzag(_unshuffle(sid_raw, 8, n_series)):
+        acc += d
+        sids.append(acc)
+    ts_all = _unzigzag(_unshuffle(ts_raw, 8, n_ts))
+    flats: dict[int, list[int]] = {}
+    first_flats: dict[int, list[int]] = {}
     for kind, count in per_type.items():
         raw = next(
             (c[1] for c in columns if isinstance(c, list) and len(c) == 2 and c[0] == kind), None
@@ -477,46 +536,46 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         if kind == BOOL:
             if len(raw) != (count + 7) // 8:
                 raise BatchDecodeError("bool column has the wrong length")
-            flats[kind] = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count)
+            flats[kind] = _unpackbits(raw, count)
         elif kind == STR:
-            flats[kind] = _unshuffle(raw, "u4", count)
+            flats[kind] = _unshuffle(raw, 4, count)
         else:
-            word = np.dtype(_NUMERIC[kind])
+            width = _NUMERIC[kind] // 8
             n_first = rows_per_type[kind]
-            split = n_first * word.itemsize
-            first_flats[kind] = _unshuffle(raw[:split], word.str, n_first)
-            flats[kind] = _unshuffle(raw[split:], word.str, count - n_first)
+            split = n_first * width
+            first_flats[kind] = _unshuffle(raw[:split], width, n_first)
+            flats[kind] = _unshuffle(raw[split:], width, count - n_first)
     out: list[Point] = []
     at_sid = at_ts = 0
     at_col = dict.fromkeys(per_type, 0)
     at_first = dict.fromkeys(per_type, 0)
-    prev: np.ndarray | None = None
+    prev: list[int] | None = None
     for kind, rows, n, mode in layout:
         chunk = ts_all[at_ts : at_ts + n]
         if mode == 1:
             if prev is None or len(prev) != n:
                 raise BatchDecodeError("ts_mode 1 without a previous group of the same length")
-            a = chunk + prev
+            a = [x + y for x, y in zip(chunk, prev, strict=True)]
         else:
             a = _undd(chunk)
         prev = a
         at_ts += n
-        ts = (a + t0).tolist()
+        ts = [x + t0 for x in a]
         if kind in _NUMERIC:
             first = first_flats[kind][at_first[kind] : at_first[kind] + rows]
             at_first[kind] += rows
             rest = flats[kind][at_col[kind] : at_col[kind] + rows * (n - 1)]
             at_col[kind] += rows * (n - 1)
-            values = _from_words(kind, _decode_numeric(first, rest, rows, n))
+            values = _from_words(kind, _decode_numeric(first, rest, rows, n, _NUMERIC[kind]))
         else:
             flat = flats[kind][at_col[kind] : at_col[kind] + rows * n]
             at_col[kind] += rows * n
             if kind == BOOL:
-                values = flat.astype(bool).reshape(rows, n).tolist()
+                values = [[bool(b) for b in flat[r * n : (r + 1) * n]] for r in range(rows)]
             else:
-                if flat.size and int(flat.max()) >= len(strings):
+                if flat and max(flat) >= len(strings):
                     raise BatchDecodeError("string index past the dictionary")
-                values = [[strings[i] for i in r] for r in flat.reshape(rows, n).tolist()]
+                values = [[strings[i] for i in flat[r * n : (r + 1) * n]] for r in range(rows)]
         for sid, row in zip(sids[at_sid : at_sid + rows], values, strict=True):
             out.extend(Point(sid, t, v) for t, v in zip(ts, row, strict=True))
         at_sid += rows
