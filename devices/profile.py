@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import pairwise
+from typing import Any
 
 from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
 from protocols.modbus_frame import MAX_READ_BITS, LineTiming
@@ -84,8 +85,25 @@ class Point:
         return self.address + self.count
 
 
+class _PointsByName:
+    """Lookup of a profile's points by name (both kinds of profile)."""
+
+    __slots__ = ()
+    points: tuple[Any, ...]
+
+    def point(self, name: str) -> Any:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def point_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.points)
+
+
 @dataclass(frozen=True, slots=True)
-class Profile:
+class Profile(_PointsByName):
     """A device model: its points and what requests it accepts.
 
     ``readable_ranges`` are half-open ``(start, end)`` register ranges, per register type, that
@@ -137,16 +155,6 @@ class Profile:
                 if b.address < a.end:
                     raise ProfileError(f"{self.name}: points {a.name!r} and {b.name!r} overlap")
 
-    def point(self, name: str) -> Point:
-        for p in self.points:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    @property
-    def point_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.points)
-
     def max_per_request(self, rtype: RegisterType) -> int:
         """The most registers (or bits, for coils and discrete inputs) one read may ask for."""
         return self.max_bits_per_request if rtype.is_bits else self.max_registers_per_request
@@ -195,7 +203,7 @@ class SensorPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class SensorProfile:
+class SensorProfile(_PointsByName):
     """A sensor with its own UART protocol (``protocol`` names the codec in protocols/)."""
 
     name: str
@@ -212,13 +220,3 @@ class SensorProfile:
         names = [p.name for p in self.points]
         if len(set(names)) != len(names):
             raise ProfileError(f"{self.name}: a point is declared twice")
-
-    def point(self, name: str) -> SensorPoint:
-        for p in self.points:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    @property
-    def point_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.points)

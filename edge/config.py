@@ -151,6 +151,12 @@ class ModbusTcpTransport(_Model):
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
+def _check_baud(v: int) -> int:
+    if v not in BAUD_RATES:
+        raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
+    return v
+
+
 class ModbusRtuTransport(_Model):
     """A device on an RS-485 line; every device on one port shares it (one owner)."""
 
@@ -161,12 +167,7 @@ class ModbusRtuTransport(_Model):
     stopbits: Literal[1, 2] = 1
     unit: int = Field(1, ge=1, le=247)
 
-    @field_validator("baudrate")
-    @classmethod
-    def _baud(cls, v: int) -> int:
-        if v not in BAUD_RATES:
-            raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
-        return v
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
     @property
     def line(self) -> str:
@@ -187,12 +188,7 @@ class UartTransport(_Model):
     baudrate: int = 9600
     unit: int = 0  # no addresses on a point-to-point link
 
-    @field_validator("baudrate")
-    @classmethod
-    def _baud(cls, v: int) -> int:
-        if v not in BAUD_RATES:
-            raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
-        return v
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
     @property
     def line(self) -> str:

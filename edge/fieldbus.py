@@ -6,9 +6,12 @@ never a reason to give up on its neighbours.
 
 from __future__ import annotations
 
+from protocols.modbus_frame import Function, Request
+
 __all__ = [
     "EXCEPTION_NAMES",
     "LinkDown",
+    "LinkOps",
     "ModbusDeviceError",
     "ModbusExceptionResponse",
     "ModbusTimeout",
@@ -51,3 +54,63 @@ class ModbusExceptionResponse(ModbusDeviceError):
 
 class LinkDown(ModbusDeviceError):
     """The connection (TCP socket or serial port) cannot be opened or broke. The link backs off."""
+
+
+class LinkOps:
+    """Reads and writes on top of a link's ``transact`` (Modbus TCP and RTU share them)."""
+
+    async def transact(
+        self, unit: int, req: Request, *, timeout_s: float, retries: int, gap_s: float = 0.0
+    ) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    async def read(
+        self,
+        unit: int,
+        function_code: int,
+        address: int,
+        count: int,
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> list[int]:
+        """Read ``count`` registers (FC 03 / 04) or bits (FC 01 / 02, as 0 / 1)."""
+        if function_code not in (1, 2, 3, 4):
+            raise ValueError(f"unsupported read function code {function_code}")
+        values = await self.transact(
+            unit,
+            Request(Function(function_code), address, count),
+            timeout_s=timeout_s,
+            retries=retries,
+            gap_s=gap_s,
+        )
+        return [int(v) for v in values]
+
+    async def write(
+        self,
+        unit: int,
+        address: int,
+        registers: list[int],
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> None:
+        """Write holding registers (FC 16)."""
+        req = Request(Function.WRITE_MULTIPLE_REGISTERS, address, len(registers), tuple(registers))
+        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
+
+    async def write_coil(
+        self,
+        unit: int,
+        address: int,
+        value: bool,
+        *,
+        timeout_s: float,
+        retries: int,
+        gap_s: float = 0.0,
+    ) -> None:
+        """Switch one coil (FC 05)."""
+        req = Request(Function.WRITE_SINGLE_COIL, address, 1, (bool(value),))
+        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)

@@ -27,13 +27,13 @@ import time
 
 from edge.fieldbus import (
     LinkDown,
+    LinkOps,
     ModbusDeviceError,
     ModbusExceptionResponse,
     ModbusTimeout,
 )
 from protocols.modbus_frame import (
     FrameError,
-    Function,
     Request,
     decode_response,
     encode_mbap,
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class ModbusTcpLink:
+class ModbusTcpLink(LinkOps):
     def __init__(
         self,
         host: str,
@@ -176,59 +176,6 @@ class ModbusTcpLink:
         except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
             self._drop()
             raise LinkDown(f"connection lost: {exc or type(exc).__name__}", **where) from None
-
-    # ------------------------------------------------------------------ the link interface
-
-    async def read(
-        self,
-        unit: int,
-        function_code: int,
-        address: int,
-        count: int,
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> list[int]:
-        """Read ``count`` registers (FC 03 / 04) or bits (FC 01 / 02, as 0 / 1)."""
-        if function_code not in (1, 2, 3, 4):
-            raise ValueError(f"unsupported read function code {function_code}")
-        values = await self.transact(
-            unit,
-            Request(Function(function_code), address, count),
-            timeout_s=timeout_s,
-            retries=retries,
-            gap_s=gap_s,
-        )
-        return [int(v) for v in values]
-
-    async def write(
-        self,
-        unit: int,
-        address: int,
-        registers: list[int],
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> None:
-        """Write holding registers (FC 16)."""
-        req = Request(Function.WRITE_MULTIPLE_REGISTERS, address, len(registers), tuple(registers))
-        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
-
-    async def write_coil(
-        self,
-        unit: int,
-        address: int,
-        value: bool,
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> None:
-        """Switch one coil (FC 05)."""
-        req = Request(Function.WRITE_SINGLE_COIL, address, 1, (bool(value),))
-        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
 
     async def close(self) -> None:
         writer = self._writer

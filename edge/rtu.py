@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import LinkDown, ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus import LinkDown, LinkOps, ModbusExceptionResponse, ModbusTimeout
 from protocols.modbus_frame import (
     FrameError,
-    Function,
     LineTiming,
     Request,
     decode_response,
@@ -90,7 +89,7 @@ class _Line(asyncio.Protocol):
         self.arrived.set()
 
 
-class RtuLink:
+class RtuLink(LinkOps):
     """One serial line with any number of unit ids on it."""
 
     def __init__(
@@ -273,59 +272,6 @@ class RtuLink:
             except FrameError:
                 continue
         return None, bad_crc
-
-    # ------------------------------------------------------------------ the link interface
-
-    async def read(
-        self,
-        unit: int,
-        function_code: int,
-        address: int,
-        count: int,
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> list[int]:
-        """Read ``count`` registers (FC 03 / 04) or bits (FC 01 / 02, as 0 / 1)."""
-        if function_code not in (1, 2, 3, 4):
-            raise ValueError(f"unsupported read function code {function_code}")
-        values = await self.transact(
-            unit,
-            Request(Function(function_code), address, count),
-            timeout_s=timeout_s,
-            retries=retries,
-            gap_s=gap_s,
-        )
-        return [int(v) for v in values]
-
-    async def write(
-        self,
-        unit: int,
-        address: int,
-        registers: list[int],
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> None:
-        """Write holding registers (FC 16)."""
-        req = Request(Function.WRITE_MULTIPLE_REGISTERS, address, len(registers), tuple(registers))
-        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
-
-    async def write_coil(
-        self,
-        unit: int,
-        address: int,
-        value: bool,
-        *,
-        timeout_s: float,
-        retries: int,
-        gap_s: float = 0.0,
-    ) -> None:
-        """Switch one coil (FC 05)."""
-        req = Request(Function.WRITE_SINGLE_COIL, address, 1, (bool(value),))
-        await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
 
     async def close(self) -> None:
         if self._line is not None and self._line.transport is not None:
