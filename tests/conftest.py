@@ -176,3 +176,15 @@ async def wait_until(predicate, within_s: float, interval: float = 0.05, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def password_broker(tmp_path: Path, user: str, password: str) -> Mosquitto:
+    """A started Mosquitto that accepts only ``user`` / ``password`` (blocking: use a thread)."""
+    pw = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(pw), user, password], check=True, capture_output=True
+    )
+    os.chmod(pw, 0o600)
+    broker = Mosquitto(tmp_path / "mq", password_file=pw)
+    broker.start()
+    return broker

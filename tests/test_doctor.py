@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 
 import pytest
 
 from edge.broker import free_port
-from tests.conftest import Mosquitto, gateway_yaml
+from tests.conftest import gateway_yaml, password_broker
 
 
 async def doctor(tmp_path, text: str) -> tuple[int, str]:
@@ -51,16 +49,7 @@ async def test_doctor__stopped_broker_wrong_password_missing_port(sim_sdm630, tm
     assert fails(out)[0].startswith("FAIL  broker mqtt://127.0.0.1:")
 
     # A broker that refuses the password.
-    pw = tmp_path / "passwd"
-    await asyncio.to_thread(
-        subprocess.run,
-        ["mosquitto_passwd", "-b", "-c", str(pw), "gw-test", "right"],
-        check=True,
-        capture_output=True,
-    )
-    os.chmod(pw, 0o600)
-    broker = Mosquitto(tmp_path / "mq", password_file=pw)
-    broker.start()
+    broker = await asyncio.to_thread(password_broker, tmp_path, "gw-test", "right")
     try:
         text = gateway_yaml(
             buffer=tmp_path / "b.sqlite",

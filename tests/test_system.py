@@ -22,7 +22,7 @@ from edge.consumer import BatchConsumer, Delivery
 from edge.gateway import Gateway
 from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
 from protocols.birth import Birth, SeriesInfo
-from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, wait_until
+from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, password_broker, wait_until
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,16 +237,7 @@ async def test_gateway__sigkill_and_restart_loses_no_committed_reading(
 async def test_forwarder__bad_credentials_are_reported_and_readings_accumulate(
     tmp_path, sim_sdm630, caplog
 ):
-    pw = tmp_path / "passwd"
-    await asyncio.to_thread(
-        subprocess.run,
-        ["mosquitto_passwd", "-b", "-c", str(pw), "gw-test", "right"],
-        check=True,
-        capture_output=True,
-    )
-    os.chmod(pw, 0o600)
-    broker = Mosquitto(tmp_path / "mq", password_file=pw)
-    broker.start()
+    broker = await asyncio.to_thread(password_broker, tmp_path, "gw-test", "right")
     try:
         caplog.set_level(logging.INFO, logger="edge")
         text = gateway_yaml(
