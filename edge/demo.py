@@ -212,6 +212,8 @@ async def simulate_cabinet(
             "devices": devices,
             "mqtt": cfg.mqtt.model_copy(update={"url": broker_url, **mqtt}),
             "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
+            # a free port: never clash with a gateway already running on this machine
+            "status": cfg.status.model_copy(update={"listen": "127.0.0.1:0"}),
         }
     )
     return SimulatedCabinet(dataclasses.replace(loaded, config=new_cfg), servers, where, ttys)
@@ -255,6 +257,11 @@ async def run_demo(
         consumer_task = asyncio.create_task(consumer.run(), name="consumer")
         await asyncio.wait_for(consumer.subscribed.wait(), 10)
         gateway_task = asyncio.create_task(gateway.run(), name="gateway")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await gateway.started.wait()
+        if gateway.status_page is not None:
+            print(f"status page: {gateway.status_page.url}", file=say, flush=True)
         try:
             if duration_s is None:
                 await gateway_task
