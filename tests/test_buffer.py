@@ -175,6 +175,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_buffer__sigkill_never_loses_a_committed_reading(tmp_path):
     path = tmp_path / "b.sqlite"
     committed = 0

@@ -151,6 +151,7 @@ async def test_poller__readings_equal_what_the_simulator_served(sim_sdm630):
     await link.close()
 
 
+@pytest.mark.slow
 async def test_poller__silent_unit_is_logged_once_and_the_other_keeps_its_rate(sim_sdm630, caplog):
     """One dead meter behind a shared bridge: counted, logged once, neighbour unaffected."""
     caplog.set_level(logging.DEBUG, logger="edge.poller")

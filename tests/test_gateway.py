@@ -76,6 +76,7 @@ async def test_gateway__an_endpoint_gets_at_most_its_connection_limit(sim_sdm630
         parse_config(mixed, "t.yaml", tmp_path)
 
 
+@pytest.mark.slow
 async def test_gateway__processing_applies_to_modbus_devices_too(sim_sdm630, tmp_path):
     # No broker: what the processing stage produced stays in the buffer, where we read it.
     text = gateway_yaml(

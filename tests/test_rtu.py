@@ -123,6 +123,7 @@ def test_rtu__a_stray_frame_from_another_unit_is_skipped():
     assert not bad_crc
 
 
+@pytest.mark.slow
 async def test_rtu__a_silent_unit_leaves_the_other_four_within_10_percent_of_their_rate(
     line, tmp_path
 ):

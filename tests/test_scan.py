@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from edge.scan import parse_units, scan_rtu, scan_tcp
 from protocols.modbus_frame import LineTiming
 from simulators import serve_modbus_tcp, sim_unit
@@ -13,6 +15,7 @@ from simulators.rtu_line import serve_rtu
 DEVICES = {3: "eastron_sdm630", 7: "street_light_cabinet", 12: "dfrobot_urm14"}
 
 
+@pytest.mark.slow
 async def test_scan__finds_every_unit_and_the_line_setting_it_was_not_told():
     # A line at 19200 baud with two stop bits. (On a pty Linux refuses parity, so the setting
     # the scan must discover differs in speed and framing; see simulators/rtu_line.py.)

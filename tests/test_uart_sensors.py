@@ -48,6 +48,7 @@ async def run_for(poller: SensorPoller, seconds: float) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.slow
 async def test_pms5003__passive_duty_cycle_sleeps_between_samples_at_the_cadence(tmp_path):
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=1, warmup_s=0.5).start()
     poller, queue = sensor(sim.path, "plantower_pms5003", interval=2.0, warmup=0.5)
@@ -73,6 +74,7 @@ async def test_pms5003__passive_duty_cycle_sleeps_between_samples_at_the_cadence
     assert sim.laser.wakes >= 3 and poller.stats.wakes >= 3
 
 
+@pytest.mark.slow
 async def test_sds011__active_mode_reports_the_newest_frame_each_interval(tmp_path):
     sim = await Sds011Sim(tmp_path / "ttySDS", seed=2, warmup_s=0, interval_s=0.25).start()
     poller, queue = sensor(sim.path, "novafitness_sds011", interval=1.0, warmup=0, mode="active")
@@ -98,6 +100,7 @@ async def test_sds011__passive_query_mode(tmp_path):
     assert {r.point for r in drain(queue)} >= {"pm2_5", "pm10"}
 
 
+@pytest.mark.slow
 async def test_uart__unplugged_adapter_is_reported_as_a_gap_and_reopened(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="edge.uart_sensor")
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=4, warmup_s=0).start()
@@ -123,6 +126,7 @@ async def test_uart__unplugged_adapter_is_reported_as_a_gap_and_reopened(tmp_pat
     assert len(errors) == 1  # once, not at every reopen attempt
 
 
+@pytest.mark.slow
 async def test_uart__corrupt_frames_are_counted_and_skipped(tmp_path):
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=5, warmup_s=0).start()
     sim.bad_checksum_every = 2
@@ -137,6 +141,7 @@ async def test_uart__corrupt_frames_are_counted_and_skipped(tmp_path):
     assert all(5 <= r.value <= 600 for r in drain(queue) if r.point == "pm2_5")
 
 
+@pytest.mark.slow
 async def test_uart__a_sensor_that_answers_nothing_is_offline_once(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="edge.uart_sensor")
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=6, warmup_s=0).start()
