@@ -6,10 +6,14 @@ never a reason to give up on its neighbours.
 
 from __future__ import annotations
 
+import random
+import time
+
 from protocols.modbus_frame import Function, Request
 
 __all__ = [
     "EXCEPTION_NAMES",
+    "Backoff",
     "LinkDown",
     "LinkOps",
     "ModbusDeviceError",
@@ -114,3 +118,32 @@ class LinkOps:
         """Switch one coil (FC 05)."""
         req = Request(Function.WRITE_SINGLE_COIL, address, 1, (bool(value),))
         await self.transact(unit, req, timeout_s=timeout_s, retries=retries, gap_s=gap_s)
+
+
+class Backoff:
+    """Reopening a port or a connection: the delay doubles from ``min_s`` to ``max_s`` after each
+    failure, with ±20 % jitter so many links do not retry in step; a success resets it."""
+
+    def __init__(self, min_s: float = 0.5, max_s: float = 30.0) -> None:
+        self.min_s, self.max_s = min_s, max_s
+        self.delay_s = 0.0
+        self.next_at = 0.0  # monotonic time before which no attempt is made
+
+    def failed(self) -> float:
+        """Record a failure; returns the (jittered) delay until the next attempt."""
+        self.delay_s = min(self.max_s, max(self.min_s, self.delay_s * 2))
+        wait = self.delay_s * random.uniform(0.8, 1.2)
+        self.next_at = time.monotonic() + wait
+        return wait
+
+    def succeeded(self) -> None:
+        self.delay_s = 0.0
+        self.next_at = 0.0
+
+    def wait_left(self) -> float:
+        return max(0.0, self.next_at - time.monotonic())
+
+
+def where(endpoint: str, unit: int, req: Request) -> dict[str, int | str]:
+    """The fields every :class:`ModbusDeviceError` names."""
+    return {"endpoint": endpoint, "unit": unit, "address": req.address, "count": req.count}

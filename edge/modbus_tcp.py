@@ -26,12 +26,14 @@ import struct
 import time
 
 from edge.fieldbus import (
+    Backoff,
     LinkDown,
     LinkOps,
     ModbusDeviceError,
     ModbusExceptionResponse,
     ModbusTimeout,
 )
+from edge.fieldbus import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
     Request,
@@ -65,9 +67,7 @@ class ModbusTcpLink(LinkOps):
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._connect_timeout_s = connect_timeout_s
-        self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
-        self._backoff_s = 0.0
-        self._next_connect_at = 0.0
+        self._backoff = Backoff(backoff_min_s, backoff_max_s)
         self._tid = random.randrange(0x10000)
         self._last_done = 0.0
         self.connects = 0
@@ -81,20 +81,14 @@ class ModbusTcpLink(LinkOps):
     async def _ensure_connected(self, where: dict[str, int | str]) -> None:
         if self.connected:
             return
-        now = time.monotonic()
-        if now < self._next_connect_at:
-            raise LinkDown(
-                f"not connected; next attempt in {self._next_connect_at - now:.1f} s", **where
-            )
+        if left := self._backoff.wait_left():
+            raise LinkDown(f"not connected; next attempt in {left:.1f} s", **where)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             self.connect_failures += 1
-            self._backoff_s = min(
-                self._backoff_max_s, max(self._backoff_min_s, self._backoff_s * 2)
-            )
-            self._next_connect_at = now + self._backoff_s * random.uniform(0.8, 1.2)
+            self._backoff.failed()
             if isinstance(exc, TimeoutError):
                 reason = f"no answer to the connection in {self._connect_timeout_s:g} s"
             elif isinstance(exc, ConnectionRefusedError):
@@ -103,7 +97,7 @@ class ModbusTcpLink(LinkOps):
                 reason = str(exc)
             raise LinkDown(f"cannot connect: {reason}", **where) from None
         self.connects += 1
-        self._backoff_s = 0.0
+        self._backoff.succeeded()
 
     def _drop(self) -> None:
         if self._writer is not None:
@@ -113,12 +107,7 @@ class ModbusTcpLink(LinkOps):
     async def transact(
         self, unit: int, req: Request, *, timeout_s: float, retries: int, gap_s: float = 0.0
     ) -> tuple[int, ...]:
-        where = {
-            "endpoint": self.endpoint,
-            "unit": unit,
-            "address": req.address,
-            "count": req.count,
-        }
+        where = fieldbus_where(self.endpoint, unit, req)
         pdu = encode_request(req)
         async with self._lock:
             if gap_s > 0:

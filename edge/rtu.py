@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import termios
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import LinkDown, LinkOps, ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus import Backoff, LinkDown, LinkOps, ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
     LineTiming,
@@ -107,9 +107,7 @@ class RtuLink(LinkOps):
         self._lock = asyncio.Lock()
         self._line: _Line | None = None
         self._quiet_since = 0.0  # monotonic time the line last went quiet
-        self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
-        self._backoff_s = 0.0
-        self._next_open_at = 0.0
+        self._backoff = Backoff(backoff_min_s, backoff_max_s)
         self.opens = 0
 
     @property
@@ -120,11 +118,8 @@ class RtuLink(LinkOps):
         if self._line is not None and self._line.lost is None:
             return self._line
         self._line = None
-        now = time.monotonic()
-        if now < self._next_open_at:
-            raise LinkDown(
-                f"serial port not open; next attempt in {self._next_open_at - now:.1f} s", **where
-            )
+        if left := self._backoff.wait_left():
+            raise LinkDown(f"serial port not open; next attempt in {left:.1f} s", **where)
         line = _Line()
         try:
             transport, _ = await serial_asyncio_fast.create_serial_connection(
@@ -137,14 +132,11 @@ class RtuLink(LinkOps):
                 bytesize=serial.EIGHTBITS,
             )
         except (OSError, serial.SerialException, termios.error) as exc:
-            self._backoff_s = min(
-                self._backoff_max_s, max(self._backoff_min_s, self._backoff_s * 2)
-            )
-            self._next_open_at = now + self._backoff_s * random.uniform(0.8, 1.2)
+            self._backoff.failed()
             raise LinkDown(f"cannot open serial port: {exc}", **where) from None
         line.transport = transport  # connection_made may come a loop turn later
         self._line = line
-        self._backoff_s = 0.0
+        self._backoff.succeeded()
         self._quiet_since = time.monotonic()
         self.opens += 1
         return line
@@ -153,12 +145,7 @@ class RtuLink(LinkOps):
         self, unit: int, req: Request, *, timeout_s: float, retries: int, gap_s: float = 0.0
     ) -> tuple[int, ...]:
         """Send ``req`` to ``unit`` and return its values (read) or () (write)."""
-        where = {
-            "endpoint": self.endpoint,
-            "unit": unit,
-            "address": req.address,
-            "count": req.count,
-        }
+        where = fieldbus_where(self.endpoint, unit, req)
         frame = encode_rtu(unit, encode_request(req))
         async with self._lock:
             line = await self._ensure_open(where)
@@ -241,11 +228,7 @@ class RtuLink(LinkOps):
 
     def _lost(self, line: _Line, unit: int, req: Request) -> LinkDown:
         return LinkDown(
-            f"serial port lost: {line.lost}",
-            endpoint=self.endpoint,
-            unit=unit,
-            address=req.address,
-            count=req.count,
+            f"serial port lost: {line.lost}", **fieldbus_where(self.endpoint, unit, req)
         )
 
     @staticmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import termios
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import serial_asyncio_fast
 
 from devices import SensorProfile
 from edge.config import DeviceConfig
+from edge.fieldbus import Backoff
 from edge.poller import BAD_POINTS, STATUS_POINT
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
@@ -158,7 +158,7 @@ class SensorPoller:
         self.last: dict[str, tuple[int, object]] = {}
         self._port: _Port | None = None
         self._awake: bool | None = None
-        self._backoff_s = 0.0
+        self._backoff = Backoff(0.5, 30.0)
 
     # ------------------------------------------------------------------ gateway interface
 
@@ -202,8 +202,7 @@ class SensorPoller:
                 await self._health("offline", f"port {'lost' if lost else 'cannot open'}: {exc}")
             finally:
                 self._close()
-            self._backoff_s = min(30.0, max(0.5, self._backoff_s * 2))
-            await asyncio.sleep(self._backoff_s * random.uniform(0.8, 1.2))
+            await asyncio.sleep(self._backoff.failed())
 
     def _close(self) -> None:
         if self._port is not None and self._port.transport is not None:
@@ -267,7 +266,7 @@ class SensorPoller:
 
     async def _session(self) -> None:
         await self._open()
-        self._backoff_s = 0.0
+        self._backoff.succeeded()
         loop = asyncio.get_running_loop()
         await self._set_awake(True)
         self._send(self.proto.active() if self.device.mode == "active" else self.proto.passive())

@@ -25,6 +25,7 @@ import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
@@ -89,10 +90,23 @@ class HanoiPm:
 
 
 class UartSim:
-    """A serial sensor behind a pty whose slave is reachable at a stable symlink ``path``."""
+    """A laser particulate sensor behind a pty whose slave is at a stable symlink ``path``:
+    the air it measures, its laser's on-time, and the port with its faults."""
 
-    def __init__(self, path: Path, *, timing: LineTiming | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        warmup_s: float = 30.0,
+        interval_s: float = 1.0,
+        timing: LineTiming | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.air = HanoiPm(seed, clock)
+        self.laser = _Laser(warmup_s, time.monotonic)
+        self.interval_s = interval_s  # between frames when it streams
         self.timing = timing or LineTiming(9600, "N", 1)
         self.garbage_bytes = 0
         self.bad_checksum_every = 0
@@ -105,7 +119,11 @@ class UartSim:
         self._tx_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._rng = random.Random(0)
+        self._rng = random.Random(seed)
+
+    @property
+    def laser_on_s(self) -> float:
+        return self.laser.on_s
 
     async def start(self) -> UartSim:
         self.replug()
@@ -221,25 +239,9 @@ class _Laser:
 class Pms5003Sim(UartSim):
     """PMS5003: active mode streams a frame every ``interval_s``; passive answers reads."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        seed: int | None = None,
-        clock: Callable[[], float] = time.time,
-        warmup_s: float = 30.0,
-        interval_s: float = 1.0,
-    ) -> None:
-        super().__init__(path)
-        self.air = HanoiPm(seed, clock)
-        self.laser = _Laser(warmup_s, time.monotonic)
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
         self.active = True
-        self.interval_s = interval_s
-        self._rng = random.Random(seed)
-
-    @property
-    def laser_on_s(self) -> float:
-        return self.laser.on_s
 
     def frame(self) -> pms.PmsFrame:
         m = self.air.measure(self.laser.gain())
@@ -299,27 +301,11 @@ class Pms5003Sim(UartSim):
 class Sds011Sim(UartSim):
     """SDS011: active reporting every second, or query mode; sleep / work; working period."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        seed: int | None = None,
-        clock: Callable[[], float] = time.time,
-        warmup_s: float = 30.0,
-        device_id: int = 0xF9BC,
-        interval_s: float = 1.0,
-    ) -> None:
-        super().__init__(path)
-        self.air = HanoiPm(seed, clock)
-        self.laser = _Laser(warmup_s, time.monotonic)
+    def __init__(self, path: Path, *, device_id: int = 0xF9BC, **options: Any) -> None:
+        super().__init__(path, **options)
         self.device_id = device_id
         self.query_mode = False
         self.working_period = 0
-        self.interval_s = interval_s
-
-    @property
-    def laser_on_s(self) -> float:
-        return self.laser.on_s
 
     def reading(self) -> sds.SdsReading:
         m = self.air.measure(self.laser.gain())
