@@ -30,13 +30,13 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocols.batch import BatchHeader, Point, Reading, decode_batch, encode_batch
+from protocols.batch import BatchHeader, Reading, Value, decode_batch, encode_batch
 
 __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
 
@@ -384,33 +384,41 @@ class Buffer:
         created = int(time.time() * 1000) if created_ms is None else created_ms
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._db.execute(
-                f"SELECT id, series, ts_ms, value FROM readings {where} ORDER BY id LIMIT ?",
-                (*params, max_readings),
-            ).fetchall()
+            select = f"SELECT id, series, ts_ms, value FROM readings {where} ORDER BY id LIMIT ?"
+            ids: list[int] = []  # first and last id of the rows read, how many
+
+            def rows(limit: int) -> Iterator[tuple[int, int, Value]]:
+                # Streamed from the cursor, not fetched into a list: a 5000-reading batch
+                # would otherwise hold ~1 MB of row tuples while it is encoded.
+                ids.clear()
+                n = 0
+                for rid, sid, ts, v in self._db.execute(select, (*params, limit)):
+                    if n == 0:
+                        ids.append(rid)
+                    n += 1
+                    yield sid, ts, _loaded(v)
+                if n:
+                    ids[1:] = [rid, n]
+
             dropped = self._meta(self._db, "dropped_pending", 0)
-            if not rows and not dropped:
-                self._db.execute("ROLLBACK")
-                return None
             seq = self._meta(self._db, "next_seq", 1)
             header = BatchHeader(gateway, seq, self.boot, created, dropped)
-            take = len(rows)
+            take = max_readings
             while True:
-                payload = encode_batch(
-                    header, (Point(s, t, _loaded(v)) for _, s, t, v in rows[:take])
-                )
-                if max_bytes is None or len(payload) <= max_bytes or take <= 1:
+                payload = encode_batch(header, rows(take))
+                if not ids and not dropped:
+                    self._db.execute("ROLLBACK")
+                    return None
+                taken = ids[2] if ids else 0
+                if max_bytes is None or len(payload) <= max_bytes or taken <= 1:
                     break
-                take = max(1, min(take - 1, int(take * max_bytes / len(payload) * 0.9)))
-            rows = rows[:take]
-            if rows:
+                take = max(1, min(taken - 1, int(taken * max_bytes / len(payload) * 0.9)))
+            if ids:
                 # The selected rows are every row of the range between the first and the last.
-                self._db.execute(
-                    "DELETE FROM readings WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0])
-                )
+                self._db.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", ids[:2])
             self._db.execute(
                 "INSERT INTO outbox (seq, created_ms, readings, payload) VALUES (?, ?, ?, ?)",
-                (seq, created, len(rows), payload),
+                (seq, created, taken, payload),
             )
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dropped_pending'")
@@ -418,8 +426,8 @@ class Buffer:
         except BaseException:
             self._rollback()
             raise
-        self._taken(len(rows), "oldest" if part == "any" else part)
-        return SealedBatch(seq, created, len(rows), payload)
+        self._taken(taken, "oldest" if part == "any" else part)
+        return SealedBatch(seq, created, taken, payload)
 
     def ack(self, seq: int, part: tuple[int, ...] = ()) -> bool:
         """The broker acknowledged batch ``seq`` (or that part of it): its readings leave."""

@@ -95,9 +95,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lean_malloc() -> None:
+    """glibc settings for a small, long-running process (before any thread starts).
+
+    One malloc arena instead of one per thread (the buffer thread would get its own), and a fixed
+    128 KiB mmap threshold: glibc otherwise raises the threshold after the first large free, so
+    every later batch-sized buffer lands in the heap, whose freed holes are rarely given back.
+    Measured at 100 devices x 30 points: 50.9 -> 48.1 MB RSS, CPU within the run-to-run noise.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold, m_arena_max = -3, -8
+    mallopt(m_arena_max, 1)
+    mallopt(m_mmap_threshold, 128 * 1024)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.gateway import Gateway
 
+    _lean_malloc()
     loaded = _load(args.config)
     if loaded is None:
         return EXIT_CONFIG
