@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
 from protocols.batch import BatchHeader, Reading, Value, decode_batch, encode_batch
 
 __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
@@ -43,13 +44,14 @@ __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: outbox rows carry a part path (split batches)
+SCHEMA_VERSION = 3  # 2: outbox rows carry a part path (split batches); 3: time quality
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, point TEXT NOT NULL, UNIQUE (device, point));
 CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value);
+    id INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value,
+    tq INTEGER NOT NULL DEFAULT 0, boot_ms INTEGER);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER NOT NULL, part TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,
     readings INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (seq, part));
@@ -65,6 +67,15 @@ INSERT INTO outbox (seq, part, created_ms, readings, payload)
 DROP TABLE outbox_v1;
 UPDATE meta SET value = 2 WHERE key = 'schema_version';
 """
+
+# Readings stamped while the clock was untrusted (tq = PENDING) keep their boot-time stamp in
+# boot_ms until the clock is trusted (edge/clock.py); the partial index finds them in O(1) when
+# there are none, which is nearly always.
+_MIGRATE_2_TO_3 = {
+    "tq": "ALTER TABLE readings ADD COLUMN tq INTEGER NOT NULL DEFAULT 0;",
+    "boot_ms": "ALTER TABLE readings ADD COLUMN boot_ms INTEGER;",
+}
+_INDEXES = "CREATE INDEX IF NOT EXISTS readings_held ON readings (id) WHERE tq = 3;"
 
 
 # The readings table's value column is untyped: floats, int64s and strings go in as themselves;
@@ -138,9 +149,17 @@ class BufferStats:
 class Buffer:
     """Blocking SQLite buffer. Use from one thread only (see :class:`AsyncBuffer`)."""
 
-    def __init__(self, path: str | Path, *, max_bytes: int, synchronous: str = "normal") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        synchronous: str = "normal",
+        boot_id: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.boot_id = kernel_boot_id() if boot_id is None else boot_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._open(synchronous)
@@ -171,6 +190,17 @@ class Buffer:
         self._backlog_n = 0
         self.appended_total = 0
         self.rejected_total = 0
+        self._held_n = 0
+        self._first_held: int | None = None
+        self._count_held()
+        if self._held_n and self._meta(self._db, "held_boot", "") != self.boot_id:
+            # The machine restarted: those boot-time stamps belong to a clock that is gone.
+            n = self.settle_held(None)
+            log.warning(
+                "%d readings stamped before the clock was trusted, in an earlier boot, "
+                "go out with time quality 'uncertain'",
+                n,
+            )
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -184,15 +214,25 @@ class Buffer:
             version = self._meta(db, "schema_version", None)
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif version == 1:
-                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
-            elif version != SCHEMA_VERSION:
+            elif version not in (1, 2, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown buffer schema version {version}")
+            if version == 1:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
+            if version in (1, 2):
+                have = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
+                db.executescript(
+                    "BEGIN IMMEDIATE;"
+                    + "".join(sql for col, sql in _MIGRATE_2_TO_3.items() if col not in have)
+                    + "UPDATE meta SET value = 3 WHERE key = 'schema_version'; COMMIT;"
+                )
+            db.executescript(_INDEXES)
             for key, default in (
                 ("next_seq", 1),
                 ("dropped_pending", 0),
                 ("evicted_total", 0),
+                ("accepted_total", 0),
                 ("boot", 0),
+                ("held_boot", ""),
             ):
                 db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
             # Every open is a new boot epoch: batches say which run of the gateway sealed them.
@@ -245,18 +285,40 @@ class Buffer:
         return sorted((sid, d, p) for (d, p), sid in self._series.items())
 
     def append(self, readings: Iterable[Reading]) -> int:
-        """Accept readings in one transaction (group commit). Returns how many were accepted."""
+        """Accept readings in one transaction (group commit). Returns how many were accepted.
+
+        A reading with time quality PENDING (stamped while the clock was untrusted) is *held*:
+        accepted and durable, but not sealed until :meth:`settle_held` gives it a time.
+        """
         rows = list(readings)
         if not rows:
             return 0
+        held = sum(1 for r in rows if len(r) > 4 and r[4] == PENDING)
         for attempt in range(2):
             series_before = dict(self._series)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
-                    "INSERT INTO readings (series, ts_ms, value) VALUES (?, ?, ?)",
-                    [(self._series_id(d, p), ts, _stored(v)) for d, p, ts, v in rows],
+                    "INSERT INTO readings (series, ts_ms, value, tq, boot_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            self._series_id(r[0], r[1]),
+                            r[2],
+                            _stored(r[3]),
+                            r[4] if len(r) > 4 else 0,
+                            r[5] if len(r) > 5 else None,
+                        )
+                        for r in rows
+                    ],
                 )
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'accepted_total'", (len(rows),)
+                )
+                if held:
+                    self._db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'held_boot'", (self.boot_id,)
+                    )
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 self._rollback()
@@ -270,8 +332,63 @@ class Buffer:
             break
         self.appended_total += len(rows)
         self._pending_n += len(rows)
+        if held:
+            self._held_n += held
+            if self._first_held is None:
+                self._count_held()
         self._enforce_limit()
         return len(rows)
+
+    # ------------------------------------------------------------------ time quality
+
+    def _count_held(self) -> None:
+        first, n = self._db.execute(
+            "SELECT min(id), count(*) FROM readings WHERE tq = ?", (PENDING,)
+        ).fetchone()
+        self._first_held, self._held_n = first, n
+
+    @property
+    def held(self) -> int:
+        """Readings waiting for a trustworthy clock before they can be sealed."""
+        return self._held_n
+
+    def settle_held(self, offset_ms: int | None, *, older_than_boot_ms: int | None = None) -> int:
+        """Give held readings their time; returns how many were settled.
+
+        ``offset_ms`` (wall minus boot time, measured once the clock is trusted, same kernel
+        boot): each one is re-timed to ``boot_ms + offset_ms`` with quality CORRECTED.
+        ``None``: they cannot be corrected and keep their wall-clock stamp as UNCERTAIN; with
+        ``older_than_boot_ms`` only those stamped before that boot time (held too long).
+        """
+        if not self._held_n:
+            return 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if offset_ms is not None:
+                cur = self._db.execute(
+                    "UPDATE readings SET ts_ms = boot_ms + ?, tq = ?, boot_ms = NULL "
+                    "WHERE tq = ? AND boot_ms IS NOT NULL",
+                    (offset_ms, CORRECTED, PENDING),
+                )
+                n = cur.rowcount
+                cur = self._db.execute(
+                    "UPDATE readings SET tq = ? WHERE tq = ?", (UNCERTAIN, PENDING)
+                )
+                n += cur.rowcount
+            else:
+                limit = "" if older_than_boot_ms is None else " AND boot_ms < ?"
+                args = () if older_than_boot_ms is None else (older_than_boot_ms,)
+                cur = self._db.execute(
+                    f"UPDATE readings SET tq = ?, boot_ms = NULL WHERE tq = ?{limit}",
+                    (UNCERTAIN, PENDING, *args),
+                )
+                n = cur.rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._count_held()
+        return n
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -302,11 +419,14 @@ class Buffer:
 
     @property
     def backlog_pending(self) -> int:
+        """Backlog readings that can be sealed (held ones cannot: see :meth:`settle_held`)."""
+        if self._first_held is not None and self._first_held < self._live_from:
+            return max(0, self._backlog_n - self._held_n)
         return self._backlog_n
 
     @property
     def live_pending(self) -> int:
-        return self._pending_n - self._backlog_n
+        return max(0, self._pending_n - self._backlog_n - self._held_n)
 
     def _taken(self, n: int, part: str) -> None:
         """Book ``n`` rows leaving the buffer from ``part`` ("backlog", "live" or "oldest")."""
@@ -347,6 +467,8 @@ class Buffer:
             self._rollback()
             raise
         self._taken(dropped, "oldest")
+        if self._held_n:
+            self._count_held()
         if dropped:
             log.error(
                 "buffer over %d bytes: evicted the %d oldest readings", self.max_bytes, dropped
@@ -381,22 +503,28 @@ class Buffer:
             raise ValueError(f"unknown part {part!r}")
         where = {"any": "", "backlog": "WHERE id < ?", "live": "WHERE id >= ?"}[part]
         params: tuple[int, ...] = () if part == "any" else (self._live_from,)
+        if self._first_held is not None:
+            # Nothing at or after the first held reading: batches keep the arrival order.
+            where = f"{where} AND id < ?" if where else "WHERE id < ?"
+            params = (*params, self._first_held)
         created = int(time.time() * 1000) if created_ms is None else created_ms
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            select = f"SELECT id, series, ts_ms, value FROM readings {where} ORDER BY id LIMIT ?"
+            select = (
+                f"SELECT id, series, ts_ms, value, tq FROM readings {where} ORDER BY id LIMIT ?"
+            )
             ids: list[int] = []  # first and last id of the rows read, how many
 
-            def rows(limit: int) -> Iterator[tuple[int, int, Value]]:
+            def rows(limit: int) -> Iterator[tuple[int, int, Value, int]]:
                 # Streamed from the cursor, not fetched into a list: a 5000-reading batch
                 # would otherwise hold ~1 MB of row tuples while it is encoded.
                 ids.clear()
                 n = 0
-                for rid, sid, ts, v in self._db.execute(select, (*params, limit)):
+                for rid, sid, ts, v, tq in self._db.execute(select, (*params, limit)):
                     if n == 0:
                         ids.append(rid)
                     n += 1
-                    yield sid, ts, _loaded(v)
+                    yield sid, ts, _loaded(v), tq
                 if n:
                     ids[1:] = [rid, n]
 
@@ -512,15 +640,22 @@ class Buffer:
 class AsyncBuffer:
     """:class:`Buffer` on one dedicated thread, awaited from the event loop."""
 
-    def __init__(self, path: str | Path, *, max_bytes: int, synchronous: str = "normal"):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        synchronous: str = "normal",
+        boot_id: str | None = None,
+    ):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
-        self._args = (path, max_bytes, synchronous)
+        self._args = (path, max_bytes, synchronous, boot_id)
         self._buf: Buffer | None = None
 
     async def open(self) -> AsyncBuffer:
-        path, max_bytes, synchronous = self._args
+        path, max_bytes, synchronous, boot_id = self._args
         self._buf = await self._run(
-            lambda: Buffer(path, max_bytes=max_bytes, synchronous=synchronous)
+            lambda: Buffer(path, max_bytes=max_bytes, synchronous=synchronous, boot_id=boot_id)
         )
         return self
 
@@ -535,6 +670,13 @@ class AsyncBuffer:
 
     async def append(self, readings: list[Reading]) -> int:
         return await self._run(lambda: self.sync.append(readings))
+
+    async def settle_held(
+        self, offset_ms: int | None, *, older_than_boot_ms: int | None = None
+    ) -> int:
+        return await self._run(
+            lambda: self.sync.settle_held(offset_ms, older_than_boot_ms=older_than_boot_ms)
+        )
 
     async def seal(
         self, gateway: str, max_readings: int, max_bytes: int | None = None, part: str = "any"

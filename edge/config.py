@@ -34,6 +34,7 @@ __all__ = [
     "ModbusTcpTransport",
     "MqttConfig",
     "ProcessingRule",
+    "TimeConfig",
     "TlsConfig",
     "UartTransport",
     "load_config",
@@ -67,6 +68,18 @@ class BufferConfig(_Model):
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     commit_interval_ms: int = Field(200, ge=1, le=60_000)
     synchronous: Literal["normal", "full"] = "normal"
+
+
+class TimeConfig(_Model):
+    """When the gateway trusts its clock (edge/clock.py)."""
+
+    #: ntp: only once the kernel says NTP synchronised it; plausible: any time above the
+    #: build-date floor until the clock steps; auto: ntp when an NTP client runs
+    #: (systemd-timesyncd, chrony, ntpd), else plausible, said once in the log.
+    trust: Literal["auto", "ntp", "plausible"] = "auto"
+    #: Readings stamped while the clock is untrusted wait this long for it, then go out as
+    #: 'uncertain' with the wall clock's guess.
+    max_hold_s: float = Field(900.0, ge=0, le=7 * 86_400)
 
 
 class TlsConfig(_Model):
@@ -302,6 +315,7 @@ class Config(_Model):
     mqtt: MqttConfig = MqttConfig()
     commands: CommandsConfig = CommandsConfig()
     status: StatusConfig = StatusConfig()
+    time: TimeConfig = TimeConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.tls import client_context
-from protocols.batch import BatchDecodeError, BatchHeader, Reading, decode_batch
+from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import Birth, BirthError, SeriesInfo, resolve
 
 __all__ = ["BatchConsumer", "Delivery", "SeqTracker", "reading_json"]
@@ -125,6 +125,8 @@ def reading_json(header: BatchHeader, r: Reading) -> str:
         "ts_ms": r.ts_ms,
         "value": _json_value(r.value),
     }
+    if r.tq:
+        doc["time"] = TQ_NAMES.get(r.tq, str(r.tq))  # absent: good
     return json.dumps(doc, separators=(",", ":"))
 
 

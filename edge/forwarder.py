@@ -97,15 +97,21 @@ class _StableSessionEnded(Exception):
     """A session that had been up long enough ended: reconnect with a fresh backoff."""
 
 
-class _JitteredExponential(wait_base):
-    """floor × 2^(n-1), capped, times a uniform jitter in [0.5, 1.0] (never below floor / 2)."""
+def full_jitter(floor: float, cap: float, attempt: int) -> float:
+    """Seconds before reconnect ``attempt`` (1, 2, ...): uniform between the floor and
+    floor × 2^attempt, capped. The whole range, not a band near its top: after a broker
+    restart a city's gateways spread out instead of retrying in lockstep (mosquitto#1035)."""
+    return random.uniform(floor, max(floor, min(cap, floor * 2.0**attempt)))
 
+
+class _JitteredExponential(wait_base):
     def __init__(self, floor: float, cap: float) -> None:
         self.floor, self.cap = floor, cap
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        n = max(0, retry_state.attempt_number - 1)
-        return min(self.cap, self.floor * (2.0**n)) * random.uniform(0.5, 1.0)
+        # After the first failed attempt: up to 8 x floor, then 16 x, ... (a broker that just
+        # failed is not hammered; its returning clients spread over several seconds).
+        return full_jitter(self.floor, self.cap, retry_state.attempt_number + 2)
 
 
 def describe_mqtt_error(exc: Exception) -> str:
@@ -138,6 +144,8 @@ class Forwarder:
         self.password = password
         self.stats = ForwarderStats()
         self._wake = asyncio.Event()
+        self._wakes = 0  # notifications so far
+        self._blocked_at = -1  # _wakes when a seal last found nothing sealable
         self._pending_since: float | None = None  # monotonic time the oldest live one arrived
         self._next_drain = 0.0  # monotonic time the next backlog batch may be sealed
         self._max_bytes = cfg.batch_max_bytes  # lowered if the broker refuses a batch's size
@@ -153,6 +161,7 @@ class Forwarder:
     def notify_appended(self) -> None:
         if self._pending_since is None:
             self._pending_since = time.monotonic()
+        self._wakes += 1
         self._wake.set()
 
     def _client(self, boot: int) -> aiomqtt.Client:
@@ -187,7 +196,10 @@ class Forwarder:
                     with attempt:
                         await self._session()
             except _StableSessionEnded:
-                await asyncio.sleep(self.cfg.reconnect_min_s * random.uniform(0.5, 1.0))
+                # The backoff starts over (the session was up for stable_after_s), jittered too.
+                await asyncio.sleep(
+                    full_jitter(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, 2)
+                )
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -239,13 +251,11 @@ class Forwarder:
                     self._outage_since = None
                 else:
                     log.info("uplink to %s connected", self.cfg.url)
-                listener = (
-                    asyncio.create_task(self._listen(client), name="commands")
-                    if self._commands is not None
-                    else None
-                )
+                # The listener ends when the connection does: an idle gateway (nothing to
+                # publish) notices a lost broker at once, not at its next publish.
+                listener = asyncio.create_task(self._listen(client), name="uplink-listen")
                 try:
-                    await self._forward(client)
+                    await self._forward_while_up(client, listener)
                 except asyncio.CancelledError:
                     # A clean stop: the Last Will only fires on an unclean disconnect, so say
                     # "offline" ourselves (best effort), or the retained status stays "online".
@@ -259,10 +269,9 @@ class Forwarder:
                         )
                     raise
                 finally:
-                    if listener is not None:
-                        listener.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await listener
+                    listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await listener
             finally:
                 self.stats.connected = False
                 try:
@@ -278,9 +287,27 @@ class Forwarder:
                 raise _StableSessionEnded() from None
             raise _SessionFailed(self._describe(exc)) from None
 
+    async def _forward_while_up(self, client: aiomqtt.Client, listener: asyncio.Task) -> None:
+        forward = asyncio.create_task(self._forward(client), name="uplink-forward")
+        try:
+            await asyncio.wait({forward, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not forward.done():
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
+        if forward.done() and not forward.cancelled() and forward.exception() is not None:
+            raise forward.exception()  # type: ignore[misc]
+        exc = listener.exception() if listener.done() and not listener.cancelled() else None
+        raise exc if exc is not None else aiomqtt.MqttError("connection to the broker lost")
+
     async def _listen(self, client: aiomqtt.Client) -> None:
-        """Answer platform commands for as long as the session lasts."""
-        assert self._commands is not None
+        """Answer platform commands for as long as the session lasts; without commands, only
+        wait for the connection to end (the message iterator raises MqttError then)."""
+        if self._commands is None:
+            async for _ in client.messages:
+                pass
+            return
         await client.subscribe(self.topics["cmd"], qos=1)
 
         async def rebirth() -> int:
@@ -402,7 +429,10 @@ class Forwarder:
                             self._pending_since or time.monotonic() if live_left else None
                         )
                     if batch is None:
+                        # Nothing sealable (readings held for a good time, or evicted since
+                        # they were counted): wait for the buffer to change, never spin.
                         window.release()
+                        self._blocked_at = self._wakes
                         continue
                     tg.create_task(send(batch))
         except* aiomqtt.MqttError as group:
@@ -417,6 +447,10 @@ class Forwarder:
         """
         rate = self.cfg.drain_max_batches_per_s
         delay = self.cfg.batch_max_delay_ms / 1000.0
+        if self._blocked_at == self._wakes:
+            self._wake.clear()
+            await self._wake.wait()
+        self._blocked_at = -1
         while True:
             self._wake.clear()
             buf = self.buffer.sync

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from devices import SensorProfile, get_profile
 from edge import __version__, systemd
 from edge.buffer import AsyncBuffer, BufferError
+from edge.clock import CORRECTED, PENDING, keeper_for
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
@@ -47,12 +48,22 @@ class WriterStats:
     rejected: int = 0  # the buffer refused them (disk full after eviction)
 
 
+@dataclass
+class TimeStats:
+    corrected: int = 0  # held readings re-timed once the clock was trusted (this run)
+    uncertain: int = 0  # held too long, or across a reboot: sent with the wall clock's guess
+
+
 class Gateway:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         cfg = loaded.config
+        self.clock = keeper_for(cfg.time.trust)
         self.buffer = AsyncBuffer(
-            loaded.buffer_path, max_bytes=cfg.buffer.max_bytes, synchronous=cfg.buffer.synchronous
+            loaded.buffer_path,
+            max_bytes=cfg.buffer.max_bytes,
+            synchronous=cfg.buffer.synchronous,
+            boot_id=self.clock.boot_id,
         )
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
         # One owner per line: a serial port, or a TCP endpoint (a device or a TCP-to-RTU bridge)
@@ -66,7 +77,7 @@ class Gateway:
             if isinstance(t, UartTransport):
                 profile = get_profile(dev.profile)
                 assert isinstance(profile, SensorProfile)
-                self.pollers.append(SensorPoller(dev, profile, self.queue))
+                self.pollers.append(SensorPoller(dev, profile, self.queue, self.clock))
                 continue
             links = self.links.get(t.line)
             if links is None:
@@ -77,7 +88,9 @@ class Gateway:
                 self.links[t.line] = links
             n = on_line[t.line] = on_line.get(t.line, -1) + 1
             link = links[n % len(links)]
-            self.pollers.append(DevicePoller(dev, loaded.plans[dev.id], link, self.queue))
+            self.pollers.append(
+                DevicePoller(dev, loaded.plans[dev.id], link, self.queue, self.clock)
+            )
         self.processor = Processor(
             cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}
         )
@@ -93,6 +106,7 @@ class Gateway:
         )
         self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()
+        self.time_stats = TimeStats()
         self._holding: list[Reading] = []  # taken from the queue, not yet committed
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
@@ -191,6 +205,7 @@ class Gateway:
                     tg.create_task(p.run(), name=f"poll:{p.device.id}") for p in self.pollers
                 ]
                 tg.create_task(systemd.watchdog(), name="watchdog")
+                tg.create_task(self._clock_watch(), name="clock")
                 self.started.set()
                 systemd.notify("READY=1")
         finally:
@@ -222,6 +237,15 @@ class Gateway:
             task.cancel()
 
     async def _commit(self, rows: list[Reading]) -> None:
+        if self.clock.trusted:
+            # Stamped before the clock was trusted, committed after: re-timed on the way in.
+            offset = self.clock.offset_ms
+            rows = [
+                r._replace(ts_ms=r.boot_ms + offset, tq=CORRECTED, boot_ms=None)
+                if r.tq == PENDING and r.boot_ms is not None
+                else r
+                for r in rows
+            ]
         try:
             n = await self.buffer.append(rows)
         except BufferError as exc:
@@ -231,6 +255,34 @@ class Gateway:
         self.writer_stats.commits += 1
         self.writer_stats.accepted += n
         self.forwarder.notify_appended()
+
+    async def _clock_watch(self) -> None:
+        """Once a second: settle readings held for a good time (corrected once the clock is
+        trusted, uncertain once held longer than ``time.max_hold_s``)."""
+        max_hold_ms = int(self.loaded.config.time.max_hold_s * 1000)
+        while True:
+            self.clock.look()
+            buf = self.buffer.sync
+            if buf.held:
+                if self.clock.trusted:
+                    n = await self.buffer.settle_held(self.clock.offset_ms)
+                    self.time_stats.corrected += n
+                    log.info("clock trusted: %d held readings re-timed and sent as corrected", n)
+                else:
+                    limit = self.clock.source.boot_ms() - max_hold_ms
+                    n = await self.buffer.settle_held(None, older_than_boot_ms=limit)
+                    if n:
+                        self.time_stats.uncertain += n
+                        log.warning(
+                            "clock untrusted for over %g s (%s): %d readings go out with time "
+                            "quality 'uncertain'",
+                            max_hold_ms / 1000,
+                            self.clock.why,
+                            n,
+                        )
+                if n:
+                    self.forwarder.notify_appended()
+            await asyncio.sleep(1.0)
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,7 +297,7 @@ class Gateway:
                 except TimeoutError:
                     cycle = []
                 self._holding.extend(processor.process(cycle))
-                self._holding.extend(processor.flush(time.time_ns() // 1_000_000))
+                self._holding.extend(processor.flush(self.clock.stamp().ts_ms))
                 if not self._holding:
                     continue
             else:
@@ -279,7 +331,7 @@ class Gateway:
         while not self.queue.empty():
             rows.extend(self.processor.process(self.queue.get_nowait()))
         # open windows go out as they are (their count says how many samples they hold)
-        rows.extend(self.processor.flush(time.time_ns() // 1_000_000, everything=True))
+        rows.extend(self.processor.flush(self.clock.stamp().ts_ms, everything=True))
         try:
             if rows:
                 commit = asyncio.ensure_future(self._commit(rows))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from devices import RegisterType, get_profile
+from edge.clock import TimeKeeper
 from edge.config import DeviceConfig
 from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import ReadPlan, ReadRequest, split_request
@@ -86,8 +87,10 @@ class DevicePoller:
         plan: ReadPlan,
         link: Link,
         out: asyncio.Queue[list[Reading]],
+        clock: TimeKeeper | None = None,
     ) -> None:
         self.device = device
+        self.clock = clock or TimeKeeper(require_sync=False)
         self.plan = plan
         self.requests: list[ReadRequest] = list(plan.requests)  # learning may split them
         self.link = link
@@ -176,26 +179,26 @@ class DevicePoller:
             answered = True
             if probing:
                 probing = False  # the breaker closes: the rest of the plan runs now
-            ts_ms = time.time_ns() // 1_000_000
+            stamp = self.clock.stamp()
             for point, value in req.decode(regs):
-                readings.append(Reading(dev.id, point.name, ts_ms, value))
+                readings.append(stamp.reading(dev.id, point.name, value))
         if not answered:
             bad = [p.name for r in self.requests for p in r.points] + sorted(self.unserved)
         self._report(errors)
         self._breaker(answered, now)
-        ts_ms = time.time_ns() // 1_000_000
+        stamp = self.clock.stamp()
         status = "online" if not errors else "degraded" if answered else "offline"
         if status != self.status:
             # The platform sees health changes as readings, in order with the data.
             self.status = status
-            readings.append(Reading(dev.id, STATUS_POINT, ts_ms, status))
+            readings.append(stamp.reading(dev.id, STATUS_POINT, status))
         n_points = sum(len(r.points) for r in self.requests) + len(self.unserved)
         bad_value = (
             "" if not bad else "all" if len(set(bad)) >= n_points else ",".join(sorted(set(bad)))
         )
         if bad_value != self.bad_points:
             self.bad_points = bad_value
-            readings.append(Reading(dev.id, BAD_POINTS, ts_ms, bad_value))
+            readings.append(stamp.reading(dev.id, BAD_POINTS, bad_value))
         for r in readings:
             self.last[r.point] = (r.ts_ms, r.value)
         if readings:

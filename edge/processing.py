@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from edge.config import DeviceConfig, ProcessingRule
-from protocols.batch import Reading
+from protocols.batch import TQ_GOOD, Reading
 
 __all__ = ["Processor", "aggregate", "output_series"]
 
@@ -67,6 +67,8 @@ class _Window:
     rule: ProcessingRule
     index: int | None = None  # which window (start = index * window_s)
     values: list[int | float] = field(default_factory=list)
+    tq: int = TQ_GOOD  # the worst time quality of its samples
+    boot_minus_ts: int = 0  # of a sample stamped while the clock was untrusted
 
 
 @dataclass
@@ -113,8 +115,12 @@ class Processor:
                 if w.index is not None and index != w.index and w.values:
                     out.extend(self._close(key, w))
                 if w.index is None or index != w.index:
-                    w.index, w.values = index, []
+                    w.index, w.values, w.tq = index, [], TQ_GOOD
                 w.values.append(r.value)  # type: ignore[arg-type]
+                if r.tq > w.tq:
+                    w.tq = r.tq
+                    if r.boot_ms is not None:
+                        w.boot_minus_ts = r.boot_ms - r.ts_ms
                 if key in self.raw_too:
                     out.append(r)
                 continue
@@ -140,10 +146,12 @@ class Processor:
         assert w.index is not None
         ts = int(w.index * w.rule.window_s * 1000)
         device, point = key
+        boot = ts + w.boot_minus_ts if w.tq != TQ_GOOD else None
         out = [
-            Reading(device, f"{point}.{a}", ts, aggregate(w.values, a)) for a in w.rule.aggregates
+            Reading(device, f"{point}.{a}", ts, aggregate(w.values, a), w.tq, boot)
+            for a in w.rule.aggregates
         ]
-        w.values = []
+        w.values, w.tq = [], TQ_GOOD
         return out
 
     def flush(self, now_ms: int, *, everything: bool = False) -> list[Reading]:

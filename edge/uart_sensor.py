@@ -26,6 +26,7 @@ import serial
 import serial_asyncio_fast
 
 from devices import SensorProfile
+from edge.clock import Stamp, TimeKeeper
 from edge.config import DeviceConfig
 from edge.fieldbus import Backoff
 from edge.poller import BAD_POINTS, STATUS_POINT
@@ -143,9 +144,14 @@ class _Port(asyncio.Protocol):
 
 class SensorPoller:
     def __init__(
-        self, device: DeviceConfig, profile: SensorProfile, out: asyncio.Queue[list[Reading]]
+        self,
+        device: DeviceConfig,
+        profile: SensorProfile,
+        out: asyncio.Queue[list[Reading]],
+        clock: TimeKeeper | None = None,
     ) -> None:
         self.device = device
+        self.clock = clock or TimeKeeper(require_sync=False)
         self.profile = profile
         self.out = out
         self.proto = PROTOCOLS[profile.protocol]()
@@ -331,21 +337,21 @@ class SensorPoller:
 
     async def _emit(self, values: dict[str, Any] | None) -> None:
         readings: list[Reading] = []
-        ts_ms = time.time_ns() // 1_000_000
+        stamp = self.clock.stamp()
         if values is not None:
             self.stats.samples += 1
-            readings = [Reading(self.device.id, p, ts_ms, values[p]) for p in self.points]
+            readings = [stamp.reading(self.device.id, p, values[p]) for p in self.points]
             status, why = "online", ""
         else:
             status, why = "offline", "no answer to a sample request"
-        readings += self._health_readings(status, why, ts_ms)
+        readings += self._health_readings(status, why, stamp)
         for r in readings:
             self.last[r.point] = (r.ts_ms, r.value)
         if readings:
             self.stats.readings += len(readings)
             await self.out.put(readings)
 
-    def _health_readings(self, status: str, why: str, ts_ms: int) -> list[Reading]:
+    def _health_readings(self, status: str, why: str, stamp: Stamp) -> list[Reading]:
         out = []
         if status != self.status:
             if status == "offline":
@@ -353,15 +359,15 @@ class SensorPoller:
             elif self.status == "offline":
                 log.info("sensor %s answers again", self.device.id)
             self.status = status
-            out.append(Reading(self.device.id, STATUS_POINT, ts_ms, status))
+            out.append(stamp.reading(self.device.id, STATUS_POINT, status))
         bad = "" if status == "online" else "all"
         if bad != self.bad_points:
             self.bad_points = bad
-            out.append(Reading(self.device.id, BAD_POINTS, ts_ms, bad))
+            out.append(stamp.reading(self.device.id, BAD_POINTS, bad))
         return out
 
     async def _health(self, status: str, why: str) -> None:
-        readings = self._health_readings(status, why, time.time_ns() // 1_000_000)
+        readings = self._health_readings(status, why, self.clock.stamp())
         if readings:
             self.stats.readings += len(readings)
             await self.out.put(readings)

@@ -6,7 +6,7 @@ in tests/golden/. In short, one MQTT message carries one batch:
     header  msgpack map, uncompressed, so a consumer can name a batch it cannot decode:
             {"v": 1, "gw": str, "seq": int, "boot": int, "created": int ms, "dropped": int,
              "n": points in the batch, "z": "zstd", "body": bin}
-    body    zstd frame of a msgpack array [t0, layout, sids, ts, columns, strings]
+    body    zstd frame of a msgpack array [t0, layout, sids, ts, columns, strings(, tq)]
             t0      int, ms since the Unix epoch; every timestamp is an offset from it
             layout  [[type, series, samples, ts_mode], ...], one entry per *group*: series of
                     one value type sampled at identical instants (one Modbus request reads
@@ -29,6 +29,11 @@ in tests/golden/. In short, one MQTT message carries one batch:
                     bool     packed 8 to a byte, the first in the top bit (numpy.packbits order)
                     str      uint32 LE indexes into ``strings``, byte-shuffled
             strings [str]: the batch's string dictionary (sorted), or []
+            tq      bin, present only when some timestamp is not good: one byte per entry of
+                    ``ts`` (same order), its time quality: 0 good, 1 corrected (stamped before
+                    the gateway's clock was trusted, re-timed by the offset measured when it
+                    became trusted), 2 uncertain (could not be corrected: the wall clock's
+                    best guess). Absent: every timestamp is good.
 
 Byte-shuffling (w-byte words -> w planes: all first bytes, then all second bytes, ...) puts the
 bytes that rarely change (high bytes of differences) next to each other, where zstd removes
@@ -55,6 +60,10 @@ import zstandard
 
 __all__ = [
     "FORMAT_VERSION",
+    "TQ_CORRECTED",
+    "TQ_GOOD",
+    "TQ_NAMES",
+    "TQ_UNCERTAIN",
     "Batch",
     "BatchDecodeError",
     "BatchHeader",
@@ -91,13 +100,24 @@ class BatchDecodeError(ValueError):
         super().__init__(message)
 
 
+#: Time quality of a timestamp (see edge/clock.py); PENDING never leaves the gateway.
+TQ_GOOD, TQ_CORRECTED, TQ_UNCERTAIN = 0, 1, 2
+TQ_NAMES = {TQ_GOOD: "good", TQ_CORRECTED: "corrected", TQ_UNCERTAIN: "uncertain"}
+
+
 class Reading(NamedTuple):
-    """A point resolved through the birth dictionary: what a batch means to an integrator."""
+    """A point resolved through the birth dictionary: what a batch means to an integrator.
+
+    ``tq`` is the time quality. ``boot_ms`` is the gateway's own boot-time stamp of a reading
+    whose wall-clock time is not trusted yet; it never travels in a batch (always None there).
+    """
 
     device: str
     point: str
     ts_ms: int
     value: Value
+    tq: int = TQ_GOOD
+    boot_ms: int | None = None
 
 
 class Point(NamedTuple):
@@ -106,6 +126,7 @@ class Point(NamedTuple):
     sid: int
     ts_ms: int
     value: Value
+    tq: int = TQ_GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,39 +335,50 @@ def encode_batch(
     """Encode points ``(sid, ts_ms, value)`` into one batch. ``header.points`` is filled in."""
     # Per series: its timestamps and its values, as two lists (no tuple per sample: a batch
     # of thousands of points is encoded on a 1 GB device).
-    per_series: dict[int, tuple[list[int], list[Value]]] = {}
-    for sid, ts, value in points:
+    per_series: dict[int, tuple[list[int], list[Value], list[int]]] = {}
+    any_tq = False
+    for p in points:
+        sid = p[0]
         lists = per_series.get(sid)
         if lists is None:
-            lists = per_series[int(sid)] = ([], [])
-        lists[0].append(int(ts))
-        lists[1].append(value)
+            lists = per_series[int(sid)] = ([], [], [])
+        lists[0].append(int(p[1]))
+        lists[1].append(p[2])
+        tq = p[3] if len(p) > 3 else TQ_GOOD
+        if tq:
+            if tq not in TQ_NAMES:
+                raise ValueError(f"time quality {tq} cannot travel in a batch")
+            any_tq = True
+        lists[2].append(tq)
     total = sum(len(v[0]) for v in per_series.values())
-    # Split each series into runs of one value type, then group runs with identical instants.
-    groups: dict[tuple[int, tuple[int, ...]], list[tuple[int, list[Value]]]] = {}
+    # Split each series into runs of one value type, then group runs with identical instants
+    # (and identical time qualities: a quality belongs to a timestamp).
+    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[tuple[int, list[Value]]]]
+    groups = {}
     t0 = min((min(s[0]) for s in per_series.values()), default=header.created_ms)
-    for sid, (times, values) in per_series.items():
+    for sid, (times, values, quals) in per_series.items():
         if any(b < a for a, b in itertools.pairwise(times)):
             order = sorted(range(len(times)), key=times.__getitem__)
             times = [times[i] for i in order]
             values = [values[i] for i in order]
+            quals = [quals[i] for i in order]
         start = 0
         run_kind = _value_type(values[0])
         for i in range(1, len(values) + 1):
             kind = _value_type(values[i]) if i < len(values) else None
             if kind != run_kind:
-                key = (run_kind, tuple(times[start:i]))
+                key = (run_kind, tuple(times[start:i]), tuple(quals[start:i]) if any_tq else ())
                 groups.setdefault(key, []).append((sid, values[start:i]))
                 start, run_kind = i, kind  # type: ignore[assignment]
     # Groups in series-id order: a device's requests sit side by side, so ids step by one and
     # each group's timestamps differ little from the group before it.
     for members in groups.values():
         members.sort(key=lambda m: m[0])
-    ordered = sorted(groups.items(), key=lambda g: (g[1][0][0], g[0][1][0], g[0][0]))
+    ordered = sorted(groups.items(), key=lambda g: (g[1][0][0], g[0][1][0], g[0][0], g[0][2]))
     words = sorted(
         {
             str(v)
-            for (kind, _), members in ordered
+            for (kind, _, _), members in ordered
             if kind == STR
             for _, vals in members
             for v in vals
@@ -359,7 +391,9 @@ def encode_batch(
     firsts: dict[int, list[int]] = {}
     parts: dict[int, list[int]] = {}
     prev_ts: list[int] | None = None
-    for (kind, ts), members in ordered:
+    tq_all: list[int] = []
+    for (kind, ts, quals), members in ordered:
+        tq_all.extend(quals)
         sids.extend(m[0] for m in members)
         a = [t - t0 for t in ts]
         own = _dd(a)
@@ -399,6 +433,8 @@ def encode_batch(
         columns,
         words,
     ]
+    if any_tq:
+        body_doc.append(bytes(tq_all))
     body = zstandard.ZstdCompressor(level=level).compress(
         msgpack.packb(body_doc, use_bin_type=True)
     )
@@ -490,9 +526,12 @@ def decode_batch(payload: bytes) -> Batch:
 
 
 def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
-    if not (isinstance(doc, list) and len(doc) == 6):
-        raise BatchDecodeError("body is not [t0, layout, sids, ts, columns, strings]")
-    t0, layout, sid_raw, ts_raw, columns, strings = doc
+    if not (isinstance(doc, list) and len(doc) in (6, 7)):
+        raise BatchDecodeError("body is not [t0, layout, sids, ts, columns, strings(, tq)]")
+    t0, layout, sid_raw, ts_raw, columns, strings = doc[:6]
+    tq_raw = doc[6] if len(doc) == 7 else None
+    if tq_raw is not None and not isinstance(tq_raw, bytes):
+        raise BatchDecodeError("time quality field is not bin")
     if (
         type(t0) is not int
         or not isinstance(layout, list)
@@ -532,6 +571,8 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         acc += d
         sids.append(acc)
     ts_all = _unzigzag(_unshuffle(ts_raw, 8, n_ts))
+    if tq_raw is not None and (len(tq_raw) != n_ts or max(tq_raw, default=0) not in TQ_NAMES):
+        raise BatchDecodeError("time quality field has the wrong length or an unknown quality")
     flats: dict[int, list[int]] = {}
     first_flats: dict[int, list[int]] = {}
     for kind, count in per_type.items():
@@ -566,6 +607,7 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
         else:
             a = _undd(chunk)
         prev = a
+        quals = tq_raw[at_ts : at_ts + n] if tq_raw is not None else bytes(n)
         at_ts += n
         ts = [x + t0 for x in a]
         if kind in _NUMERIC:
@@ -584,6 +626,6 @@ def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
                     raise BatchDecodeError("string index past the dictionary")
                 values = [[strings[i] for i in flat[r * n : (r + 1) * n]] for r in range(rows)]
         for sid, row in zip(sids[at_sid : at_sid + rows], values, strict=True):
-            out.extend(Point(sid, t, v) for t, v in zip(ts, row, strict=True))
+            out.extend(Point(sid, t, v, q) for t, v, q in zip(ts, row, quals, strict=True))
         at_sid += rows
     return tuple(out)

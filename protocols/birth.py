@@ -113,7 +113,7 @@ def resolve(batch: Batch, series: dict[int, SeriesInfo]) -> tuple[list[Reading],
         info = series.get(p.sid)
         if info is None:
             unknown.add(p.sid)
-            out.append(Reading("?", f"#{p.sid}", p.ts_ms, p.value))
+            out.append(Reading("?", f"#{p.sid}", p.ts_ms, p.value, p.tq))
         else:
-            out.append(Reading(info.device, info.point, p.ts_ms, p.value))
+            out.append(Reading(info.device, info.point, p.ts_ms, p.value, p.tq))
     return out, unknown

@@ -1,0 +1,290 @@
+"""Time integrity on a machine without a real-time clock.
+
+A Raspberry Pi boots with the last saved time (fake-hwclock) or 1970 and learns the real time
+from NTP minutes later, if ever; an operator or the NTP daemon may step the clock at any moment.
+Every reading therefore carries, besides its wall-clock time, a time quality:
+
+* ``GOOD`` (0): stamped while the clock was trustworthy;
+* ``CORRECTED`` (1): stamped while it was not, and later re-timed from the boot-time clock by
+  the offset measured when the clock became trustworthy (same kernel boot, so exact to the
+  NTP error);
+* ``UNCERTAIN`` (2): stamped while it was not, and could not be corrected (the machine rebooted
+  first, or the clock stayed untrusted longer than ``time.max_hold_s``): the value is real,
+  its time is the wall clock's best guess.
+
+While the clock is untrusted a reading is ``PENDING`` (3, never sent): it keeps its boot-time
+stamp (``CLOCK_BOOTTIME``, which counts from power-on and never steps) and waits in the buffer.
+
+The clock is trustworthy when it is above a plausibility floor (no reading of this software
+can predate its build) and, when ``time.trust`` asks for it, the kernel says NTP synchronised it
+(``adjtimex``: the same flag ``timedatectl`` shows). A *step* is a jump of the wall clock
+against the boot-time clock; a step makes the clock untrusted until the next check finds it
+synchronised again (a real ``settimeofday`` clears the kernel's synchronised flag too).
+
+The source of time is injectable (:class:`ClockSource`): tests and the fault harness step a
+:class:`FileClock` whose offset and synchronised flag a file holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from protocols.batch import Reading, Value
+
+__all__ = [
+    "CORRECTED",
+    "GOOD",
+    "PENDING",
+    "PLAUSIBLE_FLOOR_MS",
+    "UNCERTAIN",
+    "ClockSource",
+    "FileClock",
+    "SystemClock",
+    "TimeKeeper",
+    "kernel_boot_id",
+]
+
+log = logging.getLogger(__name__)
+
+GOOD, CORRECTED, UNCERTAIN, PENDING = 0, 1, 2, 3
+QUALITY_NAMES = {GOOD: "good", CORRECTED: "corrected", UNCERTAIN: "uncertain", PENDING: "pending"}
+
+#: No reading of this software predates this instant (its first release was built after it):
+#: a clock below it was never set since power-on.
+PLAUSIBLE_FLOOR_MS = 1_763_000_000_000  # 2025-11-13
+
+#: A wall/boot-time offset that moves by more than this (plus 1 ms per second elapsed, well
+#: above any NTP slew rate) between two looks is a step.
+STEP_THRESHOLD_MS = 1000
+
+_TIME_ERROR = 5  # adjtimex() return value: the clock is not synchronised
+
+
+def kernel_boot_id() -> str:
+    """This kernel boot's id (changes at every power-on); "" where the OS has none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _boottime_ns() -> int:
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return time.clock_gettime_ns(clock)
+
+
+class ClockSource(Protocol):
+    def wall_ms(self) -> int: ...
+    def boot_ms(self) -> int: ...
+    def synced(self) -> bool | None: ...  # None: cannot tell
+    def boot_id(self) -> str: ...
+
+
+class SystemClock:
+    """The machine's clocks; synchronisation from the kernel (``adjtimex``, read-only)."""
+
+    def __init__(self) -> None:
+        self._adjtimex = None
+        try:
+            import ctypes
+
+            self._adjtimex = ctypes.CDLL(None).adjtimex
+            self._timex = ctypes.create_string_buffer(512)  # larger than struct timex anywhere
+        except (OSError, AttributeError):
+            pass
+        self._boot_id = kernel_boot_id()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def boot_ms(self) -> int:
+        return _boottime_ns() // 1_000_000
+
+    def synced(self) -> bool | None:
+        if self._adjtimex is None:
+            return None
+        self._timex.raw = bytes(len(self._timex))  # modes = 0: read only
+        state = self._adjtimex(self._timex)
+        return None if state < 0 else state != _TIME_ERROR
+
+    def boot_id(self) -> str:
+        return self._boot_id
+
+
+class FileClock(SystemClock):
+    """The system clock shifted by an offset that a JSON file holds, for tests and the harness.
+
+    File: ``{"offset_ms": <int>, "synced": true|false}``, re-read at every look (a missing or
+    half-written file keeps the last values). Set with ``EDGE_CLOCK_FILE``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._offset = 0
+        self._synced: bool | None = True
+        self._mtime = -1.0
+
+    def _load(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            doc = json.loads(self.path.read_text())
+            self._offset = int(doc.get("offset_ms", 0))
+            self._synced = doc.get("synced", True)
+            self._mtime = mtime
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+
+    def wall_ms(self) -> int:
+        self._load()
+        return super().wall_ms() + self._offset
+
+    def synced(self) -> bool | None:
+        self._load()
+        return self._synced
+
+    @staticmethod
+    def write(path: str | Path, offset_ms: int, synced: bool) -> None:
+        """Set the clock atomically (what the harness calls)."""
+        p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps({"offset_ms": offset_ms, "synced": synced}))
+        os.replace(tmp, p)
+
+
+#: Process names (as /proc/<pid>/comm shows them, 15 characters at most) of NTP clients.
+NTP_CLIENTS = frozenset({"chronyd", "ntpd", "openntpd", "systemd-timesyn", "ntpsec", "timesyncd"})
+
+
+def ntp_client_running() -> bool:
+    """Whether anything on this machine is synchronising the clock right now.
+
+    Installed is not enough: a container or a VM often has systemd-timesyncd on disk and no
+    systemd to run it, and its kernel then never reports the clock synchronised.
+    """
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in NTP_CLIENTS:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    ts_ms: int  # wall-clock time (trusted or not)
+    tq: int  # GOOD or PENDING
+    boot_ms: int  # boot-time clock, meaningful within ``TimeKeeper.boot_id``
+
+    def reading(self, device: str, point: str, value: Value) -> Reading:
+        if self.tq == GOOD:
+            return Reading(device, point, self.ts_ms, value)
+        return Reading(device, point, self.ts_ms, value, self.tq, self.boot_ms)
+
+
+@dataclass
+class ClockState:
+    trusted: bool
+    synced: bool | None
+    offset_ms: int  # wall - boot time
+    steps: int
+    why: str
+
+
+def keeper_for(trust: str) -> TimeKeeper:
+    """The gateway's keeper for ``time.trust``; ``EDGE_CLOCK_FILE`` swaps in a :class:`FileClock`
+    (the fault harness steps the clock of a gateway it runs as a process)."""
+    path = os.environ.get("EDGE_CLOCK_FILE")
+    source: ClockSource = FileClock(path) if path else SystemClock()
+    if trust == "auto":
+        trust = "ntp" if ntp_client_running() else "plausible"
+        if trust == "plausible":
+            log.warning(
+                "no NTP client runs on this machine: the clock is trusted when plausible "
+                "(set time.trust: ntp to require synchronisation)"
+            )
+    return TimeKeeper(source, require_sync=trust == "ntp")
+
+
+class TimeKeeper:
+    """Stamps readings and decides when the clock can be trusted.
+
+    ``require_sync``: trust needs the kernel's synchronised flag (``time.trust: ntp``); without
+    it (``plausible``) a clock above the floor is trusted until it steps.
+    """
+
+    def __init__(
+        self,
+        source: ClockSource | None = None,
+        *,
+        require_sync: bool = True,
+        floor_ms: int = PLAUSIBLE_FLOOR_MS,
+    ) -> None:
+        self.source = source or SystemClock()
+        self.require_sync = require_sync
+        self.floor_ms = floor_ms
+        self.boot_id = self.source.boot_id()
+        self.steps = 0
+        self.trusted_since_boot_ms: int | None = None
+        self._last_offset: int | None = None
+        self._last_boot: int | None = None
+        self._step_untrusted = False  # a step happened; trust again only after a sync
+        self.trusted = False
+        self.offset_ms = 0
+        self.why = "not looked yet"
+        self.look()
+
+    def _judge(self, wall: int, synced: bool | None) -> tuple[bool, str]:
+        if wall < self.floor_ms:
+            return False, f"the clock says {time.strftime('%Y-%m-%d', time.gmtime(wall / 1000))}"
+        if self._step_untrusted:
+            if synced:
+                self._step_untrusted = False
+            else:
+                return False, "the clock stepped and is not synchronised again yet"
+        if self.require_sync and not synced:
+            return False, "not synchronised by NTP yet" if synced is False else "sync unknown"
+        return True, "synchronised" if synced else "plausible (sync not required)"
+
+    def look(self) -> bool:
+        """Read the clocks; return True when the clock has just become trustworthy."""
+        wall, boot = self.source.wall_ms(), self.source.boot_ms()
+        offset = wall - boot
+        if self._last_offset is not None and self._last_boot is not None:
+            allowed = STEP_THRESHOLD_MS + max(0, boot - self._last_boot) // 1000
+            if abs(offset - self._last_offset) > allowed:
+                self.steps += 1
+                self._step_untrusted = True
+                log.warning(
+                    "clock step of %+.3f s detected (wall clock against boot time)",
+                    (offset - self._last_offset) / 1000,
+                )
+        self._last_offset, self._last_boot = offset, boot
+        before = self.trusted
+        self.trusted, self.why = self._judge(wall, self.source.synced())
+        self.offset_ms = offset
+        if self.trusted and not before:
+            self.trusted_since_boot_ms = boot
+            log.info("clock trusted (%s); offset to boot time %d ms", self.why, offset)
+            return True
+        if before and not self.trusted:
+            log.warning("clock no longer trusted: %s; readings wait for a good time", self.why)
+        return False
+
+    def stamp(self) -> Stamp:
+        """The time of a reading taken now."""
+        self.look()
+        boot = self._last_boot or 0
+        return Stamp(self.offset_ms + boot, GOOD if self.trusted else PENDING, boot)
+
+    def state(self) -> ClockState:
+        return ClockState(self.trusted, self.source.synced(), self.offset_ms, self.steps, self.why)
