@@ -1,0 +1,37 @@
+"""The fault harness, shortened: kills, broker restarts, partitions, stalls, clock jumps and a
+full buffer at random, and nothing accepted is lost, duplicated or badly timed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mosquitto_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+
+def test_soak__twenty_random_faults_lose_and_duplicate_nothing():
+    if mosquitto_binary() is None:
+        pytest.skip("needs Mosquitto (apt-get install -y mosquitto)")
+    out = subprocess.run(
+        [sys.executable, "bench/soak.py", "--cycles", "20", "--seed", "11"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    got = dict(re.findall(r"(\w+)=(\d+)", last))
+    assert last.startswith("RESULT"), out.stdout
+    assert int(got["readings"]) > 1000, last
+    assert got["lost"] == "0" and got["duplicated"] == "0", last
+    assert got["uncounted_loss"] == "0" and got["bad_time"] == "0", last
+    print(out.stdout)
