@@ -344,6 +344,14 @@ devices:
         with contextlib.suppress(asyncio.CancelledError):
             await consumer_task
         ran = time.monotonic() - started
+        tally = consumer.tallies.get("soak")
+        if tally is not None:
+            print(
+                f"consumer: {tally.batches} batches, {tally.duplicates} re-deliveries, "
+                f"missing batch numbers {tally.tracker.missing()}, "
+                f"undecodable {consumer.bad_payloads}",
+                flush=True,
+            )
         for p in self.sims:
             p.terminate()
         await self.broker.stop()
