@@ -53,7 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GOOD, CORRECTED, UNCERTAIN, PENDING = 0, 1, 2, 3
-QUALITY_NAMES = {GOOD: "good", CORRECTED: "corrected", UNCERTAIN: "uncertain", PENDING: "pending"}
 
 #: No reading of this software predates this instant (its first release was built after it):
 #: a clock below it was never set since power-on.
@@ -191,15 +190,6 @@ class Stamp:
         return Reading(device, point, self.ts_ms, value, self.tq, self.boot_ms)
 
 
-@dataclass
-class ClockState:
-    trusted: bool
-    synced: bool | None
-    offset_ms: int  # wall - boot time
-    steps: int
-    why: str
-
-
 def keeper_for(trust: str) -> TimeKeeper:
     """The gateway's keeper for ``time.trust``; ``EDGE_CLOCK_FILE`` swaps in a :class:`FileClock`
     (the fault harness steps the clock of a gateway it runs as a process)."""
@@ -234,7 +224,6 @@ class TimeKeeper:
         self.floor_ms = floor_ms
         self.boot_id = self.source.boot_id()
         self.steps = 0
-        self.trusted_since_boot_ms: int | None = None
         self._last_offset: int | None = None
         self._last_boot: int | None = None
         self._step_untrusted = False  # a step happened; trust again only after a sync
@@ -273,7 +262,6 @@ class TimeKeeper:
         self.trusted, self.why = self._judge(wall, self.source.synced())
         self.offset_ms = offset
         if self.trusted and not before:
-            self.trusted_since_boot_ms = boot
             log.info("clock trusted (%s); offset to boot time %d ms", self.why, offset)
             return True
         if before and not self.trusted:
@@ -285,6 +273,3 @@ class TimeKeeper:
         self.look()
         boot = self._last_boot or 0
         return Stamp(self.offset_ms + boot, GOOD if self.trusted else PENDING, boot)
-
-    def state(self) -> ClockState:
-        return ClockState(self.trusted, self.source.synced(), self.offset_ms, self.steps, self.why)

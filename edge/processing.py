@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from edge.clock import PENDING
 from edge.config import DeviceConfig, ProcessingRule
 from protocols.batch import TQ_GOOD, Reading
 
@@ -119,8 +120,8 @@ class Processor:
                 w.values.append(r.value)  # type: ignore[arg-type]
                 if r.tq > w.tq:
                     w.tq = r.tq
-                    if r.boot_ms is not None:
-                        w.boot_minus_ts = r.boot_ms - r.ts_ms
+                if r.boot_ms is not None:  # a held sample: the window is re-timed like it
+                    w.boot_minus_ts = r.boot_ms - r.ts_ms
                 if key in self.raw_too:
                     out.append(r)
                 continue
@@ -146,7 +147,7 @@ class Processor:
         assert w.index is not None
         ts = int(w.index * w.rule.window_s * 1000)
         device, point = key
-        boot = ts + w.boot_minus_ts if w.tq != TQ_GOOD else None
+        boot = ts + w.boot_minus_ts if w.tq == PENDING else None
         out = [
             Reading(device, f"{point}.{a}", ts, aggregate(w.values, a), w.tq, boot)
             for a in w.rule.aggregates
