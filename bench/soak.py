@@ -13,9 +13,9 @@ Per cycle one fault, chosen at random, then a short spell of normal running:
              (no PUBACK ever comes: the case where a peer lost 85 % of the readings)
 * clock      the gateway's clock jumps by an hour to a year, either way, unsynchronised, for
              1-3 s, then NTP sets it right (readings of the jump are held, then corrected)
-* full       (every tenth cycle) the buffer is capped at 1 MiB, its minimum, while a partition
-             lasts 12 s: if that fills it, the full policy evicts the oldest telemetry and
-             counts it
+* full       (every tenth cycle) the buffer is capped at 1 MiB, its minimum, and the devices
+             are polled ten times as fast while a partition lasts 12 s: that fills it, and the
+             full policy evicts the oldest telemetry and counts it
 
 At the end the devices are removed from the config and the gateway drains its buffer; then
 the consumer's record is compared with the buffer's own durable counters (accepted and evicted
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import random
 import shutil
@@ -92,8 +93,13 @@ class Broker:
         self.dir.mkdir()
         self.conf = self.dir / "m.conf"
         self.conf.write_text(
+            # Started as root, mosquitto would drop to user 'mosquitto', which cannot write this
+            # private temp dir: persistence would silently not work and a restart would lose
+            # every message queued for the consumer.
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.dir}/\nmax_queued_messages 0\n"
+            f"log_dest file {self.dir}/mosquitto.log\nlog_type all\nlog_timestamp_format %T\n"
         )
         self.proc: subprocess.Popen | None = None
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -174,10 +180,12 @@ class Harness:
         self.faults: dict[str, int] = dict.fromkeys(FAULTS, 0)
         self.true_start_ms = time.time() * 1000
         self.true_end_ms = 0.0
+        self.timeline: list[str] = []
+        self.arrivals: list[str] = []  # (time, batch seq, part, readings): kept for diagnosis
 
     # ------------------------------------------------------------------ processes
 
-    def config(self, name: str, with_devices: bool, max_bytes: int) -> Path:
+    def config(self, name: str, with_devices: bool, max_bytes: int, poll_s: float = 0.5) -> Path:
         text = f"""gateway: {{id: soak, site: harness}}
 buffer: {{path: {self.buffer}, max_bytes: {max_bytes}, commit_interval_ms: 200}}
 mqtt:
@@ -195,9 +203,10 @@ devices:
 """
         if with_devices:
             for unit, profile, port in self.units:
+                timeout_ms = min(200, int(poll_s * 1000))  # within the poll interval
                 text += (
-                    f"  - {{id: {profile}-{unit}, profile: {profile}, poll_interval_s: 0.5, "
-                    f"timeout_ms: 200, retries: 0, transport: {{type: modbus_tcp, "
+                    f"  - {{id: {profile}-{unit}, profile: {profile}, poll_interval_s: {poll_s}, "
+                    f"timeout_ms: {timeout_ms}, retries: 0, transport: {{type: modbus_tcp, "
                     f"host: 127.0.0.1, port: {port}, unit: {unit}}}}}\n"
                 )
         else:
@@ -225,7 +234,7 @@ devices:
         env = dict(os.environ, EDGE_CLOCK_FILE=str(self.clock))
         log = open(self.tmp / "gateway.log", "a")
         self.gw = subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+            [sys.executable, "-m", "edge", "--log-level", "debug", "run", "--config", str(cfg)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -233,8 +242,13 @@ devices:
         )
 
     def sample_rss(self) -> None:
-        if self.gw is None or self.gw.poll() is not None:
+        if self.gw is None:
             return
+        if self.gw.poll() is not None:
+            raise SystemExit(
+                f"the gateway exited by itself (code {self.gw.returncode}); "
+                f"see {self.tmp / 'gateway.log'}"
+            )
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.gw.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -255,6 +269,10 @@ devices:
     # ------------------------------------------------------------------ the consumer
 
     def on_batch(self, d: Delivery) -> None:
+        self.arrivals.append(
+            f"{time.strftime('%T')} seq {d.header.seq} part {d.header.part} "
+            f"readings {len(d.readings)}"
+        )
         self.dropped_reported += d.header.dropped
         for r in d.readings:
             key = (r.device, r.point, r.ts_ms)
@@ -313,13 +331,15 @@ devices:
         await asyncio.wait_for(consumer.subscribed.wait(), 15)
         # 'full' runs on its own cap; the other faults on a roomy buffer
         gw_cfg = self.config("gw.yaml", True, 64 * 2**20)
-        full_cfg = self.config("gw-full.yaml", True, 2**20)
+        # ten times the polling rate: enough readings in 12 s to fill 1 MiB and evict
+        full_cfg = self.config("gw-full.yaml", True, 2**20, poll_s=0.05)
         self.start_gateway(gw_cfg)
         started = time.monotonic()
         await asyncio.sleep(2)
         for cycle in range(args.cycles):
             # every tenth fault fills the buffer (it takes 12 s); the others at random
             name = "full" if cycle % 10 == 9 else self.rng.choice(FAULTS[:-1])
+            fault_at = time.strftime("%T")
             if name == "full":
                 await self.stop_gateway()
                 self.start_gateway(full_cfg)
@@ -331,8 +351,9 @@ devices:
                 self.start_gateway(gw_cfg)
             self.sample_rss()
             await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+            self.timeline.append(f"{fault_at} cycle {cycle + 1}: {name}")
             if args.verbose:
-                print(f"cycle {cycle + 1}: {name}", flush=True)
+                print(self.timeline[-1], flush=True)
         # Drain: stop polling, let a device-less gateway send everything that is left.
         await self.stop_gateway()
         self.start_gateway(self.config("drain.yaml", False, 64 * 2**20))
@@ -401,12 +422,27 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=100)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument(
+        "--keep", metavar="DIR", help="keep logs and buffer here (kept anyway on a loss)"
+    )
     args = ap.parse_args()
     if args.seed is None:
         args.seed = random.randrange(2**32)
     print(f"seed {args.seed}", flush=True)
     with tempfile.TemporaryDirectory(prefix="edge-soak-") as d:
-        line = asyncio.run(Harness(args, Path(d)).run())
+        harness = Harness(args, Path(d))
+        line = ""
+        try:
+            line = asyncio.run(harness.run())
+        finally:
+            if args.keep or " lost=0 " not in line:
+                # Keep the evidence: gateway and broker logs, the buffer, the fault timeline and
+                # what the consumer received, with wall-clock times to line them up.
+                keep = Path(args.keep or tempfile.mkdtemp(prefix="edge-soak-kept-"))
+                (Path(d) / "timeline.txt").write_text("\n".join(harness.timeline) + "\n")
+                (Path(d) / "arrivals.txt").write_text("\n".join(harness.arrivals) + "\n")
+                shutil.copytree(d, keep, dirs_exist_ok=True)
+                print(f"logs, buffer and timelines kept in {keep}", flush=True)
     print(line, flush=True)
 
 

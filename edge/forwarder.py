@@ -378,6 +378,13 @@ class Forwarder:
             self.topics["data"], batch.payload, qos=1, timeout=self.cfg.publish_timeout_s
         )
         await self.buffer.ack(batch.seq, batch.part)
+        log.debug(
+            "batch %d part %s acknowledged (%d readings, %d bytes)",
+            batch.seq,
+            batch.part,
+            batch.readings,
+            len(batch.payload),
+        )
         self._inflight.pop(batch.key, None)
         self._failed_sessions.pop(batch.key, None)
         self.stats.batches_sent += 1

@@ -177,6 +177,15 @@ class StatusServer:
                 "max_bytes": b.max_bytes,
                 "oldest_unsent_age_s": None if oldest is None else round(now - oldest / 1000, 1),
                 "evicted_total": b.evicted_total,
+                "corrupt_lost_total": b.corrupt_lost_total,
+            },
+            "clock": {
+                "trusted": g.clock.trusted,
+                "why": g.clock.why,
+                "steps": g.clock.steps,
+                "held_readings": g.buffer.sync.held,
+                "corrected_total": g.time_stats.corrected,
+                "uncertain_total": g.time_stats.uncertain,
             },
             "devices": devices,
             "recent": [
@@ -222,6 +231,26 @@ class StatusServer:
             [(dev(p), {"online": 1, "degraded": 0.5}.get(p.status or "", 0)) for p in polls],
         )
         metric("uplink_connected", "gauge", "MQTT session up.", [("", int(f.connected))])
+        metric(
+            "clock_trusted",
+            "gauge",
+            "1 when readings are stamped with a trusted wall clock.",
+            [("", int(g.clock.trusted))],
+        )
+        metric("clock_steps_total", "counter", "Clock steps detected.", [("", g.clock.steps)])
+        metric(
+            "readings_held",
+            "gauge",
+            "Readings waiting in the buffer for a trusted clock.",
+            [("", g.buffer.sync.held)],
+        )
+        metric(
+            "readings_retimed_total",
+            "counter",
+            "Held readings sent with a corrected or uncertain time, by quality.",
+            [('{quality="corrected"}', g.time_stats.corrected),
+             ('{quality="uncertain"}', g.time_stats.uncertain)],
+        )  # fmt: skip
         metric("uplink_sessions_total", "counter", "MQTT sessions opened.", [("", f.sessions)])
         metric(
             "uplink_connect_failures_total",
@@ -274,7 +303,8 @@ class StatusServer:
             "counter",
             "Readings lost at the gateway, by reason.",
             [('{reason="buffer_full_evicted"}', b.evicted_total),
-             ('{reason="disk_full_rejected"}', g.writer_stats.rejected)],
+             ('{reason="disk_full_rejected"}', g.writer_stats.rejected),
+             ('{reason="buffer_corrupt_lost"}', b.corrupt_lost_total)],
         )  # fmt: skip
         lines = [
             (name, link)

@@ -139,16 +139,6 @@ def test_buffer__sealed_batches_are_never_evicted(tmp_path):
     buf.close()
 
 
-def test_buffer__unreadable_file_is_quarantined_and_a_fresh_one_starts(tmp_path, caplog):
-    path = tmp_path / "b.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    buf = Buffer(path, max_bytes=BIG)
-    assert buf.append(readings(3)) == 3
-    buf.close()
-    assert list(tmp_path.glob("b.sqlite.corrupt-*"))
-    assert "unreadable" in caplog.text
-
-
 def test_buffer__sequence_continues_across_reopen(tmp_path):
     buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
     buf.append(readings(10))

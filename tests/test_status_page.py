@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import urllib.request
 from pathlib import Path
@@ -60,6 +61,8 @@ async def test_status_page__shows_a_device_going_offline_in_a_real_browser(
         await wait_until_async(lambda: text("#dev-meter-2"), "online", 10)
         assert "connected" in await text("#uplink")
         assert "voltage_l1" in await text("#dev-meter-1")
+        clock = await text("#clock")
+        assert "trusted" in clock and "readings held 0" in clock, clock
         sim_sdm630.silent_units.add(2)  # meter-2 dies
         # The page refreshes itself every 2 s: the same page, not a reload, shows it.
         await wait_until_async(lambda: text("#dev-meter-2"), "offline", 8)
@@ -99,10 +102,15 @@ async def test_metrics_and_token(mosquitto, sim_sdm630, tmp_path):
         assert 'edge_polls_total{device="meter-1"}' in body
         assert "edge_uplink_connected 1" in body and "edge_batches_sent_total" in body
         assert 'edge_readings_dropped_total{reason="buffer_full_evicted"} 0' in body
-        status, _ = await asyncio.to_thread(
+        assert 'edge_readings_dropped_total{reason="buffer_corrupt_lost"} 0' in body
+        assert "edge_clock_steps_total 0" in body and "edge_readings_held 0" in body
+        status, raw = await asyncio.to_thread(
             get, base + "/status.json", {"Authorization": "Bearer s3cret"}
         )
         assert status == 200
+        state = json.loads(raw)
+        assert state["clock"]["held_readings"] == 0 and state["clock"]["why"]
+        assert state["buffer"]["corrupt_lost_total"] == 0
     finally:
         await stop(task)
 
