@@ -40,12 +40,14 @@ from edge.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
 from edge.salvage import Salvage, salvage_into
 from protocols.batch import BatchHeader, Reading, Value, decode_batch, encode_batch
 
-__all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "SealedBatch"]
+__all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "EntryResult", "SealedBatch"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: outbox rows carry a part path (split batches); 3: time quality
+# 2: outbox rows carry a part path (split batches); 3: time quality; 4: parking meter entries
+# (new tables only: created by _SCHEMA on any older file)
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS series (
@@ -56,7 +58,17 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER NOT NULL, part TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,
     readings INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (seq, part));
+CREATE TABLE IF NOT EXISTS meter_entries (
+    id INTEGER PRIMARY KEY, meter TEXT NOT NULL, seq INTEGER NOT NULL, type INTEGER NOT NULL,
+    payload BLOB NOT NULL, received_ms INTEGER NOT NULL, sig BLOB NOT NULL,
+    UNIQUE (meter, seq));
+CREATE TABLE IF NOT EXISTS meters (
+    meter TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,
+    missing INTEGER NOT NULL DEFAULT 0);
 """
+
+#: A meter entry this far ahead of the last committed one is refused (docs/meter-link-v1.md §4).
+METER_WINDOW = 1000
 
 _MIGRATE_1_TO_2 = """
 ALTER TABLE outbox RENAME TO outbox_v1;
@@ -131,6 +143,16 @@ def _part_text(part: tuple[int, ...]) -> str:
 
 def _part_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(".")) if text else ()
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    """What :meth:`Buffer.commit_entry` did: ``stored``, ``duplicate`` (already committed),
+    ``out_of_window`` or ``busy`` (not stored); ``last_seq`` is the seq to acknowledge."""
+
+    outcome: str
+    last_seq: int
+    missing: int = 0  # entries the meter skipped before this one (a gap in its journal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +284,7 @@ class Buffer:
             version = self._meta(db, "schema_version", None)
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif version not in (1, 2, SCHEMA_VERSION):
+            elif version not in (1, 2, 3, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown buffer schema version {version}")
             if version == 1:
                 db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
@@ -273,6 +295,10 @@ class Buffer:
                     + "".join(sql for col, sql in _MIGRATE_2_TO_3.items() if col not in have)
                     + "UPDATE meta SET value = 3 WHERE key = 'schema_version'; COMMIT;"
                 )
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value < ?",
+                (SCHEMA_VERSION, SCHEMA_VERSION),
+            )
             db.executescript(_INDEXES)
             for key, default in (
                 ("next_seq", 1),
@@ -387,6 +413,80 @@ class Buffer:
                 self._count_held()
         self._enforce_limit()
         return len(rows)
+
+    # ------------------------------------------------------------------ parking meter entries
+
+    def meter_last_seq(self, meter: str) -> int:
+        row = self._db.execute("SELECT last_seq FROM meters WHERE meter = ?", (meter,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def commit_entry(
+        self,
+        meter: str,
+        seq: int,
+        mtype: int,
+        payload: bytes,
+        received_ms: int,
+        sign: Callable[[], bytes],
+    ) -> EntryResult:
+        """Store one meter journal entry, exactly once, before the meter is acknowledged.
+
+        The entry and the meter's last committed seq change in one transaction, so after any
+        crash the gateway either has the entry and acknowledges it as a duplicate, or has
+        neither and takes it again. Entries are a priority class: never evicted; when telemetry
+        eviction cannot make room for them the answer is ``busy`` (the meter keeps the entry).
+        """
+        last = self.meter_last_seq(meter)
+        if seq <= last:
+            self._db.execute(
+                "UPDATE meters SET duplicates = duplicates + 1 WHERE meter = ?", (meter,)
+            )
+            return EntryResult("duplicate", last)
+        if seq > last + METER_WINDOW:
+            return EntryResult("out_of_window", last)
+        while self.used_bytes() + len(payload) > self.max_bytes:
+            pending = self._pending_count()
+            if pending == 0:  # only entries left: the meter keeps this one
+                return EntryResult("busy", last)
+            self._evict(min(pending, max(100, pending // 4)))  # telemetry goes first
+        missing = seq - last - 1
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO meter_entries (meter, seq, type, payload, received_ms, sig) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (meter, seq, mtype, payload, received_ms, sign()),
+            )
+            self._db.execute(
+                "INSERT INTO meters (meter, last_seq, missing) VALUES (?, ?, ?) "
+                "ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq, "
+                "missing = missing + excluded.missing",
+                (meter, seq, missing),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            if "full" in str(exc).lower():
+                log.error("buffer disk is full (%s): meter %s entry %d refused", exc, meter, seq)
+                return EntryResult("busy", last)
+            raise
+        return EntryResult("stored", seq, missing)
+
+    def unsent_entries(self, limit: int) -> list[tuple[int, str, int, int, bytes, int, bytes]]:
+        """The oldest stored entries: (id, meter, seq, type, payload, received_ms, sig)."""
+        return self._db.execute(
+            "SELECT id, meter, seq, type, payload, received_ms, sig FROM meter_entries "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def entries_sent(self, upto_id: int) -> int:
+        """The broker acknowledged every entry up to ``upto_id``: forget them."""
+        cur = self._db.execute("DELETE FROM meter_entries WHERE id <= ?", (upto_id,))
+        return cur.rowcount
+
+    def entries_pending(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM meter_entries").fetchone()[0])
 
     # ------------------------------------------------------------------ time quality
 
@@ -755,6 +855,30 @@ class AsyncBuffer:
 
     async def split(self, seq: int, part: tuple[int, ...] = ()) -> list[SealedBatch]:
         return await self._run(lambda: self.sync.split(seq, part))
+
+    async def meter_last_seq(self, meter: str) -> int:
+        return await self._run(lambda: self.sync.meter_last_seq(meter))
+
+    async def commit_entry(
+        self,
+        meter: str,
+        seq: int,
+        mtype: int,
+        payload: bytes,
+        received_ms: int,
+        sign: Callable[[], bytes],
+    ) -> EntryResult:
+        return await self._run(
+            lambda: self.sync.commit_entry(meter, seq, mtype, payload, received_ms, sign)
+        )
+
+    async def unsent_entries(
+        self, limit: int
+    ) -> list[tuple[int, str, int, int, bytes, int, bytes]]:
+        return await self._run(lambda: self.sync.unsent_entries(limit))
+
+    async def entries_sent(self, upto_id: int) -> int:
+        return await self._run(lambda: self.sync.entries_sent(upto_id))
 
     async def stats(self) -> BufferStats:
         return await self._run(self.sync.stats)

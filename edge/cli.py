@@ -124,8 +124,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
 
+    from edge.signing import SigningKeyError
+
     async def go() -> int:
-        await Gateway(loaded).run()
+        try:
+            gateway = Gateway(loaded)
+        except SigningKeyError as exc:
+            print(f"edge run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        await gateway.run()
         return 0
 
     return _run(go())

@@ -309,6 +309,34 @@ class StatusConfig(_Model):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+class MeterConfig(_Model):
+    id: Ident  # the meter's id on the platform (it names the meter in every signed entry)
+    address: int = Field(ge=1, le=247)
+
+
+class MeterLinkTcp(_Model):
+    type: Literal["tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+
+class ParkingBusConfig(_Model):
+    """Meters behind one link (a pay station, or an RS-485 bus behind a TCP converter),
+    polled in turn (docs/meter-link-v1.md)."""
+
+    id: Ident
+    transport: MeterLinkTcp
+    meters: list[MeterConfig] = Field(min_length=1)
+    poll_interval_s: float = Field(1.0, ge=0.01, le=3600)  # per meter, when it has nothing
+    timeout_ms: int = Field(1000, ge=10, le=60_000)
+
+
+class ParkingConfig(_Model):
+    key_file: str = "gateway-ed25519.key"  # created 0600 on first use, beside the config
+    buses: list[ParkingBusConfig] = Field(default_factory=list)
+    max_entries_per_message: int = Field(200, ge=1, le=10_000)
+
+
 class Config(_Model):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
@@ -317,6 +345,7 @@ class Config(_Model):
     status: StatusConfig = StatusConfig()
     time: TimeConfig = TimeConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
+    parking: ParkingConfig = ParkingConfig()
 
 
 @dataclass(frozen=True)
@@ -653,6 +682,21 @@ def _cross_checks(
         at(("mqtt", "password_file"), "give either password or password_file, not both")
     if (cfg.mqtt.password is not None or cfg.mqtt.password_file) and cfg.mqtt.username is None:
         at(("mqtt",), "a password needs a username")
+    meter_ids: dict[str, tuple[Any, ...]] = {}
+    for b, bus in enumerate(cfg.parking.buses):
+        addresses: set[int] = set()
+        for k, meter in enumerate(bus.meters):
+            where = ("parking", "buses", b, "meters", k)
+            if meter.id in meter_ids:
+                first = pos.locate((*meter_ids[meter.id], "id"), prefer_key=False)[0]
+                at((*where, "id"), f"duplicate meter id {meter.id!r} (first at line {first})")
+            meter_ids.setdefault(meter.id, where)
+            if meter.address in addresses:
+                at(
+                    (*where, "address"),
+                    f"bus {bus.id!r}: two meters at address {meter.address}",
+                )
+            addresses.add(meter.address)
     return plans, problems
 
 

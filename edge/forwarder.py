@@ -31,11 +31,13 @@ from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
+from edge import faults
 from edge.buffer import AsyncBuffer, SealedBatch
 from edge.commands import CommandHandler
 from edge.config import MqttConfig
 from edge.tls import describe_tls_error
 from protocols.birth import Birth
+from protocols.meterlink import SignedEntry, encode_tx_message
 
 __all__ = ["Forwarder", "ForwarderStats", "topics"]
 
@@ -61,6 +63,7 @@ def topics(cfg: MqttConfig, site: str, gateway: str) -> dict[str, str]:
         "status": "status",
         "cmd": "cmd",
         "cmd_res": "cmd/res",
+        "tx": "tx",  # parking meter entries, signed (docs/meter-link-v1.md §5)
     }
     return {key: f"{base}/{suffix}" for key, suffix in names.items()}
 
@@ -83,6 +86,7 @@ class ForwarderStats:
     births: int = 0
     split_batches: int = 0
     last_seq_acked: int | None = None
+    entries_sent: int = 0  # parking meter entries acknowledged by the broker
 
 
 #: Sessions in a row that must break with the same batch in flight before it is split.
@@ -136,8 +140,13 @@ class Forwarder:
         birth: Callable[[], Awaitable[Birth]] | None = None,
         tls_context: ssl.SSLContext | None = None,
         commands: CommandHandler | None = None,
+        entries_per_message: int = 0,
     ) -> None:
         self.buffer = buffer
+        self.site = site
+        # Parking entries: 0 when the gateway has no meters. Set by MeterBus on a commit.
+        self.entries_per_message = entries_per_message
+        self.entries_stored = asyncio.Event()
         self.cfg = cfg
         self.gateway_id = gateway_id
         self.topics = topics(cfg, site, gateway_id)
@@ -407,6 +416,11 @@ class Forwarder:
 
         try:
             async with asyncio.TaskGroup() as tg:
+                if self.entries_per_message:
+                    # Money first: every stored meter entry before any telemetry, then as
+                    # they come, beside the batches.
+                    await self._send_entries(client)
+                    tg.create_task(self._entries_loop(client), name="uplink-entries")
                 for batch in await self.buffer.unacked():
                     self.stats.resent_batches += 1
                     log.info(
@@ -444,6 +458,27 @@ class Forwarder:
                     tg.create_task(send(batch))
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
+
+    async def _entries_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self.entries_stored.wait()
+            self.entries_stored.clear()
+            await self._send_entries(client)
+
+    async def _send_entries(self, client: aiomqtt.Client) -> None:
+        """Publish stored meter entries, oldest first, and forget them only after the PUBACK.
+        A re-sent message may repeat entries; the platform de-duplicates by (meter, seq)."""
+        while rows := await self.buffer.unsent_entries(self.entries_per_message):
+            entries = [SignedEntry(*row[1:]) for row in rows]
+            await client.publish(
+                self.topics["tx"],
+                encode_tx_message(self.gateway_id, self.site, entries),
+                qos=1,
+                timeout=self.cfg.publish_timeout_s,
+            )
+            faults.point("tx_published")  # acknowledged by the broker, not yet forgotten
+            await self.buffer.entries_sent(rows[-1][0])
+            self.stats.entries_sent += len(rows)
 
     async def _next_part(self) -> str:
         """Wait until a batch should be sealed; say from which part ("live" or "backlog").

@@ -23,9 +23,11 @@ from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
 from edge.modbus_tcp import ModbusTcpLink
+from edge.parking import MeterBus
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.processing import Processor, output_series
 from edge.rtu import RtuLink
+from edge.signing import Signer
 from edge.status import StatusServer
 from edge.uart_sensor import SensorPoller
 from protocols.batch import Reading
@@ -94,6 +96,12 @@ class Gateway:
         self.processor = Processor(
             cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}
         )
+        park = cfg.parking
+        self.signer: Signer | None = None
+        self.meter_buses: list[MeterBus] = []
+        if park.buses:
+            # A key that cannot be used is a config error: exit 2 before anything runs.
+            self.signer = Signer.load_or_create(loaded.resolve(park.key_file))
         self.forwarder = Forwarder(
             self.buffer,
             cfg.mqtt,
@@ -103,7 +111,13 @@ class Gateway:
             birth=self.birth,
             tls_context=loaded.tls_context(),
             commands=CommandHandler(self) if cfg.commands.enabled else None,
+            entries_per_message=park.max_entries_per_message if park.buses else 0,
         )
+        if self.signer is not None:
+            self.meter_buses = [
+                MeterBus(bus, self.buffer, self.signer, self.forwarder.entries_stored)
+                for bus in park.buses
+            ]
         self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()
         self.time_stats = TimeStats()
@@ -160,6 +174,16 @@ class Gateway:
             for sid, d, p in await self.buffer.series()
         )
         stats = await self.buffer.stats()
+        extra: dict[str, object] = {}
+        if self.signer is not None:
+            extra = {
+                "signing_key": {"alg": "ed25519", "public": self.signer.public_b64},
+                "meters": [
+                    {"id": m.id, "bus": b.id, "address": m.address}
+                    for b in cfg.parking.buses
+                    for m in b.meters
+                ],
+            }
         return Birth(
             gateway=cfg.gateway.id,
             site=cfg.gateway.site,
@@ -169,6 +193,7 @@ class Gateway:
             next_seq=stats.next_seq,
             devices=tuple(devices),
             series=series,
+            extra=extra,
         )
 
     async def run(self) -> None:
@@ -204,6 +229,8 @@ class Gateway:
                 self.poll_tasks = [
                     tg.create_task(p.run(), name=f"poll:{p.device.id}") for p in self.pollers
                 ]
+                for bus in self.meter_buses:
+                    tg.create_task(bus.run(), name=f"parking:{bus.cfg.id}")
                 tg.create_task(systemd.watchdog(), name="watchdog")
                 tg.create_task(self._clock_watch(), name="clock")
                 self.started.set()

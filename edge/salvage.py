@@ -220,6 +220,14 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, bad: Path, reason: s
             top_seq = max(top_seq, seq)
         batches_lost = batch_reader.skipped
 
+        # Parking meter entries (money): every readable one, and each meter's last seq, so that
+        # a meter's re-sent entry is still recognised as a duplicate.
+        view = "(SELECT id, meter, seq, type, payload, received_ms, sig FROM meter_entries)"
+        for row in _Reader(src, view, "id"):
+            dst.execute("INSERT OR IGNORE INTO meter_entries VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        view = "(SELECT rowid AS r, meter, last_seq, duplicates, missing FROM meters)"
+        for row in _Reader(src, view, "r"):
+            dst.execute("INSERT OR IGNORE INTO meters VALUES (?, ?, ?, ?)", row[1:])
         seq_known = "next_seq" in meta
         next_seq = meta["next_seq"] if seq_known else top_seq + 1 + SEQ_JUMP
         next_seq = max(next_seq, top_seq + 1)

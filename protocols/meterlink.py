@@ -54,13 +54,16 @@ __all__ = [
     "Receipt",
     "SessionEnd",
     "SessionStart",
+    "SignedEntry",
     "Tariff",
     "TariffBlock",
     "TimeSync",
     "canonical_bytes",
     "decode_message",
+    "decode_tx_message",
     "encode_frame",
     "encode_message",
+    "encode_tx_message",
 ]
 
 SYNC = 0xA5
@@ -494,3 +497,63 @@ def canonical_bytes(meter: str, seq: int, mtype: int, payload: bytes) -> bytes:
         + mtype.to_bytes(1, "big")
         + payload
     )
+
+
+# ------------------------------------------------------------------ gateway -> platform (MQTT)
+
+TX_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SignedEntry:
+    """One meter journal entry as the platform receives it: the meter's bytes, and the gateway's
+    Ed25519 signature over :func:`canonical_bytes`."""
+
+    meter: str
+    seq: int
+    type: int
+    payload: bytes
+    received_ms: int
+    sig: bytes
+
+    def canonical(self) -> bytes:
+        return canonical_bytes(self.meter, self.seq, self.type, self.payload)
+
+
+def encode_tx_message(gateway: str, site: str, entries: list[SignedEntry]) -> bytes:
+    """The ``.../tx`` message: msgpack ``{"v": 1, "gateway", "site", "entries": [[meter, seq,
+    type, payload, received_ms, sig], ...]}``."""
+    return msgpack.packb(
+        {
+            "v": TX_VERSION,
+            "gateway": gateway,
+            "site": site,
+            "entries": [list(astuple(e)) for e in entries],
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_tx_message(raw: bytes) -> tuple[str, str, list[SignedEntry]]:
+    """(gateway, site, entries); PayloadError if the message is not a valid version-1 one."""
+    try:
+        doc = msgpack.unpackb(raw, raw=False, max_array_len=100_000, max_map_len=16)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise PayloadError(f"tx message is not msgpack ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("v") != TX_VERSION:
+        raise PayloadError("tx message is not a version-1 map")
+    try:
+        entries = []
+        for e in doc["entries"]:
+            meter, seq, mtype, payload, received_ms, sig = e
+            if not (
+                isinstance(meter, str)
+                and isinstance(payload, bytes)
+                and isinstance(sig, bytes)
+                and all(isinstance(v, int) for v in (seq, mtype, received_ms))
+            ):
+                raise TypeError(f"entry {e!r:.80} has a field of the wrong type")
+            entries.append(SignedEntry(meter, seq, mtype, payload, received_ms, sig))
+        return str(doc["gateway"]), str(doc["site"]), entries
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError(f"tx message is malformed: {exc}") from None

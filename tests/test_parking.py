@@ -1,0 +1,239 @@
+"""Parking meters end to end: the meter simulator's journal, the signing key, the buffer's
+exactly-once commit, and a gateway that takes every entry from simulated meters to a real
+Mosquitto, signed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import stat
+
+import aiomqtt
+import pytest
+
+from edge.buffer import Buffer
+from edge.config import parse_config
+from edge.gateway import Gateway
+from edge.signing import Signer, SigningKeyError, verify
+from protocols.birth import Birth
+from protocols.meterlink import (
+    MsgType,
+    Payment,
+    decode_message,
+    decode_tx_message,
+)
+from simulators.parking_meter import HANOI_TARIFF, Journal, Meter, MeterServer, price_vnd
+from tests.conftest import wait_until
+
+BIG = 512 * 1024 * 1024
+T0 = 1_732_240_800_000  # 2024-11-22 09:00 ICT
+
+
+# ------------------------------------------------------------------ tariff and journal
+
+
+def test_tariff__per_started_block_by_arrival_time_and_capped():
+    hour = 3_600_000
+    car, bike = 0, 1
+    assert price_vnd(HANOI_TARIFF, car, T0, T0 + 1) == 30_000  # a started hour
+    assert price_vnd(HANOI_TARIFF, car, T0, T0 + hour + 1) == 60_000
+    night = T0 + 10 * hour  # 19:00 ICT
+    assert price_vnd(HANOI_TARIFF, car, night, night + 9 * hour) == 3 * 40_000  # capped
+    assert price_vnd(HANOI_TARIFF, bike, T0, T0 + 5 * hour) == 5_000  # per turn
+    assert price_vnd(HANOI_TARIFF, bike, night, night + hour) == 8_000
+
+
+def test_journal__survives_reopen_and_resends_until_acknowledged(tmp_path):
+    j = Journal(tmp_path / "m.sqlite")
+    now = [1000.0]
+    m = Meter("HK-01", j, speed=3600, seed=3, clock=lambda: now[0])
+    written = 0
+    for _ in range(600):  # ten simulated hours, a minute at a time
+        now[0] += 1 / 60
+        written += m.step()
+    assert written > 10 and written == j.last_seq
+    last = j.last_seq
+    j.ack(5)
+    j.close()
+    j = Journal(tmp_path / "m.sqlite")  # a power cut
+    assert j.last_seq == last and j.next_unacked()[0] == 6 and j.acked_upto == 5
+    seqs = [s for s, *_ in j.entries()]
+    assert seqs == list(range(1, last + 1))  # no gaps, never reused
+    j.close()
+
+
+# ------------------------------------------------------------------ signing key
+
+
+def test_signing_key__created_owner_only_and_reused(tmp_path):
+    path = tmp_path / "keys" / "gw.key"
+    s1 = Signer.load_or_create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    s2 = Signer.load_or_create(path)
+    assert s1.public_raw == s2.public_raw and len(s1.public_raw) == 32
+    sig = s1.sign(b"data")
+    assert verify(s2.public_raw, sig, b"data") and not verify(s2.public_raw, sig, b"dat4")
+    assert "PRIVATE" not in repr(s1) and path.read_bytes().decode() not in repr(s1)
+
+
+def test_signing_key__readable_by_others_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "gw.key"
+    Signer.load_or_create(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(SigningKeyError, match=r"chmod 600"):
+        Signer.load_or_create(path)
+    os.chmod(path, 0o600)
+    path.write_text("not a key")
+    with pytest.raises(SigningKeyError, match="not an unencrypted PEM"):
+        Signer.load_or_create(path)
+
+
+# ------------------------------------------------------------------ buffer: exactly once
+
+
+def test_buffer__entries_are_stored_once_and_gaps_and_replays_are_told(tmp_path):
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+
+    def sign() -> bytes:
+        return b"s" * 64
+
+    assert buf.commit_entry("HK-01", 1, 0x12, b"p1", 1, sign).outcome == "stored"
+    again = buf.commit_entry("HK-01", 1, 0x12, b"p1", 2, sign)
+    assert (again.outcome, again.last_seq) == ("duplicate", 1)
+    gap = buf.commit_entry("HK-01", 4, 0x12, b"p4", 3, sign)
+    assert (gap.outcome, gap.missing) == ("stored", 2)
+    assert buf.commit_entry("HK-01", 4 + 1001, 0x12, b"x", 4, sign).outcome == "out_of_window"
+    assert buf.commit_entry("HK-02", 1, 0x10, b"q", 5, sign).outcome == "stored"
+    rows = buf.unsent_entries(10)
+    assert [(r[1], r[2]) for r in rows] == [("HK-01", 1), ("HK-01", 4), ("HK-02", 1)]
+    buf.entries_sent(rows[1][0])
+    assert [(r[1], r[2]) for r in buf.unsent_entries(10)] == [("HK-02", 1)]
+    buf.close()
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)  # the last seq is durable
+    assert buf.meter_last_seq("HK-01") == 4
+    assert buf.commit_entry("HK-01", 3, 0x12, b"p3", 6, sign).outcome == "duplicate"
+    buf.close()
+
+
+def test_buffer__entries_are_never_evicted_and_a_full_buffer_says_busy(tmp_path):
+    from tests.test_buffer import readings
+
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=1024 * 1024)
+    seq = 0
+    outcome = "stored"
+    while outcome == "stored" and seq < 20_000:
+        seq += 1
+        if seq % 50 == 0:
+            buf.append(readings(100, seq * 100))  # telemetry competes for the room
+        outcome = buf.commit_entry("HK-01", seq, 0x12, os.urandom(400), seq, lambda: b"s" * 64)
+        outcome = outcome.outcome
+    assert outcome == "busy"
+    assert buf.pending() == 0  # telemetry went first
+    assert buf.entries_pending() == seq - 1  # every stored entry is still there
+    assert buf.meter_last_seq("HK-01") == seq - 1  # the refused one will come again
+    buf.close()
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.mark.system
+async def test_gateway__every_meter_entry_reaches_the_broker_once_signed(tmp_path, mosquitto):
+    meters = {
+        a: Meter(f"HK-{a:02d}", Journal(tmp_path / f"m{a}.sqlite"), speed=7200, seed=a)
+        for a in (1, 2, 3)
+    }
+    server = await MeterServer(meters).start(business_interval_s=0.05)
+    server.corrupt_every = 7  # damaged answers on the line: re-polled, never stored damaged
+    text = f"""
+gateway: {{id: gw-park, site: hk}}
+buffer: {{path: buf.sqlite}}
+mqtt: {{url: "mqtt://127.0.0.1:{mosquitto.port}", reconnect_min_s: 0.2}}
+status: {{enabled: false}}
+parking:
+  key_file: keys/gw.key
+  buses:
+    - id: lane-1
+      transport: {{type: tcp, host: 127.0.0.1, port: {server.port}}}
+      poll_interval_s: 0.05
+      timeout_ms: 200
+      meters: [{{id: HK-01, address: 1}}, {{id: HK-02, address: 2}}, {{id: HK-03, address: 3}}]
+"""
+    got: dict[tuple[str, int], int] = {}
+    births: list[Birth] = []
+    entries = []
+
+    async def listen() -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+            await c.subscribe("city/v1/hk/gw-park/#", qos=1)
+            subscribed.set()
+            async for msg in c.messages:
+                if str(msg.topic).endswith("/birth"):
+                    births.append(Birth.decode(bytes(msg.payload)))
+                elif str(msg.topic).endswith("/tx"):
+                    _, _, es = decode_tx_message(bytes(msg.payload))
+                    for e in es:
+                        got[(e.meter, e.seq)] = got.get((e.meter, e.seq), 0) + 1
+                        entries.append(e)
+
+    subscribed = asyncio.Event()
+    listener = asyncio.create_task(listen())
+    await asyncio.wait_for(subscribed.wait(), 10)
+    gateway = Gateway(parse_config(text, "park.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 10)
+        await asyncio.sleep(2)
+        for m in meters.values():
+            m.enabled = False  # no new arrivals; stays still end and pay
+        await asyncio.sleep(1)
+        server._business.cancel()  # the meters stop writing
+        written = {m.meter_id: m.journal.last_seq for m in meters.values()}
+
+        def all_delivered() -> bool:
+            return all((mid, s) in got for mid, last in written.items() for s in range(1, last + 1))
+
+        await wait_until(all_delivered, 30, what="every journal entry at the broker")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await server.close()
+
+    assert sum(written.values()) > 30
+    assert all(n == 1 for n in got.values()), "re-sent without a broken session"
+    assert set(got) == {(mid, s) for mid, last in written.items() for s in range(1, last + 1)}
+    key = births[-1].extra["signing_key"]
+    public = base64.b64decode(key["public"])
+    assert key["alg"] == "ed25519" and len(public) == 32
+    assert all(verify(public, e.sig, e.canonical()) for e in entries)
+    payments = [decode_message(e.type, e.payload) for e in entries if e.type == MsgType.PAYMENT]
+    assert payments and all(isinstance(p, Payment) and p.amount_vnd > 0 for p in payments)
+    bus = gateway.meter_buses[0]
+    assert bus.stats.entries == sum(written.values())
+    assert bus.stats.timeouts > 0  # the damaged answers were re-polled
+    assert gateway.forwarder.stats.entries_sent == sum(written.values())
+
+
+def test_config__duplicate_meters_are_errors_at_their_line(tmp_path):
+    from edge.config import ConfigError
+
+    text = """gateway: {id: gw}
+parking:
+  buses:
+    - id: lane-1
+      transport: {type: tcp, host: 127.0.0.1, port: 7000}
+      meters:
+        - {id: HK-01, address: 1}
+        - {id: HK-01, address: 1}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "p.yaml", tmp_path)
+    msg = str(err.value)
+    assert "p.yaml:8:" in msg and "duplicate meter id 'HK-01' (first at line 7)" in msg
+    assert "two meters at address 1" in msg
