@@ -436,20 +436,24 @@ class Buffer:
         neither and takes it again. Entries are a priority class: never evicted; when telemetry
         eviction cannot make room for them the answer is ``busy`` (the meter keeps the entry).
         """
-        last = self.meter_last_seq(meter)
-        if seq <= last:
+        row = self._db.execute("SELECT last_seq FROM meters WHERE meter = ?", (meter,)).fetchone()
+        # A meter with no record here (new, or this buffer is new or was salvaged) is taken at
+        # whatever seq it is at: its earlier entries went to whoever acknowledged them.
+        known = row is not None
+        last = int(row[0]) if known else 0
+        if known and seq <= last:
             self._db.execute(
                 "UPDATE meters SET duplicates = duplicates + 1 WHERE meter = ?", (meter,)
             )
             return EntryResult("duplicate", last)
-        if seq > last + METER_WINDOW:
+        if known and seq > last + METER_WINDOW:
             return EntryResult("out_of_window", last)
         while self.used_bytes() + len(payload) > self.max_bytes:
             pending = self._pending_count()
             if pending == 0:  # only entries left: the meter keeps this one
                 return EntryResult("busy", last)
             self._evict(min(pending, max(100, pending // 4)))  # telemetry goes first
-        missing = seq - last - 1
+        missing = seq - last - 1 if known else 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -879,6 +883,9 @@ class AsyncBuffer:
 
     async def entries_sent(self, upto_id: int) -> int:
         return await self._run(lambda: self.sync.entries_sent(upto_id))
+
+    async def entries_pending(self) -> int:
+        return await self._run(lambda: self.sync.entries_pending())
 
     async def stats(self) -> BufferStats:
         return await self._run(self.sync.stats)

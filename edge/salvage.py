@@ -50,10 +50,16 @@ class Salvage:
     batches_lost: int  # sealed batches whose row was unreadable
     seq_known: bool  # False: next_seq was unreadable and jumped by SEQ_JUMP
     uncounted: bool = False  # readings before the first readable one may be lost too
+    entries_lost: int = 0  # parking meter entries whose rows were unreadable (money: logged apart)
 
     def describe(self) -> str:
         more = " (and an unknown number before the first readable one)" if self.uncounted else ""
         seq = "" if self.seq_known else f"; batch numbers jump by {SEQ_JUMP} (next_seq unreadable)"
+        if self.entries_lost:
+            seq += (
+                f"; {self.entries_lost} parking meter entries were unreadable: reconcile those "
+                "meters against their own journals"
+            )
         return (
             f"kept {self.readings_kept} readings and {self.batches_kept} sealed batches, "
             f"lost about {self.readings_lost} readings{more} and {self.batches_lost} sealed "
@@ -223,7 +229,8 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, bad: Path, reason: s
         # Parking meter entries (money): every readable one, and each meter's last seq, so that
         # a meter's re-sent entry is still recognised as a duplicate.
         view = "(SELECT id, meter, seq, type, payload, received_ms, sig FROM meter_entries)"
-        for row in _Reader(src, view, "id"):
+        entry_reader = _Reader(src, view, "id")
+        for row in entry_reader:
             dst.execute("INSERT OR IGNORE INTO meter_entries VALUES (?, ?, ?, ?, ?, ?, ?)", row)
         view = "(SELECT rowid AS r, meter, last_seq, duplicates, missing FROM meters)"
         for row in _Reader(src, view, "r"):
@@ -245,5 +252,13 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, bad: Path, reason: s
         dst.execute("ROLLBACK")
         raise
     return Salvage(
-        bad, reason, kept, lost, batches, batches_lost, seq_known, uncounted=reader.unknown_start
+        bad,
+        reason,
+        kept,
+        lost,
+        batches,
+        batches_lost,
+        seq_known,
+        uncounted=reader.unknown_start,
+        entries_lost=entry_reader.skipped,
     )

@@ -306,6 +306,38 @@ class StatusServer:
              ('{reason="disk_full_rejected"}', g.writer_stats.rejected),
              ('{reason="buffer_corrupt_lost"}', b.corrupt_lost_total)],
         )  # fmt: skip
+        buses = g.meter_buses
+        if buses:
+
+            def bus(b: Any, **extra: str) -> str:
+                labels = {"bus": b.cfg.id, **extra}
+                return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items()) + "}"
+
+            for field, help_ in (
+                ("entries", "Meter journal entries committed (exactly once)."),
+                ("duplicates", "Meter entries re-sent after a lost acknowledgement."),
+                ("missing", "Meter entries a meter skipped (lost in its journal)."),
+                ("busy", "Meter entries refused for lack of room (kept by the meter)."),
+                ("timeouts", "Meter polls with no valid answer."),
+            ):
+                metric(
+                    f"parking_{field}_total",
+                    "counter",
+                    help_,
+                    [(bus(b), getattr(b.stats, field)) for b in buses],
+                )
+            metric(
+                "parking_refused_total",
+                "counter",
+                "Meter entries NAKed, by reason.",
+                [(bus(b, reason=r), n) for b in buses for r, n in sorted(b.stats.refused.items())],
+            )
+            metric(
+                "parking_entries_unsent",
+                "gauge",
+                "Committed meter entries not yet acknowledged by the broker.",
+                [("", await g.buffer.entries_pending())],
+            )
         lines = [
             (name, link)
             for name, links in g.links.items()

@@ -370,6 +370,7 @@ class MeterServer:
         self.answers = 0
         self.frames_in = 0
         self._business: asyncio.Task[None] | None = None
+        self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
     async def start(self, business_interval_s: float = 0.05) -> MeterServer:
         self.server = await asyncio.start_server(self._client, self.host, self.port)
@@ -384,6 +385,10 @@ class MeterServer:
             await asyncio.sleep(interval_s)
 
     async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients[task] = w
+            task.add_done_callback(lambda t: self._clients.pop(t, None))
         decoder = FrameDecoder()
         with contextlib.suppress(ConnectionError, OSError):
             while data := await r.read(4096):
@@ -444,6 +449,10 @@ class MeterServer:
             self._business.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._business
+        tasks = list(self._clients)
+        for w in self._clients.values():  # a power cut: every link drops at once
+            w.transport.abort()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ from edge.buffer import Buffer
 from edge.config import parse_config
 from edge.gateway import Gateway
 from edge.signing import Signer, SigningKeyError, verify
+from edge.status import StatusServer
 from protocols.birth import Birth
 from protocols.meterlink import (
     MsgType,
@@ -117,6 +118,18 @@ def test_buffer__entries_are_stored_once_and_gaps_and_replays_are_told(tmp_path)
     buf.close()
 
 
+def test_buffer__a_meter_met_for_the_first_time_is_taken_at_its_seq(tmp_path):
+    # A replacement gateway (or a salvaged buffer) meets meters whose earlier entries another
+    # gateway acknowledged: no window applies until this buffer has a record of the meter.
+    buf = Buffer(tmp_path / "b.sqlite", max_bytes=BIG)
+    first = buf.commit_entry("HK-09", 5001, 0x12, b"p", 1, lambda: b"s" * 64)
+    assert (first.outcome, first.missing) == ("stored", 0)
+    assert buf.commit_entry("HK-09", 5001 + 1001, 0x12, b"p", 2, lambda: b"s").outcome == (
+        "out_of_window"
+    )
+    buf.close()
+
+
 def test_buffer__entries_are_never_evicted_and_a_full_buffer_says_busy(tmp_path):
     from tests.test_buffer import readings
 
@@ -196,6 +209,9 @@ parking:
             return all((mid, s) in got for mid, last in written.items() for s in range(1, last + 1))
 
         await wait_until(all_delivered, 30, what="every journal entry at the broker")
+        metrics = await StatusServer(gateway, "127.0.0.1", 0, None).metrics()
+        assert 'edge_parking_entries_total{bus="lane-1"}' in metrics
+        assert "edge_parking_entries_unsent" in metrics
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -149,3 +149,20 @@ def test_salvage__garbage_file_is_quarantined_and_a_fresh_one_starts(tmp_path, c
     buf.close()
     assert list(tmp_path.glob("b.sqlite.corrupt-*"))
     assert "damaged" in caplog.text
+
+
+def test_salvage__unreadable_parking_entries_are_counted_apart(tmp_path, caplog):
+    path = tmp_path / "b.sqlite"
+    buf = Buffer(path, max_bytes=BIG)
+    for seq in range(1, 3001):
+        buf.commit_entry("HK-01", seq, 0x12, bytes(60), seq, lambda: bytes(64))
+    buf.close()
+    leaves = pages(path, "meter_entries", "leaf")
+    tear(path, leaves[len(leaves) // 2])
+    buf = Buffer(path, max_bytes=BIG)
+    s = buf.salvage
+    assert s is not None and 0 < s.entries_lost < 100
+    assert buf.entries_pending() == 3000 - s.entries_lost
+    assert buf.meter_last_seq("HK-01") == 3000  # re-sent entries are still recognised
+    assert "parking meter entries were unreadable" in caplog.text
+    buf.close()
