@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -251,6 +253,52 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_sim_meters(args: argparse.Namespace) -> int:
+    from simulators.parking_meter import Journal, Meter, MeterServer
+
+    meters: dict[int, str] = {}
+    for spec in args.meter or ["1=HK-01"]:
+        addr, sep, mid = spec.partition("=")
+        if not sep or not addr.isdigit() or not 1 <= int(addr) <= 247 or not mid:
+            print(
+                f"edge sim-meters: --meter takes ADDRESS=ID (1..247), not {spec!r}", file=sys.stderr
+            )
+            return EXIT_CONFIG
+        if int(addr) in meters:
+            print(f"edge sim-meters: two meters at address {addr}", file=sys.stderr)
+            return EXIT_CONFIG
+        meters[int(addr)] = mid
+
+    async def go() -> int:
+        sims = {
+            a: Meter(
+                mid,
+                Journal(args.journal_dir / f"{mid}.sqlite"),
+                zone=args.zone,
+                speed=args.speed,
+                seed=args.seed,
+            )
+            for a, mid in meters.items()
+        }
+        server = MeterServer(sims, args.host, args.port)
+        server.corrupt_every = args.corrupt_every
+        await server.start(business=not args.no_business)
+        names = ", ".join(f"{m} at {a}" for a, m in meters.items())
+        print(
+            f"simulating parking meters {names} on {server.host}:{server.port} (meter link v1); "
+            f"journals in {args.journal_dir}"
+            + ("; no new business" if args.no_business else f"; {args.speed:g}x time"),
+            flush=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+        return 0
+
+    return _run(go())
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from edge.scan import parse_units, scan_rtu, scan_tcp
 
@@ -335,6 +383,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     import csv
 
     from edge.consumer import BatchConsumer, Delivery, reading_json
+    from edge.ledger import EntryOutcome, TxLedger, entry_json
 
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
@@ -351,12 +400,31 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 print(f"{h.gateway} #{h.seq} {r.device}.{r.point} @{r.ts_ms} = {r.value}")
         sys.stdout.flush()
 
+    def show_entry(gateway: str, site: str, o: EntryOutcome) -> None:
+        if args.format == "jsonl":
+            print(entry_json(gateway, site, o), flush=True)
+        elif args.format == "text":
+            print(f"{gateway} meter {o.entry.meter} #{o.entry.seq} {o.message}", flush=True)
+
     try:
         tls = None
         if args.ca_file or args.cert_file:
             from edge.tls import client_context
 
             tls = client_context(args.ca_file, args.cert_file, args.key_file)
+        pinned = {}
+        for spec in args.trust_key or []:
+            gw, sep, b64 = spec.partition("=")
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raw = b""
+            if not sep or not gw or len(raw) != 32:
+                raise ValueError(
+                    f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
+                )
+            pinned[gw] = raw
+        ledger = TxLedger(args.ledger or ":memory:", pinned=pinned)
         consumer = BatchConsumer(
             args.broker,
             tls_context=tls,
@@ -365,8 +433,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
             client_id=args.client_id,
             on_batch=show,
             keep_duplicates=args.keep_duplicates,
+            ledger=ledger,
+            on_entry=show_entry,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, sqlite3.Error) as exc:
         print(f"edge consume: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -380,9 +450,29 @@ def cmd_consume(args: argparse.Namespace) -> int:
         finally:
             for line in consumer.summary():
                 print(line, file=sys.stderr, flush=True)
+            if args.reconcile_json is not None:
+                args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
         return 0
 
     return _run(go())
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from edge.ledger import TxLedger
+
+    if not args.ledger.exists():
+        print(f"edge reconcile: no ledger at {args.ledger}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        ledger = TxLedger(args.ledger)
+        if args.json:
+            print(ledger.reconcile_json())
+        else:
+            print("\n".join(ledger.reconcile().lines()))
+    except sqlite3.Error as exc:
+        print(f"edge reconcile: {args.ledger} is not a readable ledger: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -491,6 +581,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-ms", type=float, default=500)
     p.set_defaults(func=cmd_probe)
 
+    p = sub.add_parser(
+        "sim-meters", help="simulated parking meters with durable journals, on the meter link"
+    )
+    p.add_argument(
+        "--meter", action="append", metavar="ADDRESS=ID", help="a meter (repeatable; 1=HK-01)"
+    )
+    p.add_argument("--journal-dir", type=Path, default=Path("meter-journals"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7700, help="TCP port; 0 picks a free one")
+    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    p.add_argument("--zone", default="HK-LTK")
+    p.add_argument("--seed", default="sim")
+    p.add_argument(
+        "--no-business",
+        action="store_true",
+        help="write nothing new; only answer the gateway until the journals are delivered",
+    )
+    p.add_argument(
+        "--corrupt-every", type=int, default=0, metavar="N", help="every Nth answer damaged"
+    )
+    p.set_defaults(func=cmd_sim_meters)
+
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
@@ -511,7 +623,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="print re-delivered batches again (they are reported either way)",
     )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--ledger",
+        type=Path,
+        help="parking entries in this SQLite file: de-duplication and totals survive restarts "
+        "(default: in memory)",
+    )
+    p.add_argument(
+        "--trust-key",
+        action="append",
+        metavar="GATEWAY=B64",
+        help="pin a gateway's Ed25519 public key (default: trust the first one its birth "
+        "announces); repeatable",
+    )
+    p.add_argument(
+        "--reconcile-json", type=Path, help="write the parking reconciliation here on exit"
+    )
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser(
+        "reconcile", help="the parking reconciliation per meter and day, from a consumer's ledger"
+    )
+    p.add_argument("--ledger", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("demo", help="a simulated cabinet, the gateway and a live view, on loopback")
     p.add_argument("--config", type=Path, help="default: configs/demo.yaml")

@@ -14,11 +14,19 @@ Scale-out: consumers given the same ``share`` group join an MQTT 5 shared subscr
 (every member needs every dictionary). A member that dies keeps its share of the stream queued in
 its persistent session until it, or a replacement with the same client id, comes back: run
 consumers under a supervisor that restarts them.
+
+Parking meter entries (``<prefix>/+/+/tx``) go to a :class:`~edge.ledger.TxLedger`: signatures
+checked against the key each gateway's birth announces, de-duplicated by (meter, seq) and by
+transaction id, and reconciled per meter and day in the summary. Members of a share group each
+see part of the entries: give them one ledger file on shared storage, or reconcile their
+ledgers together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import math
@@ -33,9 +41,11 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.ledger import EntryOutcome, TxLedger
 from edge.tls import client_context
 from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import Birth, BirthError, SeriesInfo, resolve
+from protocols.meterlink import PayloadError, decode_tx_message
 
 __all__ = ["BatchConsumer", "Delivery", "SeqTracker", "reading_json"]
 
@@ -143,6 +153,8 @@ class BatchConsumer:
         tls_context: ssl.SSLContext | None = None,
         share: str | None = None,
         session_expiry_s: int = 7 * 86400,
+        ledger: TxLedger | None = None,
+        on_entry: Callable[[str, str, EntryOutcome], None] | None = None,
     ) -> None:
         parts = urlsplit(broker_url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -158,8 +170,8 @@ class BatchConsumer:
                 raise ValueError("a shared subscription needs a fixed client id (--client-id)")
             if not share or any(c in share for c in "/+#"):
                 raise ValueError(f"share group {share!r} must be a plain name")
-        data = f"$share/{share}/{base}/+/+/data" if share else f"{base}/+/+/data"
-        self.topics = [f"{base}/+/+/birth", data]
+        shared = f"$share/{share}/" if share else ""
+        self.topics = [f"{base}/+/+/birth", f"{shared}{base}/+/+/data", f"{shared}{base}/+/+/tx"]
         self.share = share
         self.session_expiry_s = session_expiry_s
         self.client_id = client_id
@@ -167,6 +179,8 @@ class BatchConsumer:
         self.keep_duplicates = keep_duplicates
         self.report = report
         self.tallies: dict[str, GatewayTally] = {}
+        self.ledger = ledger if ledger is not None else TxLedger()
+        self.on_entry = on_entry
         self.bad_payloads = 0
         self.subscribed = asyncio.Event()
 
@@ -183,12 +197,49 @@ class BatchConsumer:
         tally = self.tallies.setdefault(birth.gateway, GatewayTally())
         tally.birth, tally.series = birth, birth.index()
         tally.unknown_reported.clear()
+        key = birth.extra.get("signing_key")
+        if key is None:
+            return
+        try:
+            if key["alg"] != "ed25519":
+                raise ValueError(f"algorithm {key['alg']!r}")
+            public = base64.b64decode(key["public"], validate=True)
+            if len(public) != 32:
+                raise ValueError(f"a {len(public)}-byte public key")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self.bad_payloads += 1
+            self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            return
+        self._entries(birth.gateway, birth.site, self.ledger.key_announced(birth.gateway, public))
+
+    def _tx(self, topic: str, payload: bytes) -> None:
+        try:
+            gateway, site, entries = decode_tx_message(payload)
+        except PayloadError as exc:
+            self.bad_payloads += 1
+            self._say(f"bad tx message on {topic}: {exc}; skipped")
+            return
+        self._entries(gateway, site, self.ledger.add(gateway, site, entries))
+
+    def _entries(self, gateway: str, site: str, outcomes: list[EntryOutcome]) -> None:
+        for o in outcomes:
+            e = o.entry
+            if o.status in ("bad_signature", "untrusted_key", "conflict"):
+                self._say(
+                    f"gateway {gateway}: meter {e.meter} entry {e.seq} held ({o.status}); "
+                    "not counted"
+                )
+            elif o.status == "accepted" and self.on_entry is not None:
+                self.on_entry(gateway, site, o)
 
     def handle(self, topic: str, payload: bytes) -> Delivery | None:
         """Process one message; returns the delivery if it is a new batch (or duplicates are
         kept). A birth updates its gateway's series dictionary."""
         if topic.endswith("/birth"):
             self._birth(topic, payload)
+            return None
+        if topic.endswith("/tx"):
+            self._tx(topic, payload)
             return None
         try:
             batch = decode_batch(payload)
@@ -263,6 +314,9 @@ class BatchConsumer:
             )
         if self.bad_payloads:
             lines.append(f"{self.bad_payloads} undecodable messages")
+        rec = self.ledger.reconcile()
+        if rec.days or rec.meters:
+            lines += rec.lines()
         return lines
 
     def _client(self) -> aiomqtt.Client:

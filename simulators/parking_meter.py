@@ -372,10 +372,14 @@ class MeterServer:
         self._business: asyncio.Task[None] | None = None
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
-    async def start(self, business_interval_s: float = 0.05) -> MeterServer:
+    async def start(
+        self, business_interval_s: float = 0.05, *, business: bool = True
+    ) -> MeterServer:
+        """Listen; with ``business`` the meters also do business (write new entries)."""
         self.server = await asyncio.start_server(self._client, self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
-        self._business = asyncio.create_task(self._run_business(business_interval_s))
+        if business:
+            self._business = asyncio.create_task(self._run_business(business_interval_s))
         return self
 
     async def _run_business(self, interval_s: float) -> None:

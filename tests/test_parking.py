@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import io
 import os
 import stat
 
@@ -15,7 +17,9 @@ import pytest
 
 from edge.buffer import Buffer
 from edge.config import parse_config
+from edge.consumer import BatchConsumer
 from edge.gateway import Gateway
+from edge.ledger import TxLedger, local_day
 from edge.signing import Signer, SigningKeyError, verify
 from edge.status import StatusServer
 from protocols.birth import Birth
@@ -24,6 +28,8 @@ from protocols.meterlink import (
     Payment,
     decode_message,
     decode_tx_message,
+    encode_message,
+    encode_tx_message,
 )
 from simulators.parking_meter import HANOI_TARIFF, Journal, Meter, MeterServer, price_vnd
 from tests.conftest import wait_until
@@ -194,6 +200,14 @@ parking:
     subscribed = asyncio.Event()
     listener = asyncio.create_task(listen())
     await asyncio.wait_for(subscribed.wait(), 10)
+    # the platform: the consumer with its ledger, as an integrator runs it
+    ledger = TxLedger(tmp_path / "ledger.sqlite")
+    report = io.StringIO()
+    consumer = BatchConsumer(
+        f"mqtt://127.0.0.1:{mosquitto.port}", client_id="platform", ledger=ledger, report=report
+    )
+    consumer_task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(consumer.subscribed.wait(), 10)
     gateway = Gateway(parse_config(text, "park.yaml", tmp_path))
     task = asyncio.create_task(gateway.run())
     try:
@@ -212,28 +226,62 @@ parking:
         metrics = await StatusServer(gateway, "127.0.0.1", 0, None).metrics()
         assert 'edge_parking_entries_total{bus="lane-1"}' in metrics
         assert "edge_parking_entries_unsent" in metrics
+        await wait_until(
+            lambda: ledger.entry_count() == sum(written.values()), 30, what="the ledger complete"
+        )
+        at_broker, signed = dict(got), list(entries)
+        # Someone on the broker raises a payment tenfold and re-sends it under the gateway's
+        # name, with the gateway's signature: the platform reports it and does not count it.
+        genuine = next(e for e in entries if e.type == MsgType.PAYMENT)
+        pay = decode_message(genuine.type, genuine.payload)
+        forged = dataclasses.replace(
+            genuine,
+            payload=encode_message(dataclasses.replace(pay, amount_vnd=pay.amount_vnd * 10)),
+        )
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+            await c.publish(
+                "city/v1/hk/gw-park/tx", encode_tx_message("gw-park", "hk", [forged]), qos=1
+            )
+        await wait_until(lambda: ledger.reconcile().bad_signatures == 1, 10, what="the forgery")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        for t in (listener, consumer_task):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         await server.close()
 
     assert sum(written.values()) > 30
-    assert all(n == 1 for n in got.values()), "re-sent without a broken session"
-    assert set(got) == {(mid, s) for mid, last in written.items() for s in range(1, last + 1)}
+    assert all(n == 1 for n in at_broker.values()), "re-sent without a broken session"
+    assert set(at_broker) == {(mid, s) for mid, last in written.items() for s in range(1, last + 1)}
     key = births[-1].extra["signing_key"]
     public = base64.b64decode(key["public"])
     assert key["alg"] == "ed25519" and len(public) == 32
-    assert all(verify(public, e.sig, e.canonical()) for e in entries)
-    payments = [decode_message(e.type, e.payload) for e in entries if e.type == MsgType.PAYMENT]
+    assert all(verify(public, e.sig, e.canonical()) for e in signed)
+    payments = [decode_message(e.type, e.payload) for e in signed if e.type == MsgType.PAYMENT]
     assert payments and all(isinstance(p, Payment) and p.amount_vnd > 0 for p in payments)
     bus = gateway.meter_buses[0]
     assert bus.stats.entries == sum(written.values())
     assert bus.stats.timeouts > 0  # the damaged answers were re-polled
     assert gateway.forwarder.stats.entries_sent == sum(written.values())
+    # The platform's reconciliation agrees with the meters' own journals to the đồng, per meter
+    # and day, and names the forgery.
+    want: dict[tuple[str, str], int] = {}
+    for m in meters.values():
+        for _, mtype, payload, _ in Journal(m.journal.path).entries():
+            if mtype == MsgType.PAYMENT:
+                p = decode_message(mtype, payload)
+                key = (m.meter_id, local_day(p.collected_ms))
+                want[key] = want.get(key, 0) + p.amount_vnd
+    rec = ledger.reconcile()
+    assert {(d.meter, d.day): d.total_vnd for d in rec.days} == want
+    assert all(m.gaps == [] for m in rec.meters)
+    assert [(a["kind"], a["meter"], a["seq"]) for a in rec.anomalies] == [
+        ("bad_signature", genuine.meter, genuine.seq)
+    ]
+    assert f"meter {genuine.meter} entry {genuine.seq} held (bad_signature)" in report.getvalue()
 
 
 def test_config__duplicate_meters_are_errors_at_their_line(tmp_path):

@@ -1,0 +1,233 @@
+"""The platform's parking ledger: signatures, exactly-once by (meter, seq) and transaction id,
+tampered entries reported and not counted, reconciliation per meter and day."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge.consumer import BatchConsumer
+from edge.ledger import TxLedger, local_day
+from protocols.birth import Birth
+from protocols.meterlink import (
+    MeterStatus,
+    Payment,
+    Receipt,
+    SessionEnd,
+    SignedEntry,
+    canonical_bytes,
+    encode_message,
+    encode_tx_message,
+)
+
+DAY1 = 1_763_780_400_000  # 2025-11-22 10:00 in Hanoi (03:00 UTC)
+DAY2 = DAY1 + 86_400_000
+
+
+class Gateway:
+    def __init__(self, name: str = "gw-1") -> None:
+        self.name = name
+        self.key = Ed25519PrivateKey.generate()
+        self.public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def entry(self, meter: str, seq: int, msg, received_ms: int = 0) -> SignedEntry:
+        payload = encode_message(msg)
+        sig = self.key.sign(canonical_bytes(meter, seq, int(msg.TYPE), payload))
+        return SignedEntry(meter, seq, int(msg.TYPE), payload, received_ms, sig)
+
+    def birth(self) -> bytes:
+        key = {"alg": "ed25519", "public": base64.b64encode(self.public).decode()}
+        return Birth(self.name, "hk", 1, "t", 0, 0, (), (), {"signing_key": key}).encode()
+
+
+def pay(tx: str, vnd: int, at_ms: int, method: int = 3) -> Payment:
+    return Payment(f"S-{tx}", tx, vnd, method, at_ms - 1000, at_ms)
+
+
+def receipt(tx: str, vnd: int, at_ms: int, number: int = 1) -> Receipt:
+    return Receipt(tx, "receipt", "01BLP0-001", "HN-24E", number, at_ms, "M1", "0101", vnd, 0)
+
+
+def test_local_day__is_hanoi_time():
+    assert local_day(DAY1) == "2025-11-22"
+    assert local_day(1_763_744_399_000) == "2025-11-21"  # 23:59:59 in Hanoi
+    assert local_day(1_763_744_400_000) == "2025-11-22"  # midnight in Hanoi, 17:00 UTC
+
+
+def test_ledger__each_entry_counts_once_and_totals_reconcile_per_meter_and_day():
+    gw = Gateway()
+    led = TxLedger()
+    led.key_announced(gw.name, gw.public)
+    es = [
+        gw.entry("HK-01", 1, pay("T1", 30_000, DAY1)),
+        gw.entry("HK-01", 2, receipt("T1", 30_000, DAY1)),
+        gw.entry("HK-01", 3, pay("T2", 40_000, DAY2, method=1)),
+        gw.entry("HK-02", 1, pay("T3", 5_000, DAY1, method=5)),
+    ]
+    assert [o.status for o in led.add(gw.name, "hk", es[:2])] == ["accepted"] * 2
+    # the message re-sent after a lost PUBACK, with one new entry
+    outs = led.add(gw.name, "hk", es)
+    assert [o.status for o in outs] == ["duplicate", "duplicate", "accepted", "accepted"]
+    rec = led.reconcile()
+    rows = {(d.meter, d.day): d for d in rec.days}
+    assert rows[("HK-01", "2025-11-22")].total_vnd == 30_000
+    assert rows[("HK-01", "2025-11-22")].unreceipted == 0
+    assert rows[("HK-01", "2025-11-23")].total_vnd == 40_000
+    assert rows[("HK-01", "2025-11-23")].unreceipted == 1
+    assert rows[("HK-01", "2025-11-23")].by_method == {"traffic_account": 40_000}
+    assert rows[("HK-02", "2025-11-22")].by_method == {"cash": 5_000}
+    assert rec.total_vnd == 75_000 and rec.duplicates_ignored == 2
+    assert rec.bad_signatures == 0 and rec.anomalies == []
+    text = "\n".join(rec.lines())
+    assert re.search(r"\nHK-01 +2025-11-22 +1 +30,000 +1 +0\n", text), text
+    assert json.loads(led.reconcile_json())["total_vnd"] == 75_000
+
+
+def test_ledger__a_tampered_entry_is_reported_not_counted_and_does_not_block_the_real_one():
+    gw = Gateway()
+    led = TxLedger()
+    led.key_announced(gw.name, gw.public)
+    real = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    forged = SignedEntry(
+        real.meter, real.seq, real.type, encode_message(pay("T1", 3_000_000, DAY1)), 0, real.sig
+    )
+    assert [o.status for o in led.add(gw.name, "hk", [forged])] == ["bad_signature"]
+    assert [o.status for o in led.add(gw.name, "hk", [forged])] == ["bad_signature"]  # replayed
+    assert [o.status for o in led.add(gw.name, "hk", [real])] == ["accepted"]
+    rec = led.reconcile()
+    assert rec.total_vnd == 30_000
+    (m,) = rec.meters
+    assert m.bad_signatures == 1 and m.held == 1 and m.entries == 1
+    (a,) = rec.anomalies
+    assert a["kind"] == "bad_signature" and (a["meter"], a["seq"]) == ("HK-01", 1)
+    # signed by another gateway's key under this gateway's name
+    other = Gateway("gw-evil")
+    assert led.add(gw.name, "hk", [other.entry("HK-01", 2, pay("T9", 1, DAY1))])[0].status == (
+        "bad_signature"
+    )
+
+
+def test_ledger__entries_before_the_birth_wait_for_the_key():
+    gw = Gateway()
+    led = TxLedger()
+    e = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    assert led.add(gw.name, "hk", [e])[0].status == "no_key"
+    assert led.reconcile().total_vnd == 0
+    (o,) = led.key_announced(gw.name, gw.public)
+    assert o.status == "accepted" and isinstance(o.message, Payment)
+    assert led.reconcile().total_vnd == 30_000 and led.reconcile().meters[0].held == 0
+
+
+def test_ledger__a_changed_key_is_reported_and_its_entries_held_until_trusted():
+    gw = Gateway()
+    led = TxLedger()
+    led.key_announced(gw.name, gw.public)
+    rotated = Gateway(gw.name)
+    led.key_announced(gw.name, rotated.public)
+    e = rotated.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    assert led.add(gw.name, "hk", [e])[0].status == "untrusted_key"
+    kinds = [a["kind"] for a in led.reconcile().anomalies]
+    assert kinds == ["key_changed", "untrusted_key"]
+    assert led.reconcile().total_vnd == 0
+    assert [o.status for o in led.trust(gw.name, rotated.public)] == ["accepted"]
+    assert led.reconcile().total_vnd == 30_000
+
+
+def test_ledger__a_pinned_key_is_the_only_one_trusted():
+    gw, impostor = Gateway(), Gateway()
+    led = TxLedger(pinned={gw.name: gw.public})
+    led.key_announced(gw.name, impostor.public)  # a forged birth comes first
+    e = impostor.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    assert led.add(gw.name, "hk", [e])[0].status == "untrusted_key"
+    assert led.reconcile().anomalies[0]["kind"] == "unpinned_key"
+
+
+def test_ledger__a_transaction_paid_under_two_seqs_counts_once_and_a_conflict_is_kept_apart():
+    gw = Gateway()
+    led = TxLedger()
+    led.key_announced(gw.name, gw.public)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    led.add(gw.name, "hk", [gw.entry("HK-01", 2, pay("T1", 30_000, DAY1))])
+    # a different validly signed entry under seq 1 (a meter whose journal was reset)
+    assert led.add(gw.name, "hk", [gw.entry("HK-01", 1, SessionEnd("S", DAY1))])[0].status == (
+        "conflict"
+    )
+    rec = led.reconcile()
+    assert rec.total_vnd == 30_000
+    (m,) = rec.meters
+    assert (m.entries, m.duplicate_transactions, m.conflicts) == (2, 1, 1)
+    assert [a["kind"] for a in rec.anomalies] == ["duplicate_transaction", "conflict"]
+
+
+def test_ledger__gaps_in_a_meters_seq_are_reported():
+    gw = Gateway()
+    led = TxLedger()
+    led.key_announced(gw.name, gw.public)
+    st = MeterStatus(90, 80, False, False, DAY1)
+    led.add(gw.name, "hk", [gw.entry("HK-01", s, st) for s in (5, 6, 9, 12, 13)])
+    (m,) = led.reconcile().meters
+    assert (m.first_seq, m.last_seq, m.gaps) == (5, 13, [(7, 8), (10, 11)])
+    assert "gaps: 7..8, 10..11" in "\n".join(led.reconcile().lines())
+
+
+def test_ledger__a_file_ledger_remembers_across_a_restart(tmp_path):
+    gw = Gateway()
+    led = TxLedger(tmp_path / "ledger.sqlite")
+    led.key_announced(gw.name, gw.public)
+    e = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    led.add(gw.name, "hk", [e])
+    led.close()
+    led = TxLedger(tmp_path / "ledger.sqlite")
+    assert led.add(gw.name, "hk", [e])[0].status == "duplicate"
+    assert led.reconcile().total_vnd == 30_000
+
+
+def test_consumer__tx_messages_go_through_the_ledger_with_the_births_key():
+    gw = Gateway()
+    got = []
+    c = BatchConsumer("mqtt://127.0.0.1:1", on_entry=lambda g, s, o: got.append(o))
+    e = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    msg = encode_tx_message(gw.name, "hk", [e])
+    assert "city/v1/+/+/tx" in c.topics
+    c.handle("city/v1/hk/gw-1/tx", msg)  # before the birth: held
+    assert got == []
+    c.handle("city/v1/hk/gw-1/birth", gw.birth())
+    assert [o.status for o in got] == ["accepted"]
+    c.handle("city/v1/hk/gw-1/tx", msg)  # again: a duplicate, not shown twice
+    assert len(got) == 1
+    c.handle("city/v1/hk/gw-1/tx", b"\xc1 not msgpack")
+    assert c.bad_payloads == 1
+    summary = "\n".join(c.summary())
+    assert "parking reconciliation" in summary and "re-delivered entries ignored: 1" in summary
+
+
+def test_consumer__a_share_group_shares_the_tx_topic_too():
+    c = BatchConsumer("mqtt://127.0.0.1:1", share="g", client_id="c1")
+    assert c.topics == ["city/v1/+/+/birth", "$share/g/city/v1/+/+/data", "$share/g/city/v1/+/+/tx"]
+
+
+def test_cli__reconcile_prints_a_ledger_file_and_explains_a_missing_one(tmp_path, capsys):
+    from edge.cli import main
+
+    gw = Gateway()
+    led = TxLedger(tmp_path / "ledger.sqlite")
+    led.key_announced(gw.name, gw.public)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    led.close()
+    assert main(["reconcile", "--ledger", str(tmp_path / "ledger.sqlite"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_vnd"] == 30_000
+    assert main(["reconcile", "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    assert "HK-01" in capsys.readouterr().out
+    assert main(["reconcile", "--ledger", str(tmp_path / "none.sqlite")]) == 2
+    assert "no ledger at" in capsys.readouterr().err
+
+
+def test_cli__a_malformed_pinned_key_is_refused(capsys):
+    from edge.cli import main
+
+    assert main(["consume", "--broker", "mqtt://127.0.0.1:1", "--trust-key", "gw-1=abc"]) == 2
+    assert "must be GATEWAY=<base64 of a 32-byte Ed25519 key>" in capsys.readouterr().err
