@@ -94,6 +94,23 @@ def cmd_check(args: argparse.Namespace) -> int:
             else "room to spare"
         )
         print(f"  line {line}: {n} devices keep it busy {busy:.0%} of the time ({verdict})")
+    park = cfg.parking
+    if park.buses:
+        print(f"  parking: signing key {loaded.resolve(park.key_file)}")
+    for bus in park.buses:
+        meters = ", ".join(f"{m.id}@{m.address}" for m in bus.meters)
+        t = bus.transport
+        line = ""
+        if t.type == "rs485":
+            from protocols.modbus_frame import LineTiming
+
+            # POLL (12 bytes) and IDLE (21) per meter: the bus's round when nobody has news
+            round_s = len(bus.meters) * LineTiming(t.baudrate, t.parity, t.stopbits).wire_s(33)
+            line = f"; an idle round of polls takes {round_s * 1000:.0f} ms of wire time"
+        print(
+            f"  parking bus {bus.id} at {t.where}: meters {meters}; answer timeout "
+            f"{bus.timeout_ms} ms, idle poll every {bus.poll_interval_s:g} s{line}"
+        )
     return 0
 
 
@@ -254,7 +271,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_meters(args: argparse.Namespace) -> int:
-    from simulators.parking_meter import Journal, Meter, MeterServer
+    from protocols.modbus_frame import LineTiming
+    from simulators.parking_meter import Journal, Meter, MeterLine, MeterServer
 
     meters: dict[int, str] = {}
     for spec in args.meter or ["1=HK-01"]:
@@ -280,12 +298,24 @@ def cmd_sim_meters(args: argparse.Namespace) -> int:
             )
             for a, mid in meters.items()
         }
-        server = MeterServer(sims, args.host, args.port)
+        server: MeterServer
+        if args.rtu:
+            server = MeterLine(sims, LineTiming(args.baud))
+            await server.start(business=not args.no_business)
+            where = server.path
+            if args.link:
+                _symlink(Path(args.link), server.path)
+                where = f"{args.link} -> {server.path}"
+            where = f"an RS-485 line at {where} ({args.baud} 8N1, paced at wire speed)"
+        else:
+            server = await MeterServer(sims, args.host, args.port).start(
+                business=not args.no_business
+            )
+            where = f"{server.host}:{server.port}"
         server.corrupt_every = args.corrupt_every
-        await server.start(business=not args.no_business)
         names = ", ".join(f"{m} at {a}" for a, m in meters.items())
         print(
-            f"simulating parking meters {names} on {server.host}:{server.port} (meter link v1); "
+            f"simulating parking meters {names} on {where} (meter link v1); "
             f"journals in {args.journal_dir}"
             + ("; no new business" if args.no_business else f"; {args.speed:g}x time"),
             flush=True,
@@ -294,6 +324,8 @@ def cmd_sim_meters(args: argparse.Namespace) -> int:
             await asyncio.Event().wait()
         finally:
             await server.close()
+            if args.rtu and args.link:
+                _symlink(Path(args.link), None)
         return 0
 
     return _run(go())
@@ -601,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--corrupt-every", type=int, default=0, metavar="N", help="every Nth answer damaged"
     )
+    p.add_argument("--rtu", action="store_true", help="an RS-485 bus on a pty instead of TCP")
+    p.add_argument("--link", help="with --rtu: also make this path a symlink to the pty")
+    p.add_argument("--baud", type=int, default=9600, help="with --rtu: the line's speed")
     p.set_defaults(func=cmd_sim_meters)
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")

@@ -2,8 +2,8 @@
 
 Request (JSON, at most ``commands.max_payload_bytes``)::
 
-    {"id": "<request id, echoed>", "cmd": "ping" | "rebirth" | "set_poll_interval" | "write",
-     "args": {...}}
+    {"id": "<request id, echoed>", "cmd": "ping" | "rebirth" | "set_poll_interval" | "write"
+     | "meter_tariff" | "meter_time_sync" | "meter_enable", "args": {...}}
 
 Reply::
 
@@ -14,6 +14,13 @@ Anything malformed, oversized, unknown or not allowed gets an error reply and on
 command never raises out of here. ``write`` is refused unless the (device, point) is on the
 config's ``commands.writable`` allow-list (checked at load against the profile's writable points).
 ``set_poll_interval`` changes the running schedule only; the config file is the lasting truth.
+The ``meter_*`` commands go to a parking meter between polls (docs/meter-link-v1.md §3) and are
+refused unless named in ``commands.meters``; the reply comes once the meter has acknowledged:
+
+    {"cmd": "meter_tariff", "args": {"meter": "HK-01", "tariff_id": 7, "blocks":
+        [[vehicle 0 car / 1 motorbike, from_min, block_min, price_vnd, max_blocks], ...]}}
+    {"cmd": "meter_time_sync", "args": {"meter": "HK-01"}}   (the gateway's clock, if trusted)
+    {"cmd": "meter_enable", "args": {"meter": "HK-01", "enabled": false}}
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from edge.clock import GOOD
+from edge.parking import MeterCommandError
+from protocols.meterlink import Enable, Message, Tariff, TariffBlock, TimeSync
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -62,7 +73,11 @@ class CommandHandler:
             "rebirth": self._rebirth_cmd,
             "set_poll_interval": self._set_poll_interval,
             "write": self._write,
+            "meter_tariff": self._meter_tariff,
+            "meter_time_sync": self._meter_time_sync,
+            "meter_enable": self._meter_enable,
         }
+        self.meter_commands = set(cfg.meters)
 
     async def handle(self, payload: bytes, *, rebirth: Callable[[], Awaitable[int]]) -> bytes:
         """One request in, one reply out. Never raises. ``rebirth`` republishes the birth on
@@ -175,6 +190,89 @@ class CommandHandler:
         except Exception as exc:
             raise CommandError("device_error", str(exc)) from None
         return {"device": device, "point": point, "value": written}
+
+    # ------------------------------------------------------------------ parking meters
+
+    async def _to_meter(self, args: dict[str, Any], msg: Message) -> dict[str, Any]:
+        meter = args["meter"]
+        for bus in self.gateway.meter_buses:
+            if any(m.id == meter for m in bus.cfg.meters):
+                try:
+                    number = await bus.command(meter, msg)
+                except MeterCommandError as exc:
+                    raise CommandError(exc.code, str(exc)) from None
+                return {"meter": meter, "command": number}
+        raise CommandError("unknown_meter", f"no meter {meter!r} on this gateway")
+
+    def _meter_arg(self, kind: str, args: dict[str, Any]) -> None:
+        if kind not in self.meter_commands:
+            raise CommandError(
+                "not_allowed", f"meter command {kind!r} is not allowed (not in commands.meters)"
+            )
+        if not isinstance(args.get("meter"), str):
+            raise CommandError("bad_args", "'meter' must be a meter id")
+
+    async def _meter_tariff(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._meter_arg("tariff", args)
+        tariff_id, blocks = args.get("tariff_id"), args.get("blocks")
+        if not _is_int(tariff_id) or not 0 <= tariff_id < 2**63:
+            raise CommandError("bad_args", "tariff_id must be a non-negative integer")
+        if not isinstance(blocks, list) or not 1 <= len(blocks) <= MAX_TARIFF_BLOCKS:
+            raise CommandError("bad_args", f"blocks must be a list of 1..{MAX_TARIFF_BLOCKS}")
+        parsed = []
+        for i, b in enumerate(blocks):
+            if not isinstance(b, list) or len(b) != 5 or not all(_is_int(x) for x in b):
+                raise CommandError(
+                    "bad_args",
+                    f"blocks[{i}] must be [vehicle, from_min, block_min, price_vnd, max_blocks]",
+                )
+            vehicle, from_min, block_min, price, max_blocks = b
+            for name, v, lo, hi in (
+                ("vehicle", vehicle, 0, 1),
+                ("from_min", from_min, 0, 1439),
+                ("block_min", block_min, 1, 1440),
+                ("price_vnd", price, 0, MAX_PRICE_VND),
+                ("max_blocks", max_blocks, 0, 96),
+            ):
+                if not lo <= v <= hi:
+                    raise CommandError(
+                        "bad_args", f"blocks[{i}].{name} must be {lo}..{hi}, not {v}"
+                    )
+            parsed.append(TariffBlock(vehicle, from_min, block_min, price, max_blocks))
+        for vehicle in {b.vehicle for b in parsed}:
+            starts = [b.from_min for b in parsed if b.vehicle == vehicle]
+            if len(starts) != len(set(starts)):
+                raise CommandError("bad_args", f"two blocks for vehicle {vehicle} start together")
+        result = await self._to_meter(args, Tariff(tariff_id, tuple(parsed)))
+        return {**result, "tariff_id": tariff_id}
+
+    async def _meter_time_sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._meter_arg("time_sync", args)
+        stamp = self.gateway.clock.stamp()
+        if stamp.tq != GOOD:
+            raise CommandError(
+                "clock_untrusted",
+                "the gateway's own clock is not trusted yet; it would set the meter wrong",
+            )
+        result = await self._to_meter(args, TimeSync(stamp.ts_ms))
+        return {**result, "now_ms": stamp.ts_ms}
+
+    async def _meter_enable(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._meter_arg("enable", args)
+        enabled = args.get("enabled")
+        if not isinstance(enabled, bool):
+            raise CommandError("bad_args", "enabled must be true or false")
+        result = await self._to_meter(args, Enable(enabled))
+        return {**result, "enabled": enabled}
+
+
+#: A sanity bound on one block's price (VND): a tariff is money, a typo must not reach a meter.
+MAX_PRICE_VND = 1_000_000
+MAX_TARIFF_BLOCKS = 32
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _reply(

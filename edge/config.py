@@ -290,6 +290,9 @@ class CommandsConfig(_Model):
     max_payload_bytes: int = Field(4096, ge=64, le=1024 * 1024)
     #: The only points a ``write`` command may set; each must be writable in its profile.
     writable: list[WritablePoint] = Field(default_factory=list)
+    #: Parking meter commands the platform may send (none unless listed): a tariff changes
+    #: what people pay, so it is opened on purpose.
+    meters: list[Literal["tariff", "time_sync", "enable"]] = Field(default_factory=list)
 
 
 class StatusConfig(_Model):
@@ -315,17 +318,43 @@ class MeterConfig(_Model):
 
 
 class MeterLinkTcp(_Model):
+    """A pay station, or an RS-485 meter bus behind a TCP converter."""
+
     type: Literal["tcp"]
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
 
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class MeterLinkRs485(_Model):
+    """Meters on an RS-485 bus on one of the gateway's serial ports (the bus owns the port)."""
+
+    type: Literal["rs485"]
+    port: str = Field(min_length=1)  # /dev/ttyUSB1, /dev/serial/by-id/...
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
+
+    @property
+    def where(self) -> str:
+        return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits}"
+
+
+MeterLink = Annotated[MeterLinkTcp | MeterLinkRs485, Field(discriminator="type")]
+
 
 class ParkingBusConfig(_Model):
-    """Meters behind one link (a pay station, or an RS-485 bus behind a TCP converter),
-    polled in turn (docs/meter-link-v1.md)."""
+    """Meters behind one link, polled in turn (docs/meter-link-v1.md). ``timeout_ms`` is how
+    long a meter has to start answering (the spec's 1 s on TCP, 200 ms on RS-485); an answer
+    that has started may take its wire time to finish."""
 
     id: Ident
-    transport: MeterLinkTcp
+    transport: MeterLink
     meters: list[MeterConfig] = Field(min_length=1)
     poll_interval_s: float = Field(1.0, ge=0.01, le=3600)  # per meter, when it has nothing
     timeout_ms: int = Field(1000, ge=10, le=60_000)
@@ -683,7 +712,21 @@ def _cross_checks(
     if (cfg.mqtt.password is not None or cfg.mqtt.password_file) and cfg.mqtt.username is None:
         at(("mqtt",), "a password needs a username")
     meter_ids: dict[str, tuple[Any, ...]] = {}
+    # A serial port has one owner: a Modbus line, a serial sensor, or one meter bus.
+    ports = {
+        d.transport.port: f"device {d.id!r}"
+        for d in cfg.devices
+        if isinstance(d.transport, ModbusRtuTransport | UartTransport)
+    }
     for b, bus in enumerate(cfg.parking.buses):
+        if isinstance(bus.transport, MeterLinkRs485):
+            owner = ports.get(bus.transport.port)
+            if owner is not None:
+                at(
+                    ("parking", "buses", b, "transport", "port"),
+                    f"serial port {bus.transport.port} is already used by {owner}",
+                )
+            ports.setdefault(bus.transport.port, f"meter bus {bus.id!r}")
         addresses: set[int] = set()
         for k, meter in enumerate(bus.meters):
             where = ("parking", "buses", b, "meters", k)

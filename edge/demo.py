@@ -1,8 +1,9 @@
 """``edge demo``: a simulated cabinet, the gateway and a live view, in one process, on loopback.
 
 Starts the embedded broker (amqtt) on a free port, a simulator for every device in the demo
-config (devices sharing a host:port share one simulated bridge), the gateway pointed at them, and
-a consumer that prints decoded readings as batches arrive.
+config (devices sharing a host:port share one simulated bridge) and for every parking meter bus,
+the gateway pointed at them, and a consumer that prints decoded readings as batches arrive and
+each parking payment its ledger accepted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from edge.broker import EmbeddedBroker
 from edge.config import LoadedConfig, ModbusRtuTransport, UartTransport, load_config
 from edge.consumer import BatchConsumer, Delivery, reading_json
 from edge.gateway import Gateway
+from edge.ledger import EntryOutcome, entry_json
+from protocols.meterlink import Method, Payment
 from simulators import ProfileSimUnit, SimServer, serve_modbus_tcp, sim_unit
+from simulators.parking_meter import Journal, Meter, MeterServer
 from simulators.particulate import Pms5003Sim, Sds011Sim, UartSim
 from simulators.rtu_line import RtuSimLine, serve_rtu
 
@@ -106,6 +110,7 @@ class LiveView:
         }
         self.readings = 0
         self.batches = 0
+        self.entries = 0
 
     def __call__(self, batch: Delivery) -> None:
         self.batches += 1
@@ -142,13 +147,33 @@ class LiveView:
             )
         self.out.flush()
 
+    def entry(self, gateway: str, site: str, o: EntryOutcome) -> None:
+        """A parking meter entry the ledger accepted (signature verified, first time seen)."""
+        self.entries += 1
+        if self.jsonl:
+            print(entry_json(gateway, site, o), file=self.out, flush=True)
+            return
+        msg = o.message
+        if isinstance(msg, Payment):
+            try:
+                method = Method(msg.method).name.lower()
+            except ValueError:
+                method = str(msg.method)
+            clock = time.strftime("%H:%M:%S")
+            print(
+                f"{clock} parking  {o.entry.meter:<12} #{o.entry.seq:<5} paid "
+                f"{msg.amount_vnd:>9,} VND by {method:<15} {msg.transaction_id} (signed)",
+                file=self.out,
+                flush=True,
+            )
+
 
 @dataclasses.dataclass
 class SimulatedCabinet:
     """Simulators for every device of a config, and the config rewritten to use them."""
 
     loaded: LoadedConfig
-    servers: list[SimServer | RtuSimLine | UartSim]
+    servers: list[SimServer | RtuSimLine | UartSim | MeterServer]
     where: dict[str, str]  # config line -> where its simulator listens
     tty_dir: Path | None = None  # where the serial sensors' port links live
 
@@ -172,7 +197,7 @@ async def simulate_cabinet(
         t = dev.transport
         if not isinstance(t, UartTransport):
             lines.setdefault(t.line, []).append(sim_unit(dev.profile, t.unit, seed=dev.id))
-    servers: list[SimServer | RtuSimLine | UartSim] = []
+    servers: list[SimServer | RtuSimLine | UartSim | MeterServer] = []
     moved: dict[str, dict[str, object]] = {}
     where: dict[str, str] = {}
     ttys = Path(tempfile.mkdtemp(prefix="edge-demo-tty-"))
@@ -207,9 +232,24 @@ async def simulate_cabinet(
         d.model_copy(update={"transport": d.transport.model_copy(update=moved[d.transport.line])})
         for d in cfg.devices
     ]
+    buses = []
+    for bus in cfg.parking.buses:  # each bus: simulated meters on a free loopback port
+        meters = {
+            m.address: Meter(m.id, Journal(ttys / f"journal-{m.id}.sqlite"), speed=600, seed=m.id)
+            for m in bus.meters
+        }
+        station = await MeterServer(meters).start()
+        servers.append(station)
+        where[f"parking:{bus.id}"] = f"parking meters 127.0.0.1:{station.port}"
+        link = {"type": "tcp", "host": "127.0.0.1", "port": station.port}
+        buses.append(bus.model_copy(update={"transport": type(bus.transport)(**link)}))
+    parking = cfg.parking.model_copy(
+        update={"buses": buses, "key_file": str(buffer_path.parent / "demo-gateway.key")}
+    )
     new_cfg = cfg.model_copy(
         update={
             "devices": devices,
+            "parking": parking,
             "mqtt": cfg.mqtt.model_copy(update={"url": broker_url, **mqtt}),
             "buffer": cfg.buffer.model_copy(update={"path": str(buffer_path)}),
             # a free port: never clash with a gateway already running on this machine
@@ -238,7 +278,9 @@ async def run_demo(
         cabinet = await simulate_cabinet(loaded, broker_url=broker.url, buffer_path=buffer_path)
         demo = cabinet.loaded
         view = LiveView(demo, jsonl=jsonl)
-        consumer = BatchConsumer(broker.url, prefix=cfg.mqtt.topic_prefix, on_batch=view)
+        consumer = BatchConsumer(
+            broker.url, prefix=cfg.mqtt.topic_prefix, on_batch=view, on_entry=view.entry
+        )
         gateway = Gateway(demo)
         say = sys.stderr if jsonl else sys.stdout
         print(
@@ -284,7 +326,8 @@ async def run_demo(
         print(
             f"edge demo: polled {polled} readings, accepted {gateway.writer_stats.accepted}, "
             f"sent {f.readings_sent} in {f.batches_sent} batches; the consumer decoded "
-            f"{view.readings} readings; {unsent} accepted but unsent at exit ({kept})",
+            f"{view.readings} readings and {view.entries} parking entries; {unsent} accepted but "
+            f"unsent at exit ({kept})",
             file=say,
             flush=True,
         )

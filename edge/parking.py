@@ -10,6 +10,11 @@ The order that makes it exactly-once, per meter:
    still has the entry and sends it again. A crash after it: the meter sends it again, the
    buffer recognises the seq as committed, and it is acknowledged, not stored twice.
 3. The next POLL carries the new acknowledgement; only then may the meter mark it delivered.
+
+Two links, one protocol: TCP (a pay station, or a converter) and RS-485 on one of the
+gateway's serial ports (pyserial-asyncio-fast; the bus owns the port). A meter has
+``timeout_ms`` to start answering; an answer that has started gets its wire time to finish
+(a full 1 KiB entry takes 1.1 s at 9600 baud), so a slow line is not mistaken for a dead meter.
 """
 
 from __future__ import annotations
@@ -17,18 +22,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import termios
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import serial
+import serial_asyncio_fast
+
 from edge import faults
 from edge.buffer import AsyncBuffer
-from edge.config import ParkingBusConfig
+from edge.config import MeterLinkRs485, ParkingBusConfig
+from edge.rtu import serial_settings
 from edge.signing import Signer
 from protocols.meterlink import (
+    HEADER,
+    MAX_PAYLOAD,
     UPLINK_TYPES,
     Frame,
     FrameDecoder,
+    Message,
     MsgType,
     Nak,
     NakReason,
@@ -38,13 +51,26 @@ from protocols.meterlink import (
     encode_frame,
     encode_message,
 )
+from protocols.modbus_frame import LineTiming
 
-__all__ = ["BusStats", "MeterBus"]
+__all__ = ["BusStats", "MeterBus", "MeterCommandError"]
 
 log = logging.getLogger(__name__)
 
 #: Entries taken from one meter before the next meter gets its turn.
 BURST = 8
+#: Tries of one command (the same number each time: a meter carries a number out once).
+COMMAND_TRIES = 3
+#: Command numbers skipped at the first command of a run (see Buffer.next_command).
+COMMAND_SKIP = 1000
+
+
+class MeterCommandError(Exception):
+    """A command did not reach or was refused by the meter; ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 @dataclass
@@ -77,11 +103,20 @@ class MeterBus:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._frames: list[Frame] = []
+        self._commands: asyncio.Queue[tuple[str, Message, asyncio.Future[int]]] = asyncio.Queue(
+            maxsize=16
+        )
+        self._wake = asyncio.Event()
+        self._numbered: set[str] = set()  # meters given a command number in this run
+        self._addresses = {m.id: m.address for m in cfg.meters}
+        t = cfg.transport
+        self.timing = (
+            LineTiming(t.baudrate, t.parity, t.stopbits) if isinstance(t, MeterLinkRs485) else None
+        )
 
     @property
     def where(self) -> str:
-        t = self.cfg.transport
-        return f"{t.host}:{t.port}"
+        return self.cfg.transport.where
 
     async def run(self) -> None:
         """Poll until cancelled; reconnect with backoff when the link drops."""
@@ -101,9 +136,18 @@ class MeterBus:
 
     async def _connect(self) -> None:
         t = self.cfg.transport
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(t.host, t.port), self.cfg.timeout_ms / 1000
-        )
+        if isinstance(t, MeterLinkRs485):
+            try:
+                assert self.timing is not None
+                self._reader, self._writer = await serial_asyncio_fast.open_serial_connection(
+                    url=t.port, **serial_settings(self.timing)
+                )
+            except (serial.SerialException, termios.error) as exc:
+                raise OSError(f"cannot open serial port {t.port}: {exc}") from None
+        else:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(t.host, t.port), self.cfg.timeout_ms / 1000
+            )
         self.decoder.reset()
         self._frames.clear()
         self.stats.connected = True
@@ -121,6 +165,7 @@ class MeterBus:
         while True:
             idle = 0
             for meter in self.cfg.meters:
+                await self._run_commands()
                 for _ in range(BURST):
                     more = await self._exchange(meter.id, meter.address, last)
                     if not more:
@@ -129,7 +174,77 @@ class MeterBus:
                     continue
                 idle += 1
             if idle == len(self.cfg.meters):
-                await asyncio.sleep(self.cfg.poll_interval_s)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_s)
+
+    # ------------------------------------------------------------------ commands
+
+    async def command(self, meter: str, msg: Message) -> int:
+        """Carry out ``msg`` (TARIFF, TIME_SYNC, ENABLE) at ``meter``, between polls. Returns
+        the command number the meter acknowledged; MeterCommandError if it cannot be done."""
+        if meter not in self._addresses:
+            raise MeterCommandError("unknown_meter", f"no meter {meter!r} on bus {self.cfg.id}")
+        if not self.stats.connected:
+            raise MeterCommandError("link_down", f"bus {self.cfg.id} ({self.where}) is down")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            self._commands.put_nowait((meter, msg, done))
+        except asyncio.QueueFull:
+            raise MeterCommandError("busy", f"bus {self.cfg.id} has 16 commands waiting") from None
+        self._wake.set()
+        budget = COMMAND_TRIES * (self.cfg.timeout_ms / 1000 + 1.2) + 2 * self.cfg.poll_interval_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), budget + 5)
+        except TimeoutError:
+            raise MeterCommandError(
+                "timeout", f"meter {meter} on bus {self.cfg.id}: the bus did not get to it"
+            ) from None
+
+    async def _run_commands(self) -> None:
+        while not self._commands.empty():
+            meter, msg, done = self._commands.get_nowait()
+            if done.done():
+                continue
+            try:
+                done.set_result(await self._send_command(meter, msg))
+            except MeterCommandError as exc:
+                done.set_exception(exc)
+            except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                done.set_exception(
+                    MeterCommandError("link_down", f"bus {self.cfg.id} lost mid-command: {exc}")
+                )
+                raise
+
+    async def _send_command(self, meter: str, msg: Message) -> int:
+        skip = 0 if meter in self._numbered else COMMAND_SKIP
+        number = await self.buffer.next_command(meter, skip)
+        self._numbered.add(meter)
+        address = self._addresses[meter]
+        frame = Frame(address, msg.TYPE, number, encode_message(msg))
+        for _ in range(COMMAND_TRIES):
+            reply = await self._request(frame)
+            if reply is None:
+                self.stats.timeouts += 1
+                continue
+            if reply.seq != number or reply.type not in (MsgType.CMD_ACK, MsgType.CMD_NAK):
+                self.stats.unexpected += 1
+                continue
+            if reply.type == MsgType.CMD_ACK:
+                log.info("meter %s carried out %s (command %d)", meter, msg.TYPE.name, number)
+                return number
+            try:
+                reason = NakReason(decode_message(reply.type, reply.payload).reason).name  # type: ignore[attr-defined]
+            except (PayloadError, ValueError):
+                reason = "unreadable reason"
+            raise MeterCommandError(
+                "refused", f"meter {meter} refused {msg.TYPE.name} (command {number}): {reason}"
+            )
+        raise MeterCommandError(
+            "no_answer",
+            f"meter {meter} did not answer {msg.TYPE.name} (command {number}) in "
+            f"{COMMAND_TRIES} tries; it may have carried it out: send it again",
+        )
 
     async def _exchange(self, meter: str, address: int, last: dict[str, int]) -> bool:
         """One POLL and its answer. True when the meter may have more to send."""
@@ -206,9 +321,16 @@ class MeterBus:
         assert self._reader is not None and self._writer is not None
         self._frames.clear()
         self.decoder.reset()
-        self._writer.write(encode_frame(frame))
+        raw = encode_frame(frame)
+        self._writer.write(raw)
         await self._writer.drain()
-        deadline = time.monotonic() + self.cfg.timeout_ms / 1000
+        timeout = self.cfg.timeout_ms / 1000
+        now = time.monotonic()
+        # The meter's time to answer counts from the request's last byte on the wire; an answer
+        # that has begun may take its own wire time, up to a whole maximal frame.
+        wire = self.timing.wire_s if self.timing is not None else (lambda n: 0.0)
+        deadline = now + wire(len(raw)) + timeout
+        hard_deadline = deadline + wire(HEADER.size + MAX_PAYLOAD + 2)
         while True:
             for f in self._frames:
                 if f.from_meter and f.address == frame.address:
@@ -225,3 +347,7 @@ class MeterBus:
             if not data:
                 raise ConnectionError("the meter link closed the connection")
             self._frames = self.decoder.feed(data)
+            if self.decoder.pending:  # an answer is on its way: give it its wire time
+                deadline = min(
+                    hard_deadline, time.monotonic() + timeout + wire(self.decoder.pending)
+                )

@@ -29,6 +29,7 @@ import logging
 import termios
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import serial
 import serial_asyncio_fast
@@ -52,6 +53,16 @@ log = logging.getLogger(__name__)
 
 _PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 _STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
+
+
+def serial_settings(timing: LineTiming) -> dict[str, Any]:
+    """pyserial's settings for a line of this speed and framing (8 data bits)."""
+    return {
+        "baudrate": timing.baudrate,
+        "parity": _PARITY[timing.parity],
+        "stopbits": _STOPBITS[timing.stopbits],
+        "bytesize": serial.EIGHTBITS,
+    }
 
 
 @dataclass
@@ -126,10 +137,7 @@ class RtuLink(LinkOps):
                 asyncio.get_running_loop(),
                 lambda: line,
                 self.port,
-                baudrate=self.timing.baudrate,
-                parity=_PARITY[self.timing.parity],
-                stopbits=_STOPBITS[self.timing.stopbits],
-                bytesize=serial.EIGHTBITS,
+                **serial_settings(self.timing),
             )
         except (OSError, serial.SerialException, termios.error) as exc:
             self._backoff.failed()

@@ -1,5 +1,6 @@
 """A cashless parking meter's firmware, simulated: a durable journal, Hanoi-like business, and
-the meter link (docs/meter-link-v1.md) on TCP.
+the meter link (docs/meter-link-v1.md) on TCP (:class:`MeterServer`) or on an RS-485 bus paced at
+wire speed (:class:`MeterLine`, a pseudo-terminal).
 
 :class:`Journal` is the meter's memory: SQLite with ``synchronous=FULL``, so an entry survives a
 power cut (SIGKILL of the process) once written. Every entry keeps its bytes and an ``acked``
@@ -25,14 +26,17 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import sqlite3
 import time
+import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocols.meterlink import (
+    HEADER,
     CmdNak,
     Enable,
     Frame,
@@ -56,8 +60,10 @@ from protocols.meterlink import (
     encode_frame,
     encode_message,
 )
+from protocols.modbus_frame import LineTiming
+from simulators.rtu_line import write_paced
 
-__all__ = ["HANOI_TARIFF", "Journal", "Meter", "MeterServer", "price_vnd"]
+__all__ = ["HANOI_TARIFF", "Journal", "Meter", "MeterLine", "MeterServer", "price_vnd"]
 
 log = logging.getLogger(__name__)
 
@@ -378,9 +384,12 @@ class MeterServer:
         """Listen; with ``business`` the meters also do business (write new entries)."""
         self.server = await asyncio.start_server(self._client, self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
-        if business:
-            self._business = asyncio.create_task(self._run_business(business_interval_s))
+        self._start_business(business_interval_s, business)
         return self
+
+    def _start_business(self, interval_s: float, business: bool) -> None:
+        if business:
+            self._business = asyncio.create_task(self._run_business(interval_s))
 
     async def _run_business(self, interval_s: float) -> None:
         while True:
@@ -448,11 +457,14 @@ class MeterServer:
             out = out[:-1] + bytes([out[-1] ^ 0xFF])
         return out
 
-    async def close(self) -> None:
+    async def _stop_business(self) -> None:
         if self._business is not None:
             self._business.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._business
+
+    async def close(self) -> None:
+        await self._stop_business()
         tasks = list(self._clients)
         for w in self._clients.values():  # a power cut: every link drops at once
             w.transport.abort()
@@ -461,5 +473,79 @@ class MeterServer:
             self.server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
+        for m in self.meters.values():
+            m.journal.close()
+
+
+class MeterLine(MeterServer):
+    """The same meters on a simulated RS-485 bus: a pseudo-terminal paced like the wire
+    (simulators/rtu_line.py). The gateway opens :attr:`path` as it would /dev/ttyUSB1. A meter
+    starts answering ``turnaround_s`` after the request's last byte would have left the wire,
+    and its answer comes out at the line's character rate; a pty ignores the baud rate, so the
+    line keeps wire time itself."""
+
+    def __init__(
+        self,
+        meters: dict[int, Meter],
+        timing: LineTiming | None = None,
+        turnaround_s: float = 0.010,
+    ) -> None:
+        super().__init__(meters)
+        self.timing = timing or LineTiming()
+        self.turnaround_s = turnaround_s
+        self.path = ""
+        self.overruns = 0  # bytes the meters missed because they were not reading
+        self._master = self._slave = -1
+        self._rx: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=256)
+        self._serve_task: asyncio.Task[None] | None = None
+
+    async def start(self, business_interval_s: float = 0.05, *, business: bool = True) -> MeterLine:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        tty.setraw(self._master)
+        os.set_blocking(self._master, False)
+        self.path = os.ttyname(self._slave)
+        asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+        self._serve_task = asyncio.create_task(self._serve(), name=f"meter-line {self.path}")
+        self._start_business(business_interval_s, business)
+        return self
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except OSError:  # EAGAIN, or EIO while nobody has the port open
+            return
+        if data:
+            try:
+                self._rx.put_nowait((data, time.monotonic()))
+            except asyncio.QueueFull:
+                self.overruns += len(data)
+
+    async def _serve(self) -> None:
+        decoder = FrameDecoder()
+        while True:
+            data, arrived = await self._rx.get()
+            for frame in decoder.feed(data):
+                self.frames_in += 1
+                out = self.answer(frame)
+                if out is None:
+                    continue
+                sent = HEADER.size + len(frame.payload) + 2
+                start = arrived + self.timing.wire_s(sent) + self.turnaround_s
+                await write_paced(self._master, out, start, self.timing)
+
+    async def close(self) -> None:
+        await self._stop_business()
+        if self._serve_task is not None:
+            self._serve_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serve_task
+        if self._master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._master)
+            for fd in (self._master, self._slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._master = self._slave = -1
         for m in self.meters.values():
             m.journal.close()

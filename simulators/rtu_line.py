@@ -42,7 +42,7 @@ from protocols.modbus_frame import (
 )
 from simulators.modbus_server import ModbusSim, SimUnit
 
-__all__ = ["RtuSimLine", "serve_rtu"]
+__all__ = ["RtuSimLine", "serve_rtu", "write_paced"]
 
 log = logging.getLogger(__name__)
 
@@ -175,18 +175,7 @@ class RtuSimLine(ModbusSim):
             self.answered += 1
 
     async def _send_paced(self, out: bytes, start: float) -> None:
-        t = self.timing
-        step = max(1, int(CHUNK_S / t.char_s))
-        for at in range(0, len(out), step):
-            chunk = out[at : at + step]
-            due = start + t.wire_s(at + len(chunk))
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                os.write(self._master, chunk)
-            except OSError:  # the master went away mid-answer: the bytes fall off the wire
-                return
+        await write_paced(self._master, out, start, self.timing)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -200,6 +189,23 @@ class RtuSimLine(ModbusSim):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._master = self._slave = -1
+
+
+async def write_paced(fd: int, out: bytes, start: float, timing: LineTiming) -> bool:
+    """Write ``out`` to a pty at the line's character rate, starting at ``start`` (monotonic
+    time), so its last byte lands when it would on the wire. False if the other side went away
+    mid-answer (the bytes fall off the wire)."""
+    step = max(1, int(CHUNK_S / timing.char_s))
+    for at in range(0, len(out), step):
+        chunk = out[at : at + step]
+        delay = start + timing.wire_s(at + len(chunk)) - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            os.write(fd, chunk)
+        except OSError:
+            return False
+    return True
 
 
 async def serve_rtu(

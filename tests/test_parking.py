@@ -15,23 +15,33 @@ import stat
 import aiomqtt
 import pytest
 
-from edge.buffer import Buffer
+from edge.buffer import AsyncBuffer, Buffer
 from edge.config import parse_config
 from edge.consumer import BatchConsumer
 from edge.gateway import Gateway
 from edge.ledger import TxLedger, local_day
+from edge.parking import MeterBus
 from edge.signing import Signer, SigningKeyError, verify
 from edge.status import StatusServer
 from protocols.birth import Birth
 from protocols.meterlink import (
     MsgType,
     Payment,
+    SessionEnd,
     decode_message,
     decode_tx_message,
     encode_message,
     encode_tx_message,
 )
-from simulators.parking_meter import HANOI_TARIFF, Journal, Meter, MeterServer, price_vnd
+from protocols.modbus_frame import LineTiming
+from simulators.parking_meter import (
+    HANOI_TARIFF,
+    Journal,
+    Meter,
+    MeterLine,
+    MeterServer,
+    price_vnd,
+)
 from tests.conftest import wait_until
 
 BIG = 512 * 1024 * 1024
@@ -301,3 +311,234 @@ parking:
     msg = str(err.value)
     assert "p.yaml:8:" in msg and "duplicate meter id 'HK-01' (first at line 7)" in msg
     assert "two meters at address 1" in msg
+
+
+# ------------------------------------------------------------------ RS-485
+
+
+@pytest.mark.slow
+async def test_rs485__meters_on_a_paced_line_deliver_everything_and_long_answers_are_not_timeouts(
+    tmp_path,
+):
+    """Three meters on a simulated RS-485 bus at 1200 baud: a 60-byte entry takes half a second
+    on the wire, far over the 200 ms answer timeout, and still counts as an answer, not a dead
+    meter. Every journal entry is committed once, in order, and acknowledged."""
+    meters = {
+        a: Meter(f"HK-{a:02d}", Journal(tmp_path / f"m{a}.sqlite"), clock=lambda: T0 / 1000)
+        for a in (1, 2, 3)
+    }
+    for m in meters.values():
+        for k in range(4):
+            m.journal.append(SessionEnd(f"S-{m.meter_id}-{k}", T0 + k), T0)
+    line = await MeterLine(meters, LineTiming(1200)).start(business=False)
+    cfg = parse_config(
+        f"""gateway: {{id: gw}}
+parking:
+  buses:
+    - id: bus-1
+      transport: {{type: rs485, port: {line.path}, baudrate: 1200}}
+      timeout_ms: 200
+      poll_interval_s: 0.05
+      meters: [{{id: HK-01, address: 1}}, {{id: HK-02, address: 2}}, {{id: HK-03, address: 3}}]
+""",
+        "rs485.yaml",
+        tmp_path,
+    ).config.parking.buses[0]
+    buf = await AsyncBuffer(tmp_path / "b.sqlite", max_bytes=BIG).open()
+    bus = MeterBus(cfg, buf, Signer.load_or_create(tmp_path / "k.key"))
+    task = asyncio.create_task(bus.run())
+    try:
+        await wait_until(
+            lambda: all(m.journal.unacked_count() == 0 for m in meters.values()),
+            60,
+            what="every entry acknowledged over the line",
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await line.close()
+    assert bus.stats.entries == 12 and bus.stats.duplicates == 0
+    assert bus.stats.timeouts == 0, "an answer still on the wire was taken for silence"
+    rows = await buf.unsent_entries(100)
+    assert sorted((r[1], r[2]) for r in rows) == [
+        (f"HK-{a:02d}", s) for a in (1, 2, 3) for s in (1, 2, 3, 4)
+    ]
+    await buf.close()
+
+
+def test_config__a_serial_port_has_one_owner(tmp_path):
+    from edge.config import ConfigError
+
+    text = """gateway: {id: gw}
+devices:
+  - id: light
+    profile: street_light_cabinet
+    transport: {type: modbus_rtu, port: /dev/ttyUSB0, unit: 3}
+parking:
+  buses:
+    - id: meters
+      transport: {type: rs485, port: /dev/ttyUSB0}
+      meters: [{id: HK-01, address: 1}]
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "p.yaml", tmp_path)
+    assert "p.yaml:9:" in str(err.value)
+    assert "serial port /dev/ttyUSB0 is already used by device 'light'" in str(err.value)
+
+
+def test_check__the_parking_example_is_valid_and_shows_both_buses():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check", "configs/parking-example.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "parking bus pay-station at 10.20.0.31:7700: meters HK-PS-01@1" in res.stdout
+    assert "parking bus kerbside at /dev/serial/by-id/usb-FTDI_RS485-if00 9600 8N1" in res.stdout
+    assert "an idle round of polls takes 138 ms of wire time" in res.stdout
+
+
+# ------------------------------------------------------------------ commands to meters
+
+
+async def test_commands__reach_the_meter_once_and_numbers_survive_a_gateway_restart(tmp_path):
+    from edge.parking import COMMAND_SKIP, MeterCommandError
+    from protocols.meterlink import Enable, Tariff, TariffBlock, TimeSync
+
+    meters = {1: Meter("HK-01", Journal(tmp_path / "m1.sqlite"), clock=lambda: T0 / 1000)}
+    server = await MeterServer(meters).start(business=False)
+    cfg = parse_config(
+        f"""gateway: {{id: gw}}
+parking:
+  buses:
+    - id: lane-1
+      transport: {{type: tcp, host: 127.0.0.1, port: {server.port}}}
+      timeout_ms: 300
+      poll_interval_s: 0.5
+      meters: [{{id: HK-01, address: 1}}]
+""",
+        "c.yaml",
+        tmp_path,
+    ).config.parking.buses[0]
+    buf = await AsyncBuffer(tmp_path / "b.sqlite", max_bytes=BIG).open()
+    signer = Signer.load_or_create(tmp_path / "k.key")
+
+    async def with_bus(fn):
+        bus = MeterBus(cfg, buf, signer)
+        task = asyncio.create_task(bus.run())
+        try:
+            await wait_until(lambda: bus.stats.connected, 10, what="the bus up")
+            return await fn(bus)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    tariff = Tariff(7, (TariffBlock(0, 360, 30, 20_000, 0), TariffBlock(1, 0, 1440, 4_000, 1)))
+
+    async def first_run(bus):
+        n1 = await bus.command("HK-01", Enable(False))
+        n2 = await bus.command("HK-01", tariff)
+        n3 = await bus.command("HK-01", TimeSync(T0 + 3_600_000))
+        with pytest.raises(MeterCommandError) as err:
+            await bus.command("HK-99", Enable(True))
+        assert err.value.code == "unknown_meter"
+        return n1, n2, n3
+
+    n1, n2, n3 = await with_bus(first_run)
+    m = meters[1]
+    assert (m.enabled, m.tariff) == (False, tariff)
+    assert abs(m.now_ms() - (T0 + 3_600_000)) < 60_000
+    assert n1 == 1 + COMMAND_SKIP and (n2, n3) == (n1 + 1, n1 + 2)
+    # A new gateway process (same buffer): its numbers are new to the meter, so the meter acts
+    # on them instead of answering "already done".
+    n4 = await with_bus(lambda bus: bus.command("HK-01", Enable(True)))
+    assert n4 > n3 and m.enabled is True
+    server.silent.add(1)
+    with pytest.raises(MeterCommandError) as err:
+        await with_bus(lambda bus: bus.command("HK-01", Enable(False)))
+    assert err.value.code == "no_answer" and m.enabled is True
+    await server.close()
+    await buf.close()
+
+
+@pytest.mark.system
+async def test_commands__the_platform_disables_a_meter_and_hostile_tariffs_are_refused(
+    tmp_path, mosquitto
+):
+    import json
+
+    meters = {1: Meter("HK-01", Journal(tmp_path / "m1.sqlite"), speed=600)}
+    server = await MeterServer(meters).start(business=False)
+    text = f"""
+gateway: {{id: gw-park, site: hk}}
+buffer: {{path: buf.sqlite}}
+mqtt: {{url: "mqtt://127.0.0.1:{mosquitto.port}", reconnect_min_s: 0.2}}
+status: {{enabled: false}}
+time: {{trust: plausible}}
+commands: {{meters: [enable, time_sync]}}
+parking:
+  buses:
+    - id: lane-1
+      transport: {{type: tcp, host: 127.0.0.1, port: {server.port}}}
+      poll_interval_s: 0.1
+      timeout_ms: 300
+      meters: [{{id: HK-01, address: 1}}]
+"""
+    gateway = Gateway(parse_config(text, "park.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    replies: dict = {}
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 10)
+        await wait_until(lambda: gateway.meter_buses[0].stats.connected, 10, what="the bus")
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+            await c.subscribe("city/v1/hk/gw-park/cmd/res", qos=1)
+
+            async def read() -> None:
+                async for msg in c.messages:
+                    doc = json.loads(msg.payload)
+                    replies[doc["id"]] = doc
+
+            reader = asyncio.create_task(read())
+
+            async def send(doc: dict) -> dict:
+                await c.publish("city/v1/hk/gw-park/cmd", json.dumps(doc), qos=1)
+                await wait_until(lambda: doc["id"] in replies, 15, what=f"reply {doc['id']}")
+                return replies.pop(doc["id"])
+
+            off = await send(
+                {"id": 1, "cmd": "meter_enable", "args": {"meter": "HK-01", "enabled": False}}
+            )
+            assert off["ok"] and off["result"]["enabled"] is False, off
+            assert meters[1].enabled is False
+            sync = await send({"id": 2, "cmd": "meter_time_sync", "args": {"meter": "HK-01"}})
+            assert sync["ok"], sync
+            tariff = {"meter": "HK-01", "tariff_id": 9, "blocks": [[0, 360, 60, 30_000, 0]]}
+            refused = await send({"id": 3, "cmd": "meter_tariff", "args": tariff})
+            assert refused["error"]["code"] == "not_allowed"  # tariffs are not opened here
+            gateway.forwarder._commands.meter_commands.add("tariff")  # opened later
+            too_dear = {**tariff, "blocks": [[0, 360, 60, 30_000_000, 0]]}
+            bad = await send({"id": 4, "cmd": "meter_tariff", "args": too_dear})
+            assert bad["error"]["code"] == "bad_args" and "price_vnd" in bad["error"]["message"]
+            bad = await send({"id": 5, "cmd": "meter_tariff", "args": {**tariff, "blocks": "x"}})
+            assert bad["error"]["code"] == "bad_args"
+            ok = await send({"id": 6, "cmd": "meter_tariff", "args": tariff})
+            assert ok["ok"] and meters[1].tariff.tariff_id == 9, ok
+            nobody = await send(
+                {"id": 7, "cmd": "meter_enable", "args": {"meter": "XX", "enabled": True}}
+            )
+            assert nobody["error"]["code"] == "unknown_meter"
+            reader.cancel()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await server.close()

@@ -387,7 +387,11 @@ def test_demo__runs_and_prints_plausible_values():
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
-    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    rows = [r for r in lines if "device" in r]
+    entries = [r for r in lines if "meter" in r]  # the parking meters' journal entries
+    assert {"session_start", "status"} <= {e["type"] for e in entries}, entries[:3]
+    assert all(e["seq"] >= 1 and e["site"] == "hoan-kiem" for e in entries)
     volts = [r["value"] for r in rows if r["point"] in ("voltage_l1", "voltage")]
     hz = [r["value"] for r in rows if r["point"] == "frequency"]
     assert len(volts) >= 6 and all(215 < v < 245 for v in volts)
