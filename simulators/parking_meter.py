@@ -30,7 +30,6 @@ import os
 import random
 import sqlite3
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +60,7 @@ from protocols.meterlink import (
     encode_message,
 )
 from protocols.modbus_frame import LineTiming
-from simulators.rtu_line import write_paced
+from simulators.rtu_line import close_pty, open_pty, write_paced
 
 __all__ = ["HANOI_TARIFF", "Journal", "Meter", "MeterLine", "MeterServer", "price_vnd"]
 
@@ -500,12 +499,7 @@ class MeterLine(MeterServer):
         self._serve_task: asyncio.Task[None] | None = None
 
     async def start(self, business_interval_s: float = 0.05, *, business: bool = True) -> MeterLine:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self._master)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-        asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+        self._master, self._slave, self.path = open_pty(self._on_readable)
         self._serve_task = asyncio.create_task(self._serve(), name=f"meter-line {self.path}")
         self._start_business(business_interval_s, business)
         return self
@@ -540,12 +534,7 @@ class MeterLine(MeterServer):
             self._serve_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serve_task
-        if self._master >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._master)
-            for fd in (self._master, self._slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._master = self._slave = -1
+        close_pty(self._master, self._slave)
+        self._master = self._slave = -1
         for m in self.meters.values():
             m.journal.close()

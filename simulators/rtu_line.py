@@ -31,6 +31,7 @@ import random
 import termios
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.modbus_frame import (
@@ -42,7 +43,7 @@ from protocols.modbus_frame import (
 )
 from simulators.modbus_server import ModbusSim, SimUnit
 
-__all__ = ["RtuSimLine", "serve_rtu", "write_paced"]
+__all__ = ["RtuSimLine", "close_pty", "open_pty", "serve_rtu", "write_paced"]
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,7 @@ class RtuSimLine(ModbusSim):
 
     async def start(self) -> RtuSimLine:
         self._rng = random.Random(self.seed)
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no line discipline: 0x03 is data, not Ctrl-C
-        tty.setraw(self._master)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._master, self._on_readable)
+        self._master, self._slave, self.path = open_pty(self._on_readable)
         self._task = asyncio.create_task(self._serve(), name=f"rtu-sim {self.path}")
         return self
 
@@ -182,13 +177,29 @@ class RtuSimLine(ModbusSim):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._master >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._master)
-            for fd in (self._master, self._slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._master = self._slave = -1
+        close_pty(self._master, self._slave)
+        self._master = self._slave = -1
+
+
+def open_pty(on_readable: Callable[[], None]) -> tuple[int, int, str]:
+    """A raw pseudo-terminal whose slave side a program opens as its serial port: (master fd,
+    slave fd, slave path). ``on_readable`` runs when the program has written something."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no line discipline: 0x03 is data, not Ctrl-C
+    tty.setraw(master)
+    os.set_blocking(master, False)
+    asyncio.get_running_loop().add_reader(master, on_readable)
+    return master, slave, os.ttyname(slave)
+
+
+def close_pty(master: int, slave: int) -> None:
+    if master < 0:
+        return
+    with contextlib.suppress(Exception):
+        asyncio.get_running_loop().remove_reader(master)
+    for fd in (master, slave):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 async def write_paced(fd: int, out: bytes, start: float, timing: LineTiming) -> bool:
