@@ -109,6 +109,7 @@ class MeterBus:
         self._wake = asyncio.Event()
         self._numbered: set[str] = set()  # meters given a command number in this run
         self._addresses = {m.id: m.address for m in cfg.meters}
+        self._strangers: set[int] = set()  # addresses already logged as unexpected
         t = cfg.transport
         self.timing = (
             LineTiming(t.baudrate, t.parity, t.stopbits) if isinstance(t, MeterLinkRs485) else None
@@ -336,6 +337,18 @@ class MeterBus:
                 if f.from_meter and f.address == frame.address:
                     return f
                 self.stats.unexpected += 1
+                if f.address not in self._strangers:  # once per address: a bus can be noisy
+                    self._strangers.add(f.address)
+                    log.warning(
+                        "parking bus %s: a frame from address %d (%s) while polling %d; ignored "
+                        "(counted in edge_parking_unexpected_total)",
+                        self.cfg.id,
+                        f.address,
+                        "a configured meter answering late"
+                        if f.address in self._addresses.values()
+                        else "no meter configured there",
+                        frame.address,
+                    )
             self._frames.clear()
             left = deadline - time.monotonic()
             if left <= 0:

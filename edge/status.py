@@ -319,6 +319,7 @@ class StatusServer:
                 ("missing", "Meter entries a meter skipped (lost in its journal)."),
                 ("busy", "Meter entries refused for lack of room (kept by the meter)."),
                 ("timeouts", "Meter polls with no valid answer."),
+                ("unexpected", "Frames from an address not polled, or not from a meter."),
             ):
                 metric(
                     f"parking_{field}_total",

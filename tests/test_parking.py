@@ -542,3 +542,47 @@ parking:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await server.close()
+
+
+async def test_bus__frames_from_an_unknown_address_are_counted_logged_once_and_ignored(
+    tmp_path, caplog
+):
+    from protocols.meterlink import Frame, FrameDecoder, Idle, encode_frame
+
+    async def noisy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        dec = FrameDecoder()
+        while data := await r.read(4096):
+            for f in dec.feed(data):
+                idle = encode_message(Idle(T0))
+                stranger = encode_frame(Frame(9, MsgType.IDLE, 0, idle, True))  # nobody's meter
+                w.write(stranger + encode_frame(Frame(f.address, MsgType.IDLE, 0, idle, True)))
+        w.close()
+
+    server = await asyncio.start_server(noisy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = parse_config(
+        f"""gateway: {{id: gw}}
+parking:
+  buses:
+    - id: lane-1
+      transport: {{type: tcp, host: 127.0.0.1, port: {port}}}
+      poll_interval_s: 0.02
+      meters: [{{id: HK-01, address: 1}}]
+""",
+        "c.yaml",
+        tmp_path,
+    ).config.parking.buses[0]
+    buf = await AsyncBuffer(tmp_path / "b.sqlite", max_bytes=BIG).open()
+    bus = MeterBus(cfg, buf, Signer.load_or_create(tmp_path / "k.key"))
+    task = asyncio.create_task(bus.run())
+    try:
+        await wait_until(lambda: bus.stats.polls >= 5, 10, what="five polls")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.close()
+        await buf.close()
+    assert bus.stats.unexpected >= 5 and bus.stats.timeouts == 0  # the real answer was taken
+    logged = [r for r in caplog.records if "frame from address 9" in r.getMessage()]
+    assert len(logged) == 1 and "no meter configured there" in logged[0].getMessage()
