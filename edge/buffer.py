@@ -420,15 +420,15 @@ class Buffer:
         row = self._db.execute("SELECT last_seq FROM meters WHERE meter = ?", (meter,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def next_command(self, meter: str, skip: int = 0) -> int:
+    def next_command(self, meter: str, skip: int = 0, floor: int = 0) -> int:
         """A new command number for ``meter``, durably: a meter carries out a command number
         once and answers a repeat with CMD_ACK, so a number reused after a restart would be
         acknowledged and silently not done. ``skip`` jumps past numbers a commit lost in a power
-        cut may have handed out (synchronous=NORMAL)."""
+        cut may have handed out (synchronous=NORMAL); the number is never below ``floor``."""
         row = self._db.execute(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + ? "
-            "RETURNING value",
-            (f"cmd:{meter}", 1 + skip, 1 + skip),
+            "INSERT INTO meta VALUES (?, max(?, ?)) "
+            "ON CONFLICT (key) DO UPDATE SET value = max(value + ?, ?) RETURNING value",
+            (f"cmd:{meter}", 1 + skip, floor, 1 + skip, floor),
         ).fetchone()
         return int(row[0])
 
@@ -875,8 +875,8 @@ class AsyncBuffer:
     async def meter_last_seq(self, meter: str) -> int:
         return await self._run(lambda: self.sync.meter_last_seq(meter))
 
-    async def next_command(self, meter: str, skip: int = 0) -> int:
-        return await self._run(lambda: self.sync.next_command(meter, skip))
+    async def next_command(self, meter: str, skip: int = 0, floor: int = 0) -> int:
+        return await self._run(lambda: self.sync.next_command(meter, skip, floor))
 
     async def commit_entry(
         self,

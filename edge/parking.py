@@ -63,6 +63,7 @@ BURST = 8
 COMMAND_TRIES = 3
 #: Command numbers skipped at the first command of a run (see Buffer.next_command).
 COMMAND_SKIP = 1000
+COMMAND_EPOCH_S = 1_704_067_200  # 2024-01-01 UTC: command numbers fit u32 until 2160
 
 
 class MeterCommandError(Exception):
@@ -198,6 +199,8 @@ class MeterBus:
         try:
             return await asyncio.wait_for(asyncio.shield(done), budget + 5)
         except TimeoutError:
+            # Withdrawn: the bus must not carry it out after the platform was told it failed.
+            done.cancel()
             raise MeterCommandError(
                 "timeout", f"meter {meter} on bus {self.cfg.id}: the bus did not get to it"
             ) from None
@@ -208,18 +211,28 @@ class MeterBus:
             if done.done():
                 continue
             try:
-                done.set_result(await self._send_command(meter, msg))
+                outcome: int | MeterCommandError = await self._send_command(meter, msg)
             except MeterCommandError as exc:
-                done.set_exception(exc)
+                outcome = exc
             except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
-                done.set_exception(
-                    MeterCommandError("link_down", f"bus {self.cfg.id} lost mid-command: {exc}")
-                )
+                if not done.done():
+                    done.set_exception(
+                        MeterCommandError("link_down", f"bus {self.cfg.id} lost mid-command: {exc}")
+                    )
                 raise
+            if done.done():  # its caller gave up while it was on the wire
+                log.warning("meter %s: %s finished after its caller gave up", meter, msg.TYPE.name)
+            elif isinstance(outcome, MeterCommandError):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
 
     async def _send_command(self, meter: str, msg: Message) -> int:
         skip = 0 if meter in self._numbered else COMMAND_SKIP
-        number = await self.buffer.next_command(meter, skip)
+        # Never below the seconds since 2024: numbers keep rising even over a buffer that lost
+        # its counter (a fresh or salvaged file), as long as the clock is roughly right.
+        floor = max(0, int(time.time()) - COMMAND_EPOCH_S)
+        number = await self.buffer.next_command(meter, skip, floor)
         self._numbered.add(meter)
         address = self._addresses[meter]
         frame = Frame(address, msg.TYPE, number, encode_message(msg))
@@ -331,7 +344,7 @@ class MeterBus:
         # that has begun may take its own wire time, up to a whole maximal frame.
         wire = self.timing.wire_s if self.timing is not None else (lambda n: 0.0)
         deadline = now + wire(len(raw)) + timeout
-        hard_deadline = deadline + wire(HEADER.size + MAX_PAYLOAD + 2)
+        hard_deadline = deadline + wire(HEADER.size + MAX_PAYLOAD + 2)  # a maximal answer
         while True:
             for f in self._frames:
                 if f.from_meter and f.address == frame.address:
@@ -361,6 +374,4 @@ class MeterBus:
                 raise ConnectionError("the meter link closed the connection")
             self._frames = self.decoder.feed(data)
             if self.decoder.pending:  # an answer is on its way: give it its wire time
-                deadline = min(
-                    hard_deadline, time.monotonic() + timeout + wire(self.decoder.pending)
-                )
+                deadline = min(hard_deadline, max(deadline, time.monotonic() + timeout))

@@ -177,6 +177,10 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, bad: Path, reason: s
         )
         if isinstance(value, tuple) and isinstance(value[0], int):
             meta[key] = value[0]
+    # each meter's last command number: a reused number is acknowledged by the meter, not done
+    commands = _safe(
+        lambda: src.execute("SELECT key, value FROM meta WHERE key LIKE 'cmd:%'").fetchall(), []
+    )
 
     dst.execute("BEGIN IMMEDIATE")
     try:
@@ -242,6 +246,7 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, bad: Path, reason: s
         for key in _COUNTERS:
             if key in meta:
                 dst.execute("UPDATE meta SET value = ? WHERE key = ?", (meta[key], key))
+        dst.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", commands)
         dst.execute(
             "UPDATE meta SET value = value + ? "
             "WHERE key IN ('dropped_pending', 'corrupt_lost_total')",

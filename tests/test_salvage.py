@@ -156,6 +156,7 @@ def test_salvage__unreadable_parking_entries_are_counted_apart(tmp_path, caplog)
     buf = Buffer(path, max_bytes=BIG)
     for seq in range(1, 3001):
         buf.commit_entry("HK-01", seq, 0x12, bytes(60), seq, lambda: bytes(64))
+    last_command = buf.next_command("HK-01", skip=1000)
     buf.close()
     leaves = pages(path, "meter_entries", "leaf")
     tear(path, leaves[len(leaves) // 2])
@@ -164,5 +165,6 @@ def test_salvage__unreadable_parking_entries_are_counted_apart(tmp_path, caplog)
     assert s is not None and 0 < s.entries_lost < 100
     assert buf.entries_pending() == 3000 - s.entries_lost
     assert buf.meter_last_seq("HK-01") == 3000  # re-sent entries are still recognised
+    assert buf.next_command("HK-01") == last_command + 1  # a meter would ignore a reused one
     assert "parking meter entries were unreadable" in caplog.text
     buf.close()
