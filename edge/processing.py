@@ -72,7 +72,11 @@ def aggregate(values: list[int | float], name: str) -> int | float:
             pos = q / 100 * (len(s) - 1)
             lo = math.floor(pos)
             x, y = float(s[lo]), float(s[min(lo + 1, len(s) - 1)])
-            out = x if x == y or pos == lo else x + (y - x) * (pos - lo)
+            if x == y or pos == lo:
+                out = x
+            elif math.isinf(x) != math.isinf(y):  # between a number and an infinity
+                out = x if math.isinf(x) else y
+            # else -inf to +inf: no answer, NaN stays
         return out
 
 
