@@ -17,7 +17,12 @@ Invariants (tested by the model-based test in tests/test_buffer.py):
   crash the same bytes are re-sent under the same number, and consumers de-duplicate by number.
   Sequence numbers are never reused, so they strictly increase across restarts.
 * When the database uses more than ``max_bytes``, the oldest *unsealed* telemetry is deleted and
-  counted (``evicted``); the count travels in the next batch's ``dropped`` field. Sealed batches
+  counted (``evicted``); the count travels in the next batch's ``dropped`` field.
+* Every value a profile can produce is stored and sealed bit for bit (NaN too, which SQLite
+  itself would turn into NULL). A stored reading no batch can carry (a NULL an older version
+  left, a value of a type the format has no column for) is set aside by the seal that reaches
+  it: counted (``unencodable_total``), reported in that batch's ``dropped`` / ``dropped_why``,
+  logged once; the readings behind it are sealed as usual. Sealed batches
   are never evicted: there are at most a few (they are sealed only when about to be published).
 
 All methods are blocking; :class:`AsyncBuffer` runs them on one dedicated thread so the event
@@ -715,6 +720,8 @@ class Buffer:
 
         With ``max_bytes`` the batch is cut so its encoded size stays within it (below the
         broker's maximum packet size); a single reading is always sealed, whatever its size.
+        Rows among them that no batch can carry are set aside (see the module docstring): the
+        batch may then hold fewer readings than it took, or none, with its ``dropped`` saying so.
         ``part`` picks "backlog" or "live" readings (see :meth:`start_live`), or "any".
         """
         if part not in ("any", "backlog", "live"):

@@ -239,6 +239,8 @@ def unencodable(value: object) -> str | None:
     A batch carries bool, int from -2**63 to 2**64 - 1, float (any of its 2**64 bit patterns)
     and str (valid Unicode). Anything else, None included, has no column.
     """
+    if type(value) is float or type(value) is bool:
+        return None  # every bit pattern travels (f32 or f64); the fast path of a seal
     if value is None:
         return "no value (None)"
     if isinstance(value, str):
