@@ -12,7 +12,12 @@ points without a rule pass through raw, as do health series and values that are 
   is visible as such.
 * **Deadband**: a reading is reported when it differs from the last *reported* value by more
   than the deadband, and at least every ``heartbeat_s`` so a quiet value still reports; the first
-  reading always goes.
+  reading always goes. NaN (a meter's "no value") differs from every number and from a NaN with
+  other bits: a point going NaN, and coming back, is reported at once.
+
+Values that are not ordinary numbers follow IEEE 754: a window holding a NaN has NaN for its
+mean, min, max and percentiles (``count``, ``first`` and ``last`` are as always); ±inf enter the
+aggregates as infinities (inf and -inf in one window make a NaN mean). No warning is printed.
 
 An open window lives in memory: a clean stop flushes it (partial, with its count); a crash loses
 at most the samples of the windows open at that moment.
@@ -21,6 +26,7 @@ at most the samples of the windows open at that moment.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -29,6 +35,9 @@ from edge.config import DeviceConfig, ProcessingRule
 from protocols.batch import TQ_GOOD, Reading
 
 __all__ = ["Processor", "aggregate", "output_series"]
+
+
+_BITS = struct.Struct("<d")
 
 
 def _is_number(v: object) -> bool:
@@ -46,13 +55,29 @@ def aggregate(values: list[int | float], name: str) -> int | float:
     import numpy as np  # only a gateway with windows pays numpy's ~15 MB
 
     arr = np.asarray(values)
-    if name == "min":
-        return arr.min().item()
-    if name == "max":
-        return arr.max().item()
-    if name == "mean":
-        return float(arr.mean(dtype=np.float64))
-    return float(np.percentile(arr.astype(np.float64), int(name[1:])))  # pNN
+    # NaN and ±inf give their IEEE results (NaN propagates; inf - inf is NaN) without numpy's
+    # RuntimeWarning on stderr at every window.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if name == "min":
+            return arr.min().item()
+        if name == "max":
+            return arr.max().item()
+        if name == "mean":
+            return float(arr.mean(dtype=np.float64))
+        q = int(name[1:])  # pNN
+        out = float(np.percentile(arr.astype(np.float64), q))
+        if out != out and not np.isnan(arr).any():
+            # numpy interpolates towards an infinity as inf - inf: NaN where the answer is ±inf.
+            s = np.sort(arr.astype(np.float64))
+            pos = q / 100 * (len(s) - 1)
+            lo = math.floor(pos)
+            x, y = float(s[lo]), float(s[min(lo + 1, len(s) - 1)])
+            if x == y or pos == lo:
+                out = x
+            elif math.isinf(x) != math.isinf(y):  # between a number and an infinity
+                out = x if math.isinf(x) else y
+            # else -inf to +inf: no answer, NaN stays
+        return out
 
 
 def output_series(rule: ProcessingRule, point: str) -> list[str]:
@@ -140,7 +165,10 @@ class Processor:
         if d.last_ts is None or r.ts_ms - d.last_ts >= d.rule.heartbeat_s * 1000:
             return True
         if _is_number(r.value) and _is_number(d.last):
-            return abs(r.value - d.last) > d.rule.deadband  # type: ignore[operator]
+            a, b = r.value, d.last
+            if a != a or b != b:  # a NaN: no distance to anything; only the same NaN is equal
+                return _BITS.pack(a) != _BITS.pack(b)  # type: ignore[arg-type]
+            return abs(a - b) > d.rule.deadband  # type: ignore[operator]
         return r.value != d.last
 
     def _close(self, key: tuple[str, str], w: _Window) -> list[Reading]:
