@@ -18,6 +18,7 @@ import math
 import sqlite3
 import struct
 import tempfile
+import urllib.request
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -554,3 +555,48 @@ async def test_gateway__an_old_buffer_with_null_rows_is_forwarded_on_start(mosqu
     counted = db.execute("SELECT value FROM meta WHERE key = 'unencodable_total'").fetchone()
     db.close()
     assert counted == (2,)
+
+
+async def test_status__a_meter_serving_nan_and_inf_gives_strict_json_and_counts_set_asides(
+    tmp_path,
+):
+    """The page's /status.json stays strict JSON (no bare NaN, which browsers refuse) while a
+    meter serves NaN and infinities; /metrics counts the readings set aside at seal."""
+    unit = meter_serving_specials()
+    server = await serve_modbus_tcp([unit])
+    page = free_port()
+    try:
+        text = gateway_yaml(
+            buffer=tmp_path / "b.sqlite",
+            broker_port=free_port(),
+            sim_port=server.port,
+            units=(1,),
+            poll_interval_s=0.25,
+            points=POINTS,
+        ).replace("devices:", f"status: {{listen: '127.0.0.1:{page}'}}\ndevices:", 1)
+        gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
+        task = asyncio.create_task(gateway.run())
+        try:
+            await asyncio.wait_for(gateway.started.wait(), 10)
+            await wait_until(lambda: gateway.writer_stats.accepted >= 14, 20, what="readings")
+
+            def get(path: str) -> str:
+                with urllib.request.urlopen(f"http://127.0.0.1:{page}{path}", timeout=5) as r:
+                    return r.read().decode()
+
+            def refuse(constant: str) -> None:
+                raise AssertionError(f"/status.json holds a bare {constant}")
+
+            state = json.loads(await asyncio.to_thread(get, "/status.json"), parse_constant=refuse)
+            values = state["devices"][0]["values"]
+            assert values["voltage_l1"] == "NaN" and values["voltage_l2"] == "Infinity"
+            assert values["voltage_l3"] == "-Infinity" and values["current_l3"] == "NaN"
+            assert state["buffer"]["unencodable_total"] == 0
+            metrics = await asyncio.to_thread(get, "/metrics")
+            assert 'edge_readings_dropped_total{reason="unencodable_value"} 0' in metrics
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await server.close()
