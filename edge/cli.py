@@ -56,6 +56,35 @@ def _load(path: Path):
         return None
 
 
+def _print_time(loaded) -> None:
+    """The zone local windows follow, its offset now, and which windows follow it."""
+    import datetime as dt
+
+    from edge.processing import LOCAL_WINDOW_MIN_S
+
+    zone, source = loaded.time_zone()
+    offset = dt.datetime.now(zone).strftime("%z")
+    windows = sorted(
+        {r.window_s for d in loaded.config.devices for r in d.processing if r.window_s}
+    )
+    local = [w for w in windows if w >= LOCAL_WINDOW_MIN_S]
+    print(
+        f"  time: zone {zone} ({source}, UTC{offset[:3]}:{offset[3:]} now), clock trust "
+        f"{loaded.config.time.trust}"
+        + (
+            f"; windows of {', '.join(f'{w:g}' for w in local)} s align to local time"
+            if local
+            else ""
+        )
+        + (
+            f"; {', '.join(f'{w:g}' for w in windows if w < LOCAL_WINDOW_MIN_S)} s windows "
+            "align to UTC (under an hour)"
+            if len(local) < len(windows)
+            else ""
+        )
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
@@ -65,6 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: valid. gateway {cfg.gateway.id} at site {cfg.gateway.site}, "
         f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} bytes)"
     )
+    _print_time(loaded)
     for dev in cfg.devices:
         plan = loaded.plans.get(dev.id)
         t = dev.transport

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import SensorProfile, get_profile
+from edge.clock import load_zone, system_zone
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.tls import client_context
 from protocols.modbus_frame import LineTiming
@@ -80,6 +82,17 @@ class TimeConfig(_Model):
     #: Readings stamped while the clock is untrusted wait this long for it, then go out as
     #: 'uncertain' with the wall clock's guess.
     max_hold_s: float = Field(900.0, ge=0, le=7 * 86_400)
+    #: Where local days and hours begin (an IANA name, e.g. Asia/Ho_Chi_Minh; default the
+    #: system's zone): processing windows of an hour or more start at local midnight and at
+    #: local multiples of their length. Every timestamp sent stays UTC.
+    zone: str | None = None
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            load_zone(v)  # UnknownZone is a ValueError: reported at the value's line
+        return v
 
 
 class TlsConfig(_Model):
@@ -389,6 +402,14 @@ class LoadedConfig:
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+    def time_zone(self) -> tuple[ZoneInfo, str]:
+        """The zone local windows follow, and where it came from (``time.zone`` or the
+        system's, see :func:`edge.clock.system_zone`)."""
+        name = self.config.time.zone
+        if name is not None:
+            return load_zone(name), "time.zone"
+        return system_zone()
 
     @property
     def buffer_path(self) -> Path:

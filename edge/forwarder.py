@@ -317,6 +317,7 @@ class Forwarder:
             async for _ in client.messages:
                 pass
             return
+        self._commands.topic = self.topics["cmd"]
         await client.subscribe(self.topics["cmd"], qos=1)
 
         async def rebirth() -> int:
@@ -327,7 +328,14 @@ class Forwarder:
                 continue
             payload = msg.payload
             raw = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
-            reply = await self._commands.handle(raw, rebirth=rebirth)
+            if not raw:  # how a retained command is cleared on the broker: not a request
+                log.debug("empty message on %s ignored", self.topics["cmd"])
+                continue
+            # A message the broker stored with the retain flag arrives with it set when a new
+            # subscription (every session: clean start) receives it; forwarded live to this
+            # subscription it arrives without. So the flag marks exactly the stored copy that
+            # would otherwise be carried out again at every reconnect.
+            reply = await self._commands.handle(raw, rebirth=rebirth, retained=bool(msg.retain))
             await client.publish(
                 self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
             )

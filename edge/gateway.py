@@ -25,7 +25,7 @@ from edge.forwarder import Forwarder
 from edge.modbus_tcp import ModbusTcpLink
 from edge.parking import MeterBus
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.processing import Processor, output_series
+from edge.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
 from edge.rtu import RtuLink
 from edge.signing import Signer
 from edge.status import StatusServer
@@ -93,9 +93,16 @@ class Gateway:
             self.pollers.append(
                 DevicePoller(dev, loaded.plans[dev.id], link, self.queue, self.clock)
             )
+        self.zone, zone_from = loaded.time_zone()
         self.processor = Processor(
-            cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}
+            cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}, self.zone
         )
+        if any(
+            r.window_s and r.window_s >= LOCAL_WINDOW_MIN_S
+            for d in cfg.devices
+            for r in d.processing
+        ):
+            log.info("windows of an hour or more follow time zone %s (%s)", self.zone, zone_from)
         park = cfg.parking
         self.signer: Signer | None = None
         self.meter_buses: list[MeterBus] = []
@@ -174,9 +181,10 @@ class Gateway:
             for sid, d, p in await self.buffer.series()
         )
         stats = await self.buffer.stats()
-        extra: dict[str, object] = {}
+        # Where the gateway's local days begin: windows of an hour or more align to it.
+        extra: dict[str, object] = {"time_zone": str(self.zone)}
         if self.signer is not None:
-            extra = {
+            extra |= {
                 "signing_key": {"alg": "ed25519", "public": self.signer.public_b64},
                 "meters": [
                     {"id": m.id, "bus": b.id, "address": m.address}
