@@ -77,6 +77,7 @@ def status_payload(state: str, gateway: str, boot: int) -> bytes:
 @dataclass
 class ForwarderStats:
     connected: bool = False
+    commands_subscribed: bool = False  # the broker acknowledged the cmd subscription (SUBACK)
     sessions: int = 0
     connect_failures: int = 0
     batches_sent: int = 0
@@ -283,6 +284,7 @@ class Forwarder:
                         await listener
             finally:
                 self.stats.connected = False
+                self.stats.commands_subscribed = False
                 try:
                     await client.__aexit__(None, None, None)
                 except aiomqtt.MqttError:
@@ -319,6 +321,7 @@ class Forwarder:
             return
         self._commands.topic = self.topics["cmd"]
         await client.subscribe(self.topics["cmd"], qos=1)
+        self.stats.commands_subscribed = True
 
         async def rebirth() -> int:
             return await self._publish_birth(client)

@@ -109,6 +109,8 @@ class Gateway:
         if park.buses:
             # A key that cannot be used is a config error: exit 2 before anything runs.
             self.signer = Signer.load_or_create(loaded.resolve(park.key_file))
+        #: Answers the platform's commands (None: commands disabled in the config).
+        self.commands = CommandHandler(self) if cfg.commands.enabled else None
         self.forwarder = Forwarder(
             self.buffer,
             cfg.mqtt,
@@ -117,7 +119,7 @@ class Gateway:
             password=loaded.mqtt_password(),
             birth=self.birth,
             tls_context=loaded.tls_context(),
-            commands=CommandHandler(self) if cfg.commands.enabled else None,
+            commands=self.commands,
             entries_per_message=park.max_entries_per_message if park.buses else 0,
         )
         if self.signer is not None:

@@ -310,6 +310,18 @@ class StatusServer:
              ('{reason="buffer_corrupt_lost"}', b.corrupt_lost_total),
              ('{reason="unencodable_value"}', b.unencodable_total)],
         )  # fmt: skip
+        handler = g.commands
+        if handler is not None:
+            c = handler.stats
+            metric(
+                "commands_total",
+                "counter",
+                "Platform commands received, by outcome (retained: delivered from the broker's "
+                "stored copy, refused, never carried out).",
+                [('{outcome="ok"}', c.ok),
+                 ('{outcome="refused"}', c.refused - c.retained),
+                 ('{outcome="retained"}', c.retained)],
+            )  # fmt: skip
         buses = g.meter_buses
         if buses:
 

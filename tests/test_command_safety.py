@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from edge.commands import MAX_DEPTH
 from edge.config import parse_config
 from edge.gateway import Gateway
+from edge.status import StatusServer
 from tests import test_commands
 from tests.conftest import gateway_yaml, wait_until
 from tests.test_commands import CMD, Platform, cabinet_yaml
@@ -77,7 +78,9 @@ async def test_commands__a_retained_write_is_never_carried_out_and_answered_reta
                 assert reply["ok"] is False and reply["error"]["code"] == "retained", reply
                 await asyncio.sleep(1.0)  # a poll cycle or three: nothing else happens
                 assert unit.writes == 0 and unit.commanded == {}, start  # the relay untouched
-                assert gateway.forwarder._commands.stats.retained == 1
+                assert gateway.commands.stats.retained == 1
+                metrics = await StatusServer(gateway, "127.0.0.1", 0, None).metrics()
+                assert 'edge_commands_total{outcome="retained"} 1' in metrics
             finally:
                 await stop(task)
         errors = [r for r in caplog.records if "arrived retained" in r.getMessage()]
@@ -89,7 +92,9 @@ async def test_commands__a_retained_write_is_never_carried_out_and_answered_reta
         gateway, task = await start_gateway(tmp_path, text)
         try:
             await platform.client.publish(CMD, b"", qos=1, retain=True)
-            await wait_until(lambda: gateway.forwarder.stats.connected, 10, what="the uplink")
+            await wait_until(
+                lambda: gateway.forwarder.stats.commands_subscribed, 10, what="the subscription"
+            )
             reply = await platform.send({"id": "live", "cmd": "write", "args": off}, "live")
             assert reply == {"id": "live", "ok": True, "result": off}
             assert unit.writes == 1 and unit.commanded == {"relay_segment_1": False}
@@ -130,7 +135,7 @@ async def handler(tmp_path, cabinet):
         return len((await gateway.birth()).series)
 
     async def handle(payload: bytes) -> bytes:
-        return await gateway.forwarder._commands.handle(payload, rebirth=rebirth)
+        return await gateway.commands.handle(payload, rebirth=rebirth)
 
     try:
         yield handle, unit
