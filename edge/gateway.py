@@ -85,7 +85,7 @@ class Gateway:
             links = self.links.get(t.line)
             if links is None:
                 if isinstance(t, ModbusRtuTransport):
-                    links = [RtuLink(t.port, t.timing())]
+                    links = [RtuLink(t.port, t.timing(), late_answer_s=t.late_answer_s)]
                 else:
                     endpoint = Endpoint()  # its connections share one backoff, open one at a time
                     links = [
