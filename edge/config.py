@@ -192,12 +192,21 @@ class ModbusRtuTransport(_Model):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     unit: int = Field(1, ge=1, le=247)
+    #: After a request timed out, how long the line stays unused for its late answer (which
+    #: RTU cannot tell from the next request's answer); what arrives meanwhile is discarded
+    #: and counted. Default (unset): as long as that request's timeout_ms. A line setting:
+    #: every device on the port gives the same value (edge/rtu.py, "Late answers").
+    late_answer_ms: int | None = Field(None, ge=0, le=60_000)
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
     @property
     def line(self) -> str:
         return f"modbus_rtu://{self.port}"
+
+    @property
+    def late_answer_s(self) -> float | None:
+        return None if self.late_answer_ms is None else self.late_answer_ms / 1000
 
     def describe(self) -> str:
         return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits} unit {self.unit}"
@@ -496,6 +505,13 @@ def _check_lines(cfg: Config, at: Any) -> None:
                     (*where, "baudrate"),
                     f"device {dev.id!r}: {t.port} runs at {first.baudrate} "
                     f"{first.parity}{first.stopbits} for {first_id!r}; one line has one setting",
+                )
+            elif first.late_answer_ms != t.late_answer_ms:
+                theirs = "unset" if first.late_answer_ms is None else f"{first.late_answer_ms} ms"
+                at(
+                    (*where, "late_answer_ms"),
+                    f"device {dev.id!r}: {t.port} has late_answer_ms {theirs} for {first_id!r}; "
+                    "one line has one setting",
                 )
 
 

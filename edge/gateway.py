@@ -22,7 +22,7 @@ from edge.clock import CORRECTED, PENDING, keeper_for
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
-from edge.modbus_tcp import ModbusTcpLink
+from edge.modbus_tcp import Endpoint, ModbusTcpLink
 from edge.parking import MeterBus
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
@@ -70,7 +70,8 @@ class Gateway:
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
         # One owner per line: a serial port, or a TCP endpoint (a device or a TCP-to-RTU bridge)
         # with up to max_connections connections; a link serialises the requests of the unit
-        # ids on it, and a device always uses the same connection.
+        # ids on it, and a device always uses the same connection. The connections to one
+        # endpoint share one reconnect backoff and open one at a time.
         self.links: dict[str, list[ModbusTcpLink | RtuLink]] = {}
         self.pollers: list[DevicePoller | SensorPoller] = []
         on_line: dict[str, int] = {}
@@ -84,9 +85,13 @@ class Gateway:
             links = self.links.get(t.line)
             if links is None:
                 if isinstance(t, ModbusRtuTransport):
-                    links = [RtuLink(t.port, t.timing())]
+                    links = [RtuLink(t.port, t.timing(), late_answer_s=t.late_answer_s)]
                 else:
-                    links = [ModbusTcpLink(t.host, t.port) for _ in range(t.max_connections)]
+                    endpoint = Endpoint()  # its connections share one backoff, open one at a time
+                    links = [
+                        ModbusTcpLink(t.host, t.port, endpoint=endpoint)
+                        for _ in range(t.max_connections)
+                    ]
                 self.links[t.line] = links
             n = on_line[t.line] = on_line.get(t.line, -1) + 1
             link = links[n % len(links)]

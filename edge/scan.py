@@ -117,7 +117,10 @@ async def scan_rtu(
         timing = LineTiming(baud, parity, stop)
         label = f"{baud} 8{parity}{stop}"
         timeout_s = timing.transaction_s(8, 7, turnaround_s)
-        link = RtuLink(port, timing)
+        # The sweep asks each address once: a late answer names its own unit and cannot be
+        # taken for the next address's, so it needs no late-answer window (which would double
+        # the sweep); reading one unit's registers to guess its profile does (edge/rtu.py).
+        link = RtuLink(port, timing, late_answer_s=0.0)
         here: list[int] = []
         started = time.monotonic()
         try:
@@ -127,6 +130,7 @@ async def scan_rtu(
                 if await probe_unit(link, unit, timeout_s):
                     here.append(unit)
                     progress(f"{label}: unit {unit} answers")
+            link.late_answer_s = None
             for unit in here:
                 guesses = await guess_profile(link, unit, max(timeout_s, 0.3))
                 found.append(Found(unit, label, guesses))

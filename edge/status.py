@@ -367,6 +367,21 @@ class StatusServer:
             ("crc_errors", "crc_errors", "RS-485 answers with a bad CRC."),
             ("garbage_bytes", "garbage_bytes", "RS-485 bytes that were not the expected answer."),
             ("stale_bytes", "stale_bytes", "RS-485 bytes that arrived unasked."),
+            (
+                "late_bytes",
+                "late_bytes",
+                "RS-485 bytes discarded after a timeout (late-answer window) or during a request.",
+            ),
+            (
+                "late_answers",
+                "late_answers",
+                "RS-485 answers that came after their request timed out, discarded.",
+            ),
+            (
+                "late_wait_s",
+                "late_wait_seconds",
+                "Seconds the RS-485 line was held for late answers after timeouts.",
+            ),
             ("busy_s", "busy_seconds", "Seconds the RS-485 line spent in transactions."),
         ):
             metric(
