@@ -40,7 +40,6 @@ COMMON_SETTINGS: tuple[tuple[int, str, int], ...] = (
     (9600, "O", 1),
     (19200, "O", 1),
 )
-ABSENT_CODES = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond
 
 
 @dataclass
@@ -74,8 +73,10 @@ async def probe_unit(link, unit: int, timeout_s: float) -> bool:
     """Does anything answer at ``unit``? (a read of one holding register at 0)"""
     try:
         await link.read(unit, 3, 0, 1, timeout_s=timeout_s, retries=0)
-    except ModbusExceptionResponse as exc:
-        return exc.code not in ABSENT_CODES
+    except ModbusExceptionResponse:
+        # Something is there and refused the read (0x0A / 0x0B from a bridge are not this:
+        # they raise ModbusGatewayNoAnswer, a kind of no answer).
+        return True
     except LinkDown:
         raise
     except ModbusDeviceError:

@@ -390,6 +390,25 @@ class StatusServer:
                 help_,
                 [(f'{{line="{_esc(n)}"}}', getattr(link.stats, field)) for n, link in lines],
             )
+        endpoints = [
+            (f'{{endpoint="{_esc(name)}",connection="{i}"}}', link)
+            for name, links in g.links.items()
+            for i, link in enumerate(links)
+            if hasattr(link, "stale_answers")
+        ]
+        if endpoints:
+            metric(
+                "tcp_connects_total",
+                "counter",
+                "Modbus TCP connections opened, by endpoint (connection).",
+                [(labels, link.connects) for labels, link in endpoints],
+            )  # fmt: skip
+            metric(
+                "tcp_stale_answers_total",
+                "counter",
+                "Modbus TCP answers to requests already completed or given up, thrown away.",
+                [(labels, link.stale_answers) for labels, link in endpoints],
+            )  # fmt: skip
         return "\n".join(out) + "\n"
 
 
