@@ -14,6 +14,10 @@ import termios
 import time
 import tty
 
+import pytest
+
+from devices import get_profile, modbus_profiles
+from edge.plan import compile_plan
 from protocols.modbus_frame import (
     Function,
     LineTiming,
@@ -120,3 +124,101 @@ async def test_rtu_line__an_answer_unread_when_the_master_closed_is_not_given_to
         assert line.port.discarded_bytes == 9  # the voltage answer, lost as on a real adapter
     finally:
         await line.close()
+
+
+# --------------------------------------------------------------------------- d) meter physics
+
+METERS = sorted(
+    n for n in modbus_profiles() if any("energy" in p for p in get_profile(n).point_names)
+)
+PHASES = ("l1", "l2", "l3")
+F32 = 2.0**-23  # float32 relative precision: the wire rounds every value to it
+
+
+def _close(a: float, b: float, *parts: float) -> bool:
+    scale = max(abs(a), abs(b), *(abs(p) for p in parts), 1e-9)
+    return abs(a - b) <= 4 * F32 * scale * (1 + len(parts))
+
+
+def meter_invariant_violations(v: dict[str, float], before: dict[str, float] | None) -> list[str]:
+    """The physical rules a meter's points keep, found by their names in the profile:
+
+    * ``max_X`` >= ``X`` (a maximum demand is never below the demand), and never falls;
+    * ``X_min`` <= ``X_avg`` <= ``X_max`` where all three exist;
+    * an energy counter (``*energy*``) never falls;
+    * ``total_X`` = ``import_X`` + ``export_X`` for energies (reference §1.3), and
+      ``total_power_demand`` = import - export demand (Eastron's note, §1.3);
+    * a three-phase total (``total_X``, ``X_sum``, or ``X`` itself for energies) is the sum of
+      ``X_l1..3``, and ``X_avg`` their mean, for additive quantities;
+    * |power factor| <= 1 and apparent power >= |active power|, phase by phase.
+    """
+    bad: list[str] = []
+    for name, value in v.items():
+        base = name.removeprefix("max_")
+        if base != name and base in v:
+            if value < v[base]:
+                bad.append(f"{name} {value} < {base} {v[base]}")
+            if before is not None and value < before[name]:
+                bad.append(f"{name} fell from {before[name]} to {value}")
+        if name.endswith("_max") and f"{name[:-4]}_min" in v:
+            low, avg = v[f"{name[:-4]}_min"], v.get(f"{name[:-4]}_avg", value)
+            if not low <= avg <= value:
+                bad.append(f"{name[:-4]}: min {low} avg {avg} max {value}")
+        if "energy" in name and before is not None and value < before[name]:
+            bad.append(f"counter {name} fell from {before[name]} to {value}")
+        if name.startswith("total_") and "energy" in name:
+            rest = name.removeprefix("total_")
+            imp, exp_ = v.get(f"import_{rest}"), v.get(f"export_{rest}")
+            if imp is not None and exp_ is not None and not _close(value, imp + exp_, imp, exp_):
+                bad.append(f"{name} {value} != import {imp} + export {exp_}")
+    if {"total_power_demand", "import_power_demand", "export_power_demand"} <= set(v):
+        imp, exp_ = v["import_power_demand"], v["export_power_demand"]
+        if not _close(v["total_power_demand"], imp - exp_, imp, exp_):
+            bad.append(f"total_power_demand {v['total_power_demand']} != {imp} - {exp_}")
+    for name in v:
+        if not name.endswith("_l1"):
+            continue
+        quantity = name[:-3]
+        parts = [v.get(f"{quantity}_{ph}") for ph in PHASES]
+        if any(p is None for p in parts):
+            continue
+        additive = ("power" in quantity and "factor" not in quantity) or "energy" in quantity
+        additive = additive or quantity == "current"
+        sums = [f"total_{quantity}", f"{quantity}_sum"] + (
+            [quantity] if "energy" in quantity else []
+        )
+        for total in sums:
+            if additive and total in v and not _close(v[total], sum(parts), *parts):
+                bad.append(f"{total} {v[total]} != sum of phases {sum(parts)}")
+        if f"{quantity}_avg" in v and not _close(v[f"{quantity}_avg"], sum(parts) / 3, *parts):
+            bad.append(f"{quantity}_avg {v[f'{quantity}_avg']} != mean of phases")
+    for suffix in ("", *(f"_{ph}" for ph in PHASES)):
+        pf = v.get(f"power_factor{suffix}")
+        if pf is not None and abs(pf) > 1.0:
+            bad.append(f"power_factor{suffix} {pf}")
+        p, s = v.get(f"power{suffix}"), v.get(f"apparent_power{suffix}")
+        if p is not None and s is not None and s < abs(p) * (1 - 4 * F32):
+            bad.append(f"apparent_power{suffix} {s} < |power{suffix}| {abs(p)}")
+    return bad
+
+
+@pytest.mark.parametrize("name", METERS)
+def test_meter_contract__max_demand_totals_and_counters_keep_their_physics_over_hours(name):
+    """Three simulated hours across the evening peak (load rises, then falls, so a demand comes
+    down from its maximum), every point read as the gateway reads it: through the profile's
+    plan and the wire encoding."""
+    profile = get_profile(name)
+    t = [1_763_805_600.0]  # 17:00 in Hanoi
+    unit = sim_unit(profile, 1, seed=42, clock=lambda: t[0])
+    plan = compile_plan(profile)
+    before = None
+    for _ in range(3 * 360):
+        values: dict[str, float] = {}
+        for req in plan.requests:
+            regs = unit.read(req.function_code, req.address, req.count)
+            assert not isinstance(regs, int), f"exception {regs} to {req}"
+            values.update((p.name, v) for p, v in req.decode(regs))
+        bad = meter_invariant_violations(values, before)
+        assert not bad, f"at +{t[0] - 1_763_805_600:.0f} s: {bad}"
+        before = values
+        t[0] += 10.0
