@@ -222,3 +222,63 @@ def test_meter_contract__max_demand_totals_and_counters_keep_their_physics_over_
         assert not bad, f"at +{t[0] - 1_763_805_600:.0f} s: {bad}"
         before = values
         t[0] += 10.0
+
+
+# --------------------------------------------------------------------------- b) writes
+
+F = Function
+WRITES_REFUSED = [
+    # (unit, request, exception, why): 4 = the cabinet, 1 = an SDM630, 12 = a URM14
+    (4, Request(F.WRITE_MULTIPLE_REGISTERS, 0, 7, (50, 50, 50, 50, 0, 0, 9)), 2, "past the map"),
+    (4, Request(F.WRITE_MULTIPLE_COILS, 2, 3, (1, 1, 1)), 2, "coils past the map"),
+    (4, Request(F.WRITE_SINGLE_COIL, 4, 1, (1,)), 2, "only a discrete input is there"),
+    (4, Request(F.WRITE_SINGLE_REGISTER, 6, 1, (1,)), 2, "an unmapped register"),
+    (1, Request(F.WRITE_MULTIPLE_REGISTERS, 0, 2, (0x4366, 0x3334)), 2, "input table only"),
+    (12, Request(F.WRITE_SINGLE_REGISTER, 5, 1, (1234,)), 2, "a read-only register"),
+    (4, Request(F.WRITE_MULTIPLE_REGISTERS, 0, 4, (50, 101, 50, 50)), 3, "a value over 100 %"),
+    (4, Request(F.WRITE_SINGLE_REGISTER, 4, 1, (500,)), 3, "an offset over 120 min"),
+]
+
+
+@pytest.fixture
+async def mixed_line():
+    units = [
+        sim_unit("eastron_sdm630", 1, seed=1),
+        sim_unit("street_light_cabinet", 4, seed=4),
+        sim_unit("dfrobot_urm14", 12, seed=12),
+    ]
+    line = await serve_rtu(units, LINE, turnaround_s=0.005)
+    yield line
+    await line.close()
+
+
+@pytest.mark.parametrize(
+    ("unit", "req", "code", "why"), WRITES_REFUSED, ids=[w[3] for w in WRITES_REFUSED]
+)
+async def test_simulator__a_write_outside_the_writable_map_is_refused_whole(
+    mixed_line, unit, req, code, why
+):
+    master = RawMaster(mixed_line.path)
+    try:
+        answer = await master.ask(unit, req)
+    finally:
+        master.close()
+    assert answer.exception == code, why
+    target = mixed_line.units[unit]
+    assert target.writes == 0 and target.commanded == {}  # nothing of it was applied
+
+
+async def test_simulator__a_write_of_whole_writable_points_is_applied_and_echoed(mixed_line):
+    master = RawMaster(mixed_line.path)
+    try:
+        dims = Request(F.WRITE_MULTIPLE_REGISTERS, 0, 6, (10, 20, 30, 40, 0xFFF6, 15))
+        echo = await master.ask(4, dims)
+        relay = await master.ask(4, Request(F.WRITE_SINGLE_COIL, 3, 1, (0,)))
+        back = await master.ask(4, Request(F.READ_HOLDING_REGISTERS, 0, 6))
+    finally:
+        master.close()
+    assert echo.exception is None and relay.exception is None
+    assert back.values == (10, 20, 30, 40, 0xFFF6, 15)
+    commanded = mixed_line.units[4].commanded
+    assert commanded["dusk_offset_min"] == -10  # int16 0xFFF6
+    assert commanded["dim_level_segment_4"] == 40 and commanded["relay_segment_4"] == 0
