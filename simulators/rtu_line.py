@@ -17,8 +17,10 @@ units, a forced exception code per unit):
 * ``swapped_units``: 32-bit values with their two words swapped (a device set to the other word
   order).
 
-Broadcast requests (unit 0) are applied and never answered; frames with a bad CRC are ignored,
-as a slave does.
+Broadcast writes (unit 0, FC 5/6/15/16) are applied by every unit on the line and answered by
+none; broadcast reads are ignored (Modbus over Serial Line V1.02 §2.1). ``no_broadcast_units``
+makes a unit ignore them, as Eastron documents for its meters (reference §1.1). Frames with a
+bad CRC are ignored, as a slave does.
 
 The port is a :class:`~simulators.serial_pty.PtyPort`: when the master closes it, an answer it
 had not read is discarded, and bytes sent while nobody holds the port open are lost, as with a
@@ -148,8 +150,11 @@ class RtuSimLine(ModbusSim):
             except FrameError:
                 self.ignored_frames += 1
                 continue
+            if unit == 0:
+                self.broadcast(pdu)  # applied by every unit, answered by none
+                continue
             reply = self.answer(unit, pdu)
-            if unit == 0 or reply is None:
+            if reply is None:
                 continue
             if unit in self.swapped_units and reply[0] in (3, 4) and len(reply) >= 6:
                 data = bytearray(reply[2:])

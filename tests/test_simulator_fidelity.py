@@ -282,3 +282,34 @@ async def test_simulator__a_write_of_whole_writable_points_is_applied_and_echoed
     commanded = mixed_line.units[4].commanded
     assert commanded["dusk_offset_min"] == -10  # int16 0xFFF6
     assert commanded["dim_level_segment_4"] == 40 and commanded["relay_segment_4"] == 0
+
+
+# --------------------------------------------------------------------------- c) broadcast
+
+
+async def test_rtu_line__a_broadcast_write_is_applied_by_every_unit_and_answered_by_none():
+    cabinets = [sim_unit("street_light_cabinet", u, seed=u) for u in (4, 5, 6)]
+    meter = sim_unit("eastron_sdm630", 1, seed=1)  # has no such register: refuses, silently
+    line = await serve_rtu([meter, *cabinets], LINE, turnaround_s=0.005)
+    line.no_broadcast_units.add(6)  # a device documented to ignore broadcasts
+    master = RawMaster(line.path)
+    try:
+        master.send(0, Request(F.WRITE_MULTIPLE_REGISTERS, 0, 2, (25, 35)))
+        assert await master.receive(within_s=0.3) == b""  # nobody answers a broadcast
+        master.send(0, Request(F.WRITE_SINGLE_COIL, 0, 1, (0,)))
+        assert await master.receive(within_s=0.3) == b""
+        master.send(0, Request(F.READ_HOLDING_REGISTERS, 0, 2))  # a read: ignored
+        assert await master.receive(within_s=0.3) == b""
+        back = {u: await master.ask(u, Request(F.READ_HOLDING_REGISTERS, 0, 2)) for u in (4, 5)}
+    finally:
+        master.close()
+        await line.close()
+    for cabinet in cabinets[:2]:
+        assert back[cabinet.unit_id].values == (25, 35)
+        assert cabinet.commanded == {
+            "dim_level_segment_1": 25,
+            "dim_level_segment_2": 35,
+            "relay_segment_1": 0,
+        }
+    assert cabinets[2].commanded == {} and meter.writes == 0
+    assert (line.broadcasts, line.ignored_broadcasts, line.answered) == (2, 1, 2)
