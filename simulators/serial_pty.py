@@ -35,6 +35,7 @@ import struct
 import termios
 import time
 import tty
+import weakref
 from collections.abc import Callable
 
 from protocols.modbus_frame import LineTiming
@@ -60,6 +61,78 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
+#: the watcher of each event loop (a test's loop that ends takes its entry with it)
+_WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Watcher:
+    """One inotify instance per event loop, for every :class:`PtyPort` on it (the kernel allows
+    few instances per user: ``fs.inotify.max_user_instances``, 128 by default)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+        self.ports: dict[int, PtyPort] = {}  # watch descriptor -> port
+        loop.add_reader(fd, self.poll)
+
+    @classmethod
+    def watch(cls, port: PtyPort) -> _Watcher | None:
+        """Watch ``port``'s device node for opens and closes; None where that cannot be done."""
+        if _LIBC is None:
+            log.debug("no inotify here: %s keeps what a closing program left unread", port.path)
+            return None
+        loop = asyncio.get_running_loop()
+        watcher = _WATCHERS.get(loop)
+        if watcher is None:
+            fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                log.debug("inotify_init1 failed: %s", os.strerror(ctypes.get_errno()))
+                return None
+            watcher = _WATCHERS[loop] = cls(loop, fd)
+        mask = _IN_OPEN | _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE
+        wd = _LIBC.inotify_add_watch(watcher.fd, os.fsencode(port.path), mask)
+        if wd < 0:
+            log.debug("cannot watch %s: %s", port.path, os.strerror(ctypes.get_errno()))
+            watcher._close_if_idle()
+            return None
+        watcher.ports[wd] = port
+        port._wd = wd
+        return watcher
+
+    def unwatch(self, port: PtyPort) -> None:
+        if self.ports.pop(port._wd, None) is not None and _LIBC is not None:
+            _LIBC.inotify_rm_watch(self.fd, port._wd)
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self.ports or self.fd < 0:
+            return
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+        if _WATCHERS.get(self.loop) is self:
+            del _WATCHERS[self.loop]
+
+    def poll(self) -> None:
+        """Hand every pending open / close to its port (also called before a port reads or
+        writes, so a close that came first is seen first)."""
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:  # EAGAIN: nothing new
+                return
+            at = 0
+            while at + _EVENT.size <= len(data):
+                wd, mask, _, name_len = _EVENT.unpack_from(data, at)
+                at += _EVENT.size + name_len
+                if mask & _IN_Q_OVERFLOW:  # events lost: count every port as closed
+                    for port in self.ports.values():
+                        port._event(_IN_CLOSE_WRITE, overflow=True)
+                elif wd in self.ports:
+                    self.ports[wd]._event(mask)
 
 
 class PtyPort:
@@ -82,57 +155,31 @@ class PtyPort:
         self.discarded_bytes = 0  # queued for the program when it closed the port
         self.lost_bytes = 0  # sent while nobody held the port open
         self.last_close = 0.0  # monotonic time of the last close seen
-        self._inotify = -1
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.master, self._on_readable)
-        self._watch(loop)
+        self._wd = -1
+        asyncio.get_running_loop().add_reader(self.master, self._on_readable)
+        self._watcher = _Watcher.watch(self)
 
     @property
     def watching(self) -> bool:
         """Whether opens and closes are seen (inotify); if not, the port counts as always open."""
-        return self._inotify >= 0
+        return self._watcher is not None
 
     @property
     def opened(self) -> bool:
         return self.openers > 0 or not self.watching
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        if _LIBC is None:
-            log.debug("no inotify here: %s keeps what a closing program left unread", self.path)
-            return
-        fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            log.debug("inotify_init1 failed: %s", os.strerror(ctypes.get_errno()))
-            return
-        mask = _IN_OPEN | _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE
-        if _LIBC.inotify_add_watch(fd, os.fsencode(self.path), mask) < 0:
-            log.debug("cannot watch %s: %s", self.path, os.strerror(ctypes.get_errno()))
-            os.close(fd)
-            return
-        self._inotify = fd
-        loop.add_reader(fd, self._on_event)
-
     def _on_event(self) -> None:
-        if self._inotify < 0:
-            return
-        try:
-            data = os.read(self._inotify, 4096)
-        except OSError:  # EAGAIN: nothing new
-            return
-        at = 0
-        while at + _EVENT.size <= len(data):
-            _, mask, _, name_len = _EVENT.unpack_from(data, at)
-            at += _EVENT.size + name_len
-            if mask & _IN_OPEN:
-                self.openers += 1
-                self.opens += 1
-            if mask & (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE):
-                self.openers = max(0, self.openers - 1)
-                self.closes += 1
-                if self.openers == 0:
-                    self._closed_by_program()
-            if mask & _IN_Q_OVERFLOW:
-                self.openers = 0  # lost count: assume closed, as after a last close
+        if self._watcher is not None:
+            self._watcher.poll()
+
+    def _event(self, mask: int, *, overflow: bool = False) -> None:
+        if mask & _IN_OPEN:
+            self.openers += 1
+            self.opens += 1
+        if mask & (_IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE):
+            self.openers = 0 if overflow else max(0, self.openers - 1)
+            self.closes += not overflow
+            if self.openers == 0:
                 self._closed_by_program()
 
     def _closed_by_program(self) -> None:
@@ -166,16 +213,16 @@ class PtyPort:
         return True
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.unwatch(self)
+            self._watcher = None
         with contextlib.suppress(Exception):
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.master)
-            if self._inotify >= 0:
-                loop.remove_reader(self._inotify)
-        for fd in (self._inotify, self.master, self.slave):
+            asyncio.get_running_loop().remove_reader(self.master)
+        for fd in (self.master, self.slave):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._inotify = self.master = self.slave = -1
+        self.master = self.slave = -1
 
 
 def _input_queued(fd: int) -> int:
