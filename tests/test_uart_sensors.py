@@ -248,7 +248,6 @@ async def test_uart_sensor__power_blip_back_to_active_mode_no_value_older_than_i
     assert _assert_each_value_is_from_after_its_request(sim, poller, emitted, blip_at, decode) >= 5
     assert _in_passive_mode(sim)  # put back into passive mode
     assert poller.stats.mode_resets >= 1 and poller.stats.stale_frames >= 1
-    assert poller.stats.timeouts == 0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "without being asked" in warnings[0].getMessage()
     assert any("keeps passive mode again" in r.getMessage() for r in caplog.records)
