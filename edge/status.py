@@ -355,6 +355,17 @@ class StatusServer:
                 "Committed meter entries not yet acknowledged by the broker.",
                 [("", await g.buffer.entries_pending())],
             )
+        sensors = [p for p in polls if hasattr(p.stats, "stale_frames")]  # serial sensors
+        for field, help_ in (
+            ("stale_frames", "Sensor frames discarded because they were older than the request."),
+            ("mode_resets", "Reporting-mode commands re-sent to a sensor in the wrong mode."),
+        ):
+            metric(
+                f"sensor_{field}_total",
+                "counter",
+                help_,
+                [(dev(p), getattr(p.stats, field)) for p in sensors],
+            )
         lines = [
             (name, link)
             for name, links in g.links.items()
