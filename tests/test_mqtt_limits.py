@@ -332,6 +332,9 @@ async def test_forwarder__puback_not_authorized_keeps_the_batch_until_the_broker
         assert stats.batches_sent == 0 and col.batches == []  # nothing taken for delivered
         assert gateway.buffer.sync.stats().outbox_batches >= 1  # kept, not deleted
         assert stats.refused.get("0x87 not authorized", 0) >= 2  # each refusal counted
+        if gateway.status_page is not None:  # and shown (its port may be taken on a dev box)
+            metrics = await gateway.status_page.metrics()
+            assert 'edge_uplink_refused_total{reason="0x87 not authorized"}' in metrics
         assert len(errors(caplog, "0x87 not authorized", f"{base}/data")) == 1
         acl.write_text(allowed + f"topic write {base}/data\n")
         broker.reload()
