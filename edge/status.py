@@ -262,6 +262,12 @@ class StatusServer:
             [("", f.connect_failures)],
         )
         metric(
+            "uplink_refused_total",
+            "counter",
+            "Messages the broker refused (PUBACK code >= 0x80; kept, sent again), by reason.",
+            [(f'{{reason="{_esc(r)}"}}', n) for r, n in sorted(f.refused.items())],
+        )
+        metric(
             "batches_sent_total",
             "counter",
             "Batches acknowledged by the broker.",
