@@ -121,6 +121,9 @@ SPLIT_AFTER_FAILED_SESSIONS = 3
 MIN_BATCH_BYTES = 256
 #: Attempts to fit a birth after the broker refused a part as too large (each halves the part).
 BIRTH_SIZE_ATTEMPTS = 8
+#: After falling back to 3.1.1 because a v5 CONNECT got no answer, MQTT 5 is tried again after
+#: this long (amqtt, which never answers our v5 CONNECT, costs one connect timeout per period).
+RETRY_V5_AFTER_SILENCE_S = 600.0
 #: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 code 1 and its MQTT 5 name 0x84).
 _UNSUPPORTED_VERSION = (1, 0x84)
 
@@ -199,6 +202,11 @@ class Forwarder:
         self._birth_series = -1  # how many series the last published birth listed
         # MQTT version: None until a session decided it (auto), then sticky for the process.
         self._v5: bool | None = {"5": True, "3.1.1": False}.get(cfg.protocol_version)
+        #: After a fallback because the broker stayed silent (not an explicit refusal), when to
+        #: try MQTT 5 again: a v5 broker that was only slow to answer once is not left on 3.1.1,
+        #: whose refusals look like deliveries, for the rest of the run.
+        self._retry_v5_at: float | None = None
+        self._fallback_logged = False
         self._packet_limit: int | None = cfg.max_packet_bytes  # of this session
         self._birth_cap: int | None = None  # payload bytes, learned from refusals
         self._birth_inflight: int | None = None  # bytes of the birth part awaiting its PUBACK
@@ -283,6 +291,8 @@ class Forwarder:
     async def _connect(self, boot: int) -> UplinkClient:
         """A connected client: MQTT 5 unless the broker refuses it (or the config says 3.1.1).
         Raises aiomqtt.MqttError."""
+        if self._retry_v5_at is not None and time.monotonic() >= self._retry_v5_at:
+            self._v5, self._retry_v5_at = None, None  # probe MQTT 5 once more
         client = self._client(boot, v5=self._v5 is not False)
         try:
             await client.__aenter__()
@@ -296,13 +306,24 @@ class Forwarder:
             client = self._client(boot, v5=False)
             await client.__aenter__()
             self._v5 = False
+            silent = isinstance(exc, NoConnack)
+            if silent:
+                self._retry_v5_at = time.monotonic() + RETRY_V5_AFTER_SILENCE_S
+            if self._fallback_logged:
+                log.debug("broker at %s: MQTT 5 still unanswered; MQTT 3.1.1 again", self.cfg.url)
+                return client
+            self._fallback_logged = True
             cap = self.cfg.max_packet_bytes
             log.warning(
-                "broker at %s does not speak MQTT 5 (%s); using MQTT 3.1.1 from now on. "
+                "broker at %s does not speak MQTT 5 (%s); using MQTT 3.1.1%s. "
                 "Under 3.1.1 a broker cannot refuse a message: one it drops for its size or "
                 "its ACL is acknowledged like a delivered one, and lost. %s",
                 self.cfg.url,
                 self._describe(exc),
+                f" (MQTT 5 is tried again every {RETRY_V5_AFTER_SILENCE_S / 60:g} min, in case "
+                "the broker was only slow)"
+                if silent
+                else " from now on",
                 f"Every message is kept under mqtt.max_packet_bytes ({cap} bytes)."
                 if cap
                 else "Set mqtt.max_packet_bytes to the broker's packet limit "

@@ -421,3 +421,81 @@ async def test_forwarder__mqtt311_broker_that_hangs_up_on_the_birth_gets_it_in_p
     assert errors(caplog, "the birth (", "in flight when 3 sessions in a row broke")
     assert_named(col)
     assert_exactly_once(col, gateway.writer_stats.accepted)
+
+
+class _SwallowFirstConnect:
+    """A TCP relay to the broker that lets the first connection's CONNECT go unanswered (a broker
+    that was slow once) and relays every later connection; ``cut()`` drops the live ones."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.accepted = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.writers.add(w)
+        if self.accepted == 1:
+            with contextlib.suppress(OSError):
+                while await r.read(4096):
+                    pass  # swallowed: no CONNACK ever
+            w.close()
+            return
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers.add(uw)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    def cut(self) -> None:
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+@pytest.mark.system
+async def test_forwarder__a_v5_broker_silent_once_is_tried_again_on_mqtt5(
+    mosquitto, sim_sdm630, tmp_path, caplog, monkeypatch
+):
+    """A CONNECT that got no answer is not proof the broker lacks MQTT 5: after the fallback the
+    gateway tries MQTT 5 again (every RETRY_V5_AFTER_SILENCE_S; shortened here) and stays on it,
+    so the broker's refusals are seen again. One WARNING, not one per attempt."""
+    import edge.forwarder
+
+    monkeypatch.setattr(edge.forwarder, "RETRY_V5_AFTER_SILENCE_S", 1.0)
+    caplog.set_level(logging.INFO)
+    relay = _SwallowFirstConnect(mosquitto.port)
+    port = await relay.start()
+    try:
+        text = gateway_yaml(
+            buffer=tmp_path / "b.sqlite", broker_port=port, sim_port=sim_sdm630.port, units=(1,)
+        )
+        async with Collector(mosquitto.url) as col:
+            gateway, task = await start_gateway(tmp_path, text)
+            stats = gateway.forwarder.stats
+            await wait_until(lambda: stats.protocol == "3.1.1", 20, what="the fallback")
+            await wait_until(lambda: len(col.readings) >= 10, 20, what="readings over 3.1.1")
+            await asyncio.sleep(1.2)  # the retry time passes
+            relay.cut()  # a reconnect
+            await wait_until(lambda: stats.protocol == "5", 20, what="MQTT 5 again")
+            before = len(col.readings)
+            await wait_until(lambda: len(col.readings) >= before + 10, 20, what="readings on 5")
+            await stop(task)
+        warned = [r for r in caplog.records if "does not speak MQTT 5" in r.getMessage()]
+        assert len(warned) == 1 and "tried again" in warned[0].getMessage()
+    finally:
+        await relay.close()
