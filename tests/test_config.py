@@ -162,3 +162,22 @@ def test_cli__a_reader_that_goes_away_early_gets_no_traceback():
     err = proc.stderr.read()
     assert proc.wait(30) in (0, 141)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_cli__paho_socket_errors_are_not_logged_as_errors_of_ours():
+    """A broken broker connection is reported once by the forwarder; paho's own ERROR line for
+    the same socket ("failed to receive on socket") shows only at --log-level debug."""
+    code = (
+        "import logging, sys\n"
+        "from edge.cli import _setup_logging\n"
+        "_setup_logging(sys.argv[1])\n"
+        "logging.getLogger('mqtt').error('failed to receive on socket: [Errno 104]')\n"
+        "logging.getLogger('edge.forwarder').error('uplink down')\n"
+    )
+    for level, shown in (("info", False), ("debug", True)):
+        err = subprocess.run(
+            [sys.executable, "-c", code, level], cwd=ROOT, capture_output=True, text=True
+        ).stderr
+        assert "uplink down" in err
+        assert ("failed to receive on socket" in err) is shown, err
+        assert "ERROR mqtt" not in err
