@@ -27,10 +27,12 @@ answer could no longer arrive: for the **late-answer window** (``late_answer_s``
 long as the timeout that ran out, so an answer up to twice the timeout is caught) nothing is
 sent, even a retry, and everything that arrives is discarded and counted. A complete answer of
 the silent unit to that request ends the window early (t3.5 after it), and is logged once per
-unit at WARNING with how late it came, so the timeout can be raised. The window costs line
-time only after timeouts (``late_wait_s``: a silent unit costs its timeout plus the window per
-try); an answer later than timeout + window is beyond the guard, which is why the window is
-configurable per line (``late_answer_ms`` in the transport).
+unit at WARNING with how late it came, so the timeout can be raised. When the retry that waits
+is a try of the same request, that late answer is its answer (as over Modbus TCP an answer to
+any try counts): the retry is not sent, and a unit slower than its timeout is still read. The
+window costs line time only after timeouts (``late_wait_s``: a silent unit costs its timeout
+plus the window per try); an answer later than timeout + window is beyond the guard, which is
+why the window is configurable per line (``late_answer_ms`` in the transport).
 
 Errors are the field-bus errors of :mod:`edge.fieldbus`, as for Modbus TCP, so pollers treat both
 alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened (unplugged USB
@@ -97,6 +99,7 @@ class LineStats:
     stale_bytes: int = 0  # bytes that arrived unasked, flushed before a request
     late_bytes: int = 0  # bytes in a late-answer window or during a request: discarded
     late_answers: int = 0  # whole answers among them, from the unit that had timed out
+    late_taken: int = 0  # late answers that came while a retry of their request waited: taken
     late_wait_s: float = 0.0  # line time held for late answers after timeouts
     busy_s: float = 0.0  # line time spent in transactions (late-answer windows included)
     by_unit: dict[int, int] = field(default_factory=dict)
@@ -111,6 +114,7 @@ class _Owed:
     sent_end: float  # monotonic time the request had left the wire
     deadline: float  # when its timeout ran out
     until: float  # end of its late-answer window
+    txn: object  # the transaction it is a try of: a later try of it may take its answer
 
 
 class _Line(asyncio.Protocol):
@@ -199,12 +203,13 @@ class RtuLink(LinkOps):
         """Send ``req`` to ``unit`` and return its values (read) or () (write)."""
         where = fieldbus_where(self.endpoint, unit, req)
         frame = encode_rtu(unit, encode_request(req))
+        txn = object()  # names this transaction's tries in the late-answer window
         async with self._lock:
             line = await self._ensure_open(where)
             started = time.monotonic()
             try:
                 for attempt in range(retries + 1):
-                    outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s)
+                    outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s, txn)
                     if outcome is not None:
                         break
                     if attempt == retries:
@@ -223,10 +228,16 @@ class RtuLink(LinkOps):
             raise exception_error(outcome.exception, where)
         return outcome.values
 
-    async def _attempt(self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s):
-        """One request on the wire; the decoded response, or None (nothing valid in time)."""
+    async def _attempt(
+        self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s, txn: object
+    ):
+        """One request on the wire; the decoded response, or None (nothing valid in time).
+        A late answer to an earlier try of the same transaction that arrives before this try is
+        sent is this try's answer, and nothing is sent."""
         t = self.timing
-        await self._hold(line, max(t.t35_s, gap_s), unit, req)
+        late = await self._hold(line, max(t.t35_s, gap_s), unit, req, txn)
+        if late is not None:
+            return late
         if line.lost is not None or line.transport is None:
             raise self._lost(line, unit, req)
         line.arrived.clear()
@@ -239,7 +250,7 @@ class RtuLink(LinkOps):
         deadline = sent_end + timeout_s
         window = timeout_s if self.late_answer_s is None else self.late_answer_s
         # Owed until answered: a timeout, an error or a cancellation leaves the window open.
-        self._owed = _Owed(unit, req, sent_end, deadline, deadline + window)
+        self._owed = _Owed(unit, req, sent_end, deadline, deadline + window, txn)
         early_end = t.t35_s + 0.02  # silence after a corrupted frame before giving up on it
         try:
             while True:
@@ -279,11 +290,13 @@ class RtuLink(LinkOps):
             line.early = 0
             self._quiet_since = max(time.monotonic(), line.last_rx)
 
-    async def _hold(self, line: _Line, quiet_s: float, unit: int, req: Request) -> None:
+    async def _hold(self, line: _Line, quiet_s: float, unit: int, req: Request, txn: object):
         """Wait until the line may carry a request: the late-answer window of an unanswered
         request is over (or its late answer has come) and the line has been quiet for
         ``quiet_s``. What arrives meanwhile is discarded: ``late_bytes`` in the window,
-        ``stale_bytes`` otherwise."""
+        ``stale_bytes`` otherwise. Returns the late answer when the unanswered request was an
+        earlier try of transaction ``txn`` (the same unit and request, asked moments ago): it
+        answers this request; else None."""
         held_at = time.monotonic()
         while True:
             if line.lost is not None:
@@ -293,6 +306,18 @@ class RtuLink(LinkOps):
             if owed is not None:
                 if line.buf:
                     self._quiet_since = max(self._quiet_since, line.last_rx)
+                if owed.txn is txn and line.buf:
+                    found, _ = self._scan(line.buf, owed.unit, owed.req)
+                    if found is not None:
+                        start, end, response = found
+                        self._owed = None
+                        self.stats.garbage_bytes += start
+                        self.stats.stale_bytes += len(line.buf) - end
+                        line.buf.clear()
+                        self.stats.late_wait_s += now - held_at
+                        self.stats.late_taken += 1
+                        self._log_late(owed, line.last_rx, taken=True)
+                        return response
                 if now >= owed.until or (line.buf and self._late_answer(line, owed)):
                     self.stats.late_bytes += len(line.buf)
                     line.buf.clear()
@@ -308,7 +333,7 @@ class RtuLink(LinkOps):
             else:
                 wake = self._quiet_since + quiet_s - now
                 if wake <= 0:
-                    return
+                    return None
             line.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake):
@@ -321,22 +346,32 @@ class RtuLink(LinkOps):
         if found is None:
             return False
         self.stats.late_answers += 1
-        if owed.unit not in self._late_logged:
-            self._late_logged.add(owed.unit)
-            took_ms = (line.last_rx - owed.sent_end) * 1000
-            timeout_ms = (owed.deadline - owed.sent_end) * 1000
-            log.warning(
-                "%s unit %d answered %.0f ms after the request, past its %.0f ms timeout; the "
-                "answer was discarded and the request counted as failed. Raise the device's "
-                "timeout_ms above %.0f ms (logged once; late answers are counted in "
-                "edge_line_late_answers_total)",
-                self.endpoint,
-                owed.unit,
-                took_ms,
-                timeout_ms,
-                took_ms,
-            )
+        self._log_late(owed, line.last_rx, taken=False)
         return True
+
+    def _log_late(self, owed: _Owed, arrived: float, *, taken: bool) -> None:
+        """Say once per unit that it answers past its timeout, and by how much."""
+        if owed.unit in self._late_logged:
+            return
+        self._late_logged.add(owed.unit)
+        took_ms = (arrived - owed.sent_end) * 1000
+        timeout_ms = (owed.deadline - owed.sent_end) * 1000
+        outcome = (
+            "it was taken as the answer to the retry, which cost the line that long"
+            if taken
+            else "the answer was discarded and the request counted as failed"
+        )
+        log.warning(
+            "%s unit %d answered %.0f ms after the request, past its %.0f ms timeout; %s. Raise "
+            "the device's timeout_ms above %.0f ms (logged once; late answers are counted in "
+            "edge_line_late_answers_total)",
+            self.endpoint,
+            owed.unit,
+            took_ms,
+            timeout_ms,
+            outcome,
+            took_ms,
+        )
 
     def _lost(self, line: _Line, unit: int, req: Request) -> LinkDown:
         self._backoff.broke()

@@ -395,6 +395,11 @@ class StatusServer:
                 "RS-485 answers that came after their request timed out, discarded.",
             ),
             (
+                "late_taken",
+                "late_taken",
+                "RS-485 late answers taken as the answer to the retry of their request.",
+            ),
+            (
                 "late_wait_s",
                 "late_wait_seconds",
                 "Seconds the RS-485 line was held for late answers after timeouts.",
