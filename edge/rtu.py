@@ -56,7 +56,14 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import Backoff, LinkDown, LinkOps, ModbusTimeout, exception_error
+from edge.fieldbus import (
+    GATEWAY_NO_ANSWER,
+    Backoff,
+    LinkDown,
+    LinkOps,
+    ModbusTimeout,
+    exception_error,
+)
 from edge.fieldbus import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
@@ -207,12 +214,18 @@ class RtuLink(LinkOps):
         async with self._lock:
             line = await self._ensure_open(where)
             started = time.monotonic()
+            no_answer = None  # a gateway's 0x0A / 0x0B: no answer, so the retry is spent
             try:
                 for attempt in range(retries + 1):
                     outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s, txn)
+                    if outcome is not None and outcome.exception in GATEWAY_NO_ANSWER:
+                        no_answer, outcome = outcome, None
                     if outcome is not None:
                         break
                     if attempt == retries:
+                        if no_answer is not None:
+                            outcome = no_answer
+                            break
                         self.stats.timeouts += 1
                         raise ModbusTimeout(
                             f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts",

@@ -376,3 +376,35 @@ async def test_rtu__a_late_answer_to_an_earlier_try_of_the_same_request_is_its_a
     # each request was sent once: its answer ended the window, no retry went out
     assert link.stats.timeouts == 0 and link.stats.late_bytes == 0
     assert link.stats.late_taken == 2
+
+
+@pytest.mark.parametrize("code", [0x0A, 0x0B])
+async def test_poller__a_bridge_that_misses_its_unit_now_and_then_is_retried_like_a_silent_unit(
+    sim_sdm630, code
+):
+    # The bridge's RTU side loses every other exchange with unit 1 and says so with 0x0A /
+    # 0x0B. That is no answer, like a timeout, so the device's retry is spent on it as on a
+    # timeout, and the retry's answer is read: online, every point, never a value of another.
+    answer = sim_sdm630.answer
+    calls = itertools.count()
+
+    def flaky(unit: int, pdu: bytes) -> bytes | None:
+        reply = answer(unit, pdu)
+        return bytes([pdu[0] | 0x80, code]) if next(calls) % 2 == 0 else reply
+
+    sim_sdm630.answer = flaky
+    text = "gateway: {id: gw-flaky}\ndevices:" + tcp_device(
+        "m1", sim_sdm630.port, 1, timeout_ms=300, retries=1, points=SAME_SIZE
+    )
+    loaded = parse_config(text + "    max_gap_registers: 0\n")
+    link = ModbusTcpLink("127.0.0.1", sim_sdm630.port)
+    poller = DevicePoller(loaded.config.devices[0], loaded.plans["m1"], link, asyncio.Queue())
+    meter = sim_sdm630.units[1]
+    try:
+        readings = await poller.poll_once()
+    finally:
+        await link.close()
+    assert wrong_values(readings, meter) == []
+    values = {r.point: r.value for r in readings}
+    assert values[STATUS_POINT] == "online" and values[BAD_POINTS] == ""
+    assert {"voltage_l1", "current_l1"} <= values.keys()
