@@ -108,6 +108,7 @@ class LineStats:
     late_answers: int = 0  # whole answers among them, from the unit that had timed out
     late_taken: int = 0  # late answers that came while a retry of their request waited: taken
     late_wait_s: float = 0.0  # line time held for late answers after timeouts
+    never_quiet: int = 0  # tries not sent: the line was not quiet for t3.5 within the timeout
     busy_s: float = 0.0  # line time spent in transactions (late-answer windows included)
     by_unit: dict[int, int] = field(default_factory=dict)
 
@@ -148,6 +149,10 @@ class _Line(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionError("serial port closed")
         self.arrived.set()
+
+
+class _NeverQuiet(Exception):
+    """The line did not fall silent for t3.5 within a request's timeout: the try is not sent."""
 
 
 class RtuLink(LinkOps):
@@ -215,9 +220,14 @@ class RtuLink(LinkOps):
             line = await self._ensure_open(where)
             started = time.monotonic()
             no_answer = None  # a gateway's 0x0A / 0x0B: no answer, so the retry is spent
+            noisy = 0  # tries not sent because the line was never quiet
             try:
                 for attempt in range(retries + 1):
-                    outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s, txn)
+                    try:
+                        outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s, txn)
+                    except _NeverQuiet:
+                        noisy += 1
+                        outcome = None
                     if outcome is not None and outcome.exception in GATEWAY_NO_ANSWER:
                         no_answer, outcome = outcome, None
                     if outcome is not None:
@@ -227,8 +237,15 @@ class RtuLink(LinkOps):
                             outcome = no_answer
                             break
                         self.stats.timeouts += 1
+                        why = (
+                            f"; the line was never quiet for t3.5 in {noisy} of them (bytes "
+                            "kept coming: noise on an unbiased line, or a device that talks "
+                            "unasked), so they were not sent"
+                            if noisy
+                            else ""
+                        )
                         raise ModbusTimeout(
-                            f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts",
+                            f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts{why}",
                             **where,
                         )
             finally:
@@ -248,7 +265,7 @@ class RtuLink(LinkOps):
         A late answer to an earlier try of the same transaction that arrives before this try is
         sent is this try's answer, and nothing is sent."""
         t = self.timing
-        late = await self._hold(line, max(t.t35_s, gap_s), unit, req, txn)
+        late = await self._hold(line, max(t.t35_s, gap_s), unit, req, txn, timeout_s)
         if late is not None:
             return late
         if line.lost is not None or line.transport is None:
@@ -303,14 +320,20 @@ class RtuLink(LinkOps):
             line.early = 0
             self._quiet_since = max(time.monotonic(), line.last_rx)
 
-    async def _hold(self, line: _Line, quiet_s: float, unit: int, req: Request, txn: object):
+    async def _hold(
+        self, line: _Line, quiet_s: float, unit: int, req: Request, txn: object, limit_s: float
+    ):
         """Wait until the line may carry a request: the late-answer window of an unanswered
         request is over (or its late answer has come) and the line has been quiet for
         ``quiet_s``. What arrives meanwhile is discarded: ``late_bytes`` in the window,
         ``stale_bytes`` otherwise. Returns the late answer when the unanswered request was an
         earlier try of transaction ``txn`` (the same unit and request, asked moments ago): it
-        answers this request; else None."""
+        answers this request; else None. Raises :class:`_NeverQuiet` when, after any window,
+        the line has not been quiet for ``quiet_s`` within ``quiet_s`` + ``limit_s`` (the
+        request's timeout):
+        a line that never falls silent must fail its requests, not hold them forever."""
         held_at = time.monotonic()
+        quiet_from = held_at  # since when the hold waits for silence only (no window open)
         while True:
             if line.lost is not None:
                 raise self._lost(line, unit, req)
@@ -336,6 +359,7 @@ class RtuLink(LinkOps):
                     line.buf.clear()
                     self._owed = None
                     self.stats.late_wait_s += now - held_at
+                    quiet_from = now
                     continue
                 wake = owed.until - now
             elif line.buf:
@@ -347,6 +371,11 @@ class RtuLink(LinkOps):
                 wake = self._quiet_since + quiet_s - now
                 if wake <= 0:
                     return None
+                give_up = quiet_from + quiet_s + limit_s  # a quiet line is never held this long
+                if now >= give_up:
+                    self.stats.never_quiet += 1
+                    raise _NeverQuiet
+                wake = min(wake, give_up - now)
             line.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake):

@@ -404,6 +404,11 @@ class StatusServer:
                 "late_wait_seconds",
                 "Seconds the RS-485 line was held for late answers after timeouts.",
             ),
+            (
+                "never_quiet",
+                "never_quiet",
+                "RS-485 tries not sent: bytes kept coming, the line was never quiet for t3.5.",
+            ),
             ("busy_s", "busy_seconds", "Seconds the RS-485 line spent in transactions."),
         ):
             metric(

@@ -408,3 +408,42 @@ async def test_poller__a_bridge_that_misses_its_unit_now_and_then_is_retried_lik
     values = {r.point: r.value for r in readings}
     assert values[STATUS_POINT] == "online" and values[BAD_POINTS] == ""
     assert {"voltage_l1", "current_l1"} <= values.keys()
+
+
+async def test_rtu__a_line_that_is_never_quiet_fails_the_request_in_its_timeout_not_never():
+    # A floating (unbiased) RS-485 pair, or a device streaming unasked, keeps bytes coming with
+    # gaps shorter than t3.5 (29 ms at 1200 baud). The master must not wait forever for
+    # silence: the request fails within its timeout, so the devices are reported offline
+    # instead of keeping their last status with no readings.
+    import os
+    import pty
+    import threading
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    stop = threading.Event()
+
+    def noise() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.write(master, b"\x00\xff")
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=noise, daemon=True)
+    thread.start()
+    slow_line = LineTiming(1200, "N", 1)
+    link = RtuLink(path, slow_line)
+    try:
+        async with asyncio.timeout(10.0):  # before: no answer and no error, ever
+            with pytest.raises(ModbusTimeout, match="never quiet"):
+                await link.read(1, 4, 0, 2, timeout_s=0.3, retries=1)
+    finally:
+        stop.set()
+        thread.join()
+        await link.close()
+        os.close(master)
+        os.close(slave)
+    assert link.stats.timeouts == 1 and link.stats.never_quiet == 2 and link.stats.stale_bytes > 0
