@@ -31,12 +31,14 @@ LINE = LineTiming(9600, "N", 1)
 SAME_SIZE = "[voltage_l1, current_l1]"
 
 
-def rtu_device(dev_id: str, path: str, unit: int, *, timeout_ms: int, retries: int, extra=""):
+def rtu_device(
+    dev_id: str, path: str, unit: int, *, timeout_ms: int, retries: int, extra="", poll_s=1.0
+):
     return f"""
   - id: {dev_id}
     profile: eastron_sdm630
     transport: {{type: modbus_rtu, port: {path}, baudrate: 9600, unit: {unit}{extra}}}
-    poll_interval_s: 1.0
+    poll_interval_s: {poll_s}
     timeout_ms: {timeout_ms}
     retries: {retries}
     points: {SAME_SIZE}
@@ -86,7 +88,9 @@ async def test_rtu__a_unit_slower_than_twice_its_timeout_is_held_off_by_late_ans
     meter = sim_unit("eastron_sdm630", 1, seed="slower")
     sim = await serve_rtu([meter], LINE, unit_turnaround_s={1: 0.55})
     text = rtu_config(
-        rtu_device("m1", sim.path, 1, timeout_ms=200, retries=0, extra=", late_answer_ms: 1000")
+        rtu_device(
+            "m1", sim.path, 1, timeout_ms=200, retries=0, extra=", late_answer_ms: 1000", poll_s=2
+        )
     )
     gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
     [poller] = gateway.pollers
@@ -131,8 +135,8 @@ async def test_rtu__answers_around_the_timeout_with_retries_never_land_on_anothe
     )
     loaded = parse_config(
         rtu_config(
-            rtu_device("slow", sim.path, 1, timeout_ms=300, retries=1),
-            rtu_device("fast", sim.path, 2, timeout_ms=300, retries=1),
+            rtu_device("slow", sim.path, 1, timeout_ms=300, retries=1, poll_s=1.5),
+            rtu_device("fast", sim.path, 2, timeout_ms=300, retries=1, poll_s=1.5),
         )
     )
     link = RtuLink(sim.path, LINE)
@@ -361,7 +365,9 @@ async def test_rtu__a_late_answer_to_an_earlier_try_of_the_same_request_is_its_a
     # try again and call a device that answers every request offline.
     meter = sim_unit("eastron_sdm630", 1, seed="retry-late")
     sim = await serve_rtu([meter], LINE, unit_turnaround_s={1: 0.45}, jitter_s=0.0)
-    loaded = parse_config(rtu_config(rtu_device("m1", sim.path, 1, timeout_ms=300, retries=2)))
+    loaded = parse_config(
+        rtu_config(rtu_device("m1", sim.path, 1, timeout_ms=300, retries=2, poll_s=2))
+    )
     link = RtuLink(sim.path, LINE)
     poller = DevicePoller(loaded.config.devices[0], loaded.plans["m1"], link, asyncio.Queue())
     try:
