@@ -31,7 +31,7 @@ import serial
 import serial_asyncio_fast
 
 from edge import faults
-from edge.buffer import AsyncBuffer
+from edge.buffer import AsyncBuffer, BufferError
 from edge.config import MeterLinkRs485, ParkingBusConfig
 from edge.rtu import serial_settings
 from edge.signing import Signer
@@ -232,7 +232,10 @@ class MeterBus:
         # Never below the seconds since 2024: numbers keep rising even over a buffer that lost
         # its counter (a fresh or salvaged file), as long as the clock is roughly right.
         floor = max(0, int(time.time()) - COMMAND_EPOCH_S)
-        number = await self.buffer.next_command(meter, skip, floor)
+        try:
+            number = await self.buffer.next_command(meter, skip, floor)
+        except BufferError as exc:  # a number not durably recorded must not be used
+            raise MeterCommandError("busy", f"meter {meter}: {exc}; try again later") from None
         self._numbered.add(meter)
         address = self._addresses[meter]
         frame = Frame(address, msg.TYPE, number, encode_message(msg))
