@@ -988,9 +988,10 @@ class Buffer:
         if dropped and why == "disk":
             self._evicted_in_episode += dropped
             self._disk.start(
-                "the disk holding the buffer %s (%s) is full: %s bytes free. Evicted the %d "
-                "oldest unsent readings (counted and reported in the next batch's dropped) and "
-                "evicting on, oldest first, to stay within it; parking meters are answered BUSY "
+                "the disk holding the buffer %s (%s) is full: %s bytes free, less than the "
+                "buffer needs to grow. Evicted the %d oldest unsent readings (counted and "
+                "reported in the next batch's dropped) and evicting on, oldest first, to stay "
+                "within it; parking meters are answered BUSY "
                 "when even that leaves no room. Free space on that disk or lower "
                 "buffer.max_bytes (logged at DEBUG while it lasts, at INFO when there is room)",
                 self.path,

@@ -404,7 +404,7 @@ def test_check__the_parking_example_is_valid_and_shows_both_buses():
 
     root = Path(__file__).resolve().parent.parent
     res = subprocess.run(
-        [sys.executable, "-m", "edge", "check", "configs/parking-example.yaml"],
+        [sys.executable, "-m", "edge", "check", "--config-only", "configs/parking-example.yaml"],
         capture_output=True,
         text=True,
         cwd=root,
