@@ -554,7 +554,12 @@ async def test_run__a_second_gateway_on_one_buffer_is_refused_and_a_killed_one_f
         assert check.returncode == 0 and f"in use by a running gateway, PID {first.pid}" in (
             check.stdout
         )
-        assert lock_holder(buffer) == first.pid
+        doctor = await asyncio.to_thread(edge, "doctor", "--config", str(cfg), timeout=90)
+        assert f"PASS  buffer {buffer} is open in a running gateway (PID {first.pid})" in (
+            doctor.stdout
+        ), doctor.stdout
+        assert "PASS  buffer holds" in doctor.stdout  # its read-only look is not blocked
+        assert lock_holder(buffer) == first.pid and first.poll() is None
         os.kill(first.pid, signal.SIGKILL)  # a crash: the kernel lets go of the lock
         first.wait()
         third = spawn(cfg, tmp_path / "third.log")
