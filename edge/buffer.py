@@ -243,6 +243,9 @@ def _torn_wal_tail(wal: Path) -> int:
     return (size - 32) % (24 + page)
 
 
+_TORN_TOLD: set[str] = set()  # buffers whose torn WAL tail this process has logged
+
+
 def _quick_check(db: sqlite3.Connection) -> str | None:
     """None if SQLite finds the file sound, else its first complaint. An error that is not
     about the content (a full disk, permissions) is raised, not taken for a complaint."""
@@ -332,7 +335,11 @@ class Buffer:
                 why = f"a write cut short by the full disk: {free} bytes free on it now"
             else:
                 why = "a torn write: a power cut, or a disk that ran full"
-            log.warning(
+            # once per process: a gateway waiting for room opens it again and again
+            told = str(self.path) in _TORN_TOLD
+            _TORN_TOLD.add(str(self.path))
+            log.log(
+                logging.DEBUG if told else logging.WARNING,
                 "buffer %s: its WAL ends in %d bytes of %s; the transaction being written then "
                 "is dropped; every one before it is kept",
                 self.path,
@@ -533,7 +540,7 @@ class Buffer:
                         "UPDATE meta SET value = ? WHERE key = 'held_boot'", (self.boot_id,)
                     )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 self._rollback()
                 self._series = series_before
                 if not isinstance(exc, sqlite3.OperationalError):
@@ -642,9 +649,9 @@ class Buffer:
                     (meter, seq, missing),
                 )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 self._rollback()
-                if not storage.is_full(exc, self.path):
+                if not isinstance(exc, sqlite3.Error) or not storage.is_full(exc, self.path):
                     raise
                 self._on_full(exc, f"storing entry {seq} of meter {meter}")
                 if attempt == 0 and self._make_room(100):
