@@ -162,7 +162,10 @@ def unavailable(path: Path, exc: BaseException, doing: str = "open") -> BufferUn
 
 
 def lock_path(buffer: Path) -> Path:
-    return buffer.with_name(buffer.name + ".lock")
+    """``<buffer>.lock`` beside the real file (symlinks resolved, as SQLite does for its -wal
+    and -shm), so two spellings of one buffer share one lock."""
+    real = Path(os.path.realpath(buffer))
+    return real.with_name(real.name + ".lock")
 
 
 def lock_holder(buffer: Path) -> int | None:
@@ -308,8 +311,9 @@ def path_problem(path: Path) -> str | None:
             f"buffer folder {folder} does not exist and user {me} cannot create it "
             f"({existing} is not writable)"
         )
+    real = Path(os.path.realpath(path))
     for suffix in ("-wal", "-shm", ".lock"):
-        side = path.with_name(path.name + suffix)
+        side = real.with_name(real.name + suffix)
         try:
             sst = os.stat(side)
         except OSError:

@@ -526,6 +526,9 @@ def test_buffer__a_second_owner_in_one_process_is_refused_naming_the_holder(tmp_
         Buffer(path, max_bytes=BIG)
     assert err.value.pid == os.getpid() and f"PID {os.getpid()}" in str(err.value)
     assert lock_holder(path) == os.getpid()
+    (tmp_path / "alias").symlink_to(tmp_path)
+    with pytest.raises(BufferInUse):  # the same file by another name: the same lock
+        Buffer(tmp_path / "alias" / "b.sqlite", max_bytes=BIG)
     first.close()
     assert lock_holder(path) is None
     Buffer(path, max_bytes=BIG).close()  # released on close
