@@ -352,6 +352,50 @@ parking:
 # ------------------------------------------------------------------ case 2: the gateway
 
 
+async def test_gateway__starting_on_a_full_disk_waits_for_room_instead_of_exiting(
+    small_disk, tmp_path, caplog
+):
+    from edge.gateway import Gateway
+
+    caplog.set_level(logging.INFO, "edge")
+    meters = {1: Meter("HK-01", Journal(tmp_path / "m1.sqlite"), speed=7200)}
+    server = await MeterServer(meters).start(business_interval_s=0.05)
+    buffer = small_disk / "b.sqlite"
+    Buffer(buffer, max_bytes=BIG).close()  # a buffer from an earlier run
+    hog = fill(small_disk, None)
+    text = f"""
+gateway: {{id: gw}}
+buffer: {{path: {buffer}}}
+mqtt: {{url: "mqtt://127.0.0.1:9", reconnect_min_s: 0.2}}
+status: {{enabled: false}}
+parking:
+  key_file: {small_disk / "keys" / "gw.key"}
+  buses:
+    - id: lane-1
+      transport: {{type: tcp, host: 127.0.0.1, port: {server.port}}}
+      meters: [{{id: HK-01, address: 1}}]
+"""
+    gateway = Gateway(parse_config(text, "gw.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await wait_until(lambda: "waits for it" in caplog.text, 10, what="the wait")
+        await asyncio.sleep(2)
+        assert not task.done() and not gateway.started.is_set()  # waiting, not exiting
+        assert not list(small_disk.glob("*.corrupt-*"))
+        hog.unlink()
+        await asyncio.wait_for(gateway.started.wait(), 30)
+        await wait_until(lambda: gateway.meter_buses[0].stats.entries > 0, 20, what="entries")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await server.close()
+    assert gateway.signer is not None and (small_disk / "keys" / "gw.key").stat().st_size > 0
+    waited = [m for m in errors(caplog) if "waits for it" in m]
+    assert len(waited) == 1 and "is full" in waited[0]  # once, with the reason
+    assert "buffer" in caplog.text and f"buffer {buffer} open" in caplog.text
+
+
 def spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
