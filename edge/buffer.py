@@ -24,6 +24,37 @@ Invariants (tested by the model-based test in tests/test_buffer.py):
   it: counted (``unencodable_total``), reported in that batch's ``dropped`` / ``dropped_why``,
   logged once; the readings behind it are sealed as usual. Sealed batches
   are never evicted: there are at most a few (they are sealed only when about to be published).
+* The disk is a limit too (see "A full disk" below): the same policy keeps the buffer inside
+  the room its filesystem has, whatever else fills it. Readings the disk has no room for at all
+  are refused (not accepted), counted, and reported in ``dropped`` as well.
+* One gateway at a time: the buffer is locked (edge/storage.py) before anything reads, checks or
+  moves it, so a second gateway on the same buffer is refused and told who holds it.
+
+A full disk
+-----------
+SQLite in WAL mode needs room for three things: the database's pages, the WAL (frames since
+the last checkpoint; the file is reused from its start after each checkpoint) and the pages a
+checkpoint adds to the database file. When the disk runs out, a commit fails with SQLITE_FULL,
+and if the WAL then holds pages the database file must grow by, no checkpoint and therefore no
+deletion can be written either: the buffer is stuck until space returns. So the buffer keeps out
+of that corner instead of recovering from it:
+
+* the checkpoint interval shrinks with the free space (``wal_autocheckpoint`` from 1000 pages
+  down to 16), so the WAL stays small on a small or full disk;
+* after every commit the room left is measured (statvfs: free bytes, less what the WAL may still
+  grow by, less what a checkpoint adds to the file, less a margin). While it lasts, the file
+  grows into it; when it runs short, the oldest telemetry is evicted so that a slack of free pages
+  stays inside the file: new readings reuse them and the file stops growing;
+* eviction itself must stay cheap: ``secure_delete=FAST``, else every freed page is rewritten
+  with zeros and an eviction needs as much WAL as it frees;
+* when a commit still fails (another program took the last bytes), the transaction is rolled
+  back, a checkpoint is tried, telemetry is evicted and the commit is tried once more; after
+  that the readings are refused and counted (``rejected_total``, and in the next batch's
+  ``dropped``). A parking meter entry is answered BUSY (the meter keeps it); acknowledgements
+  that cannot be written are kept in memory and written when there is room (a batch or an entry
+  re-sent after a restart is de-duplicated by the platform). The episode is logged once at
+  ERROR, then at DEBUG, and at INFO when room returns. Nothing here ever counts as damage: only
+  SQLite saying the content is corrupt sends a file to salvage (edge/salvage.py).
 
 All methods are blocking; :class:`AsyncBuffer` runs them on one dedicated thread so the event
 loop never waits on the disk and the connection is only ever used by that thread.
@@ -33,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import struct
 import time
@@ -42,8 +74,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge import storage
 from edge.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
-from edge.salvage import Salvage, salvage_into
+from edge.salvage import Salvage, quarantine, salvage_into, unquarantine
+from edge.storage import BufferInUse, BufferLock, BufferUnavailable
 from protocols.batch import (
     TQ_NAMES,
     BatchHeader,
@@ -54,7 +88,16 @@ from protocols.batch import (
     unencodable,
 )
 
-__all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "EntryResult", "SealedBatch"]
+__all__ = [
+    "AsyncBuffer",
+    "Buffer",
+    "BufferError",
+    "BufferInUse",
+    "BufferStats",
+    "BufferUnavailable",
+    "EntryResult",
+    "SealedBatch",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +126,19 @@ CREATE TABLE IF NOT EXISTS meters (
 
 #: A meter entry this far ahead of the last committed one is refused (docs/meter-link-v1.md §4).
 METER_WINDOW = 1000
+
+# A full disk (module doc). Pages: SQLite's page size, 4096 bytes here.
+#: WAL frames one transaction may add past the checkpoint threshold (a commit of a few hundred
+#: readings is 2-4 frames; a 5000-reading seal about 30).
+_TXN_PAGES = 32
+#: Kept free beyond everything else the disk must hold for the buffer.
+_MARGIN_PAGES = 8
+#: Free pages kept inside the file once the disk has no room for it to grow: the next commits.
+_SLACK_PAGES = 16
+#: wal_autocheckpoint bounds (SQLite's default is the upper one).
+_WAL_PAGES_MIN, _WAL_PAGES_MAX = 16, 1000
+#: The room that ends a full-disk episode (hysteresis: a disk at its limit evicts on and off).
+_ROOM_AGAIN_PAGES = 4 * _SLACK_PAGES
 
 _MIGRATE_1_TO_2 = """
 ALTER TABLE outbox RENAME TO outbox_v1;
@@ -243,11 +299,17 @@ def _torn_wal_tail(wal: Path) -> int:
     return (size - 32) % (24 + page)
 
 
+_TORN_TOLD: set[str] = set()  # buffers whose torn WAL tail this process has logged
+
+
 def _quick_check(db: sqlite3.Connection) -> str | None:
-    """None if SQLite finds the file sound, else its first complaint."""
+    """None if SQLite finds the file sound, else its first complaint. An error that is not
+    about the content (a full disk, permissions) is raised, not taken for a complaint."""
     try:
         rows = db.execute("PRAGMA quick_check(5)").fetchall()
     except sqlite3.DatabaseError as exc:
+        if not storage.is_damage(exc):
+            raise
         return str(exc)
     if rows == [("ok",)]:
         return None
@@ -268,28 +330,14 @@ class Buffer:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.boot_id = kernel_boot_id() if boot_id is None else boot_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.salvage: Salvage | None = None
-        # SD cards tear pages in power cuts and rot at rest, so every start checks every page
-        # (quick_check: 0.07 s for 32 MB from the page cache, I/O-bound on a cold card).
-        torn = _torn_wal_tail(self.path.with_name(self.path.name + "-wal"))
-        if torn:
-            log.warning(
-                "buffer %s: its WAL ends in %d bytes of a torn write (a power cut): the "
-                "transaction being written then is dropped; every one before it is kept",
-                self.path,
-                torn,
-            )
-        problem: str | None = None
+        self._init_disk_state()
+        self._lock = self._take(self.path)
         try:
-            self._db = self._open(synchronous)
-            problem = _quick_check(self._db)
-            if problem is not None:
-                self._db.close()
-        except sqlite3.DatabaseError as exc:
-            problem = str(exc)
-        if problem is not None:
-            self._db = self._recover(synchronous, problem)
+            self._db = self._open_checked(synchronous)
+        except BaseException:
+            self._lock.release()
+            raise
         self._series: dict[tuple[str, str], int] = {
             (d, p): i for i, d, p in self._db.execute("SELECT id, device, point FROM series")
         }
@@ -314,18 +362,105 @@ class Buffer:
                 n,
             )
 
+    @staticmethod
+    def _take(path: Path) -> BufferLock:
+        """Refuse what is not a buffer file, make its folder, lock it (edge/storage.py)."""
+        if os.path.lexists(path) and not os.path.isfile(path):
+            why = storage.path_problem(path) or f"{path} is a symlink to nothing"
+            raise BufferUnavailable(f"cannot open the buffer: {why}", retry=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BufferUnavailable(
+                f"cannot create the buffer folder {path.parent}: {exc.strerror} "
+                f"(as user {storage.user_name()})",
+                retry=storage.is_full(exc, path),
+            ) from None
+        lock = BufferLock(path)
+        lock.acquire()
+        return lock
+
+    def _open_checked(self, synchronous: str) -> sqlite3.Connection:
+        """Open, check every page, salvage a damaged file; a full disk or a permission problem
+        raises :class:`BufferUnavailable` and moves nothing."""
+        # SD cards tear pages in power cuts and rot at rest, so every start checks every page
+        # (quick_check: 0.07 s for 32 MB from the page cache, I/O-bound on a cold card).
+        torn = _torn_wal_tail(self.path.with_name(self.path.name + "-wal"))
+        if torn:
+            free = storage.disk_free(self.path.parent)
+            if free is not None and free < storage.FULL_BELOW:
+                why = f"a write cut short by the full disk: {free} bytes free on it now"
+            else:
+                why = "a torn write: a power cut, or a disk that ran full"
+            # once per process: a gateway waiting for room opens it again and again
+            told = str(self.path) in _TORN_TOLD
+            _TORN_TOLD.add(str(self.path))
+            log.log(
+                logging.DEBUG if told else logging.WARNING,
+                "buffer %s: its WAL ends in %d bytes of %s; the transaction being written then "
+                "is dropped; every one before it is kept",
+                self.path,
+                torn,
+                why,
+            )
+        for attempt in range(2):
+            try:
+                db = self._open(synchronous)
+                try:
+                    problem = _quick_check(db)
+                except BaseException:
+                    db.close()
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if storage.is_damage(exc):
+                    return self._recover(synchronous, str(exc))
+                if attempt == 0 and storage.is_full(exc, self.path):
+                    self._checkpoint_closed()  # the WAL may start over and make room
+                    continue
+                raise storage.unavailable(self.path, exc) from exc
+            if problem is None:
+                return db
+            db.close()
+            return self._recover(synchronous, problem)
+        raise AssertionError("unreachable")
+
+    def _checkpoint_closed(self) -> None:
+        """Try a checkpoint on a bare connection (at open, after SQLITE_FULL)."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            return
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            pass
+        finally:
+            db.close()
+
     def _recover(self, synchronous: str, problem: str) -> sqlite3.Connection:
         """A buffer that cannot be read must never stop the gateway: move it aside for
         forensics, start a fresh one, copy into it every row that is still readable, and count
-        and report the rest (edge/salvage.py)."""
-        quarantine = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        self.path.rename(quarantine)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                side.rename(quarantine.with_name(quarantine.name + suffix))
-        db = self._open(synchronous)
-        self.salvage = salvage_into(db, quarantine, problem)
+        and report the rest (edge/salvage.py). With no room on the disk for the copy, the
+        damaged file goes back where it was and :class:`BufferUnavailable` says so."""
+        real = self.path.resolve()  # a symlinked buffer: the file it names is the damaged one
+        try:
+            aside = quarantine(real)
+        except (ValueError, OSError) as exc:
+            raise BufferUnavailable(
+                f"buffer {self.path} is damaged ({problem}) and cannot be moved aside: {exc}",
+                retry=False,
+            ) from None
+        try:
+            db = self._open(synchronous)
+            try:
+                self.salvage = salvage_into(db, aside, problem)
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.Error as exc:
+            unquarantine(aside, real)
+            self.salvage = None
+            raise storage.unavailable(self.path, exc, "salvage") from exc
         log.error("buffer %s is damaged (%s): %s", self.path, problem, self.salvage.describe())
         return db
 
@@ -334,9 +469,11 @@ class Buffer:
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
-                raise sqlite3.DatabaseError(f"cannot switch to WAL (journal_mode={mode})")
+                raise sqlite3.OperationalError(f"cannot switch to WAL (journal_mode={mode})")
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             db.execute("PRAGMA journal_size_limit=4194304")
+            # An eviction on a full disk must not rewrite every freed page (module doc).
+            db.execute("PRAGMA secure_delete=FAST")
             db.executescript(_SCHEMA)
             version = self._meta(db, "schema_version", None)
             if version is None:
@@ -402,11 +539,13 @@ class Buffer:
             for device, point in pairs:
                 self._series_id(device, point)
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             self._rollback()
             self._series = {
                 (d, p): i for i, d, p in self._db.execute("SELECT id, device, point FROM series")
             }
+            if isinstance(exc, sqlite3.Error) and storage.is_full(exc, self.path):
+                raise storage.unavailable(self.path, exc, "write to") from exc
             raise
 
     @property
@@ -427,8 +566,10 @@ class Buffer:
         if not rows:
             return 0
         held = sum(1 for r in rows if len(r) > 4 and r[4] == PENDING)
+        self._pay_debts()
         for attempt in range(2):
             series_before = dict(self._series)
+            owed = self._refused_unrecorded
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
@@ -448,21 +589,34 @@ class Buffer:
                 self._db.execute(
                     "UPDATE meta SET value = value + ? WHERE key = 'accepted_total'", (len(rows),)
                 )
+                if owed:  # readings refused earlier for lack of room: told in dropped
+                    self._db.execute(
+                        "UPDATE meta SET value = value + ? WHERE key = 'dropped_pending'", (owed,)
+                    )
                 if held:
                     self._db.execute(
                         "UPDATE meta SET value = ? WHERE key = 'held_boot'", (self.boot_id,)
                     )
                 self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
                 self._rollback()
                 self._series = series_before
-                if "full" in str(exc).lower() and attempt == 0:
-                    log.error("buffer disk is full (%s); evicting oldest telemetry", exc)
-                    self._evict(max(len(rows), self._pending_count() // 10))
-                    continue
+                if not isinstance(exc, sqlite3.OperationalError):
+                    raise
+                full = storage.is_full(exc, self.path)
+                if full:
+                    self._on_full(exc, f"storing {len(rows)} readings")
+                    if attempt == 0 and self._make_room(len(rows)):
+                        continue
+                    self._refused_in_episode += len(rows)
+                else:
+                    self._failing.start("buffer: readings not accepted: %s", exc)
                 self.rejected_total += len(rows)
+                self._refused_unrecorded += len(rows)
                 raise BufferError(f"{len(rows)} readings not accepted: {exc}") from exc
+            self._refused_unrecorded -= owed
             break
+        self._failing.end("buffer: readings accepted again")
         self.appended_total += len(rows)
         self._pending_n += len(rows)
         if held:
@@ -483,12 +637,22 @@ class Buffer:
         once and answers a repeat with CMD_ACK, so a number reused after a restart would be
         acknowledged and silently not done. ``skip`` jumps past numbers a commit lost in a power
         cut may have handed out (synchronous=NORMAL); the number is never below ``floor``."""
-        row = self._db.execute(
-            "INSERT INTO meta VALUES (?, max(?, ?)) "
-            "ON CONFLICT (key) DO UPDATE SET value = max(value + ?, ?) RETURNING value",
-            (f"cmd:{meter}", 1 + skip, floor, 1 + skip, floor),
-        ).fetchone()
-        return int(row[0])
+        try:
+            # fetchall: the statement runs to its end, so a failed commit raises here
+            rows = self._db.execute(
+                "INSERT INTO meta VALUES (?, max(?, ?)) "
+                "ON CONFLICT (key) DO UPDATE SET value = max(value + ?, ?) RETURNING value",
+                (f"cmd:{meter}", 1 + skip, floor, 1 + skip, floor),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not storage.is_full(exc, self.path):
+                raise
+            self._on_full(exc, f"recording a command number for meter {meter}")
+            raise BufferError(
+                f"no room on the disk to record a command number for meter {meter}"
+            ) from exc
+        return int(rows[0][0])
 
     def commit_entry(
         self,
@@ -512,55 +676,81 @@ class Buffer:
         known = row is not None
         last = int(row[0]) if known else 0
         if known and seq <= last:
-            self._db.execute(
-                "UPDATE meters SET duplicates = duplicates + 1 WHERE meter = ?", (meter,)
-            )
+            try:
+                self._db.execute(
+                    "UPDATE meters SET duplicates = duplicates + 1 WHERE meter = ?", (meter,)
+                )
+            except sqlite3.Error as exc:  # only a counter: the answer stays right
+                if not storage.is_full(exc, self.path):
+                    raise
+                self._on_full(exc, f"counting a re-sent entry of meter {meter}")
             return EntryResult("duplicate", last)
         if known and seq > last + METER_WINDOW:
             return EntryResult("out_of_window", last)
-        while self.used_bytes() + len(payload) > self.max_bytes:
-            pending = self._pending_count()
-            if pending == 0:  # only entries left: the meter keeps this one
-                return EntryResult("busy", last)
-            self._evict(min(pending, max(100, pending // 4)))  # telemetry goes first
+        self._pay_debts()
         missing = seq - last - 1 if known else 0
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO meter_entries (meter, seq, type, payload, received_ms, sig) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (meter, seq, mtype, payload, received_ms, sign()),
-            )
-            self._db.execute(
-                "INSERT INTO meters (meter, last_seq, missing) VALUES (?, ?, ?) "
-                "ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq, "
-                "missing = missing + excluded.missing",
-                (meter, seq, missing),
-            )
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            self._rollback()
-            if "full" in str(exc).lower():
-                log.error("buffer disk is full (%s): meter %s entry %d refused", exc, meter, seq)
+        for attempt in range(2):
+            if not self._room_for(len(payload)):  # only entries left: the meter keeps this one
+                log.debug("meter %s entry %d answered BUSY: the buffer has no room", meter, seq)
                 return EntryResult("busy", last)
-            raise
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO meter_entries (meter, seq, type, payload, received_ms, sig) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (meter, seq, mtype, payload, received_ms, sign()),
+                )
+                self._db.execute(
+                    "INSERT INTO meters (meter, last_seq, missing) VALUES (?, ?, ?) "
+                    "ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq, "
+                    "missing = missing + excluded.missing",
+                    (meter, seq, missing),
+                )
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if not isinstance(exc, sqlite3.Error) or not storage.is_full(exc, self.path):
+                    raise
+                self._on_full(exc, f"storing entry {seq} of meter {meter}")
+                if attempt == 0 and self._make_room(100):
+                    continue
+                log.debug("meter %s entry %d answered BUSY: the disk is full", meter, seq)
+                return EntryResult("busy", last)
+            break
         return EntryResult("stored", seq, missing)
 
     def unsent_entries(self, limit: int) -> list[tuple[int, str, int, int, bytes, int, bytes]]:
         """The oldest stored entries: (id, meter, seq, type, payload, received_ms, sig)."""
         return self._db.execute(
             "SELECT id, meter, seq, type, payload, received_ms, sig FROM meter_entries "
-            "ORDER BY id LIMIT ?",
-            (limit,),
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (self._sent_upto, limit),
         ).fetchall()
 
     def entries_sent(self, upto_id: int) -> int:
-        """The broker acknowledged every entry up to ``upto_id``: forget them."""
-        cur = self._db.execute("DELETE FROM meter_entries WHERE id <= ?", (upto_id,))
+        """The broker acknowledged every entry up to ``upto_id``: forget them. On a full disk
+        they are forgotten in memory and deleted once there is room (after a restart before
+        that they go out again; the platform de-duplicates by meter and seq)."""
+        try:
+            cur = self._db.execute("DELETE FROM meter_entries WHERE id <= ?", (upto_id,))
+        except sqlite3.Error as exc:
+            if not storage.is_full(exc, self.path):
+                raise
+            self._on_full(exc, "recording that meter entries were delivered")
+            n = self._db.execute(
+                "SELECT count(*) FROM meter_entries WHERE id > ? AND id <= ?",
+                (self._sent_upto, upto_id),
+            ).fetchone()[0]
+            self._sent_upto = max(self._sent_upto, upto_id)
+            return int(n)
         return cur.rowcount
 
     def entries_pending(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM meter_entries").fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM meter_entries WHERE id > ?", (self._sent_upto,)
+            ).fetchone()[0]
+        )
 
     # ------------------------------------------------------------------ time quality
 
@@ -607,8 +797,11 @@ class Buffer:
                 )
                 n = cur.rowcount
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             self._rollback()
+            if isinstance(exc, sqlite3.Error) and storage.is_full(exc, self.path):
+                self._on_full(exc, "re-timing held readings")
+                return 0  # tried again at the next call (once a second)
             raise
         self._count_held()
         return n
@@ -659,20 +852,180 @@ class Buffer:
         if self._backlog_n == 0:
             self._live_from = 0  # no backlog left: everything is live again
 
-    def _enforce_limit(self) -> None:
-        used = self.used_bytes()
-        if used <= self.max_bytes:
-            return
-        rows = self._pending_count()
-        if rows == 0:
-            return
-        per_row = max(1.0, used / rows)
-        # Free 5 % below the limit so eviction runs in chunks, not on every commit.
-        excess = used - int(self.max_bytes * 0.95)
-        self._evict(min(rows, max(1, int(excess / per_row) + 1)))
+    # ------------------------------------------------------------------ room (module doc)
 
-    def _evict(self, n: int) -> int:
-        """Delete the ``n`` oldest unsealed readings and count them. Returns how many."""
+    def _init_disk_state(self) -> None:
+        self._real = Path(os.path.realpath(self.path))  # SQLite puts -wal beside the real file
+        self._wal_path = self._real.with_name(self._real.name + "-wal")
+        self._wal_pages = _WAL_PAGES_MAX  # SQLite's default wal_autocheckpoint
+        self._disk = storage.Episode(log)  # the disk has no room for the buffer
+        self._over = storage.Episode(log)  # the buffer is over buffer.max_bytes
+        self._failing = storage.Episode(log)  # appends fail for another reason
+        self._refused_unrecorded = 0  # refused readings not yet added to dropped_pending
+        self._refused_in_episode = 0
+        self._evicted_in_episode = 0
+        # Deletes the disk had no room for, done at the next chance (module doc):
+        self._acks_owed: set[tuple[int, str]] = set()  # acknowledged batches (seq, part)
+        self._sent_upto = 0  # meter entries up to this id were delivered
+
+    def _room(self) -> tuple[int | None, int]:
+        """Bytes the database file may still grow by on its disk, keeping what the WAL and a
+        checkpoint need (None: the filesystem cannot tell), and its size in pages. Also sets
+        the checkpoint interval from the free space: 1/8 of it, 16 to 1000 pages."""
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = storage.disk_free(self._real.parent)
+        if free is None:
+            return None, pages
+        page = self._page_size
+        frame = page + 24  # a WAL frame: 24-byte header and the page
+        try:
+            wal = os.stat(self._wal_path).st_size
+        except OSError:
+            wal = 0
+        try:
+            file_bytes = os.stat(self._real).st_size
+        except OSError:
+            file_bytes = 0
+        want = min(_WAL_PAGES_MAX, max(_WAL_PAGES_MIN, (free + wal) // (8 * frame)))
+        if want != self._wal_pages:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={int(want)}")
+            self._wal_pages = want
+        wal_budget = 32 + (self._wal_pages + _TXN_PAGES) * frame
+        growth = max(0, pages * page - file_bytes)  # pages in the WAL beyond the file's end
+        return free - growth - max(0, wal_budget - wal) - _MARGIN_PAGES * page, pages
+
+    def _limit(self) -> tuple[int, int | None, bool]:
+        """The bytes the buffer's rows may use now: ``max_bytes``, or less when the disk has
+        no room for that (then True). And the room (see :meth:`_room`)."""
+        room, pages = self._room()
+        if room is None:
+            return self.max_bytes, None, False
+        disk_cap = (pages - _SLACK_PAGES) * self._page_size + max(room, 0)
+        if disk_cap < self.max_bytes:
+            return disk_cap, room, True
+        return self.max_bytes, room, False
+
+    def _enforce_limit(self) -> None:
+        try:
+            limit, room, by_disk = self._limit()
+            used = self.used_bytes()
+            if (
+                self._disk.active
+                and room is not None
+                and room >= _ROOM_AGAIN_PAGES * (self._page_size)
+            ):
+                self._disk.end(
+                    "the disk holding the buffer %s has room again (%s bytes free): %d readings "
+                    "were evicted and %d refused while it was full, all reported in dropped",
+                    self.path,
+                    storage.disk_free(self._real.parent),
+                    self._evicted_in_episode,
+                    self._refused_in_episode,
+                )
+                self._evicted_in_episode = self._refused_in_episode = 0
+            if self._over.active and used < 0.8 * self.max_bytes:
+                self._over.end("buffer back under its limit of %d bytes", self.max_bytes)
+            if used <= limit:
+                return
+            rows = self._pending_count()
+            if rows == 0:
+                return
+            per_row = max(1.0, used / rows)
+            # Free 5 % below the limit so eviction runs in chunks, not on every commit.
+            excess = used - int(limit * 0.95)
+            self._evict(min(rows, max(1, int(excess / per_row) + 1)), "disk" if by_disk else "")
+        except sqlite3.Error as exc:
+            # The readings are accepted already: a full disk here must not undo that.
+            if not storage.is_full(exc, self.path):
+                raise
+            self._on_full(exc, "evicting the oldest telemetry")
+
+    def _room_for(self, nbytes: int) -> bool:
+        """Evict telemetry until ``nbytes`` more fit in the limit; False when they cannot
+        (nothing left to evict, or no room on the disk even for that)."""
+        try:
+            while True:
+                limit, _, by_disk = self._limit()
+                if self.used_bytes() + nbytes <= limit:
+                    return True
+                pending = self._pending_count()
+                if pending == 0:
+                    return False
+                self._evict(min(pending, max(100, pending // 4)), "disk" if by_disk else "")
+        except sqlite3.Error as exc:
+            if not storage.is_full(exc, self.path):
+                raise
+            self._on_full(exc, "evicting telemetry for a parking meter entry")
+            return False
+
+    def _on_full(self, exc: BaseException, doing: str) -> None:
+        """SQLite or the OS said the disk is full: the episode is logged once (ERROR)."""
+        self._disk.start(
+            "the disk holding the buffer %s (%s) is full: %s bytes free (SQLite: %s, while %s). "
+            "The oldest unsent telemetry is evicted and readings that still do not fit are "
+            "refused (both counted and reported in the next batch's dropped); parking meters "
+            "are answered BUSY and keep their entries. Free space on that disk (logged at "
+            "DEBUG while it lasts, at INFO when there is room)",
+            self.path,
+            storage.mount_point(self._real.parent),
+            storage.disk_free(self._real.parent),
+            exc,
+            doing,
+        )
+
+    def _checkpoint(self) -> bool:
+        """A PASSIVE checkpoint; True when it copied every frame (the next write starts the WAL
+        from its beginning, in the space the file already has)."""
+        try:
+            busy, frames, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return busy == 0 and frames > 0 and frames == done
+
+    def _make_room(self, rows: int) -> bool:
+        """After SQLITE_FULL: let the WAL start over, evict the oldest telemetry. True when
+        that changed something, so one more try may succeed."""
+        checkpointed = self._checkpoint()
+        pending = self._pending_count()
+        if pending == 0:
+            return checkpointed
+        try:
+            n = self._evict(min(pending, max(rows, pending // 10)), "disk")
+        except sqlite3.Error as exc:
+            if not storage.is_full(exc, self.path):
+                raise
+            return checkpointed
+        self._checkpoint()
+        return n > 0 or checkpointed
+
+    def _pay_debts(self) -> None:
+        """Write the deletes a full disk had no room for (acknowledged batches and entries)."""
+        if not self._acks_owed and not self._sent_upto:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "DELETE FROM outbox WHERE seq = ? AND part = ?", sorted(self._acks_owed)
+            )
+            self._db.execute("DELETE FROM meter_entries WHERE id <= ?", (self._sent_upto,))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not storage.is_full(exc, self.path):
+                raise
+            return
+        self._acks_owed.clear()
+        self._sent_upto = 0
+
+    @property
+    def disk_full(self) -> bool:
+        """True while the disk has no room for the buffer to grow (an episode is on)."""
+        return self._disk.active
+
+    def _evict(self, n: int, why: str = "") -> int:
+        """Delete the ``n`` oldest unsealed readings and count them. Returns how many.
+        ``why``: "disk" when the disk, not ``max_bytes``, set the limit (for the log)."""
+        owed = self._refused_unrecorded
         self._db.execute("BEGIN IMMEDIATE")
         try:
             cur = self._db.execute(
@@ -685,16 +1038,39 @@ class Buffer:
                 "WHERE key IN ('dropped_pending', 'evicted_total')",
                 (dropped,),
             )
+            if owed:
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'dropped_pending'", (owed,)
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self._refused_unrecorded -= owed
         self._taken(dropped, "oldest")
         if self._held_n:
             self._count_held()
-        if dropped:
-            log.error(
-                "buffer over %d bytes: evicted the %d oldest readings", self.max_bytes, dropped
+        if dropped and why == "disk":
+            self._evicted_in_episode += dropped
+            self._disk.start(
+                "the disk holding the buffer %s (%s) is full: %s bytes free, less than the "
+                "buffer needs to grow. Evicted the %d oldest unsent readings (counted and "
+                "reported in the next batch's dropped) and evicting on, oldest first, to stay "
+                "within it; parking meters are answered BUSY "
+                "when even that leaves no room. Free space on that disk or lower "
+                "buffer.max_bytes (logged at DEBUG while it lasts, at INFO when there is room)",
+                self.path,
+                storage.mount_point(self._real.parent),
+                storage.disk_free(self._real.parent),
+                dropped,
+            )
+        elif dropped:
+            self._over.start(
+                "buffer over its limit of %d bytes (buffer.max_bytes): evicted the %d oldest "
+                "unsent readings (counted and reported in the next batch's dropped; further "
+                "evictions at DEBUG)",
+                self.max_bytes,
+                dropped,
             )
         return dropped
 
@@ -705,7 +1081,11 @@ class Buffer:
         rows = self._db.execute(
             "SELECT seq, created_ms, readings, payload, part FROM outbox ORDER BY seq, part"
         )
-        return [SealedBatch(s, c, n, p, _part_tuple(part)) for s, c, n, p, part in rows]
+        return [
+            SealedBatch(s, c, n, p, _part_tuple(part))
+            for s, c, n, p, part in rows
+            if (s, part) not in self._acks_owed
+        ]
 
     def seal(
         self,
@@ -831,10 +1211,24 @@ class Buffer:
             )
 
     def ack(self, seq: int, part: tuple[int, ...] = ()) -> bool:
-        """The broker acknowledged batch ``seq`` (or that part of it): its readings leave."""
-        cur = self._db.execute(
-            "DELETE FROM outbox WHERE seq = ? AND part = ?", (seq, _part_text(part))
-        )
+        """The broker acknowledged batch ``seq`` (or that part of it): its readings leave.
+        On a full disk the batch leaves in memory and is deleted once there is room (after a
+        restart before that it is sent again; consumers de-duplicate by seq)."""
+        key = (seq, _part_text(part))
+        if key in self._acks_owed:
+            return False
+        try:
+            cur = self._db.execute("DELETE FROM outbox WHERE seq = ? AND part = ?", key)
+        except sqlite3.Error as exc:
+            if not storage.is_full(exc, self.path):
+                raise
+            self._on_full(exc, f"recording that batch {seq} was delivered")
+            there = self._db.execute(
+                "SELECT 1 FROM outbox WHERE seq = ? AND part = ?", key
+            ).fetchone()
+            if there is not None:
+                self._acks_owed.add(key)
+            return there is not None
         return cur.rowcount == 1
 
     def split(self, seq: int, part: tuple[int, ...] = ()) -> list[SealedBatch]:
@@ -882,8 +1276,11 @@ class Buffer:
                 [(b.seq, _part_text(b.part), b.created_ms, b.readings, b.payload) for b in out],
             )
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             self._rollback()
+            if isinstance(exc, sqlite3.Error) and storage.is_full(exc, self.path):
+                self._on_full(exc, f"splitting batch {seq}")
+                return []  # kept whole; tried again at a later failure
             raise
         return out
 
@@ -914,8 +1311,56 @@ class Buffer:
     def pending(self) -> int:
         return self._pending_count()
 
+    def seal_fitting(
+        self,
+        gateway: str,
+        max_readings: int,
+        *,
+        max_bytes: int | None = None,
+        part: str = "any",
+    ) -> SealedBatch | None:
+        """:meth:`seal`, which a full disk does not stop: after SQLITE_FULL a checkpoint is
+        tried and the batch is tried again at a quarter of the size, down to one reading.
+        None when not even that can be written: nothing is lost, the readings stay pending
+        (the forwarder tries again after the next commit)."""
+        self._pay_debts()
+        take = max_readings
+        while True:
+            try:
+                return self.seal(gateway, take, max_bytes=max_bytes, part=part)
+            except sqlite3.Error as exc:
+                if not storage.is_full(exc, self.path):
+                    raise
+                self._on_full(exc, f"sealing a batch of up to {take} readings")
+                if take == 1:
+                    return None
+                self._checkpoint()
+                take = max(1, take // 4)
+
     def close(self) -> None:
-        self._db.close()
+        """Write what a full disk held back if there is room now, close, release the lock."""
+        try:
+            self._pay_debts()
+            owed = self._refused_unrecorded
+            if owed:
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'dropped_pending'", (owed,)
+                )
+                self._refused_unrecorded = 0
+        except sqlite3.Error as exc:
+            log.warning(
+                "buffer %s: closing on a full disk (%s): %d readings refused for lack of room "
+                "will not be reported in dropped",
+                self.path,
+                exc,
+                self._refused_unrecorded,
+            )
+        finally:
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:
+                log.debug("buffer %s: close: %s", self.path, exc)
+            self._lock.release()
 
 
 class AsyncBuffer:
@@ -932,8 +1377,14 @@ class AsyncBuffer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._args = (path, max_bytes, synchronous, boot_id)
         self._buf: Buffer | None = None
+        self._closed = False
 
     async def open(self) -> AsyncBuffer:
+        """Open (once: a second call does nothing). :class:`BufferUnavailable` when it cannot
+        be opened now (``retry`` says if waiting may help); :class:`BufferInUse` when another
+        gateway holds it."""
+        if self._buf is not None:
+            return self
         path, max_bytes, synchronous, boot_id = self._args
         self._buf = await self._run(
             lambda: Buffer(path, max_bytes=max_bytes, synchronous=synchronous, boot_id=boot_id)
@@ -963,7 +1414,7 @@ class AsyncBuffer:
         self, gateway: str, max_readings: int, max_bytes: int | None = None, part: str = "any"
     ) -> SealedBatch | None:
         return await self._run(
-            lambda: self.sync.seal(gateway, max_readings, max_bytes=max_bytes, part=part)
+            lambda: self.sync.seal_fitting(gateway, max_readings, max_bytes=max_bytes, part=part)
         )
 
     async def start_live(self) -> int:
@@ -1021,6 +1472,9 @@ class AsyncBuffer:
         return await self._run(self.sync.stats)
 
     async def close(self) -> None:
-        if self._buf is not None:
-            await self._run(self.sync.close)
+        """Close the buffer (releasing its lock) and stop its thread; a second call does
+        nothing."""
+        if self._buf is not None and not self._closed:
+            self._closed = True
+            await self._run(self._buf.close)
         self._pool.shutdown(wait=True)

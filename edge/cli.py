@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+EXIT_IN_USE = 1  # edge run: another gateway holds the buffer
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -56,12 +57,12 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("mqtt").addFilter(_AsDebug())
 
 
-def _load(path: Path):
+def _load(path: Path, *, check_storage: bool = True):
     """The validated config, or None after printing every problem (FILE:LINE:COL: ...)."""
     from edge.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, check_storage=check_storage)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
@@ -97,13 +98,19 @@ def _print_time(loaded) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
+    from edge.storage import lock_holder
+
+    loaded = _load(args.config, check_storage=not args.config_only)
     if loaded is None:
         return EXIT_CONFIG
     cfg = loaded.config
+    # The lock is looked at, never taken: checking a config beside its running gateway is fine.
+    holder = None if args.config_only else lock_holder(loaded.buffer_path)
+    in_use = f"; in use by a running gateway, PID {holder}" if holder is not None else ""
     print(
         f"{args.config}: valid. gateway {cfg.gateway.id} at site {cfg.gateway.site}, "
-        f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} bytes)"
+        f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} "
+        f"bytes{in_use})"
     )
     _print_time(loaded)
     for dev in cfg.devices:
@@ -185,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     from edge.signing import SigningKeyError
+    from edge.storage import BufferInUse, BufferUnavailable
 
     async def go() -> int:
         try:
@@ -192,7 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         except SigningKeyError as exc:
             print(f"edge run: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        await gateway.run()
+        try:
+            await gateway.run()
+        except BufferInUse as exc:
+            print(f"edge run: {exc}", file=sys.stderr)
+            return EXIT_IN_USE
+        except (BufferUnavailable, SigningKeyError) as exc:
+            print(f"edge run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
 
     return _run(go())
@@ -576,9 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
-        "check", help="validate a config and print the read plan (exit 2 if invalid)"
+        "check",
+        help="validate a config and this machine's paths for it, print the read plan (exit 2 "
+        "if invalid); run it as the user the gateway runs as",
     )
     p.add_argument("config", type=Path)
+    p.add_argument(
+        "--config-only",
+        action="store_true",
+        help="the file alone, not this machine's paths (a config written for another machine)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(

@@ -4,6 +4,13 @@ Validation runs in two phases (house style §13): the pydantic schema checks eve
 keys, types, ranges, missing keys), then cross-field checks run on the validated model (duplicate
 device ids, unknown profiles and points, timeout budget versus poll interval, the read plan).
 Every error found is reported at once, each at the position of the offending key or value.
+
+:func:`load_config` (what ``edge check``, ``edge run`` and ``edge doctor`` use) also checks this
+machine for what the config names: the buffer path must be a file the gateway can create or
+write, as the user running the command (edge/storage.py). So whatever ``edge check`` accepts,
+``edge run`` as the same user starts with, and whatever ``edge run`` refuses in the config,
+``edge check`` refuses at the same line. (``check_storage=False``: a config written for another
+machine.)
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from devices import SensorProfile, get_profile
 from edge.clock import load_zone, system_zone
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
+from edge.storage import path_problem
 from edge.tls import client_context
 from protocols.modbus_frame import LineTiming
 
@@ -66,10 +74,27 @@ class GatewayConfig(_Model):
 
 
 class BufferConfig(_Model):
+    #: The buffer file (relative: to the config's folder). Beside it the gateway keeps
+    #: <name>-wal, <name>-shm and <name>.lock (one gateway per buffer).
     path: str = "buffer.sqlite"
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     commit_interval_ms: int = Field(200, ge=1, le=60_000)
     synchronous: Literal["normal", "full"] = "normal"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(
+                "empty (it would name the config's own folder): give a file name, e.g. "
+                "buffer.sqlite"
+            )
+        if v.endswith(("/", "/.", "/..")) or v in (".", "..", "~"):
+            raise ValueError(
+                f"{v!r} names a folder: give the buffer file in it, e.g. "
+                f"{v.rstrip('/') or '/'}/buffer.sqlite"
+            )
+        return v
 
 
 class TimeConfig(_Model):
@@ -643,7 +668,8 @@ def _pydantic_problems(
             msg = f"{where}: unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
         else:
             line, col = pos.locate(loc, prefer_key=False)
-            msg = f"{where}: {err['msg']}"
+            text = str(err.get("ctx", {}).get("error", "")) if kind == "value_error" else ""
+            msg = f"{where}: {text or err['msg']}"  # our own words, not "Value error, ..."
             if "input" in err and kind.endswith("_type"):
                 msg += f" (got {err['input']!r})"
         out.append((source, line, col, msg))
@@ -804,8 +830,49 @@ def _cross_checks(
     return plans, problems
 
 
-def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
-    """Validate config text; raise :class:`ConfigError` listing every problem found."""
+def _check_storage(
+    cfg: Config, pos: _Positions, source: str, base_dir: Path
+) -> list[tuple[str, int, int, str]]:
+    """This machine, for what the config names: the buffer path (edge/storage.py)."""
+    loaded = LoadedConfig(cfg, source, {}, base_dir)
+    where = pos.locate(("buffer", "path"), prefer_key=False)
+    path = loaded.buffer_path
+    problem = path_problem(path)
+    if problem is not None:
+        problem = f"buffer.path: {problem}"
+    else:
+        # Files the gateway only reads must never be taken for its buffer (a salvage would
+        # move them aside): the config itself, the key, the password and token files, TLS.
+        t = cfg.mqtt.tls
+        named = {
+            "the config file itself": source,
+            "parking.key_file": cfg.parking.key_file if cfg.parking.buses else None,
+            "mqtt.password_file": cfg.mqtt.password_file,
+            "status.token_file": cfg.status.token_file,
+            "mqtt.tls.ca_file": t.ca_file if t else None,
+            "mqtt.tls.cert_file": t.cert_file if t else None,
+            "mqtt.tls.key_file": t.key_file if t else None,
+        }
+        for what, other in named.items():
+            if other is None:
+                continue
+            other_path = Path(other) if what == "the config file itself" else loaded.resolve(other)
+            if other_path.exists() and path.exists() and path.samefile(other_path):
+                problem = f"buffer.path: {path} is {what}: give the buffer its own file"
+            elif path.resolve() == other_path.resolve():
+                problem = f"buffer.path: {path} is {what}: give the buffer its own file"
+    return [] if problem is None else [(source, *where, problem)]
+
+
+def parse_config(
+    text: str,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    *,
+    check_storage: bool = False,
+) -> LoadedConfig:
+    """Validate config text; raise :class:`ConfigError` listing every problem found.
+    ``check_storage``: also check this machine's paths (see the module doc)."""
     data, pos = _compose(text, source)
     if not isinstance(data, dict):
         raise ConfigError([(source, 1, 1, "the config must be a YAML mapping (key: value)")])
@@ -815,15 +882,19 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         raise ConfigError(_pydantic_problems(exc, pos, source)) from None
     base = base_dir or Path.cwd()
     plans, problems = _cross_checks(cfg, pos, source, base)
+    if check_storage:
+        problems += _check_storage(cfg, pos, source, base)
     if problems:
         raise ConfigError(problems)
     return LoadedConfig(cfg, source, plans, base)
 
 
-def load_config(path: str | Path) -> LoadedConfig:
+def load_config(path: str | Path, *, check_storage: bool = True) -> LoadedConfig:
+    """Read and validate a config file, with this machine's paths unless ``check_storage`` is
+    False (a config written for another machine). :class:`ConfigError` lists every problem."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([(str(p), 1, 1, f"cannot read config: {exc}")]) from None
-    return parse_config(text, str(p), p.resolve().parent)
+    return parse_config(text, str(p), p.resolve().parent, check_storage=check_storage)

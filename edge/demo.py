@@ -266,7 +266,8 @@ async def run_demo(
     buffer_path: Path | None = None,
     jsonl: bool = False,
 ) -> int:
-    loaded = load_config(config or default_demo_config())
+    # The buffer goes to buffer_path (a temporary folder by default), not to the config's path.
+    loaded = load_config(config or default_demo_config(), check_storage=False)
     cfg = loaded.config
     broker = await EmbeddedBroker().start()
     cabinet: SimulatedCabinet | None = None

@@ -2,8 +2,10 @@
 
 Checks, in the order a technician would look: the config; the serial ports (present, and usable
 by this user); each device (one read); the clock; the broker (reachable, TLS, credentials); the
-buffer (directory writable, free space, what it holds). It never changes anything: the buffer is
-opened read-only, so a running gateway is not disturbed.
+buffer (directory writable, free space, which gateway has it open, what it holds). It never
+changes anything: the buffer is opened read-only and its lock is only looked at (in
+/proc/locks), never taken, so a running gateway is not disturbed and a starting one is not
+refused because of it.
 """
 
 from __future__ import annotations
@@ -250,11 +252,21 @@ async def _broker(loaded: LoadedConfig) -> Check:
 
 
 def _buffer(loaded: LoadedConfig) -> list[Check]:
+    from edge.storage import is_full, lock_holder
+
     path = loaded.buffer_path
     folder = path.parent
     out = []
     if not folder.is_dir():
-        return [Check(False, f"buffer folder {folder} does not exist", f"mkdir -p {folder}")]
+        # load_config found that this user can create it: the gateway will
+        return [Check(True, f"buffer folder {folder} does not exist yet; the gateway creates it")]
+    holder = lock_holder(path)
+    if holder is not None:
+        out.append(Check(True, f"buffer {path} is open in a running gateway (PID {holder})"))
+    else:
+        out.append(
+            Check(None, f"no gateway has the buffer {path} open", "start it: systemctl start edge")
+        )
     if not os.access(folder, os.W_OK):
         out.append(
             Check(
@@ -275,8 +287,9 @@ def _buffer(loaded: LoadedConfig) -> list[Check]:
             f"free space {free / 1e6:.0f} MB for a buffer limit of {limit / 1e6:.0f} MB",
             ""
             if ok
-            else "lower buffer.max_bytes or free space: when the disk fills first, "
-            "new readings are refused",
+            else "lower buffer.max_bytes or free space: when the disk fills first, the "
+            "oldest telemetry is evicted to stay within it (counted) and parking meters are "
+            "answered BUSY",
         )
     )
     if path.exists():
@@ -301,11 +314,15 @@ def _buffer(loaded: LoadedConfig) -> list[Check]:
                 )
             )
         except sqlite3.Error as exc:
+            full = is_full(exc, path)
             out.append(
                 Check(
                     False,
-                    f"buffer {path} cannot be read: {exc}",
-                    "the gateway quarantines a damaged file at start",
+                    f"buffer {path} cannot be read: {exc}"
+                    + (" (the disk is full)" if full else ""),
+                    "free space on that disk"
+                    if full
+                    else "the gateway quarantines a damaged file at start",
                 )
             )
     else:

@@ -6,6 +6,11 @@
 Readings are *accepted* when the writer's transaction commits. On shutdown (SIGTERM, SIGINT,
 cancellation) the writer commits whatever it holds and whatever is queued before the buffer
 closes, so a clean stop loses nothing that was read.
+
+The buffer is opened (and locked: one gateway per buffer) before anything else runs. A disk with
+no room to open it, or to create the parking signing key, is waited out, logged once, never a
+crash loop; another gateway holding the buffer, or a path that cannot work, ends the run with
+:class:`BufferUnavailable` saying why.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 
 from devices import SensorProfile, get_profile
 from edge import __version__, systemd
-from edge.buffer import AsyncBuffer, BufferError
+from edge.buffer import AsyncBuffer, BufferError, BufferInUse, BufferUnavailable
 from edge.clock import CORRECTED, PENDING, keeper_for
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
@@ -27,8 +32,9 @@ from edge.parking import MeterBus
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
 from edge.rtu import RtuLink
-from edge.signing import Signer
+from edge.signing import Signer, SigningKeyError
 from edge.status import StatusServer
+from edge.storage import Episode
 from edge.uart_sensor import SensorPoller
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 QUEUE_CYCLES = 1024
 #: Readings per transaction at most (a backlog after a stall is committed in chunks).
 MAX_ROWS_PER_COMMIT = 20_000
+#: Waiting for room on the disk at start: the first retry, and the longest wait between tries.
+OPEN_RETRY_S = (1.0, 30.0)
 
 
 @dataclass
@@ -111,9 +119,15 @@ class Gateway:
         park = cfg.parking
         self.signer: Signer | None = None
         self.meter_buses: list[MeterBus] = []
-        if park.buses:
-            # A key that cannot be used is a config error: exit 2 before anything runs.
-            self.signer = Signer.load_or_create(loaded.resolve(park.key_file))
+        self._key_file = loaded.resolve(park.key_file) if park.buses else None
+        if self._key_file is not None:
+            # A key that cannot be used is a config error: exit 2 before anything runs. One the
+            # disk has no room to create yet is made when the buffer opens (run() waits).
+            try:
+                self.signer = Signer.load_or_create(self._key_file)
+            except SigningKeyError as exc:
+                if not exc.disk_full:
+                    raise
         #: Answers the platform's commands (None: commands disabled in the config).
         self.commands = CommandHandler(self) if cfg.commands.enabled else None
         self.forwarder = Forwarder(
@@ -127,11 +141,7 @@ class Gateway:
             commands=self.commands,
             entries_per_message=park.max_entries_per_message if park.buses else 0,
         )
-        if self.signer is not None:
-            self.meter_buses = [
-                MeterBus(bus, self.buffer, self.signer, self.forwarder.entries_stored)
-                for bus in park.buses
-            ]
+        self._make_meter_buses()
         self.started_ms = int(time.time() * 1000)
         self.writer_stats = WriterStats()
         self.time_stats = TimeStats()
@@ -139,6 +149,13 @@ class Gateway:
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
         self.status_page: StatusServer | None = None
+
+    def _make_meter_buses(self) -> None:
+        if self.signer is not None and not self.meter_buses:
+            self.meter_buses = [
+                MeterBus(bus, self.buffer, self.signer, self.forwarder.entries_stored)
+                for bus in self.loaded.config.parking.buses
+            ]
 
     def _rule(self, device: str, point: str) -> ProcessingRule | None:
         dev = next(d for d in self.loaded.config.devices if d.id == device)
@@ -212,19 +229,13 @@ class Gateway:
         )
 
     async def run(self) -> None:
-        """Run until cancelled; on the way out commit everything already read."""
-        await self.buffer.open()
-        await self.buffer.register_series(
-            [
-                (p.device.id, name)
-                for p in self.pollers
-                for name in [
-                    STATUS_POINT,
-                    BAD_POINTS,
-                    *(out for n in p.point_names() for out in self._outputs(p.device.id, n)),
-                ]
-            ]
-        )
+        """Run until cancelled; on the way out commit everything already read.
+        :class:`BufferUnavailable` (:class:`BufferInUse`) when the buffer cannot be used."""
+        try:
+            await self._open_storage()
+        except BaseException:
+            await self.buffer.close()
+            raise
         stats = await self.buffer.stats()
         log.info(
             "gateway %s: buffer %s holds %d readings and %d unacknowledged batches; next batch %d",
@@ -255,6 +266,44 @@ class Gateway:
             if self.status_page is not None:
                 await self.status_page.close()
             await self._flush_on_exit()
+
+    async def _open_storage(self) -> None:
+        """Open the buffer and create the signing key, waiting while the disk has no room for
+        them (ERROR once, DEBUG while it lasts, INFO when open). Anything waiting cannot help
+        with is raised."""
+        pairs = [
+            (p.device.id, name)
+            for p in self.pollers
+            for name in [
+                STATUS_POINT,
+                BAD_POINTS,
+                *(out for n in p.point_names() for out in self._outputs(p.device.id, n)),
+            ]
+        ]
+        waiting = Episode(log)
+        delay = OPEN_RETRY_S[0]
+        while True:
+            try:
+                await self.buffer.open()
+                await self.buffer.register_series(pairs)
+                if self._key_file is not None and self.signer is None:
+                    self.signer = await asyncio.to_thread(Signer.load_or_create, self._key_file)
+                    self._make_meter_buses()
+                break
+            except (BufferUnavailable, SigningKeyError) as exc:
+                retry = exc.retry if isinstance(exc, BufferUnavailable) else exc.disk_full
+                if not retry or isinstance(exc, BufferInUse):
+                    raise
+                waiting.start(
+                    "%s. The gateway waits for it and tries again, every %g s at most", exc,
+                    OPEN_RETRY_S[1],
+                )  # fmt: skip
+                # Under systemd (Type=notify) the start may take this long: no restart loop.
+                systemd.notify(f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}")
+                systemd.notify("STATUS=waiting for room on the disk to open the buffer")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OPEN_RETRY_S[1])
+        waiting.end("buffer %s open", self.loaded.buffer_path)
 
     async def _start_status_page(self) -> None:
         """The page is a help, not a duty: if it cannot listen, say why and run without it."""
@@ -291,8 +340,9 @@ class Gateway:
         try:
             n = await self.buffer.append(rows)
         except BufferError as exc:
+            # Counted here and in the next batch's dropped; the buffer logs the cause once.
             self.writer_stats.rejected += len(rows)
-            log.error("%s", exc)
+            log.debug("%s", exc)
             return
         self.writer_stats.commits += 1
         self.writer_stats.accepted += n

@@ -31,7 +31,7 @@ import serial
 import serial_asyncio_fast
 
 from edge import faults
-from edge.buffer import AsyncBuffer
+from edge.buffer import AsyncBuffer, BufferError
 from edge.config import MeterLinkRs485, ParkingBusConfig
 from edge.rtu import serial_settings
 from edge.signing import Signer
@@ -147,9 +147,10 @@ class MeterBus:
             except (serial.SerialException, termios.error) as exc:
                 raise OSError(f"cannot open serial port {t.port}: {exc}") from None
         else:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(t.host, t.port), self.cfg.timeout_ms / 1000
-            )
+            # asyncio.timeout, not wait_for, throughout: on 3.11 wait_for loses a cancel that
+            # comes as the awaited thing completes, and a stopping gateway would poll on.
+            async with asyncio.timeout(self.cfg.timeout_ms / 1000):
+                self._reader, self._writer = await asyncio.open_connection(t.host, t.port)
         self.decoder.reset()
         self._frames.clear()
         self.stats.connected = True
@@ -178,7 +179,8 @@ class MeterBus:
             if idle == len(self.cfg.meters):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_s)
+                    async with asyncio.timeout(self.cfg.poll_interval_s):
+                        await self._wake.wait()
 
     # ------------------------------------------------------------------ commands
 
@@ -197,7 +199,8 @@ class MeterBus:
         self._wake.set()
         budget = COMMAND_TRIES * (self.cfg.timeout_ms / 1000 + 1.2) + 2 * self.cfg.poll_interval_s
         try:
-            return await asyncio.wait_for(asyncio.shield(done), budget + 5)
+            async with asyncio.timeout(budget + 5):
+                return await asyncio.shield(done)
         except TimeoutError:
             # Withdrawn: the bus must not carry it out after the platform was told it failed.
             done.cancel()
@@ -232,7 +235,10 @@ class MeterBus:
         # Never below the seconds since 2024: numbers keep rising even over a buffer that lost
         # its counter (a fresh or salvaged file), as long as the clock is roughly right.
         floor = max(0, int(time.time()) - COMMAND_EPOCH_S)
-        number = await self.buffer.next_command(meter, skip, floor)
+        try:
+            number = await self.buffer.next_command(meter, skip, floor)
+        except BufferError as exc:  # a number not durably recorded must not be used
+            raise MeterCommandError("busy", f"meter {meter}: {exc}; try again later") from None
         self._numbered.add(meter)
         address = self._addresses[meter]
         frame = Frame(address, msg.TYPE, number, encode_message(msg))
@@ -367,7 +373,8 @@ class MeterBus:
             if left <= 0:
                 return None
             try:
-                data = await asyncio.wait_for(self._reader.read(4096), left)
+                async with asyncio.timeout(left):
+                    data = await self._reader.read(4096)
             except TimeoutError:
                 return None
             if not data:

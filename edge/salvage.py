@@ -2,8 +2,10 @@
 WAL), so that a damaged SD card never stops the gateway from starting and never loses more
 than the damaged pages held.
 
-The damaged file is first moved aside (``<name>.corrupt-<unix time>``, kept for forensics). A
-fresh buffer is created, and this module copies into it, table by table, every row SQLite can
+The damaged file is first moved aside (:func:`quarantine`: ``<name>.corrupt-<unix time>``, kept
+for forensics; only ever a regular file, never a folder, device or pipe that a wrong
+``buffer.path`` might name, and never because of a full disk, which is no damage). A fresh
+buffer is created, and this module copies into it, table by table, every row SQLite can
 still read:
 
 * ``meta``: the batch sequence number and the all-time counters. A reused batch number would
@@ -24,12 +26,15 @@ the platform) and ``corrupt_lost_total`` counters; the caller logs and reports i
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SEQ_JUMP", "Salvage", "salvage_into"]
+__all__ = ["SEQ_JUMP", "Salvage", "quarantine", "salvage_into", "unquarantine"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,47 @@ class Salvage:
             f"lost about {self.readings_lost} readings{more} and {self.batches_lost} sealed "
             f"batches{seq}; the damaged file is kept as {self.quarantined}"
         )
+
+
+_SIDES = ("-wal", "-shm")
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def quarantine(path: Path) -> Path:
+    """Move the damaged buffer ``path`` and its -wal / -shm files aside; returns the new name.
+
+    Only regular files are moved: a folder, a device, a pipe or a symlink at ``path`` raises
+    ValueError and nothing moves (a wrong ``buffer.path`` must never carry a config folder or a
+    signing key away). OSError when the rename fails (nothing moved then either).
+    """
+    if not _regular(path):
+        raise ValueError(f"{path} is not a regular file; a damaged buffer is only ever a file")
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    path.rename(aside)
+    for suffix in _SIDES:
+        side = path.with_name(path.name + suffix)
+        if _regular(side):
+            side.rename(aside.with_name(aside.name + suffix))
+    return aside
+
+
+def unquarantine(aside: Path, path: Path) -> None:
+    """Undo :func:`quarantine` (a salvage that found no room on the disk): whatever was created
+    at ``path`` since is removed and the damaged file goes back, to be salvaged later."""
+    for suffix in ("", *_SIDES):
+        fresh = path.with_name(path.name + suffix)
+        if _regular(fresh):
+            fresh.unlink()
+    for suffix in ("", *_SIDES):
+        moved = aside.with_name(aside.name + suffix)
+        if _regular(moved):
+            moved.rename(path.with_name(path.name + suffix))
 
 
 class _Reader:

@@ -1,14 +1,18 @@
 """The gateway's Ed25519 signing key for parking transactions (docs/meter-link-v1.md §5).
 
 The private key lives in one PEM file (PKCS#8) that only its owner may read. It is created, mode
-0600, the first time the gateway needs it. A file that group or others can read is refused, as
-ssh refuses one: a key anyone on the box could copy signs nothing. The key never appears in a
-log line or a repr. The public key goes out in the gateway's birth message.
+0600, the first time the gateway needs it: written whole to a temporary file, synced, then linked
+into place, so a full disk or a power cut never leaves an empty or half-written key behind (an
+empty key file, which older versions could leave, is replaced). A file that group or others
+can read is refused, as ssh refuses one: a key anyone on the box could copy signs nothing. The
+key never appears in a log line or a repr. The public key goes out in the gateway's birth message.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import logging
 import os
 import stat
 from pathlib import Path
@@ -19,9 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 __all__ = ["Signer", "SigningKeyError", "verify"]
 
+log = logging.getLogger(__name__)
+
 
 class SigningKeyError(Exception):
-    """The key file cannot be used; the message says why and what to do."""
+    """The key file cannot be used; the message says why and what to do. ``disk_full``: it
+    could not be written for lack of space (waiting for space may help)."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 class Signer:
@@ -44,26 +55,19 @@ class Signer:
 
     @classmethod
     def load_or_create(cls, path: str | Path) -> Signer:
+        """The key at ``path``, created first if there is none. SigningKeyError when it cannot
+        be used or written (``disk_full`` set when the disk had no room: nothing is left)."""
         path = Path(path)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return cls.load_or_create(path)  # another process made it first
-            except OSError as exc:
-                raise SigningKeyError(f"cannot create the signing key {path}: {exc}") from None
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            return cls(key, path)
+        try:
+            empty = path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = None
+        except OSError as exc:
+            raise SigningKeyError(f"cannot read the signing key {path}: {exc.strerror}") from None
+        if empty is None or empty:
+            if empty:
+                log.warning("signing key %s is empty (a write cut short): making a new one", path)
+            return cls._create(path, replace=bool(empty))
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(
@@ -78,6 +82,40 @@ class Signer:
             ) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise SigningKeyError(f"signing key {path} is not an Ed25519 key")
+        return cls(key, path)
+
+    @classmethod
+    def _create(cls, path: Path, *, replace: bool) -> Signer:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # fails if another process made one first: use that
+                except FileExistsError:
+                    return cls.load_or_create(path)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise SigningKeyError(
+                f"cannot create the signing key {path}: {exc.strerror}"
+                + ("; free space on that disk" if full else ""),
+                disk_full=full,
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return cls(key, path)
 
 

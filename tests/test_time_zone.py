@@ -307,7 +307,7 @@ def test_window_clock__starts_where_the_local_clock_reads_a_multiple_of_the_wind
 def test_config__an_unknown_time_zone_is_an_error_at_its_place(zone, message):
     with pytest.raises(ConfigError) as info:
         config("{window_s: 3600}", zone)
-    assert f"zone.yaml:2:14: time.zone: Value error, {message}" in str(info.value)
+    assert f"zone.yaml:2:14: time.zone: {message}" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -324,9 +324,7 @@ def test_config__a_zone_file_that_is_not_an_iana_name_is_an_error_at_its_place(z
     consumer can look up (``localtime`` is the gateway's own machine's zone)."""
     with pytest.raises(ConfigError) as info:
         config("{window_s: 3600}", zone)
-    assert f"zone.yaml:2:14: time.zone: Value error, time zone {zone!r} is not an IANA" in str(
-        info.value
-    )
+    assert f"zone.yaml:2:14: time.zone: time zone {zone!r} is not an IANA" in str(info.value)
     assert message in str(info.value)
 
 
