@@ -570,7 +570,8 @@ devices:
                     )
             if key.startswith("f:"):
                 v = struct.unpack(">d", bytes.fromhex(key[2:]))[0]
-                if not math.isfinite(v) or v == 0.0 or 0 < abs(v) < 1.2e-38:
+                negative_zero = v == 0.0 and math.copysign(1.0, v) < 0
+                if not math.isfinite(v) or negative_zero or 0 < abs(v) < 1.2e-38:
                     specials += 1
         return wrong, len(self.delivered), specials
 
