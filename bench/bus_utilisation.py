@@ -21,6 +21,10 @@ wire time of the polls made over the elapsed time.
 
     python bench/bus_utilisation.py --seconds 20
 
+A third run shows what a slave answering past its timeout costs (meter-1 answers 600 ms after each
+request, its timeout is 500 ms): the line is held for each late answer (the late-answer window,
+edge/rtu.py) instead of letting it land on the next request; the held time is printed.
+
 Last line: RESULT utilisation=<achieved / theoretical, ours> vs_naive=<ours / naive points/s>
 points_per_s=<ours>
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -36,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.config import parse_config
+from edge.fieldbus import ModbusDeviceError
 from edge.plan import ReadPlan, ReadRequest
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
 from edge.rtu import RtuLink
@@ -45,6 +51,7 @@ from simulators.rtu_line import serve_rtu
 
 LINE = LineTiming(9600, "N", 1)
 TURNAROUND_S, JITTER_S = 0.020, 0.002
+LATE_S = 0.600  # meter-1's turnaround in the third run, past its 500 ms timeout
 SDM630_30 = [
     *(f"voltage_l{i}" for i in (1, 2, 3)),
     *(f"current_l{i}" for i in (1, 2, 3)),
@@ -112,7 +119,8 @@ async def measure(path: str, loaded, plans: dict[str, ReadPlan], seconds: float)
         while not p.out.empty():
             p.out.get_nowait()
 
-    await link.read(1, 4, 0, 2, timeout_s=0.5, retries=1)  # open the port, settle
+    with contextlib.suppress(ModbusDeviceError):
+        await link.read(1, 4, 0, 2, timeout_s=0.5, retries=1)  # open the port, settle
     t0 = time.monotonic()
     while time.monotonic() < t0 + seconds:
         # One sweep: every device polled once, all at once, queueing for the line as in the
@@ -159,6 +167,14 @@ async def main() -> None:
                 f"utilisation {pps / theory:.3f}  ({stats.transactions} transactions in "
                 f"{elapsed:.1f} s, {errors} errors, line busy {stats.busy_s / elapsed:.0%})"
             )
+        line.unit_turnaround_s[1] = LATE_S
+        pps, _, elapsed, errors, stats = await measure(line.path, loaded, ours, args.seconds)
+        print(
+            f"late   meter-1 answering {LATE_S * 1e3:.0f} ms after each request (timeout 500 ms):"
+            f" {pps:.1f} points/s, {errors} failed requests; the line was held "
+            f"{stats.late_wait_s:.2f} s of {elapsed:.1f} s for late answers "
+            f"({stats.late_answers} answers, {stats.late_bytes} bytes discarded)"
+        )
     finally:
         await line.close()
     (ours_pps, ours_theory), (naive_pps, _) = results["ours"], results["naive"]

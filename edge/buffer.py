@@ -17,7 +17,12 @@ Invariants (tested by the model-based test in tests/test_buffer.py):
   crash the same bytes are re-sent under the same number, and consumers de-duplicate by number.
   Sequence numbers are never reused, so they strictly increase across restarts.
 * When the database uses more than ``max_bytes``, the oldest *unsealed* telemetry is deleted and
-  counted (``evicted``); the count travels in the next batch's ``dropped`` field. Sealed batches
+  counted (``evicted``); the count travels in the next batch's ``dropped`` field.
+* Every value a profile can produce is stored and sealed bit for bit (NaN too, which SQLite
+  itself would turn into NULL). A stored reading no batch can carry (a NULL an older version
+  left, a value of a type the format has no column for) is set aside by the seal that reaches
+  it: counted (``unencodable_total``), reported in that batch's ``dropped`` / ``dropped_why``,
+  logged once; the readings behind it are sealed as usual. Sealed batches
   are never evicted: there are at most a few (they are sealed only when about to be published).
 
 All methods are blocking; :class:`AsyncBuffer` runs them on one dedicated thread so the event
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +44,15 @@ from typing import Any, TypeVar
 
 from edge.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
 from edge.salvage import Salvage, salvage_into
-from protocols.batch import BatchHeader, Reading, Value, decode_batch, encode_batch
+from protocols.batch import (
+    TQ_NAMES,
+    BatchHeader,
+    Reading,
+    Value,
+    decode_batch,
+    encode_batch,
+    unencodable,
+)
 
 __all__ = ["AsyncBuffer", "Buffer", "BufferError", "BufferStats", "EntryResult", "SealedBatch"]
 
@@ -92,10 +106,20 @@ _INDEXES = "CREATE INDEX IF NOT EXISTS readings_held ON readings (id) WHERE tq =
 
 
 # The readings table's value column is untyped: floats, int64s and strings go in as themselves;
-# what SQLite cannot keep apart (a bool would come back as 1) or hold (an unsigned 64-bit value
-# above 2**63 - 1) goes in as a tagged blob.
-_TRUE, _FALSE, _U64 = b"\x01", b"\x00", b"u"
-_I64_MAX = 2**63 - 1
+# what SQLite cannot keep apart (a bool would come back as 1), hold (an unsigned 64-bit value
+# above 2**63 - 1) or keep at all (it stores a NaN as NULL) goes in as a tagged blob. A value no
+# batch can carry is accepted as a tagged blob saying why: seal() sets it aside, counts it and
+# reports it in the batch's ``dropped``, so it can never stop the readings behind it.
+_TRUE, _FALSE, _U64, _F64, _BAD = b"\x01", b"\x00", b"u", b"f", b"x"
+_I64_MIN, _I64_MAX, _U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+_DOUBLE = struct.Struct(">d")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unencodable:
+    """A stored value that no batch can carry, and why (from :func:`unencodable`)."""
+
+    why: str
 
 
 def _stored(value: object) -> object:
@@ -103,9 +127,17 @@ def _stored(value: object) -> object:
         return _TRUE
     if value is False:
         return _FALSE
-    if isinstance(value, int) and value > _I64_MAX:
+    if isinstance(value, float):
+        # NaN only: SQLite keeps +-inf, -0.0 and subnormals as REAL bit for bit.
+        return _F64 + _DOUBLE.pack(value) if value != value else value
+    if isinstance(value, int) and _I64_MIN <= value <= _I64_MAX:
+        return value
+    if isinstance(value, int) and 0 <= value <= _U64_MAX:
         return _U64 + value.to_bytes(8, "big")
-    return value
+    why = unencodable(value)
+    if why is None:
+        return value  # a str
+    return _BAD + why.encode("utf-8", "replace")
 
 
 def _loaded(value: object) -> object:
@@ -116,7 +148,30 @@ def _loaded(value: object) -> object:
             return False
         if value[:1] == _U64 and len(value) == 9:
             return int.from_bytes(value[1:], "big")
+        if value[:1] == _F64 and len(value) == 9:
+            return _DOUBLE.unpack(value[1:])[0]
+        if value[:1] == _BAD:
+            return _Unencodable(value[1:].decode("utf-8", "replace"))
+        return _Unencodable(f"an untagged {len(value)}-byte blob")
+    if value is None:
+        # Gateways before this version stored a NaN as SQL NULL (SQLite has no NaN).
+        return _Unencodable("no value (NULL: a NaN stored by an older gateway version)")
     return value
+
+
+#: Timestamps a batch carries exactly: its delta-of-delta transform stays inside 64 bits.
+_TS_LIMIT = 2**53
+
+
+def _unsealable(ts: object, value: object, tq: object) -> str | None:
+    """Why a stored reading cannot go into a batch, or None when it can."""
+    if isinstance(value, _Unencodable):
+        return value.why
+    if type(ts) is not int or not -_TS_LIMIT <= ts <= _TS_LIMIT:
+        return f"timestamp {ts!r} is not a time in ms a batch can carry"
+    if tq not in TQ_NAMES:
+        return f"time quality {tq!r} cannot travel in a batch"
+    return unencodable(value)
 
 
 class BufferError(Exception):
@@ -168,6 +223,7 @@ class BufferStats:
     corrupt_lost_total: int  # persistent: unreadable in a damaged buffer file (edge/salvage.py)
     rejected_total: int  # this process: not accepted (disk full)
     oldest_pending_ms: int | None
+    unencodable_total: int = 0  # persistent: set aside at seal, no batch can carry them
 
 
 def _torn_wal_tail(wal: Path) -> int:
@@ -247,6 +303,7 @@ class Buffer:
         self.rejected_total = 0
         self._held_n = 0
         self._first_held: int | None = None
+        self._aside_told: set[str] = set()  # reasons already logged at ERROR by this process
         self._count_held()
         if self._held_n and self._meta(self._db, "held_boot", "") != self.boot_id:
             # The machine restarted: those boot-time stamps belong to a clock that is gone.
@@ -308,6 +365,7 @@ class Buffer:
                 ("boot", 0),
                 ("held_boot", ""),
                 ("corrupt_lost_total", 0),
+                ("unencodable_total", 0),
             ):
                 db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
             # Every open is a new boot epoch: batches say which run of the gateway sealed them.
@@ -662,6 +720,8 @@ class Buffer:
 
         With ``max_bytes`` the batch is cut so its encoded size stays within it (below the
         broker's maximum packet size); a single reading is always sealed, whatever its size.
+        Rows among them that no batch can carry are set aside (see the module docstring): the
+        batch may then hold fewer readings than it took, or none, with its ``dropped`` saying so.
         ``part`` picks "backlog" or "live" readings (see :meth:`start_live`), or "any".
         """
         if part not in ("any", "backlog", "live"):
@@ -678,34 +738,53 @@ class Buffer:
             select = (
                 f"SELECT id, series, ts_ms, value, tq FROM readings {where} ORDER BY id LIMIT ?"
             )
-            ids: list[int] = []  # first and last id of the rows read, how many
+            ids: list[int] = []  # first and last id of the rows read, how many, how many sealed
+            aside: list[tuple[int, object, str]] = []  # rows no batch can carry: sid, ts, why
 
             def rows(limit: int) -> Iterator[tuple[int, int, Value, int]]:
                 # Streamed from the cursor, not fetched into a list: a 5000-reading batch
                 # would otherwise hold ~1 MB of row tuples while it is encoded.
                 ids.clear()
+                aside.clear()
                 n = 0
                 for rid, sid, ts, v, tq in self._db.execute(select, (*params, limit)):
                     if n == 0:
                         ids.append(rid)
                     n += 1
-                    yield sid, ts, _loaded(v), tq
+                    value = _loaded(v)
+                    why = _unsealable(ts, value, tq)
+                    if why is not None:
+                        aside.append((sid, ts, why))
+                        continue
+                    yield sid, ts, value, tq
                 if n:
-                    ids[1:] = [rid, n]
+                    ids[1:] = [rid, n, n - len(aside)]
 
             dropped = self._meta(self._db, "dropped_pending", 0)
             seq = self._meta(self._db, "next_seq", 1)
-            header = BatchHeader(gateway, seq, self.boot, created, dropped)
             take = max_readings
             while True:
+                header = BatchHeader(gateway, seq, self.boot, created, dropped)
                 payload = encode_batch(header, rows(take))
+                if aside:
+                    # Set aside, counted and reported in this very batch: they never block
+                    # the readings behind them. (Rare: the rows are read a second time.)
+                    header = BatchHeader(
+                        gateway,
+                        seq,
+                        self.boot,
+                        created,
+                        dropped + len(aside),
+                        dropped_why={"unencodable": len(aside)},
+                    )
+                    payload = encode_batch(header, rows(take))
                 if not ids and not dropped:
                     self._db.execute("ROLLBACK")
                     return None
-                taken = ids[2] if ids else 0
+                read, taken = (ids[2], ids[3]) if ids else (0, 0)
                 if max_bytes is None or len(payload) <= max_bytes or taken <= 1:
                     break
-                take = max(1, min(taken - 1, int(taken * max_bytes / len(payload) * 0.9)))
+                take = max(1, min(read - 1, int(read * max_bytes / len(payload) * 0.9)))
             if ids:
                 # The selected rows are every row of the range between the first and the last.
                 self._db.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", ids[:2])
@@ -715,12 +794,41 @@ class Buffer:
             )
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dropped_pending'")
+            if aside:
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'unencodable_total'",
+                    (len(aside),),
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        self._taken(taken, "oldest" if part == "any" else part)
+        self._taken(read, "oldest" if part == "any" else part)
+        if aside:
+            self._tell_aside(seq, aside)
         return SealedBatch(seq, created, taken, payload)
+
+    def _tell_aside(self, seq: int, aside: list[tuple[int, object, str]]) -> None:
+        """Log readings set aside at a seal: ERROR the first time a reason appears in this
+        process (data was lost), DEBUG after that (the count is in every batch's header)."""
+        names = {sid: f"{d}.{p}" for (d, p), sid in self._series.items()}
+        by_why: dict[str, list[tuple[int, object, str]]] = {}
+        for row in aside:
+            by_why.setdefault(row[2], []).append(row)
+        for why, rows in by_why.items():
+            sid, ts, _ = rows[0]
+            level = logging.DEBUG if why in self._aside_told else logging.ERROR
+            self._aside_told.add(why)
+            log.log(
+                level,
+                "buffer: %d readings cannot go into any batch (%s; the first: %s at ts_ms %s): "
+                "set aside, reported as dropped in batch %d; the readings behind them go on",
+                len(rows),
+                why,
+                names.get(sid, f"series {sid}"),
+                ts,
+                seq,
+            )
 
     def ack(self, seq: int, part: tuple[int, ...] = ()) -> bool:
         """The broker acknowledged batch ``seq`` (or that part of it): its readings leave."""
@@ -752,7 +860,13 @@ class Buffer:
         for i, chunk in ((1, points[:half]), (2, points[half:])):
             h = batch.header
             header = BatchHeader(
-                h.gateway, h.seq, h.boot, h.created_ms, h.dropped if i == 1 else 0, part=(*part, i)
+                h.gateway,
+                h.seq,
+                h.boot,
+                h.created_ms,
+                h.dropped if i == 1 else 0,
+                part=(*part, i),
+                dropped_why=h.dropped_why if i == 1 else {},
             )
             out.append(
                 SealedBatch(seq, created, len(chunk), encode_batch(header, chunk), (*part, i))
@@ -794,6 +908,7 @@ class Buffer:
             corrupt_lost_total=self._meta(self._db, "corrupt_lost_total", 0),
             rejected_total=self.rejected_total,
             oldest_pending_ms=oldest,
+            unencodable_total=self._meta(self._db, "unencodable_total", 0),
         )
 
     def pending(self) -> int:

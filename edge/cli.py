@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -56,6 +57,35 @@ def _load(path: Path):
         return None
 
 
+def _print_time(loaded) -> None:
+    """The zone local windows follow, its offset now, and which windows follow it."""
+    import datetime as dt
+
+    from edge.processing import LOCAL_WINDOW_MIN_S
+
+    zone, source = loaded.time_zone()
+    offset = dt.datetime.now(zone).strftime("%z")
+    windows = sorted(
+        {r.window_s for d in loaded.config.devices for r in d.processing if r.window_s}
+    )
+    local = [w for w in windows if w >= LOCAL_WINDOW_MIN_S]
+    print(
+        f"  time: zone {zone} ({source}, UTC{offset[:3]}:{offset[3:]} now), clock trust "
+        f"{loaded.config.time.trust}"
+        + (
+            f"; windows of {', '.join(f'{w:g}' for w in local)} s align to local time"
+            if local
+            else ""
+        )
+        + (
+            f"; {', '.join(f'{w:g}' for w in windows if w < LOCAL_WINDOW_MIN_S)} s windows "
+            "align to UTC (under an hour)"
+            if len(local) < len(windows)
+            else ""
+        )
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if loaded is None:
@@ -65,6 +95,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: valid. gateway {cfg.gateway.id} at site {cfg.gateway.site}, "
         f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} bytes)"
     )
+    _print_time(loaded)
     for dev in cfg.devices:
         plan = loaded.plans.get(dev.id)
         t = dev.transport
@@ -697,7 +728,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "unit", None) is None and args.command == "sim":
         args.unit = [1]
     _setup_logging(args.log_level)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`edge check ... | head`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again (Python docs, signal:
+        # "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
 if __name__ == "__main__":

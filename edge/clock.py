@@ -23,14 +23,21 @@ synchronised again (a real ``settimeofday`` clears the kernel's synchronised fla
 
 The source of time is injectable (:class:`ClockSource`): tests and the fault harness step a
 :class:`FileClock` whose offset and synchronised flag a file holds.
+
+The gateway's *time zone* (``time.zone``, an IANA name; default the system's) only says where
+local days and hours begin, for processing windows of an hour or more (edge/processing.py);
+every timestamp the gateway sends stays UTC. Zones come from the standard library's
+``zoneinfo``: the OS database (/usr/share/zoneinfo), else the ``tzdata`` package.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import time
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,7 +54,10 @@ __all__ = [
     "FileClock",
     "SystemClock",
     "TimeKeeper",
+    "UnknownZone",
     "kernel_boot_id",
+    "load_zone",
+    "system_zone",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +86,67 @@ def kernel_boot_id() -> str:
 def _boottime_ns() -> int:
     clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
     return time.clock_gettime_ns(clock)
+
+
+class UnknownZone(ValueError):
+    """``time.zone`` names no zone this machine knows. Fatal config error: fix the name."""
+
+
+def load_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA zone ``name`` (``Asia/Ho_Chi_Minh``), or :class:`UnknownZone` saying why."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, KeyError, OSError, UnicodeError):
+        pass
+    hint = "an IANA name such as Asia/Ho_Chi_Minh or Europe/Berlin (timedatectl list-timezones)"
+    try:
+        known = zoneinfo.available_timezones()
+    except OSError:
+        known = set()
+    if not known:
+        hint += "; this machine has no time zone database: install tzdata"
+    else:
+        same_case = [k for k in known if k.lower() == name.lower()]
+        close = same_case or difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        if close:
+            hint = f"did you mean {close[0]}?"
+    raise UnknownZone(f"unknown time zone {name!r}: {hint}")
+
+
+def system_zone() -> tuple[zoneinfo.ZoneInfo, str]:
+    """The machine's local zone and where it came from (for ``edge check``).
+
+    In order: ``TZ`` when it is an IANA name, the ``/etc/localtime`` link's target (what
+    ``timedatectl set-timezone`` writes), ``/etc/timezone`` (Debian), ``/etc/localtime`` read
+    as a file, else UTC.
+    """
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            if tz.startswith("/"):
+                with open(tz, "rb") as f:
+                    return zoneinfo.ZoneInfo.from_file(f, key=tz), f"TZ={tz}"
+            return zoneinfo.ZoneInfo(tz), "TZ"
+        except (ValueError, KeyError, OSError, UnicodeError):
+            log.warning("TZ=%s is not an IANA time zone name; looking at /etc/localtime", tz)
+    localtime = Path("/etc/localtime")
+    with_key = str(localtime.resolve()) if localtime.is_symlink() else ""
+    if "zoneinfo/" in with_key:
+        try:
+            return zoneinfo.ZoneInfo(with_key.split("zoneinfo/", 1)[1]), "/etc/localtime"
+        except (ValueError, KeyError, OSError, UnicodeError):
+            pass
+    try:
+        name = Path("/etc/timezone").read_text().strip()
+        return zoneinfo.ZoneInfo(name), "/etc/timezone"
+    except (ValueError, KeyError, OSError, UnicodeError):
+        pass
+    try:
+        with localtime.open("rb") as f:
+            return zoneinfo.ZoneInfo.from_file(f, key="localtime"), "/etc/localtime"
+    except (ValueError, OSError):
+        pass
+    return zoneinfo.ZoneInfo("UTC"), "no zone configured on this machine"
 
 
 class ClockSource(Protocol):

@@ -11,8 +11,14 @@ Reply::
     {"id": ..., "ok": false, "error": {"code": "...", "message": "..."}}
 
 Anything malformed, oversized, unknown or not allowed gets an error reply and one log line; a
-command never raises out of here. ``write`` is refused unless the (device, point) is on the
-config's ``commands.writable`` allow-list (checked at load against the profile's writable points).
+command never raises out of here. The request is strict JSON (UTF-8, no NaN / Infinity, no
+duplicate keys, nested at most ``MAX_DEPTH`` deep, keys ``id`` / ``cmd`` / ``args`` only), else
+``bad_request``; each command's ``args`` must match its schema (``_ARGS``: the right keys, each of
+the right type), else ``bad_args``. A *retained* command (the broker keeps it and delivers it
+again at every new subscription, i.e. at every reconnect) is never carried out: it is answered
+``retained`` (:meth:`CommandHandler.handle`). ``write`` is refused unless the (device, point) is
+on the config's ``commands.writable`` allow-list (checked at load against the profile's writable
+points).
 ``set_poll_interval`` changes the running schedule only; the config file is the lasting truth.
 The ``meter_*`` commands go to a parking meter between polls (docs/meter-link-v1.md §3) and are
 refused unless named in ``commands.meters``; the reply comes once the meter has acknowledged:
@@ -25,13 +31,17 @@ refused unless named in ``commands.meters``; the reply comes once the meter has 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.clock import GOOD
 from edge.parking import MeterCommandError
@@ -40,7 +50,7 @@ from protocols.meterlink import Enable, Message, Tariff, TariffBlock, TimeSync
 if TYPE_CHECKING:
     from edge.gateway import Gateway
 
-__all__ = ["CommandError", "CommandHandler"]
+__all__ = ["MAX_DEPTH", "CommandError", "CommandHandler", "parse_request"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,168 @@ class CommandStats:
     received: int = 0
     ok: int = 0
     refused: int = 0
+    retained: int = 0  # of the refused: delivered retained, never carried out
+
+
+#: A sanity bound on one block's price (VND): a tariff is money, a typo must not reach a meter.
+MAX_PRICE_VND = 1_000_000
+MAX_TARIFF_BLOCKS = 32
+
+#: Deepest nesting of arrays / objects a request may have (a real one has 4).
+MAX_DEPTH = 32
+
+# --------------------------------------------------------------------------- argument schemas
+
+#: A device, point or meter name: a string (matched against the config afterwards).
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+#: A number sent as JSON (an integer or a finite float; never true / false).
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoArgs(_Args):
+    """``ping``, ``rebirth``."""
+
+
+class SetPollIntervalArgs(_Args):
+    device: Name
+    poll_interval_s: Number
+
+
+class WriteArgs(_Args):
+    device: Name
+    point: Name
+    value: bool | int | Number  # true / false for a coil, a number for a register
+
+
+class MeterArgs(_Args):
+    """``meter_time_sync``."""
+
+    meter: Name
+
+
+class MeterTariffArgs(MeterArgs):
+    tariff_id: Annotated[int, Field(ge=0, lt=2**63)]
+    #: [vehicle, from_min, block_min, price_vnd, max_blocks] each; ranges checked after.
+    blocks: Annotated[
+        list[Annotated[list[int], Field(min_length=5, max_length=5)]],
+        Field(min_length=1, max_length=MAX_TARIFF_BLOCKS),
+    ]
+
+
+class MeterEnableArgs(MeterArgs):
+    enabled: bool
+
+
+_ARGS: dict[str, type[_Args]] = {
+    "ping": NoArgs,
+    "rebirth": NoArgs,
+    "set_poll_interval": SetPollIntervalArgs,
+    "write": WriteArgs,
+    "meter_tariff": MeterTariffArgs,
+    "meter_time_sync": MeterArgs,
+    "meter_enable": MeterEnableArgs,
+}
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a finite number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+}
+
+
+def _args_problem(model: type[_Args], exc: ValidationError) -> str:
+    """The first thing wrong with ``args``, in our words (never the offending value itself:
+    it may be megabytes)."""
+    errors = exc.errors(include_url=False)
+    # A misspelt argument is both unknown and missing: name the unknown one, it is the typo.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    kind, loc = err["type"], err["loc"]
+    name = str(loc[0]) if loc else ""
+    where = name + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))
+    takes = ", ".join(model.model_fields) or "no arguments"
+    if kind == "extra_forbidden":
+        return f"unknown argument {name!r} (takes: {takes})"
+    if kind == "missing":
+        return f"missing argument {name!r} (takes: {takes})"
+    if kind == "model_type":
+        return "'args' must be an object"
+    if name == "value" and len(loc) == 2:  # the write value's union: one message, not three
+        return "value must be true / false or a finite number"
+    expected = _EXPECTED.get(kind)
+    if expected is not None:
+        got = type(err.get("input")).__name__
+        return f"{where} must be {expected}, not {_JSON_TYPES.get(got, got)}"
+    return f"{where}: {err['msg']}"
+
+
+_JSON_TYPES = {"dict": "an object", "list": "a list", "str": "a string", "NoneType": "null",
+               "bool": "true / false", "int": "an integer", "float": "a number"}  # fmt: skip
+
+# --------------------------------------------------------------------------- strict JSON
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting(text: str) -> int:
+    """How deep arrays and objects nest in ``text`` (strings skipped), stopping past
+    ``MAX_DEPTH``; measured before parsing, so a hostile payload cannot exhaust the stack."""
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+    return deepest
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refusing a key given twice (json.loads would silently keep the last)."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        doc[key] = value
+    return doc
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
+def parse_request(payload: bytes) -> Any:
+    """The JSON document in ``payload``, strictly (RFC 8259 and a nesting bound); raises
+    :class:`CommandError` ``bad_request`` saying what is wrong."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError("bad_request", f"not UTF-8 text (byte {exc.start})") from None
+    if _nesting(text) > MAX_DEPTH:
+        raise CommandError("bad_request", f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_not_json,
+            parse_float=_finite,
+        )
+    except (ValueError, RecursionError) as exc:
+        raise CommandError("bad_request", f"not JSON: {str(exc)[:200]}") from None
 
 
 class CommandHandler:
@@ -68,7 +240,7 @@ class CommandHandler:
         self.max_payload = cfg.max_payload_bytes
         self.writable = {(w.device, w.point) for w in cfg.writable}
         self.stats = CommandStats()
-        self._table: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._table: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             "ping": self._ping,
             "rebirth": self._rebirth_cmd,
             "set_poll_interval": self._set_poll_interval,
@@ -78,40 +250,62 @@ class CommandHandler:
             "meter_enable": self._meter_enable,
         }
         self.meter_commands = set(cfg.meters)
+        self._retained_seen: set[bytes] = set()
+        self.topic = ""  # the command topic, for the operator's hint (set by the forwarder)
 
-    async def handle(self, payload: bytes, *, rebirth: Callable[[], Awaitable[int]]) -> bytes:
+    async def handle(
+        self,
+        payload: bytes,
+        *,
+        rebirth: Callable[[], Awaitable[int]],
+        retained: bool = False,
+    ) -> bytes:
         """One request in, one reply out. Never raises. ``rebirth`` republishes the birth on
-        the live connection and returns how many series it named."""
+        the live connection and returns how many series it named. ``retained``: the broker
+        delivered the message with the retain flag (a stored copy, sent again at every new
+        subscription): it is answered ``retained`` and never carried out."""
         self._rebirth = rebirth
         self.stats.received += 1
         request_id: Any = None
         try:
+            if retained:
+                request_id = self._request_id(payload)
+                self._refuse_retained(payload, request_id)
             if len(payload) > self.max_payload:
                 raise CommandError(
                     "too_large", f"{len(payload)} bytes; the limit is {self.max_payload}"
                 )
-            try:
-                doc = json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CommandError("bad_request", f"not JSON: {exc}") from None
+            doc = parse_request(payload)
             if not isinstance(doc, dict):
                 raise CommandError("bad_request", "the request must be a JSON object")
             request_id = doc.get("id")
             if not isinstance(request_id, str | int) or isinstance(request_id, bool):
                 request_id = None
                 raise CommandError("bad_request", "the request needs an 'id' (string or integer)")
-            name, args = doc.get("cmd"), doc.get("args", {})
-            if not isinstance(args, dict):
-                raise CommandError("bad_args", "'args' must be an object")
+            extra = sorted(set(doc) - {"id", "cmd", "args"})
+            if extra:
+                raise CommandError(
+                    "bad_request", f"unknown key {extra[0][:64]!r}; a request has id, cmd, args"
+                )
+            name, raw_args = doc.get("cmd"), doc.get("args", {})
             fn = self._table.get(name) if isinstance(name, str) else None
             if fn is None:
+                shown = name[:64] if isinstance(name, str) else type(name).__name__
                 raise CommandError(
-                    "unknown_command", f"unknown command {name!r}; known: {sorted(self._table)}"
+                    "unknown_command", f"unknown command {shown!r}; known: {sorted(self._table)}"
                 )
+            if not isinstance(raw_args, dict):
+                raise CommandError("bad_args", "'args' must be an object")
+            model = _ARGS[name]
+            try:
+                args = model.model_validate(raw_args)
+            except ValidationError as exc:
+                raise CommandError("bad_args", _args_problem(model, exc)) from None
             result = await fn(args)
         except CommandError as exc:
             self.stats.refused += 1
-            log.warning("command %r refused: %s: %s", request_id, exc.code, exc)
+            if exc.code != "retained":
+                log.warning("command %r refused: %s: %s", request_id, exc.code, exc)
             return _reply(request_id, error={"code": exc.code, "message": str(exc)})
         except Exception as exc:  # a bug must not take the uplink down: answer and log it
             self.stats.refused += 1
@@ -121,9 +315,46 @@ class CommandHandler:
         log.info("command %r (%s) done", request_id, name)
         return _reply(request_id, result=result)
 
+    def _request_id(self, payload: bytes) -> Any:
+        """The request's id when it can be read, else None (for a reply that is sent anyway)."""
+        if len(payload) > self.max_payload:
+            return None
+        try:
+            doc = parse_request(payload)
+        except CommandError:
+            return None
+        rid = doc.get("id") if isinstance(doc, dict) else None
+        return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+    def _refuse_retained(self, payload: bytes, request_id: Any) -> None:
+        """A retained command is never carried out: it would be carried out again at every
+        reconnect (a relay switched back on after a restart). Logged at ERROR once per
+        distinct message (someone must clear it on the broker), then DEBUG."""
+        self.stats.retained += 1
+        digest = hashlib.sha256(payload).digest()
+        topic = f"{self.topic} " if self.topic else ""
+        if digest not in self._retained_seen:
+            if len(self._retained_seen) >= 1024:
+                self._retained_seen.clear()
+            self._retained_seen.add(digest)
+            log.error(
+                "command %r arrived retained and is not carried out (a retained command runs "
+                "again at every reconnect); publish commands without the retain flag, and clear "
+                "this one: mosquitto_pub -r -n -t %s(logged at DEBUG while it stays)",
+                request_id,
+                topic,
+            )
+        else:
+            log.debug("retained command %r refused again", request_id)
+        raise CommandError(
+            "retained",
+            "a retained command is never carried out: publish commands with retain=0 "
+            "(the broker's stored copy is refused at every reconnect until cleared)",
+        )
+
     # ------------------------------------------------------------------ commands
 
-    async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def _ping(self, args: NoArgs) -> dict[str, Any]:
         st = await self.gateway.buffer.stats()
         return {
             "pong": True,
@@ -137,55 +368,47 @@ class CommandHandler:
             },
         }
 
-    async def _rebirth_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def _rebirth_cmd(self, args: NoArgs) -> dict[str, Any]:
         assert self._rebirth is not None
         return {"series": await self._rebirth()}
 
-    def _device_arg(self, args: dict[str, Any]):
-        device = args.get("device")
+    def _poller(self, device: str):
         for poller in self.gateway.pollers:
             if poller.device.id == device:
                 return poller
         raise CommandError("unknown_device", f"no device {device!r} on this gateway")
 
-    async def _set_poll_interval(self, args: dict[str, Any]) -> dict[str, Any]:
-        poller = self._device_arg(args)
-        value = args.get("poll_interval_s")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise CommandError("bad_args", "poll_interval_s must be a number")
+    async def _set_poll_interval(self, args: SetPollIntervalArgs) -> dict[str, Any]:
+        poller = self._poller(args.device)
+        value = args.poll_interval_s
         dev = poller.device
         budget_s = dev.timeout_ms * (dev.retries + 1) / 1000.0
         if not max(0.05, budget_s) <= value <= 86_400:
             raise CommandError(
                 "bad_args",
                 f"poll_interval_s must be between {max(0.05, budget_s):g} (the device's timeout "
-                f"budget) and 86400, got {value}",
+                f"budget) and 86400, got {value:g}",
             )
         old = poller.interval_s
         poller.interval_s = float(value)
         return {"device": dev.id, "poll_interval_s": float(value), "was": old}
 
-    async def _write(self, args: dict[str, Any]) -> dict[str, Any]:
-        device, point = args.get("device"), args.get("point")
+    async def _write(self, args: WriteArgs) -> dict[str, Any]:
+        device, point, value = args.device, args.point, args.value
         if (device, point) not in self.writable:
             raise CommandError(
                 "not_allowed",
                 f"writing {device!r}.{point!r} is not allowed: it is not in commands.writable",
             )
-        poller = self._device_arg(args)
-        value = args.get("value")
+        poller = self._poller(device)
         is_bit = poller.point_is_bit(point)
         if is_bit and not isinstance(value, bool):
             raise CommandError("bad_args", f"{point!r} is a switch: value must be true or false")
-        if not is_bit and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if not is_bit and isinstance(value, bool):
             raise CommandError("bad_args", "value must be a number")
         try:
             written = await poller.write(point, value)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise CommandError("bad_args", str(exc)) from None
         except Exception as exc:
             raise CommandError("device_error", str(exc)) from None
@@ -193,8 +416,7 @@ class CommandHandler:
 
     # ------------------------------------------------------------------ parking meters
 
-    async def _to_meter(self, args: dict[str, Any], msg: Message) -> dict[str, Any]:
-        meter = args["meter"]
+    async def _to_meter(self, meter: str, msg: Message) -> dict[str, Any]:
         for bus in self.gateway.meter_buses:
             if any(m.id == meter for m in bus.cfg.meters):
                 try:
@@ -204,28 +426,16 @@ class CommandHandler:
                 return {"meter": meter, "command": number}
         raise CommandError("unknown_meter", f"no meter {meter!r} on this gateway")
 
-    def _meter_arg(self, kind: str, args: dict[str, Any]) -> None:
+    def _allowed(self, kind: str) -> None:
         if kind not in self.meter_commands:
             raise CommandError(
                 "not_allowed", f"meter command {kind!r} is not allowed (not in commands.meters)"
             )
-        if not isinstance(args.get("meter"), str):
-            raise CommandError("bad_args", "'meter' must be a meter id")
 
-    async def _meter_tariff(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._meter_arg("tariff", args)
-        tariff_id, blocks = args.get("tariff_id"), args.get("blocks")
-        if not _is_int(tariff_id) or not 0 <= tariff_id < 2**63:
-            raise CommandError("bad_args", "tariff_id must be a non-negative integer")
-        if not isinstance(blocks, list) or not 1 <= len(blocks) <= MAX_TARIFF_BLOCKS:
-            raise CommandError("bad_args", f"blocks must be a list of 1..{MAX_TARIFF_BLOCKS}")
+    async def _meter_tariff(self, args: MeterTariffArgs) -> dict[str, Any]:
+        self._allowed("tariff")
         parsed = []
-        for i, b in enumerate(blocks):
-            if not isinstance(b, list) or len(b) != 5 or not all(_is_int(x) for x in b):
-                raise CommandError(
-                    "bad_args",
-                    f"blocks[{i}] must be [vehicle, from_min, block_min, price_vnd, max_blocks]",
-                )
+        for i, b in enumerate(args.blocks):
             vehicle, from_min, block_min, price, max_blocks = b
             for name, v, lo, hi in (
                 ("vehicle", vehicle, 0, 1),
@@ -235,44 +445,33 @@ class CommandHandler:
                 ("max_blocks", max_blocks, 0, 96),
             ):
                 if not lo <= v <= hi:
+                    shown = v if abs(v) < 10**18 else "out of range"
                     raise CommandError(
-                        "bad_args", f"blocks[{i}].{name} must be {lo}..{hi}, not {v}"
+                        "bad_args", f"blocks[{i}].{name} must be {lo}..{hi}, not {shown}"
                     )
             parsed.append(TariffBlock(vehicle, from_min, block_min, price, max_blocks))
         for vehicle in {b.vehicle for b in parsed}:
             starts = [b.from_min for b in parsed if b.vehicle == vehicle]
             if len(starts) != len(set(starts)):
                 raise CommandError("bad_args", f"two blocks for vehicle {vehicle} start together")
-        result = await self._to_meter(args, Tariff(tariff_id, tuple(parsed)))
-        return {**result, "tariff_id": tariff_id}
+        result = await self._to_meter(args.meter, Tariff(args.tariff_id, tuple(parsed)))
+        return {**result, "tariff_id": args.tariff_id}
 
-    async def _meter_time_sync(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._meter_arg("time_sync", args)
+    async def _meter_time_sync(self, args: MeterArgs) -> dict[str, Any]:
+        self._allowed("time_sync")
         stamp = self.gateway.clock.stamp()
         if stamp.tq != GOOD:
             raise CommandError(
                 "clock_untrusted",
                 "the gateway's own clock is not trusted yet; it would set the meter wrong",
             )
-        result = await self._to_meter(args, TimeSync(stamp.ts_ms))
+        result = await self._to_meter(args.meter, TimeSync(stamp.ts_ms))
         return {**result, "now_ms": stamp.ts_ms}
 
-    async def _meter_enable(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._meter_arg("enable", args)
-        enabled = args.get("enabled")
-        if not isinstance(enabled, bool):
-            raise CommandError("bad_args", "enabled must be true or false")
-        result = await self._to_meter(args, Enable(enabled))
-        return {**result, "enabled": enabled}
-
-
-#: A sanity bound on one block's price (VND): a tariff is money, a typo must not reach a meter.
-MAX_PRICE_VND = 1_000_000
-MAX_TARIFF_BLOCKS = 32
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    async def _meter_enable(self, args: MeterEnableArgs) -> dict[str, Any]:
+        self._allowed("enable")
+        result = await self._to_meter(args.meter, Enable(args.enabled))
+        return {**result, "enabled": args.enabled}
 
 
 def _reply(

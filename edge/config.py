@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import SensorProfile, get_profile
+from edge.clock import load_zone, system_zone
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.tls import client_context
 from protocols.modbus_frame import LineTiming
@@ -80,6 +82,17 @@ class TimeConfig(_Model):
     #: Readings stamped while the clock is untrusted wait this long for it, then go out as
     #: 'uncertain' with the wall clock's guess.
     max_hold_s: float = Field(900.0, ge=0, le=7 * 86_400)
+    #: Where local days and hours begin (an IANA name, e.g. Asia/Ho_Chi_Minh; default the
+    #: system's zone): processing windows of an hour or more start at local midnight and at
+    #: local multiples of their length. Every timestamp sent stays UTC.
+    zone: str | None = None
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            load_zone(v)  # UnknownZone is a ValueError: reported at the value's line
+        return v
 
 
 class TlsConfig(_Model):
@@ -179,12 +192,21 @@ class ModbusRtuTransport(_Model):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     unit: int = Field(1, ge=1, le=247)
+    #: After a request timed out, how long the line stays unused for its late answer (which
+    #: RTU cannot tell from the next request's answer); what arrives meanwhile is discarded
+    #: and counted. Default (unset): as long as that request's timeout_ms. A line setting:
+    #: every device on the port gives the same value (edge/rtu.py, "Late answers").
+    late_answer_ms: int | None = Field(None, ge=0, le=60_000)
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
     @property
     def line(self) -> str:
         return f"modbus_rtu://{self.port}"
+
+    @property
+    def late_answer_s(self) -> float | None:
+        return None if self.late_answer_ms is None else self.late_answer_ms / 1000
 
     def describe(self) -> str:
         return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits} unit {self.unit}"
@@ -390,6 +412,14 @@ class LoadedConfig:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
+    def time_zone(self) -> tuple[ZoneInfo, str]:
+        """The zone local windows follow, and where it came from (``time.zone`` or the
+        system's, see :func:`edge.clock.system_zone`)."""
+        name = self.config.time.zone
+        if name is not None:
+            return load_zone(name), "time.zone"
+        return system_zone()
+
     @property
     def buffer_path(self) -> Path:
         return self.resolve(self.config.buffer.path)
@@ -475,6 +505,13 @@ def _check_lines(cfg: Config, at: Any) -> None:
                     (*where, "baudrate"),
                     f"device {dev.id!r}: {t.port} runs at {first.baudrate} "
                     f"{first.parity}{first.stopbits} for {first_id!r}; one line has one setting",
+                )
+            elif first.late_answer_ms != t.late_answer_ms:
+                theirs = "unset" if first.late_answer_ms is None else f"{first.late_answer_ms} ms"
+                at(
+                    (*where, "late_answer_ms"),
+                    f"device {dev.id!r}: {t.port} has late_answer_ms {theirs} for {first_id!r}; "
+                    "one line has one setting",
                 )
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import ssl
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, de
 from protocols.birth import Birth, BirthError, SeriesInfo, resolve
 from protocols.meterlink import PayloadError, decode_tx_message
 
-__all__ = ["BatchConsumer", "Delivery", "SeqTracker", "reading_json"]
+__all__ = ["BatchConsumer", "Delivery", "SeqTracker", "float_bits", "reading_json"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class GatewayTally:
     readings: int = 0
     duplicates: int = 0
     dropped_reported: int = 0
+    #: Of ``dropped_reported``: by the reason the gateway gave (header ``dropped_why``).
+    dropped_why: dict[str, int] = field(default_factory=dict)
     birth: Birth | None = None
     series: dict[int, SeriesInfo] = field(default_factory=dict)
     unknown_reported: set[int] = field(default_factory=set)
@@ -120,13 +123,33 @@ class GatewayTally:
     parts: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
 
 
+_F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
+
+
+def float_bits(v: float) -> str:
+    """A float's IEEE 754 bits in hex: 8 digits when it is exactly a float32 (sign and NaN
+    payload included), else 16. ``7fc00000`` is a float32 quiet NaN (docs/batch-format-v1.md §2)."""
+    try:
+        as_f32 = _F32.pack(v)
+    except OverflowError:
+        return _F64.pack(v).hex()
+    if _F64.pack(_F32.unpack(as_f32)[0]) == _F64.pack(v):
+        return as_f32.hex()
+    return _F64.pack(v).hex()
+
+
 def _json_value(v: object) -> object:
+    # JSON has no NaN or infinities: their names as strings (as the protobuf JSON mapping does).
     if isinstance(v, float) and not math.isfinite(v):
-        return None
+        return "NaN" if v != v else "Infinity" if v > 0 else "-Infinity"
     return v
 
 
 def reading_json(header: BatchHeader, r: Reading) -> str:
+    """One reading as a JSON line. A NaN, +inf, -inf value is the string ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``; a NaN also gets ``"bits"`` (:func:`float_bits`), since a
+    device's NaN payload can mean something. Every other float is written so it reads back to the
+    same bits (-0.0 and subnormals included)."""
     doc = {
         "gateway": header.gateway,
         "seq": header.seq,
@@ -135,9 +158,23 @@ def reading_json(header: BatchHeader, r: Reading) -> str:
         "ts_ms": r.ts_ms,
         "value": _json_value(r.value),
     }
+    if isinstance(r.value, float) and r.value != r.value:
+        doc["bits"] = float_bits(r.value)
     if r.tq:
         doc["time"] = TQ_NAMES.get(r.tq, str(r.tq))  # absent: good
     return json.dumps(doc, separators=(",", ":"))
+
+
+#: ``dropped_why`` reasons in words (docs/batch-format-v1.md §1).
+_WHY = {"unencodable": "values no batch can carry, set aside"}
+
+
+def _dropped_words(header: BatchHeader) -> str:
+    parts = [f"{n} {_WHY.get(k, k)}" for k, n in sorted(header.dropped_why.items())]
+    rest = header.dropped - sum(header.dropped_why.values())
+    if rest:
+        parts.append(f"{rest} evicted (buffer full) or unreadable in a damaged buffer file")
+    return "; ".join(parts)
 
 
 class BatchConsumer:
@@ -278,9 +315,11 @@ class BatchConsumer:
         tally.readings += len(readings)
         if header.dropped:
             tally.dropped_reported += header.dropped
+            for why, n in header.dropped_why.items():
+                tally.dropped_why[why] = tally.dropped_why.get(why, 0) + n
             self._say(
                 f"gateway {header.gateway}: batch {header.seq} reports {header.dropped} "
-                "readings evicted at the gateway (buffer full)"
+                f"readings lost at the gateway ({_dropped_words(header)})"
             )
         delivery = Delivery(header, readings)
         if self.on_batch is not None:
@@ -309,8 +348,9 @@ class BatchConsumer:
             gaps = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in missing) or "none"
             lines.append(
                 f"gateway {gw}: {t.batches} batches, {t.readings} readings, "
-                f"{t.duplicates} duplicates, missing: {gaps}, evicted at gateway: "
+                f"{t.duplicates} duplicates, missing: {gaps}, lost at gateway: "
                 f"{t.dropped_reported}"
+                + "".join(f", {_WHY.get(k, k)}: {n}" for k, n in sorted(t.dropped_why.items()))
             )
         if self.bad_payloads:
             lines.append(f"{self.bad_payloads} undecodable messages")

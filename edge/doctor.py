@@ -130,7 +130,7 @@ async def _devices(loaded: LoadedConfig) -> list[Check]:
             link = links.get(t.line)
             if link is None:
                 link = links[t.line] = (
-                    RtuLink(t.port, t.timing())
+                    RtuLink(t.port, t.timing(), late_answer_s=t.late_answer_s)
                     if isinstance(t, ModbusRtuTransport)
                     else ModbusTcpLink(t.host, t.port)
                 )

@@ -13,12 +13,15 @@ from protocols.modbus_frame import Function, Request
 
 __all__ = [
     "EXCEPTION_NAMES",
+    "GATEWAY_NO_ANSWER",
     "Backoff",
     "LinkDown",
     "LinkOps",
     "ModbusDeviceError",
     "ModbusExceptionResponse",
+    "ModbusGatewayNoAnswer",
     "ModbusTimeout",
+    "exception_error",
 ]
 
 #: Exception codes (Modbus Application Protocol §7).
@@ -33,6 +36,9 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+#: Exception codes a gateway (TCP-to-RTU bridge) answers in the name of a unit that did not
+#: answer it: 0x0A gateway path unavailable, 0x0B gateway target device failed to respond.
+GATEWAY_NO_ANSWER = (0x0A, 0x0B)
 
 
 class ModbusDeviceError(Exception):
@@ -54,6 +60,26 @@ class ModbusExceptionResponse(ModbusDeviceError):
         self.code = code
         name = EXCEPTION_NAMES.get(code, "unknown")
         super().__init__(f"exception {code:#04x} ({name})", **kw)  # type: ignore[arg-type]
+
+
+class ModbusGatewayNoAnswer(ModbusTimeout):
+    """A gateway answered for the unit with exception 0x0A or 0x0B: the unit itself is absent or
+    silent behind it. It is no answer from the device, like a timeout (a poller marks the device
+    offline, opens its circuit breaker and backs off), not a refusal by a live device."""
+
+    def __init__(self, code: int, **kw: int | str):
+        self.code = code
+        name = EXCEPTION_NAMES[code]
+        super().__init__(  # type: ignore[arg-type]
+            f"no answer from the unit: the gateway answered exception {code:#04x} ({name})", **kw
+        )
+
+
+def exception_error(code: int, where: dict[str, int | str]) -> ModbusDeviceError:
+    """The error for a Modbus exception response with ``code`` (from a device or a gateway)."""
+    if code in GATEWAY_NO_ANSWER:
+        return ModbusGatewayNoAnswer(code, **where)
+    return ModbusExceptionResponse(code, **where)
 
 
 class LinkDown(ModbusDeviceError):
@@ -122,7 +148,12 @@ class LinkOps:
 
 class Backoff:
     """Reopening a port or a connection: the delay doubles from ``min_s`` to ``max_s`` after each
-    failure, with ±20 % jitter so many links do not retry in step; a success resets it."""
+    failure, with ±20 % jitter so many links do not retry in step; a success resets it.
+
+    What counts as a success is the caller's to say, and for a field-bus link it is a completed
+    transaction, not an open: a bridge that accepts every TCP connection and resets it at once
+    (or a USB adapter that opens and drops) must still be backed off. All the connections to
+    one endpoint share one ``Backoff``, so its devices wait together."""
 
     def __init__(self, min_s: float = 0.5, max_s: float = 30.0) -> None:
         self.min_s, self.max_s = min_s, max_s
@@ -135,6 +166,14 @@ class Backoff:
         wait = self.delay_s * random.uniform(0.8, 1.2)
         self.next_at = time.monotonic() + wait
         return wait
+
+    def broke(self) -> float:
+        """A connection that had opened broke: a failure, unless another connection of the
+        same endpoint already failed and the next attempt is scheduled (one outage doubles the
+        delay once). Returns the delay until the next attempt."""
+        if left := self.wait_left():
+            return left
+        return self.failed()
 
     def succeeded(self) -> None:
         self.delay_s = 0.0

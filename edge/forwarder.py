@@ -77,6 +77,7 @@ def status_payload(state: str, gateway: str, boot: int) -> bytes:
 @dataclass
 class ForwarderStats:
     connected: bool = False
+    commands_subscribed: bool = False  # the broker acknowledged the cmd subscription (SUBACK)
     sessions: int = 0
     connect_failures: int = 0
     batches_sent: int = 0
@@ -283,6 +284,7 @@ class Forwarder:
                         await listener
             finally:
                 self.stats.connected = False
+                self.stats.commands_subscribed = False
                 try:
                     await client.__aexit__(None, None, None)
                 except aiomqtt.MqttError:
@@ -317,7 +319,9 @@ class Forwarder:
             async for _ in client.messages:
                 pass
             return
+        self._commands.topic = self.topics["cmd"]
         await client.subscribe(self.topics["cmd"], qos=1)
+        self.stats.commands_subscribed = True
 
         async def rebirth() -> int:
             return await self._publish_birth(client)
@@ -327,7 +331,14 @@ class Forwarder:
                 continue
             payload = msg.payload
             raw = payload.encode() if isinstance(payload, str) else bytes(payload or b"")
-            reply = await self._commands.handle(raw, rebirth=rebirth)
+            if not raw:  # how a retained command is cleared on the broker: not a request
+                log.debug("empty message on %s ignored", self.topics["cmd"])
+                continue
+            # A message the broker stored with the retain flag arrives with it set when a new
+            # subscription (every session: clean start) receives it; forwarded live to this
+            # subscription it arrives without. So the flag marks exactly the stored copy that
+            # would otherwise be carried out again at every reconnect.
+            reply = await self._commands.handle(raw, rebirth=rebirth, retained=bool(msg.retain))
             await client.publish(
                 self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
             )

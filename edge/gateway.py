@@ -22,10 +22,10 @@ from edge.clock import CORRECTED, PENDING, keeper_for
 from edge.commands import CommandHandler
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.forwarder import Forwarder
-from edge.modbus_tcp import ModbusTcpLink
+from edge.modbus_tcp import Endpoint, ModbusTcpLink
 from edge.parking import MeterBus
 from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.processing import Processor, output_series
+from edge.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
 from edge.rtu import RtuLink
 from edge.signing import Signer
 from edge.status import StatusServer
@@ -70,7 +70,8 @@ class Gateway:
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=QUEUE_CYCLES)
         # One owner per line: a serial port, or a TCP endpoint (a device or a TCP-to-RTU bridge)
         # with up to max_connections connections; a link serialises the requests of the unit
-        # ids on it, and a device always uses the same connection.
+        # ids on it, and a device always uses the same connection. The connections to one
+        # endpoint share one reconnect backoff and open one at a time.
         self.links: dict[str, list[ModbusTcpLink | RtuLink]] = {}
         self.pollers: list[DevicePoller | SensorPoller] = []
         on_line: dict[str, int] = {}
@@ -84,24 +85,37 @@ class Gateway:
             links = self.links.get(t.line)
             if links is None:
                 if isinstance(t, ModbusRtuTransport):
-                    links = [RtuLink(t.port, t.timing())]
+                    links = [RtuLink(t.port, t.timing(), late_answer_s=t.late_answer_s)]
                 else:
-                    links = [ModbusTcpLink(t.host, t.port) for _ in range(t.max_connections)]
+                    endpoint = Endpoint()  # its connections share one backoff, open one at a time
+                    links = [
+                        ModbusTcpLink(t.host, t.port, endpoint=endpoint)
+                        for _ in range(t.max_connections)
+                    ]
                 self.links[t.line] = links
             n = on_line[t.line] = on_line.get(t.line, -1) + 1
             link = links[n % len(links)]
             self.pollers.append(
                 DevicePoller(dev, loaded.plans[dev.id], link, self.queue, self.clock)
             )
+        self.zone, zone_from = loaded.time_zone()
         self.processor = Processor(
-            cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}
+            cfg.devices, {p.device.id: list(p.point_names()) for p in self.pollers}, self.zone
         )
+        if any(
+            r.window_s and r.window_s >= LOCAL_WINDOW_MIN_S
+            for d in cfg.devices
+            for r in d.processing
+        ):
+            log.info("windows of an hour or more follow time zone %s (%s)", self.zone, zone_from)
         park = cfg.parking
         self.signer: Signer | None = None
         self.meter_buses: list[MeterBus] = []
         if park.buses:
             # A key that cannot be used is a config error: exit 2 before anything runs.
             self.signer = Signer.load_or_create(loaded.resolve(park.key_file))
+        #: Answers the platform's commands (None: commands disabled in the config).
+        self.commands = CommandHandler(self) if cfg.commands.enabled else None
         self.forwarder = Forwarder(
             self.buffer,
             cfg.mqtt,
@@ -110,7 +124,7 @@ class Gateway:
             password=loaded.mqtt_password(),
             birth=self.birth,
             tls_context=loaded.tls_context(),
-            commands=CommandHandler(self) if cfg.commands.enabled else None,
+            commands=self.commands,
             entries_per_message=park.max_entries_per_message if park.buses else 0,
         )
         if self.signer is not None:
@@ -174,9 +188,10 @@ class Gateway:
             for sid, d, p in await self.buffer.series()
         )
         stats = await self.buffer.stats()
-        extra: dict[str, object] = {}
+        # Where the gateway's local days begin: windows of an hour or more align to it.
+        extra: dict[str, object] = {"time_zone": str(self.zone)}
         if self.signer is not None:
-            extra = {
+            extra |= {
                 "signing_key": {"alg": "ed25519", "public": self.signer.public_b64},
                 "meters": [
                     {"id": m.id, "bus": b.id, "address": m.address}

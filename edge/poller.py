@@ -11,7 +11,10 @@ one request at a time). What one bad device may cost its neighbours is bounded:
 * **Circuit breaker.** A device that answered nothing in a whole cycle is ``offline``: it is
   then probed with its first request only, every interval × 2, 4, 8 ... up to
   ``PROBE_MAX_S``, so a dead device costs the line at most one timeout budget per probe period.
-  The first answer closes the breaker and the full plan runs again in the same cycle.
+  The first answer closes the breaker and the full plan runs again in the same cycle. A
+  gateway's exception 0x0A / 0x0B (a TCP-to-RTU bridge saying the unit behind it is absent or
+  silent) is no answer from the device (:class:`~edge.fieldbus.ModbusGatewayNoAnswer`, a
+  timeout), not a refusal: such a device is offline and probed like a silent one.
 * **Learning.** A merged request refused with exception 02 (an address the device does not
   serve, somewhere in a gap) is split into requests that read no gap, read again at once, and
   the plan keeps the split; a single point still refused with 02 is dropped from the plan and
@@ -159,7 +162,7 @@ class DevicePoller:
             try:
                 regs = await self._read(req)
             except ModbusExceptionResponse as exc:
-                answered = True  # alive, it refused
+                answered = True  # alive, it refused (a gateway's 0x0A / 0x0B is not this)
                 if exc.code == ILLEGAL_DATA_ADDRESS:
                     parts = self._learn(req)
                     if parts:

@@ -3,15 +3,34 @@
 Every device on the line goes through one :class:`RtuLink`, one transaction at a time (an
 ``asyncio.Lock`` queues them in arrival order). For each transaction the link:
 
-1. waits until the line has been quiet for t3.5 (3.5 characters, or the device's own
+1. if the previous request went unanswered, holds the line for its **late-answer window**
+   (below), discarding and counting what arrives in it (``late_bytes``, ``late_answers``);
+2. waits until the line has been quiet for t3.5 (3.5 characters, or the device's own
    inter-request delay when that is longer): strict slaves need the silence to see a frame end;
-2. throws away whatever arrived unasked (a late answer to an earlier request, noise) and counts it
+3. throws away whatever arrived unasked (noise, an answer later than any window) and counts it
    (``stale_bytes``), so stale bytes are never read as this request's answer;
-3. sends the request and collects the answer until the response timeout, accepting only a frame
+4. sends the request and collects the answer until the response timeout, accepting only a frame
    with the right unit id, function code (or its exception), byte count or echo, and CRC. It
    looks for that frame at every offset of what arrived, so garbage before an answer costs nothing
    (``garbage_bytes``); a complete frame for this unit with a bad CRC ends the attempt early
-   (``crc_errors``) and the request is retried.
+   (``crc_errors``) and the request is retried. Bytes that arrive before the request has even
+   left the wire (its wire time from the write) cannot answer it: they are a late answer to
+   something else and are discarded (``late_bytes``).
+
+Late answers. RTU frames carry no transaction id: an answer says which unit and function it is
+from, and how many bytes it holds, nothing more. A slave that answers after the master's timeout
+(a meter busy for 450 ms against a 300 ms timeout) puts a well-formed answer on the line while
+the master waits for the answer to its next request; when that request has the same unit,
+function and size (``voltage_l1`` then ``current_l1`` of an SDM630, two registers each) the late
+voltage would be taken for the current. So after a timeout the line is not reused until a late
+answer could no longer arrive: for the **late-answer window** (``late_answer_s``; by default as
+long as the timeout that ran out, so an answer up to twice the timeout is caught) nothing is
+sent, even a retry, and everything that arrives is discarded and counted. A complete answer of
+the silent unit to that request ends the window early (t3.5 after it), and is logged once per
+unit at WARNING with how late it came, so the timeout can be raised. The window costs line
+time only after timeouts (``late_wait_s``: a silent unit costs its timeout plus the window per
+try); an answer later than timeout + window is beyond the guard, which is why the window is
+configurable per line (``late_answer_ms`` in the transport).
 
 Errors are the field-bus errors of :mod:`edge.fieldbus`, as for Modbus TCP, so pollers treat both
 alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened (unplugged USB
@@ -25,6 +44,7 @@ response fail), and gives no control over flushing or per-device delays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import termios
 import time
@@ -34,7 +54,7 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import Backoff, LinkDown, LinkOps, ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus import Backoff, LinkDown, LinkOps, ModbusTimeout, exception_error
 from edge.fieldbus import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
@@ -75,8 +95,22 @@ class LineStats:
     crc_errors: int = 0  # a whole frame for the addressed unit with a bad CRC
     garbage_bytes: int = 0  # bytes before (or instead of) a valid answer
     stale_bytes: int = 0  # bytes that arrived unasked, flushed before a request
-    busy_s: float = 0.0  # line time spent in transactions
+    late_bytes: int = 0  # bytes in a late-answer window or during a request: discarded
+    late_answers: int = 0  # whole answers among them, from the unit that had timed out
+    late_wait_s: float = 0.0  # line time held for late answers after timeouts
+    busy_s: float = 0.0  # line time spent in transactions (late-answer windows included)
     by_unit: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Owed:
+    """A request that went unanswered: its answer may still arrive until ``until``."""
+
+    unit: int
+    req: Request
+    sent_end: float  # monotonic time the request had left the wire
+    deadline: float  # when its timeout ran out
+    until: float  # end of its late-answer window
 
 
 class _Line(asyncio.Protocol):
@@ -86,13 +120,18 @@ class _Line(asyncio.Protocol):
         self.arrived = asyncio.Event()
         self.last_rx = 0.0
         self.lost: Exception | None = None
+        self.not_before = 0.0  # bytes arriving earlier cannot answer the request being sent
+        self.early = 0  # such bytes, discarded on arrival
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
         self.last_rx = time.monotonic()
+        if self.last_rx < self.not_before:
+            self.early += len(data)  # the request is still on the wire: not its answer
+        else:
+            self.buf += data
         self.arrived.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,9 +147,12 @@ class RtuLink(LinkOps):
         port: str,
         timing: LineTiming,
         *,
+        late_answer_s: float | None = None,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
+        """``late_answer_s``: how long the line stays unused after a request timed out, for its
+        late answer; None (the default) uses that request's own timeout."""
         self.port = port
         self.endpoint = f"{port}@{timing.baudrate}{timing.parity}{timing.stopbits}"
         self.timing = timing
@@ -119,6 +161,9 @@ class RtuLink(LinkOps):
         self._line: _Line | None = None
         self._quiet_since = 0.0  # monotonic time the line last went quiet
         self._backoff = Backoff(backoff_min_s, backoff_max_s)
+        self.late_answer_s = late_answer_s
+        self._owed: _Owed | None = None  # the last request, while its answer may still come
+        self._late_logged: set[int] = set()  # units whose late answers were logged
         self.opens = 0
 
     @property
@@ -143,8 +188,7 @@ class RtuLink(LinkOps):
             self._backoff.failed()
             raise LinkDown(f"cannot open serial port: {exc}", **where) from None
         line.transport = transport  # connection_made may come a loop turn later
-        self._line = line
-        self._backoff.succeeded()
+        self._line = line  # not a success yet: only an answer resets the backoff
         self._quiet_since = time.monotonic()
         self.opens += 1
         return line
@@ -171,40 +215,38 @@ class RtuLink(LinkOps):
                         )
             finally:
                 self.stats.busy_s += time.monotonic() - started
+        self._backoff.succeeded()  # a transaction completed: the port works
         self.stats.transactions += 1
         self.stats.by_unit[unit] = self.stats.by_unit.get(unit, 0) + 1
         if outcome.exception is not None:
             self.stats.exceptions += 1
-            raise ModbusExceptionResponse(outcome.exception, **where)
+            raise exception_error(outcome.exception, where)
         return outcome.values
 
     async def _attempt(self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s):
         """One request on the wire; the decoded response, or None (nothing valid in time)."""
         t = self.timing
-        quiet_needed = max(t.t35_s, gap_s)
-        while True:
-            wait = self._quiet_since + quiet_needed - time.monotonic()
-            if line.buf:  # something arrived unasked: the line is not quiet
-                self.stats.stale_bytes += len(line.buf)
-                line.buf.clear()
-                self._quiet_since = max(self._quiet_since, line.last_rx)
-                continue
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
+        await self._hold(line, max(t.t35_s, gap_s), unit, req)
         if line.lost is not None or line.transport is None:
             raise self._lost(line, unit, req)
         line.arrived.clear()
+        # On a real line the request takes its wire time; nothing that arrives before it has
+        # left can be its answer, and the timeout runs from its end.
+        line.not_before = time.monotonic() + t.wire_s(len(frame))
         line.transport.write(frame)
         sent_at = time.monotonic()
-        # On a real line the request takes its wire time; the timeout runs from its end.
-        deadline = sent_at + t.wire_s(len(frame)) + timeout_s
+        sent_end = sent_at + t.wire_s(len(frame))
+        deadline = sent_end + timeout_s
+        window = timeout_s if self.late_answer_s is None else self.late_answer_s
+        # Owed until answered: a timeout, an error or a cancellation leaves the window open.
+        self._owed = _Owed(unit, req, sent_end, deadline, deadline + window)
         early_end = t.t35_s + 0.02  # silence after a corrupted frame before giving up on it
         try:
             while True:
                 found, bad_crc = self._scan(line.buf, unit, req)
                 if found is not None:
                     start, end, response = found
+                    self._owed = None
                     self.stats.garbage_bytes += start
                     leftover = len(line.buf) - end
                     if leftover:
@@ -213,6 +255,7 @@ class RtuLink(LinkOps):
                     return response
                 now = time.monotonic()
                 if bad_crc and now - line.last_rx >= early_end:
+                    self._owed = None  # the answer came, corrupted: nothing more to wait for
                     self.stats.crc_errors += 1
                     self.stats.garbage_bytes += len(line.buf)
                     line.buf.clear()
@@ -232,9 +275,71 @@ class RtuLink(LinkOps):
                 if line.lost is not None:
                     raise self._lost(line, unit, req)
         finally:
+            self.stats.late_bytes += line.early
+            line.early = 0
             self._quiet_since = max(time.monotonic(), line.last_rx)
 
+    async def _hold(self, line: _Line, quiet_s: float, unit: int, req: Request) -> None:
+        """Wait until the line may carry a request: the late-answer window of an unanswered
+        request is over (or its late answer has come) and the line has been quiet for
+        ``quiet_s``. What arrives meanwhile is discarded: ``late_bytes`` in the window,
+        ``stale_bytes`` otherwise."""
+        held_at = time.monotonic()
+        while True:
+            if line.lost is not None:
+                raise self._lost(line, unit, req)
+            now = time.monotonic()
+            owed = self._owed
+            if owed is not None:
+                if line.buf:
+                    self._quiet_since = max(self._quiet_since, line.last_rx)
+                if now >= owed.until or (line.buf and self._late_answer(line, owed)):
+                    self.stats.late_bytes += len(line.buf)
+                    line.buf.clear()
+                    self._owed = None
+                    self.stats.late_wait_s += now - held_at
+                    continue
+                wake = owed.until - now
+            elif line.buf:
+                self.stats.stale_bytes += len(line.buf)
+                line.buf.clear()
+                self._quiet_since = max(self._quiet_since, line.last_rx)
+                continue
+            else:
+                wake = self._quiet_since + quiet_s - now
+                if wake <= 0:
+                    return
+            line.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wake):
+                    await line.arrived.wait()
+
+    def _late_answer(self, line: _Line, owed: _Owed) -> bool:
+        """Whether the answer to the unanswered request is complete in ``line.buf`` (counted,
+        logged once per unit; never returned as a value)."""
+        found, _ = self._scan(line.buf, owed.unit, owed.req)
+        if found is None:
+            return False
+        self.stats.late_answers += 1
+        if owed.unit not in self._late_logged:
+            self._late_logged.add(owed.unit)
+            took_ms = (line.last_rx - owed.sent_end) * 1000
+            timeout_ms = (owed.deadline - owed.sent_end) * 1000
+            log.warning(
+                "%s unit %d answered %.0f ms after the request, past its %.0f ms timeout; the "
+                "answer was discarded and the request counted as failed. Raise the device's "
+                "timeout_ms above %.0f ms (logged once; late answers are counted in "
+                "edge_line_late_answers_total)",
+                self.endpoint,
+                owed.unit,
+                took_ms,
+                timeout_ms,
+                took_ms,
+            )
+        return True
+
     def _lost(self, line: _Line, unit: int, req: Request) -> LinkDown:
+        self._backoff.broke()
         return LinkDown(
             f"serial port lost: {line.lost}", **fieldbus_where(self.endpoint, unit, req)
         )

@@ -40,7 +40,6 @@ COMMON_SETTINGS: tuple[tuple[int, str, int], ...] = (
     (9600, "O", 1),
     (19200, "O", 1),
 )
-ABSENT_CODES = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond
 
 
 @dataclass
@@ -74,8 +73,10 @@ async def probe_unit(link, unit: int, timeout_s: float) -> bool:
     """Does anything answer at ``unit``? (a read of one holding register at 0)"""
     try:
         await link.read(unit, 3, 0, 1, timeout_s=timeout_s, retries=0)
-    except ModbusExceptionResponse as exc:
-        return exc.code not in ABSENT_CODES
+    except ModbusExceptionResponse:
+        # Something is there and refused the read (0x0A / 0x0B from a bridge are not this:
+        # they raise ModbusGatewayNoAnswer, a kind of no answer).
+        return True
     except LinkDown:
         raise
     except ModbusDeviceError:
@@ -117,7 +118,10 @@ async def scan_rtu(
         timing = LineTiming(baud, parity, stop)
         label = f"{baud} 8{parity}{stop}"
         timeout_s = timing.transaction_s(8, 7, turnaround_s)
-        link = RtuLink(port, timing)
+        # The sweep asks each address once: a late answer names its own unit and cannot be
+        # taken for the next address's, so it needs no late-answer window (which would double
+        # the sweep); reading one unit's registers to guess its profile does (edge/rtu.py).
+        link = RtuLink(port, timing, late_answer_s=0.0)
         here: list[int] = []
         started = time.monotonic()
         try:
@@ -127,6 +131,7 @@ async def scan_rtu(
                 if await probe_unit(link, unit, timeout_s):
                     here.append(unit)
                     progress(f"{label}: unit {unit} answers")
+            link.late_answer_s = None
             for unit in here:
                 guesses = await guess_profile(link, unit, max(timeout_s, 0.3))
                 found.append(Found(unit, label, guesses))

@@ -20,6 +20,7 @@ import collections
 import hmac
 import json
 import logging
+import math
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -125,7 +126,8 @@ class StatusServer:
         if url.path == "/":
             return 200, "text/html; charset=utf-8", PAGE.encode()
         if url.path == "/status.json":
-            return 200, "application/json", json.dumps(await self.snapshot()).encode()
+            body = json.dumps(await self.snapshot(), allow_nan=False)  # strict JSON for scripts
+            return 200, "application/json", body.encode()
         if url.path == "/metrics":
             return 200, "text/plain; version=0.0.4", (await self.metrics()).encode()
         return 404, "text/plain", b"not found\n"
@@ -178,6 +180,7 @@ class StatusServer:
                 "oldest_unsent_age_s": None if oldest is None else round(now - oldest / 1000, 1),
                 "evicted_total": b.evicted_total,
                 "corrupt_lost_total": b.corrupt_lost_total,
+                "unencodable_total": b.unencodable_total,
             },
             "clock": {
                 "trusted": g.clock.trusted,
@@ -304,8 +307,21 @@ class StatusServer:
             "Readings lost at the gateway, by reason.",
             [('{reason="buffer_full_evicted"}', b.evicted_total),
              ('{reason="disk_full_rejected"}', g.writer_stats.rejected),
-             ('{reason="buffer_corrupt_lost"}', b.corrupt_lost_total)],
+             ('{reason="buffer_corrupt_lost"}', b.corrupt_lost_total),
+             ('{reason="unencodable_value"}', b.unencodable_total)],
         )  # fmt: skip
+        handler = g.commands
+        if handler is not None:
+            c = handler.stats
+            metric(
+                "commands_total",
+                "counter",
+                "Platform commands received, by outcome (retained: delivered from the broker's "
+                "stored copy, refused, never carried out).",
+                [('{outcome="ok"}', c.ok),
+                 ('{outcome="refused"}', c.refused - c.retained),
+                 ('{outcome="retained"}', c.retained)],
+            )  # fmt: skip
         buses = g.meter_buses
         if buses:
 
@@ -351,6 +367,21 @@ class StatusServer:
             ("crc_errors", "crc_errors", "RS-485 answers with a bad CRC."),
             ("garbage_bytes", "garbage_bytes", "RS-485 bytes that were not the expected answer."),
             ("stale_bytes", "stale_bytes", "RS-485 bytes that arrived unasked."),
+            (
+                "late_bytes",
+                "late_bytes",
+                "RS-485 bytes discarded after a timeout (late-answer window) or during a request.",
+            ),
+            (
+                "late_answers",
+                "late_answers",
+                "RS-485 answers that came after their request timed out, discarded.",
+            ),
+            (
+                "late_wait_s",
+                "late_wait_seconds",
+                "Seconds the RS-485 line was held for late answers after timeouts.",
+            ),
             ("busy_s", "busy_seconds", "Seconds the RS-485 line spent in transactions."),
         ):
             metric(
@@ -359,6 +390,25 @@ class StatusServer:
                 help_,
                 [(f'{{line="{_esc(n)}"}}', getattr(link.stats, field)) for n, link in lines],
             )
+        endpoints = [
+            (f'{{endpoint="{_esc(name)}",connection="{i}"}}', link)
+            for name, links in g.links.items()
+            for i, link in enumerate(links)
+            if hasattr(link, "stale_answers")
+        ]
+        if endpoints:
+            metric(
+                "tcp_connects_total",
+                "counter",
+                "Modbus TCP connections opened, by endpoint (connection).",
+                [(labels, link.connects) for labels, link in endpoints],
+            )  # fmt: skip
+            metric(
+                "tcp_stale_answers_total",
+                "counter",
+                "Modbus TCP answers to requests already completed or given up, thrown away.",
+                [(labels, link.stale_answers) for labels, link in endpoints],
+            )  # fmt: skip
         return "\n".join(out) + "\n"
 
 
@@ -367,7 +417,15 @@ def _esc(v: str) -> str:
 
 
 def _show(v: object) -> object:
-    return round(v, 3) if isinstance(v, float) else v
+    """A last value for the page and /status.json: strict JSON has no NaN or infinity, so those
+    are shown by name, as the consumer's JSON lines name them."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return round(v, 3)
+    return v
 
 
 #: The page: one self-contained file (inline CSS and JS), shipped as package data.

@@ -37,8 +37,12 @@ in tests/golden/. In short, one MQTT message carries one batch:
 
 Byte-shuffling (w-byte words -> w planes: all first bytes, then all second bytes, ...) puts the
 bytes that rarely change (high bytes of differences) next to each other, where zstd removes
-them. Everything is lossless: a float that is exactly a float32 travels as float32 bit for bit,
-any other float as float64; ±inf survive; NaN stays NaN (its payload bits are not kept).
+them. Everything is lossless, bit for bit: a float whose 64 bits survive a round trip through
+float32 travels as float32, any other as float64, so ±inf, -0.0, subnormals and NaN (sign and
+payload) arrive as they left (docs/batch-format-v1.md §2 says what a consumer gets).
+
+The optional header field ``dropped_why`` ({reason: count}, part of ``dropped``) says why some of
+the dropped readings were lost; :func:`unencodable` says why a value cannot travel at all.
 
 Series ids refer to the dictionary in the gateway's retained birth message (device, point, unit,
 type). The format does not need it to decode: :func:`decode_batch` returns series ids.
@@ -47,7 +51,6 @@ type). The format does not need it to decode: :func:`decode_batch` returns serie
 from __future__ import annotations
 
 import itertools
-import math
 import struct
 import sys
 from array import array
@@ -72,6 +75,7 @@ __all__ = [
     "decode_batch",
     "decode_header",
     "encode_batch",
+    "unencodable",
 ]
 
 FORMAT_VERSION = 1
@@ -142,6 +146,9 @@ class BatchHeader:
     part: tuple[int, ...] = ()
     version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Why some of ``dropped`` were lost: reason -> count (each count is part of ``dropped``;
+    #: reasons not listed: evicted by the full policy or lost in a damaged buffer file).
+    dropped_why: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +216,44 @@ def _value_type(v: Value) -> int:
             return U64
         raise ValueError(f"integer {v} does not fit 64 bits")
     if isinstance(v, float):
-        if math.isnan(v):
-            return F32
         try:
-            as_f32 = struct.unpack("<f", struct.pack("<f", v))[0]
+            as_f32 = _F32.unpack(_F32.pack(v))[0]
         except OverflowError:
             return F64
-        return F32 if as_f32 == v else F64
+        if as_f32 == v:  # equal floats have equal bits, -0.0 too (float32 keeps the sign)
+            return F32
+        if v != v:  # NaN: float32 only if its sign and payload come back whole
+            return F32 if _F64.pack(as_f32) == _F64.pack(v) else F64
+        return F64
     if isinstance(v, str):
         return STR
     raise ValueError(f"unsupported value type {type(v).__name__}")
+
+
+_F32, _F64 = struct.Struct("<f"), struct.Struct("<d")
+
+
+def unencodable(value: object) -> str | None:
+    """Why ``value`` cannot travel in a batch, in words; None if it can.
+
+    A batch carries bool, int from -2**63 to 2**64 - 1, float (any of its 2**64 bit patterns)
+    and str (valid Unicode). Anything else, None included, has no column.
+    """
+    if type(value) is float or type(value) is bool:
+        return None  # every bit pattern travels (f32 or f64); the fast path of a seal
+    if value is None:
+        return "no value (None)"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string that is not valid Unicode"
+        return None
+    try:
+        _value_type(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _dd(a: list[int]) -> list[int]:
@@ -451,6 +486,11 @@ def encode_batch(
     }
     if header.part:
         doc["part"] = list(header.part)
+    why = {k: v for k, v in header.dropped_why.items() if v}
+    if why:
+        if sum(why.values()) > header.dropped or min(why.values()) < 0:
+            raise ValueError(f"dropped_why {why} does not fit within dropped={header.dropped}")
+        doc["dropped_why"] = why
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -466,7 +506,9 @@ def _field(doc: dict[Any, Any], key: str, kind: type) -> Any:
     return value
 
 
-_HEADER_KEYS = frozenset({"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body", "part"})
+_HEADER_KEYS = frozenset(
+    {"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body", "part", "dropped_why"}
+)
 
 
 def _part(doc: dict[Any, Any]) -> tuple[int, ...]:
@@ -478,6 +520,17 @@ def _part(doc: dict[Any, Any]) -> tuple[int, ...]:
     ):
         raise BatchDecodeError(f"bad part path {raw!r}")
     return tuple(raw)
+
+
+def _dropped_why(doc: dict[Any, Any]) -> dict[str, int]:
+    raw = doc.get("dropped_why", {})
+    if (
+        not isinstance(raw, dict)
+        or len(raw) > 64
+        or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in raw.items())
+    ):
+        raise BatchDecodeError(f"bad dropped_why {raw!r}")
+    return raw
 
 
 def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
@@ -501,9 +554,12 @@ def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
         part=_part(doc),
         version=version,
         extra={k: v for k, v in doc.items() if k not in _HEADER_KEYS},
+        dropped_why=_dropped_why(doc),
     )
     if header.seq < 0 or header.dropped < 0 or not 0 <= header.points <= MAX_POINTS:
         raise BatchDecodeError("negative seq or dropped, or impossible point count", header)
+    if sum(header.dropped_why.values()) > header.dropped:
+        raise BatchDecodeError("dropped_why counts more than dropped", header)
     if _field(doc, "z", str) != "zstd":
         raise BatchDecodeError(f"unknown compression {doc['z']!r}", header)
     return header, _field(doc, "body", bytes)

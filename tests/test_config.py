@@ -145,3 +145,20 @@ def test_config__broker_url_and_password_rules():
 def test_config__yaml_syntax_error_is_located():
     [(line, _col, msg)] = problems("gateway: [id: a\n")
     assert msg.startswith("YAML syntax") and line == 2
+
+
+def test_cli__a_reader_that_goes_away_early_gets_no_traceback():
+    """`edge check config | head -1`: the pipe closes under the printing command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "check", "configs/rs485-example.yaml"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert "valid" in proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` exits
+    err = proc.stderr.read()
+    assert proc.wait(30) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

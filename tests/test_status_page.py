@@ -104,6 +104,9 @@ async def test_metrics_and_token(mosquitto, sim_sdm630, tmp_path):
         assert 'edge_readings_dropped_total{reason="buffer_full_evicted"} 0' in body
         assert 'edge_readings_dropped_total{reason="buffer_corrupt_lost"} 0' in body
         assert "edge_clock_steps_total 0" in body and "edge_readings_held 0" in body
+        endpoint = f'{{endpoint="modbus_tcp://127.0.0.1:{sim_sdm630.port}",connection="0"}}'
+        assert f"edge_tcp_connects_total{endpoint} 1" in body, body
+        assert f"edge_tcp_stale_answers_total{endpoint} 0" in body
         status, raw = await asyncio.to_thread(
             get, base + "/status.json", {"Authorization": "Bearer s3cret"}
         )
