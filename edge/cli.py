@@ -227,13 +227,16 @@ async def _serve_sensor(args: argparse.Namespace) -> int:
     sim.bad_checksum_every = args.bad_checksum_every
     print(
         f"simulating a {profile.vendor} {profile.model} at {link} -> {sim.tty} "
-        f"(9600 8N1, active mode until told otherwise); in a config: "
+        f"(9600 8N1, active mode until told otherwise; SIGUSR1: a power blip); in a config: "
         f"transport: {{type: uart, port: {link}}}",
         flush=True,
     )
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, sim.power_blip)  # a fault harness's power dip
     try:
         await asyncio.Event().wait()
     finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
         await sim.close()
     return 0
 

@@ -115,6 +115,13 @@ class MqttConfig(_Model):
     batch_max_readings: int = Field(5000, ge=1, le=1_000_000)
     #: Encoded batch size cap; keep it below the broker's maximum packet size.
     batch_max_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
+    #: MQTT version: "auto" speaks MQTT 5 and falls back to 3.1.1 when the broker refuses 5.
+    protocol_version: Literal["auto", "5", "3.1.1"] = "auto"
+    #: The broker's largest packet (the whole MQTT packet, bytes; Mosquitto: max_packet_size).
+    #: Every message is kept under it, the birth sent in parts if need be. MQTT 5 brokers
+    #: announce their own limit (the smaller one applies); under 3.1.1 a broker cannot, and
+    #: may drop a larger message while acknowledging it: set this there.
+    max_packet_bytes: int | None = Field(None, ge=512, le=268_435_460)
     batch_max_delay_ms: int = Field(5000, ge=0, le=3_600_000)
     #: Batches waiting for their PUBACK at once.
     max_inflight_batches: int = Field(4, ge=1, le=100)
@@ -124,6 +131,15 @@ class MqttConfig(_Model):
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     stable_after_s: float = Field(60.0, ge=0, le=3600)
     topic_prefix: str = Field("city/v1", pattern=r"^[^#+]+$")
+
+    @field_validator("protocol_version", mode="before")
+    @classmethod
+    def _protocol_version(cls, v: object) -> object:
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == 5:
+            return "5"  # YAML reads `protocol_version: 5` as a number
+        if v not in ("auto", "5", "3.1.1"):
+            raise ValueError(f'protocol_version must be auto, 5 or "3.1.1" (got {v!r})')
+        return v
 
     @field_validator("url")
     @classmethod

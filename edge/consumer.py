@@ -3,7 +3,9 @@
 The gateway delivers at least once (a batch whose PUBACK was lost is re-sent with the same
 number), so a consumer that drops repeated numbers sees every reading exactly once. Gaps are
 reported as they appear and again at the end if they were never filled. Series ids are named
-through the gateway's retained birth message, which arrives first on subscription.
+through the gateway's retained birth message, which arrives first on subscription. A birth
+larger than the broker's packet limit comes in parts (``.../birth`` and ``.../birth/<k>``,
+protocols/birth.py); it is applied once every part of it has arrived.
 
 Use a fixed ``client_id``: the session is then persistent, and a broker with persistence keeps
 QoS 1 batches for the consumer while it is away or restarting. A message is acknowledged only
@@ -45,7 +47,14 @@ from paho.mqtt.properties import Properties
 from edge.ledger import EntryOutcome, TxLedger
 from edge.tls import client_context
 from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
-from protocols.birth import Birth, BirthError, SeriesInfo, resolve
+from protocols.birth import (
+    Birth,
+    BirthError,
+    SeriesInfo,
+    birth_part,
+    join_birth_parts,
+    resolve,
+)
 from protocols.meterlink import PayloadError, decode_tx_message
 
 __all__ = ["BatchConsumer", "Delivery", "SeqTracker", "float_bits", "reading_json"]
@@ -121,6 +130,8 @@ class GatewayTally:
     unknown_reported: set[int] = field(default_factory=set)
     #: Split batches: seq -> the part paths delivered (whole batches are not listed here).
     parts: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
+    #: Parts of births not yet complete: birth id -> part index -> part.
+    birth_parts: dict[str, dict[int, Birth]] = field(default_factory=dict)
 
 
 _F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
@@ -208,7 +219,12 @@ class BatchConsumer:
             if not share or any(c in share for c in "/+#"):
                 raise ValueError(f"share group {share!r} must be a plain name")
         shared = f"$share/{share}/" if share else ""
-        self.topics = [f"{base}/+/+/birth", f"{shared}{base}/+/+/data", f"{shared}{base}/+/+/tx"]
+        self.topics = [
+            f"{base}/+/+/birth",
+            f"{shared}{base}/+/+/data",
+            f"{shared}{base}/+/+/tx",
+            f"{base}/+/+/birth/+",  # the parts of a birth too large for one message
+        ]
         self.share = share
         self.session_expiry_s = session_expiry_s
         self.client_id = client_id
@@ -225,13 +241,30 @@ class BatchConsumer:
         print(msg, file=self.report, flush=True)
 
     def _birth(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained birth part deleted by its gateway
         try:
             birth = Birth.decode(payload)
+            part = birth_part(birth)
         except BirthError as exc:
             self.bad_payloads += 1
             self._say(f"bad birth on {topic}: {exc}")
             return
         tally = self.tallies.setdefault(birth.gateway, GatewayTally())
+        if part is not None:
+            parts = tally.birth_parts.setdefault(part.id, {})
+            parts[part.index] = birth
+            if len(tally.birth_parts) > 4:  # parts of births that never completed (stale)
+                del tally.birth_parts[next(iter(tally.birth_parts))]
+            if len(parts) < part.count or part.id not in tally.birth_parts:
+                return
+            del tally.birth_parts[part.id]
+            try:
+                birth = join_birth_parts(parts.values())
+            except BirthError as exc:
+                self.bad_payloads += 1
+                self._say(f"bad birth parts from gateway {birth.gateway}: {exc}")
+                return
         tally.birth, tally.series = birth, birth.index()
         tally.unknown_reported.clear()
         key = birth.extra.get("signing_key")
@@ -272,8 +305,9 @@ class BatchConsumer:
     def handle(self, topic: str, payload: bytes) -> Delivery | None:
         """Process one message; returns the delivery if it is a new batch (or duplicates are
         kept). A birth updates its gateway's series dictionary."""
-        if topic.endswith("/birth"):
-            self._birth(topic, payload)
+        head, _, last = topic.rpartition("/")
+        if last == "birth" or (head.endswith("/birth") and last.isdigit()):
+            self._birth(topic, payload)  # a whole birth, or a part (.../birth/<k>)
             return None
         if topic.endswith("/tx"):
             self._tx(topic, payload)

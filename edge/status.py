@@ -262,6 +262,12 @@ class StatusServer:
             [("", f.connect_failures)],
         )
         metric(
+            "uplink_refused_total",
+            "counter",
+            "Messages the broker refused (PUBACK code >= 0x80; kept, sent again), by reason.",
+            [(f'{{reason="{_esc(r)}"}}', n) for r, n in sorted(f.refused.items())],
+        )
+        metric(
             "batches_sent_total",
             "counter",
             "Batches acknowledged by the broker.",
@@ -354,6 +360,17 @@ class StatusServer:
                 "gauge",
                 "Committed meter entries not yet acknowledged by the broker.",
                 [("", await g.buffer.entries_pending())],
+            )
+        sensors = [p for p in polls if hasattr(p.stats, "stale_frames")]  # serial sensors
+        for field, help_ in (
+            ("stale_frames", "Sensor frames discarded because they were older than the request."),
+            ("mode_resets", "Reporting-mode commands re-sent to a sensor in the wrong mode."),
+        ):
+            metric(
+                f"sensor_{field}_total",
+                "counter",
+                help_,
+                [(dev(p), getattr(p.stats, field)) for p in sensors],
             )
         lines = [
             (name, link)

@@ -6,6 +6,17 @@ woken ``warmup_s`` before each one, whatever it says while its fan spins up is d
 is put back to sleep right after the sample. Active mode: the sensor streams; the driver keeps the
 latest frame and reports it once per interval.
 
+A value is only ever the sensor's answer to *this* sample, stamped with the time its frame
+arrived. In passive mode the driver flushes its input before each read request (queued frames,
+a partial frame, the kernel's buffer) and takes only a frame that arrived after the request,
+at least one frame's wire time after it (an answer cannot come sooner); anything older is a
+**stale frame**, counted (``stats.stale_frames``, ``edge_sensor_stale_frames_total``), never
+reported. A sensor that streams without being asked (a PMS5003 or SDS011 falls back into
+active mode, its power-on default, after a power blip) is put back into passive mode: the mode
+command is sent again, counted (``stats.mode_resets``) and logged once at WARNING, then at DEBUG
+while it lasts, and at INFO when it answers only when asked again. In active mode a sensor that
+stops streaming gets the active-mode command again the same way.
+
 A port that disappears (a USB adapter unplugged) or cannot be opened is retried with backoff; the
 gap is reported as the device's ``_status`` going ``offline`` and back ``online``. A sensor that
 does not answer is marked offline once, logged once, not every second. Corrupt frames are
@@ -15,9 +26,11 @@ counted (``stats.bad_frames``) and skipped by the decoder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import termios
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +65,14 @@ class SensorStats:
     wakes: int = 0
     bad_frames: int = 0  # counted by the decoder of each session, added when it closes
     skipped_bytes: int = 0
+    #: data frames thrown away because they arrived before the request they would answer
+    stale_frames: int = 0
+    #: data frames that came while none was asked for (passive mode, outside warm-ups)
+    unasked_frames: int = 0
+    #: mode commands sent again because the sensor was in the wrong reporting mode
+    mode_resets: int = 0
+    #: bytes dropped by input flushes (a partial frame, the kernel's input buffer)
+    flushed_bytes: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -67,6 +88,7 @@ class _PortLost(Exception):
 
 class _Pms:
     name = "pms5003"
+    frame_bytes = 32  # a data frame (reference §2.1)
 
     def decoder(self) -> pms.PmsDecoder:
         return pms.PmsDecoder()
@@ -99,6 +121,7 @@ class _Pms:
 
 class _Sds:
     name = "sds011"
+    frame_bytes = 10  # a data frame (reference §2.2)
 
     def decoder(self) -> sds.SdsDecoder:
         return sds.SdsDecoder()
@@ -119,24 +142,47 @@ class _Sds:
 PROTOCOLS: dict[str, Callable[[], Any]] = {"pms5003": _Pms, "sds011": _Sds}
 
 
+#: Seconds within which two frames nobody asked for mean "the sensor streams" (one alone may be
+#: a late answer to a request that timed out).
+UNASKED_WINDOW_S = 10.0
+#: After a mode command, frames already on their way are not held against the sensor.
+MODE_GRACE_S = 0.2
+
+
 class _Port(asyncio.Protocol):
-    def __init__(self, decoder: Any) -> None:
+    """One open serial port: frames as they arrive, each with its arrival time (monotonic)."""
+
+    def __init__(self, decoder: Any, is_data: Callable[[Any], bool], stats: SensorStats) -> None:
         self.decoder = decoder
-        self.frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
+        self.is_data = is_data
+        self.stats = stats
+        self.frames: deque[tuple[float, Any]] = deque(maxlen=256)  # the newest are kept
+        self.arrived = asyncio.Event()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.Event()
+        self.passive = False  # only answers are expected
+        self.asked = False  # a read request is outstanding
+        self.quiet_until = 0.0  # unasked frames before this are in flight after a command
+        self.unasked: deque[float] = deque(maxlen=8)  # arrival times of unasked data frames
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
         for frame in self.decoder.feed(data):
-            if self.frames.full():
-                self.frames.get_nowait()  # keep the newest
-            self.frames.put_nowait(frame)
+            if self.passive and not self.asked and now >= self.quiet_until and self.is_data(frame):
+                self.unasked.append(now)
+                self.stats.unasked_frames += 1
+            self.frames.append((now, frame))
+            self.arrived.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set()
+
+    def unasked_lately(self, now: float) -> int:
+        """Unasked data frames within the window; two or more: the sensor streams."""
+        return sum(1 for t in self.unasked if t > now - UNASKED_WINDOW_S)
 
 
 # --------------------------------------------------------------------------- the poller
@@ -165,6 +211,9 @@ class SensorPoller:
         self._port: _Port | None = None
         self._awake: bool | None = None
         self._backoff = Backoff(0.5, 30.0)
+        self._wrong_mode = False  # logged, until the sensor keeps its mode again
+        # No answer can arrive sooner than its own frame's wire time after the request (8N1).
+        self._answer_wire_s = self.proto.frame_bytes * 10 / device.transport.baudrate
 
     # ------------------------------------------------------------------ gateway interface
 
@@ -221,7 +270,8 @@ class SensorPoller:
 
     async def _open(self) -> _Port:
         t = self.device.transport
-        port = _Port(self.proto.decoder())
+        port = _Port(self.proto.decoder(), lambda f: self.proto.values(f) is not None, self.stats)
+        port.passive = self.device.mode == "passive"
         transport, _ = await serial_asyncio_fast.create_serial_connection(
             asyncio.get_running_loop(), lambda: port, t.port, baudrate=t.baudrate
         )
@@ -236,62 +286,94 @@ class SensorPoller:
             raise _PortLost("port closed")
         port.transport.write(frame)
 
-    async def _wait_frame(self, timeout_s: float) -> Any | None:
+    def _send_mode(self) -> None:
+        """(Re)send the reporting-mode command of the configured mode; frames already on their
+        way are not held against the sensor."""
+        assert self._port is not None
+        passive = self.device.mode == "passive"
+        self._send(self.proto.passive() if passive else self.proto.active())
+        self._port.quiet_until = time.monotonic() + MODE_GRACE_S
+        self._port.unasked.clear()
+
+    async def _wait_frame(self, timeout_s: float) -> tuple[float, Any] | None:
+        """The next frame with its arrival time, or None after ``timeout_s``."""
         port = self._port
         assert port is not None
-        lost = asyncio.create_task(port.lost.wait())
-        get = asyncio.create_task(port.frames.get())
-        try:
-            done, _ = await asyncio.wait(
-                {lost, get}, timeout=timeout_s, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            for t in (lost, get):
-                t.cancel()
-        if get in done and not get.cancelled():
-            return get.result()
-        if lost in done:
-            raise _PortLost("the port went away")
-        return None
+        if not port.frames:
+            port.arrived.clear()
+            lost = asyncio.create_task(port.lost.wait())
+            arrived = asyncio.create_task(port.arrived.wait())
+            try:
+                await asyncio.wait(
+                    {lost, arrived}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                for t in (lost, arrived):
+                    t.cancel()
+            if port.lost.is_set():
+                raise _PortLost("the port went away")
+        return port.frames.popleft() if port.frames else None
 
     async def _drain(self) -> None:
-        """Throw away frames already queued (sent while warming up, or stale)."""
+        """Throw away frames already queued (said while warming up)."""
         assert self._port is not None
-        while not self._port.frames.empty():
-            self._port.frames.get_nowait()
-            self.stats.warmup_frames_discarded += 1
+        self.stats.warmup_frames_discarded += len(self._port.frames)
+        self._port.frames.clear()
 
-    async def _set_awake(self, awake: bool) -> None:
-        if self._awake == awake:
+    def _flush(self) -> None:
+        """Empty the input before a request: queued frames (stale, counted), a partial frame
+        and whatever the kernel holds (so no frame that began before the request completes)."""
+        port = self._port
+        assert port is not None
+        self.stats.stale_frames += sum(1 for _, f in port.frames if port.is_data(f))
+        port.frames.clear()
+        ser = getattr(port.transport, "serial", None)
+        if ser is None:
             return
+        try:
+            held = ser.in_waiting
+            ser.reset_input_buffer()
+        except (OSError, serial.SerialException, termios.error) as exc:
+            raise _PortLost(f"cannot flush the input: {exc}") from exc
+        if held:  # the rest of a partial frame was in there: it can never complete now
+            self.stats.flushed_bytes += held + port.decoder.clear()
+
+    async def _set_awake(self, awake: bool) -> bool:
+        """Wake or sleep the sensor; True if a command was sent."""
+        if self._awake == awake:
+            return False
         self._send(self.proto.wake() if awake else self.proto.sleep())
         if awake:
             self.stats.wakes += 1
         self._awake = awake
         await asyncio.sleep(0.05)  # its acknowledgement (if any) is not a sample
+        return True
 
     async def _session(self) -> None:
         await self._open()
         self._backoff.succeeded()
         loop = asyncio.get_running_loop()
         await self._set_awake(True)
-        self._send(self.proto.active() if self.device.mode == "active" else self.proto.passive())
+        self._send_mode()
         await asyncio.sleep(0.1)
         await self._drain()
         next_t = loop.time() + self.warmup_s  # the first sample after the fan is at speed
         while True:
             if self.duty_cycling:
                 await self._sleep_until(next_t - self.warmup_s)
-                await self._set_awake(True)
+                self._flush()  # anything it said while it should have slept is stale
+                streaming = self._check_passive()
+                if await self._set_awake(True) and not streaming:
+                    self._send_mode()  # in case waking up brought back its default mode
                 await self._sleep_until(next_t)
                 await self._drain()  # said while the fan spun up: not a sample
             else:
                 await self._sleep_until(next_t)
             self.stats.polls += 1
-            values = await self._sample()
+            sample = await self._sample()
             if self.duty_cycling:
                 await self._set_awake(False)
-            await self._emit(values)
+            await self._emit(sample)
             next_t += self.interval_s
             if next_t < loop.time():
                 next_t = loop.time()
@@ -309,38 +391,114 @@ class SensorPoller:
             return
         raise _PortLost("the port went away")
 
-    async def _sample(self) -> dict[str, Any] | None:
-        """One sample: the answer to a read (passive), or the newest streamed frame (active)."""
-        dev = self.device
+    def _mode_fault(self, what: str) -> None:
+        """The sensor is in the wrong reporting mode: send the mode command again; count it,
+        log it once (then DEBUG while it lasts)."""
+        self.stats.mode_resets += 1
+        self._send_mode()
+        if self._wrong_mode:
+            log.debug("sensor %s still %s; mode command sent again", self.device.id, what)
+            return
+        self._wrong_mode = True
+        log.warning(
+            "sensor %s %s (back in its power-on mode after a power blip?): sent the %s-mode "
+            "command again; frames older than a request are discarded and counted as stale",
+            self.device.id,
+            what,
+            self.device.mode,
+        )
+
+    def _check_passive(self) -> bool:
+        """In passive mode: True (and the mode command sent again) if the sensor streams."""
         port = self._port
         assert port is not None
-        for _ in range(dev.retries + 1):
-            if dev.mode == "active":
-                latest = None
-                while not port.frames.empty():
-                    latest = self.proto.values(port.frames.get_nowait()) or latest
-                if latest is not None:
-                    return latest
-            else:
+        unasked = port.unasked_lately(time.monotonic())
+        if unasked >= 2:
+            self._mode_fault("sends frames without being asked")
+            return True
+        if unasked == 0:
+            self._mode_kept()
+        return False
+
+    def _mode_kept(self) -> None:
+        if self._wrong_mode:
+            self._wrong_mode = False
+            log.info("sensor %s keeps %s mode again", self.device.id, self.device.mode)
+
+    async def _sample(self) -> tuple[float, dict[str, Any]] | None:
+        """One sample and the time its frame arrived: the answer to a read request (passive),
+        or the newest frame streamed since the last sample (active)."""
+        if self.device.mode == "active":
+            return await self._sample_active()
+        port = self._port
+        assert port is not None
+        self._check_passive()
+        for _ in range(self.device.retries + 1):
+            self._flush()
+            port.asked = True
+            try:
                 self._send(self.proto.read())
-            deadline = time.monotonic() + dev.timeout_ms / 1000.0
-            while (left := deadline - time.monotonic()) > 0:
-                frame = await self._wait_frame(left)
-                if frame is None:
-                    break
-                values = self.proto.values(frame)
-                if values is not None:  # not an ack or a reply
-                    return values
-        self.stats.timeouts += 1
-        self.stats.count("SensorTimeout")
+                asked = time.monotonic()
+                got = await self._answer(asked, asked + self.device.timeout_ms / 1000.0)
+            finally:
+                port.asked = False
+            if got is not None:
+                return got
+        self._timed_out()
         return None
 
-    async def _emit(self, values: dict[str, Any] | None) -> None:
+    async def _answer(self, asked: float, deadline: float) -> tuple[float, dict[str, Any]] | None:
+        """The first data frame that arrived after the request could have been answered."""
+        earliest = asked + 0.9 * self._answer_wire_s  # 10 % for the clocks' granularity
+        while (left := deadline - time.monotonic()) > 0:
+            item = await self._wait_frame(left)
+            if item is None:
+                return None
+            arrived, frame = item
+            values = self.proto.values(frame)
+            if values is None:
+                continue  # an acknowledgement or a reply, not a sample
+            if arrived < earliest:
+                self.stats.stale_frames += 1  # it began before the request reached the sensor
+                continue
+            return arrived, values
+        return None
+
+    async def _sample_active(self) -> tuple[float, dict[str, Any]] | None:
+        port = self._port
+        assert port is not None
+        latest: tuple[float, dict[str, Any]] | None = None
+        while port.frames:
+            arrived, frame = port.frames.popleft()
+            values = self.proto.values(frame)
+            if values is not None:
+                latest = (arrived, values)
+        if latest is None:
+            now = time.monotonic()
+            latest = await self._answer(now, now + self.device.timeout_ms / 1000.0)
+        if latest is not None:
+            self._mode_kept()
+            return latest
+        self._timed_out()
+        self._mode_fault("streams nothing in active mode")
+        return None
+
+    def _timed_out(self) -> None:
+        self.stats.timeouts += 1
+        self.stats.count("SensorTimeout")
+
+    async def _emit(self, sample: tuple[float, dict[str, Any]] | None) -> None:
         readings: list[Reading] = []
         stamp = self.clock.stamp()
-        if values is not None:
+        if sample is not None:
+            arrived, values = sample
+            # The value's time is when its frame arrived, not when we got round to it.
+            age_ms = max(0, round((time.monotonic() - arrived) * 1000))
+            at = dataclasses.replace(
+                stamp, ts_ms=stamp.ts_ms - age_ms, boot_ms=stamp.boot_ms - age_ms
+            )
             self.stats.samples += 1
-            readings = [stamp.reading(self.device.id, p, values[p]) for p in self.points]
+            readings = [at.reading(self.device.id, p, values[p]) for p in self.points]
             status, why = "online", ""
         else:
             status, why = "offline", "no answer to a sample request"

@@ -9,23 +9,61 @@ that refers to a series it lists. Series ids are persistent: an id is never reus
      "poll_interval_s"}], "series": [[sid, device, point, unit, type], ...], ...}
 
 ``type`` is the profile's register data type (float32, uint16, ...). Unknown keys are ignored.
+
+A birth larger than the broker takes (its Maximum Packet Size) goes out in **parts**
+(:func:`split_birth`): each part is itself a version-1 birth with every header field, a slice of
+``devices`` and of ``series`` (in order), and ``"part": {"index": i, "count": n, "id": hex}``;
+only part 1 carries the other keys (``signing_key``, ``meters``, ...). ``id`` is the first 16
+hex digits of the SHA-256 of the whole birth's encoding, the same in every part of one birth.
+:func:`join_birth_parts` puts the whole birth back together (docs/asyncapi.yaml, birthPart).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from protocols.batch import Batch, Reading
 
-__all__ = ["BIRTH_VERSION", "Birth", "BirthError", "SeriesInfo"]
+__all__ = [
+    "BIRTH_VERSION",
+    "Birth",
+    "BirthError",
+    "BirthPart",
+    "BirthTooLarge",
+    "SeriesInfo",
+    "birth_part",
+    "join_birth_parts",
+    "split_birth",
+]
 
 BIRTH_VERSION = 1
 
 
 class BirthError(ValueError):
     """The bytes are not a valid birth message."""
+
+
+class BirthTooLarge(ValueError):
+    """The birth cannot be cut into parts of at most ``limit`` bytes: the header (with the
+    other keys of part 1) or one device or series entry alone is larger."""
+
+    def __init__(self, size: int, limit: int, what: str) -> None:
+        super().__init__(
+            f"the birth ({size} bytes) cannot be sent in parts of {limit} bytes: {what}"
+        )
+        self.size, self.limit, self.what = size, limit, what
+
+
+class BirthPart(NamedTuple):
+    """Where a part sits in its birth: ``index`` 1..``count``; ``id`` names the whole birth."""
+
+    index: int
+    count: int
+    id: str
 
 
 class SeriesInfo(NamedTuple):
@@ -49,7 +87,10 @@ class Birth:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def encode(self) -> bytes:
-        doc = {
+        return _dumps(self._doc(self.devices, self.series, self.extra))
+
+    def _doc(self, devices: Iterable[Any], series: Iterable[Any], extra: dict[str, Any]) -> dict:
+        return {
             "v": BIRTH_VERSION,
             "gateway": self.gateway,
             "site": self.site,
@@ -57,11 +98,10 @@ class Birth:
             "software": self.software,
             "started_ms": self.started_ms,
             "next_seq": self.next_seq,
-            "devices": list(self.devices),
-            "series": [list(s) for s in self.series],
-            **self.extra,
+            "devices": list(devices),
+            "series": [list(s) for s in series],
+            **extra,
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> Birth:
@@ -117,3 +157,111 @@ def resolve(batch: Batch, series: dict[int, SeriesInfo]) -> tuple[list[Reading],
         else:
             out.append(Reading(info.device, info.point, p.ts_ms, p.value, p.tq))
     return out, unknown
+
+
+def _dumps(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+#: The widest ``part`` field a birth can carry: sizes are planned with it, then the real one is
+#: written (never longer).
+_PART_PLACEHOLDER = {"index": 99_999, "count": 99_999, "id": "0" * 16}
+
+
+def split_birth(birth: Birth, max_bytes: int) -> list[bytes]:
+    """The birth as payloads of at most ``max_bytes`` bytes each: ``[birth.encode()]`` when it
+    fits, else parts (see the module docstring), greedily filled in order.
+
+    Raises :class:`BirthTooLarge` when even a part holding one entry would be larger.
+    """
+    whole = birth.encode()
+    if len(whole) <= max_bytes:
+        return [whole]
+    pid = hashlib.sha256(whole).hexdigest()[:16]
+    items = [("devices", d) for d in birth.devices] + [("series", list(s)) for s in birth.series]
+    sizes = [len(_dumps(obj)) for _, obj in items]
+    first = len(_dumps(birth._doc((), (), {"part": _PART_PLACEHOLDER, **birth.extra})))
+    other = len(_dumps(birth._doc((), (), {"part": _PART_PLACEHOLDER})))
+    if first > max_bytes:
+        raise BirthTooLarge(len(whole), max_bytes, f"its header alone takes {first} bytes")
+    parts: list[dict[str, list[Any]]] = []
+    current: dict[str, list[Any]] = {"devices": [], "series": []}
+    used = first
+    for (kind, obj), size in zip(items, sizes, strict=True):
+        add = size + (1 if current[kind] else 0)  # a comma before every entry but the first
+        if used + add > max_bytes and (current["devices"] or current["series"]):
+            parts.append(current)
+            current = {"devices": [], "series": []}
+            used, add = other, size
+        if used + add > max_bytes:
+            raise BirthTooLarge(
+                len(whole), max_bytes, f"one {kind} entry alone needs {other + size} bytes"
+            )
+        current[kind].append(obj)
+        used += add
+    parts.append(current)
+    count = len(parts)
+    if count > _PART_PLACEHOLDER["count"]:
+        raise BirthTooLarge(len(whole), max_bytes, f"it would take {count} parts")
+    out = []
+    for index, part in enumerate(parts, 1):
+        extra = {"part": {"index": index, "count": count, "id": pid}}
+        if index == 1:
+            extra.update(birth.extra)
+        payload = _dumps(birth._doc(part["devices"], part["series"], extra))
+        assert len(payload) <= max_bytes, (len(payload), max_bytes)  # planned with the widest
+        out.append(payload)
+    return out
+
+
+def birth_part(birth: Birth) -> BirthPart | None:
+    """The ``part`` field of a decoded birth, or None for a whole birth.
+
+    Raises :class:`BirthError` when it is present but malformed.
+    """
+    raw = birth.extra.get("part")
+    if raw is None:
+        return None
+    try:
+        part = BirthPart(int(raw["index"]), int(raw["count"]), str(raw["id"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BirthError(f"birth part field is malformed: {exc!r}") from None
+    if not 1 <= part.index <= part.count:
+        raise BirthError(f"birth part {part.index} of {part.count} is out of range")
+    return part
+
+
+def join_birth_parts(parts: Iterable[Birth]) -> Birth:
+    """The whole birth from all of its parts, in any order. Raises :class:`BirthError` when a
+    part is missing, repeated, or belongs to another birth."""
+    by_index: dict[int, Birth] = {}
+    ids = set()
+    counts = set()
+    for p in parts:
+        info = birth_part(p)
+        if info is None:
+            raise BirthError("a whole birth is not a part")
+        if info.index in by_index:
+            raise BirthError(f"birth part {info.index} given twice")
+        by_index[info.index] = p
+        ids.add(info.id)
+        counts.add(info.count)
+    if len(ids) != 1 or len(counts) != 1:
+        raise BirthError("the parts belong to different births")
+    count = counts.pop()
+    if sorted(by_index) != list(range(1, count + 1)):
+        missing = sorted(set(range(1, count + 1)) - set(by_index))
+        raise BirthError(f"birth parts {missing} of {count} are missing")
+    ordered = [by_index[i] for i in range(1, count + 1)]
+    head = ordered[0]
+    return Birth(
+        gateway=head.gateway,
+        site=head.site,
+        boot=head.boot,
+        software=head.software,
+        started_ms=head.started_ms,
+        next_seq=head.next_seq,
+        devices=tuple(d for p in ordered for d in p.devices),
+        series=tuple(s for p in ordered for s in p.series),
+        extra={k: v for k, v in head.extra.items() if k != "part"},
+    )

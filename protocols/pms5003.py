@@ -137,6 +137,13 @@ class PmsDecoder:
         self.bad_frames = 0
         self.skipped_bytes = 0
 
+    def clear(self) -> int:
+        """Forget a partial frame held for the next feed (the caller flushed the input, so its
+        rest will never come). Returns the bytes dropped; they are not counted as skipped."""
+        n = len(self._buf)
+        self._buf.clear()
+        return n
+
     def feed(self, data: bytes) -> list[PmsFrame | PmsAck]:
         buf = self._buf
         buf += data

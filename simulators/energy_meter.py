@@ -11,7 +11,13 @@ Values move as on a real feeder, with the noise a real meter shows:
   0.05 % of current and power, 0.001 Hz, 0.0005 of power factor), and the meter refreshes its
   registers once per measurement cycle (1 s), as energy meters do; reads in between see the
   same values. Values are full-precision float32 on the wire: nothing is rounded;
-* energy counters integrate power and only grow.
+* energy counters integrate power and only grow; a total is import + export (reference §1.3,
+  Eastron's note), a three-phase total the sum of its phases;
+* **demand** is what an Eastron meter calls it: the mean over the demand period (default 60 min,
+  holding register 40003, reference §1.4), sliding, of import power, export power, and (SDM120)
+  current; total power demand is import minus export demand (Eastron's note, §1.3). Each
+  **maximum demand** is the largest demand since power-up, updated in the same measurement
+  cycle as the demand, so it is never below it.
 
 The names match the Eastron profiles; a profile point the model does not know reads 0.
 """
@@ -21,13 +27,15 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
-__all__ = ["EnergyMeterModel"]
+__all__ = ["DEMAND_PERIOD_S", "EnergyMeterModel", "SlidingDemand"]
 
 NOMINAL_V = 230.0
 NOMINAL_HZ = 50.0
 MEASUREMENT_CYCLE_S = 1.0
+DEMAND_PERIOD_S = 3600.0  # Eastron's default demand period, 60 min (reference §1.4)
 _ICT = 7 * 3600  # Indochina Time, UTC+7, no daylight saving
 
 
@@ -38,6 +46,49 @@ def daily_load_factor(t_wall: float) -> float:
     evening = math.exp(-(((hour - 19.5) / 2.0) ** 2))
     lighting = 1.0 if hour >= 18.0 or hour < 6.0 else 0.0  # street lights on dusk to dawn
     return 0.15 + 0.45 * morning + 0.6 * evening + 0.25 * lighting
+
+
+class SlidingDemand:
+    """Means over the last ``period_s`` of a few quantities, each weighted by the time it held
+    (a sliding demand window), and the largest mean seen since power-up."""
+
+    def __init__(self, names: tuple[str, ...], period_s: float) -> None:
+        self.names = names
+        self.period_s = period_s
+        self._window: deque[tuple[float, float, tuple[float, ...]]] = deque()  # (end, dt, v)
+        self._sums = [0.0] * len(names)
+        self._span = 0.0
+        self._since_exact = 0
+        self.mean: dict[str, float] = dict.fromkeys(names, 0.0)
+        self.maximum: dict[str, float] = dict.fromkeys(names, 0.0)
+
+    def add(self, now: float, dt: float, values: tuple[float, ...]) -> None:
+        """``values`` held for the ``dt`` seconds up to ``now``."""
+        if dt > 0:
+            self._window.append((now, dt, values))
+            self._span += dt
+            for k, v in enumerate(values):
+                self._sums[k] += v * dt
+        while self._window and self._window[0][0] <= now - self.period_s:
+            _, old_dt, old = self._window.popleft()
+            self._span -= old_dt
+            for k, v in enumerate(old):
+                self._sums[k] -= v * old_dt
+        self._since_exact += 1
+        if self._since_exact >= 1000:  # running sums drift: add them up afresh now and then
+            self._since_exact = 0
+            self._span = math.fsum(held for _, held, _ in self._window)
+            self._sums = [
+                math.fsum(v[k] * held for _, held, v in self._window)
+                for k in range(len(self.names))
+            ]
+        for k, name in enumerate(self.names):
+            if self._span > 0:
+                mean = max(0.0, self._sums[k] / self._span)
+            else:
+                mean = values[k]  # no history yet: what it measures now
+            self.mean[name] = mean
+            self.maximum[name] = max(self.maximum[name], mean)
 
 
 class EnergyMeterModel:
@@ -52,6 +103,7 @@ class EnergyMeterModel:
         clock: Callable[[], float] = time.time,
         import_kwh: float | None = None,
         cycle_s: float = MEASUREMENT_CYCLE_S,
+        demand_period_s: float = DEMAND_PERIOD_S,
     ) -> None:
         if phases not in (1, 3):
             raise ValueError("phases must be 1 or 3")
@@ -67,7 +119,8 @@ class EnergyMeterModel:
         self._import_kvarh = [start * 0.2 / phases] * phases
         self._export_kwh = [self._rng.uniform(0, 5) / phases] * phases
         self._last_t: float | None = None
-        self._max_demand_w = 0.0
+        self.demand = SlidingDemand(("import_w", "export_w", "current_a"), demand_period_s)
+        self._max_total_demand_w = 0.0
         # Slow drifts (Ornstein-Uhlenbeck), per phase where it matters.
         self._load_drift = [0.0] * 3
         self._steps = [0.0] * 3
@@ -105,6 +158,12 @@ class EnergyMeterModel:
         self._values = self._measure(now)
         return self._values
 
+    def _max_total_demand(self, mean: dict[str, float]) -> float:
+        self._max_total_demand_w = max(
+            self._max_total_demand_w, mean["import_w"] - mean["export_w"]
+        )
+        return self._max_total_demand_w
+
     def _measure(self, now: float) -> dict[str, float]:
         rng = self._rng
         base_load = daily_load_factor(now)
@@ -129,26 +188,31 @@ class EnergyMeterModel:
             i_phase.append(i)
             pf_phase.append(pf)
         # Energy counters integrate power over the time since the last sample: they only grow.
-        if self._last_t is not None and now > self._last_t:
-            hours = (now - self._last_t) / 3600.0
+        dt = 0.0 if self._last_t is None else max(0.0, now - self._last_t)
+        if dt:
+            hours = dt / 3600.0
             for ph in range(self.phases):
                 self._import_kwh[ph] += p_phase[ph] / 1000.0 * hours
                 self._import_kvarh[ph] += q_phase[ph] / 1000.0 * hours
         self._last_t = now if self._last_t is None else max(self._last_t, now)
         total_p = sum(p_phase)
-        self._max_demand_w = max(self._max_demand_w, total_p)
+        # This feeder only draws power: import is the total, export none.
+        self.demand.add(now, dt, (max(0.0, total_p), max(0.0, -total_p), sum(i_phase)))
+        mean, peak = self.demand.mean, self.demand.maximum
         freq = NOMINAL_HZ + self._f_drift + rng.gauss(0, 0.001)
         imp, exp_ = sum(self._import_kwh), sum(self._export_kwh)
+        imp_q, exp_q = sum(self._import_kvarh), 0.0
         common = {
             "frequency": freq,
             "import_energy": imp,
             "export_energy": exp_,
-            "import_reactive_energy": sum(self._import_kvarh),
-            "export_reactive_energy": 0.0,
+            "import_reactive_energy": imp_q,
+            "export_reactive_energy": exp_q,
             "total_energy": imp + exp_,
-            "total_reactive_energy": sum(self._import_kvarh),
-            "total_power_demand": total_p,
-            "max_total_power_demand": self._max_demand_w,
+            "total_reactive_energy": imp_q + exp_q,
+            "total_power_demand": mean["import_w"] - mean["export_w"],
+            # the largest total demand: import minus export, at its own peak
+            "max_total_power_demand": self._max_total_demand(mean),
         }
         values.update(common)
         if self.phases == 1:
@@ -161,12 +225,12 @@ class EnergyMeterModel:
                 reactive_power=q_phase[0],
                 power_factor=pf_phase[0],
                 phase_angle=angle,
-                import_power_demand=total_p,
-                max_import_power_demand=self._max_demand_w,
-                export_power_demand=0.0,
-                max_export_power_demand=0.0,
-                current_demand=i_phase[0],
-                max_current_demand=self._max_demand_w / NOMINAL_V,
+                import_power_demand=mean["import_w"],
+                max_import_power_demand=peak["import_w"],
+                export_power_demand=mean["export_w"],
+                max_export_power_demand=peak["export_w"],
+                current_demand=mean["current_a"],
+                max_current_demand=peak["current_a"],
             )
             return values
         for ph in range(3):

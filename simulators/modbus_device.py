@@ -8,10 +8,19 @@ truth. The device's request rules are enforced as a real Eastron meter does (ref
 * an odd register count on a device that wants even counts, or more registers than the device
   serves per request: exception 03 (the real meter's code is unconfirmed, reference §8).
 
-Writes reach only whole writable points (coils with FC 05/15, holding registers with FC 06/16);
-anything else gets exception 02. A written point keeps its value and is shown to the behaviour
-model through ``commanded`` (point name -> decoded value), so a relay switched off by the
-platform takes its load off the embedded meter.
+Writes reach only whole writable points (coils with FC 05/15, holding registers with FC 06/16),
+and every register (or coil) a write names must belong to one. A write that runs past the mapped
+registers, into a gap between points, over part of a point, onto a point the profile does not
+make writable, or into a table no write function reaches (an address only the input registers or
+discrete inputs have) is refused **whole** with exception 02, ILLEGAL DATA ADDRESS: "the
+combination of reference number and transfer length is invalid" (Modbus Application Protocol
+V1.1b3 §7; the FC 05 / 06 / 15 / 16 state diagrams, §6.5, §6.6, §6.11, §6.12, answer 02 when
+"address == OK" or "address + quantity == OK" fails). A value the device does not accept
+(outside a point's ``limits``) gets exception 03, ILLEGAL DATA VALUE (§7), as does a malformed
+quantity or coil value (checked by :func:`protocols.modbus_frame.decode_request`). Nothing of a
+refused write is applied: it is checked in full before anything changes. A written point keeps
+its value and is shown to the behaviour model through ``commanded`` (point name -> decoded
+value), so a relay switched off by the platform takes its load off the embedded meter.
 """
 
 from __future__ import annotations
@@ -141,9 +150,10 @@ class ProfileSimUnit:
             for p in self.profile.points
             if p.register_type is rtype and p.address < end and p.end > address
         ]
-        if not targets or any(
-            not p.writable or p.address < address or p.end > end for p in targets
-        ):
+        whole = all(p.writable and address <= p.address and p.end <= end for p in targets)
+        # Points never overlap (the profile checks), so whole points that fill the request's
+        # length cover every register it names: nothing past the map, no gap.
+        if not targets or not whole or sum(p.count for p in targets) != len(words):
             self.exceptions += 1
             return ILLEGAL_ADDRESS
         decoded = {}

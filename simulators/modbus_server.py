@@ -57,7 +57,11 @@ class ModbusSim:
     silent_all: bool = False
     #: unit -> exception code it answers to every request (02, 04, 06: a device in trouble)
     exception_units: dict[int, int] = field(default_factory=dict)
+    #: units that do not apply broadcast writes (Eastron says its meters ignore them, §1.1)
+    no_broadcast_units: set[int] = field(default_factory=set)
     requests: int = 0
+    broadcasts: int = 0  # broadcast writes applied (by one unit or more)
+    ignored_broadcasts: int = 0  # broadcast reads and malformed broadcasts: nobody acts
 
     def answer(self, unit: int, pdu: bytes) -> bytes | None:
         """The response PDU to one request PDU, or None for no answer."""
@@ -88,6 +92,40 @@ class ModbusSim:
         except Exception:  # a simulator bug must look like a device failure, not kill the port
             log.exception("simulated unit %d failed on %s", unit, req)
             return encode_exception(req.function, ExceptionCode.SERVER_DEVICE_FAILURE)
+
+    def broadcast(self, pdu: bytes) -> int:
+        """A request to address 0 on a serial line: every unit applies a write (FC 5/6/15/16)
+        and none answers; a read or a malformed request is ignored (Modbus over Serial Line
+        V1.02 §2.1: "broadcast requests are necessarily writing commands", "no response is
+        returned to broadcast requests"). A unit whose map refuses the write, a dead unit
+        (``silent_units``) or one answering only exceptions does nothing. Returns how many
+        units applied it."""
+        self.requests += 1
+        try:
+            req = decode_request(pdu)
+        except FrameError:  # RequestError included: nobody answers a broadcast, not even 01
+            self.ignored_broadcasts += 1
+            return 0
+        if req.is_read:
+            self.ignored_broadcasts += 1
+            return 0
+        applied = 0
+        for unit_id, sim in self.units.items():
+            if (
+                self.silent_all
+                or unit_id in self.silent_units
+                or unit_id in self.exception_units
+                or unit_id in self.no_broadcast_units
+            ):
+                continue
+            try:
+                refused = sim.write(req.function, req.address, list(req.values))
+            except Exception:
+                log.exception("simulated unit %d failed on broadcast %s", unit_id, req)
+                continue
+            applied += not refused
+        self.broadcasts += applied > 0
+        return applied
 
     def unknown_unit(self, function: int) -> bytes | None:
         """A TCP-to-RTU bridge answers 0x0B for a unit that is not there."""

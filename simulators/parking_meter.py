@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
 import sqlite3
 import time
@@ -60,7 +59,7 @@ from protocols.meterlink import (
     encode_message,
 )
 from protocols.modbus_frame import LineTiming
-from simulators.rtu_line import close_pty, open_pty, write_paced
+from simulators.serial_pty import PtyPort, write_paced
 
 __all__ = ["HANOI_TARIFF", "Journal", "Meter", "MeterLine", "MeterServer", "price_vnd"]
 
@@ -494,26 +493,22 @@ class MeterLine(MeterServer):
         self.turnaround_s = turnaround_s
         self.path = ""
         self.overruns = 0  # bytes the meters missed because they were not reading
-        self._master = self._slave = -1
+        self.port: PtyPort | None = None
         self._rx: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=256)
         self._serve_task: asyncio.Task[None] | None = None
 
     async def start(self, business_interval_s: float = 0.05, *, business: bool = True) -> MeterLine:
-        self._master, self._slave, self.path = open_pty(self._on_readable)
+        self.port = PtyPort(self._on_data)
+        self.path = self.port.path
         self._serve_task = asyncio.create_task(self._serve(), name=f"meter-line {self.path}")
         self._start_business(business_interval_s, business)
         return self
 
-    def _on_readable(self) -> None:
+    def _on_data(self, data: bytes) -> None:
         try:
-            data = os.read(self._master, 4096)
-        except OSError:  # EAGAIN, or EIO while nobody has the port open
-            return
-        if data:
-            try:
-                self._rx.put_nowait((data, time.monotonic()))
-            except asyncio.QueueFull:
-                self.overruns += len(data)
+            self._rx.put_nowait((data, time.monotonic()))
+        except asyncio.QueueFull:
+            self.overruns += len(data)
 
     async def _serve(self) -> None:
         decoder = FrameDecoder()
@@ -526,7 +521,8 @@ class MeterLine(MeterServer):
                     continue
                 sent = HEADER.size + len(frame.payload) + 2
                 start = arrived + self.timing.wire_s(sent) + self.turnaround_s
-                await write_paced(self._master, out, start, self.timing)
+                assert self.port is not None
+                await write_paced(self.port, out, start, self.timing)
 
     async def close(self) -> None:
         await self._stop_business()
@@ -534,7 +530,7 @@ class MeterLine(MeterServer):
             self._serve_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serve_task
-        close_pty(self._master, self._slave)
-        self._master = self._slave = -1
+        if self.port is not None:
+            self.port.close()
         for m in self.meters.values():
             m.journal.close()

@@ -11,7 +11,15 @@ laser runs: ``laser_on_s`` adds it up, which is what duty cycling must keep smal
 ``warmup_s`` after a wake-up the fan is not at speed and readings run low, as on the real sensors,
 so a driver has to discard them. Faults on demand: ``bad_checksum_every`` (every Nth frame),
 ``garbage_bytes`` (before every frame), :meth:`UartSim.unplug` / :meth:`UartSim.replug` (the
-port vanishes and comes back at the same path, as a USB adapter does).
+port vanishes and comes back at the same path, as a USB adapter does), and
+:meth:`UartSim.power_blip` (the supply dips: the sensor restarts awake, in active mode, its
+power-on default, with its fan spinning up again, and streams whether or not anyone asked).
+
+Every data frame the sensor puts on the wire is logged in :attr:`UartSim.sent` with the wall
+time its last byte left (and every read request it got, in :attr:`UartSim.read_requests`), so a
+test can tell whether a reported value came from a frame older than the request it answered.
+The port is a :class:`~simulators.serial_pty.PtyPort`: what the program left unread when it
+closed the port is lost, as with a real USB adapter.
 """
 
 from __future__ import annotations
@@ -19,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import random
 import time
-import tty
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ from typing import Any
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
 from protocols.modbus_frame import LineTiming
+from simulators.serial_pty import PtyPort
 
 __all__ = ["HanoiPm", "Pms5003Sim", "Sds011Sim", "UartSim"]
 
@@ -112,9 +120,14 @@ class UartSim:
         self.bad_checksum_every = 0
         self.frames_sent = 0
         self.commands = 0
+        self.power_blips = 0
+        #: every data frame sent: (wall time its last byte left, its bytes before any fault)
+        self.sent: deque[tuple[float, bytes]] = deque(maxlen=4096)
+        #: wall time of every read request received, newest last (bounded)
+        self.read_requests: deque[float] = deque(maxlen=4096)
         self.plugged = False
         self.tty = ""
-        self._master = self._slave = -1
+        self._port: PtyPort | None = None
         self._rx = bytearray()
         self._tx_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,39 +149,44 @@ class UartSim:
         """The adapter (re)appears at ``path``."""
         if self.plugged:
             return
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self._master)
-        os.set_blocking(self._master, False)
-        self.tty = os.ttyname(self._slave)
+        self._port = PtyPort(self._on_data)
+        self.tty = self._port.path
         self.path.unlink(missing_ok=True)
         self.path.symlink_to(self.tty)
-        asyncio.get_running_loop().add_reader(self._master, self._on_readable)
         self.plugged = True
 
     def unplug(self) -> None:
         """The adapter vanishes: the open port fails and the path is gone."""
         if not self.plugged:
             return
-        asyncio.get_running_loop().remove_reader(self._master)
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._master = self._slave = -1
+        if self._port is not None:
+            self._port.close()
+        self._port = None
         self.path.unlink(missing_ok=True)
         self.plugged = False
         self._rx.clear()
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:
-            return
+    def _on_data(self, data: bytes) -> None:
         self._rx += data
         self.handle_input()
 
+    def power_blip(self) -> None:
+        """The supply dips for a moment: the sensor restarts in its power-on state (awake, active
+        mode, fan spinning up again, so its first readings run low). What it was receiving or
+        sending is cut off; settings held in RAM are lost."""
+        self.power_blips += 1
+        self._rx.clear()
+        for task in list(self._sending):
+            task.cancel()
+        self.laser.set(True)  # awake, and the fan starts from rest: a warm-up again
+        self.power_on_defaults()
+
+    def power_on_defaults(self) -> None:
+        raise NotImplementedError
+
     async def send(self, frame: bytes, *, is_data: bool = True) -> None:
         """Write a frame at the line's character rate (with the faults that are switched on)."""
+        clean = frame
         if is_data:
             self.frames_sent += 1
             if self.bad_checksum_every and self.frames_sent % self.bad_checksum_every == 0:
@@ -177,9 +195,10 @@ class UartSim:
             frame = bytes(self._rng.randrange(256) for _ in range(self.garbage_bytes)) + frame
         async with self._tx_lock:
             await asyncio.sleep(self.timing.wire_s(len(frame)))
-            if self.plugged:
-                with contextlib.suppress(OSError):
-                    os.write(self._master, frame)
+            if self.plugged and self._port is not None:
+                self._port.write(frame)
+            if is_data:
+                self.sent.append((time.time(), clean))
 
     def reply(self, frame: bytes, *, is_data: bool = False) -> None:
         """Answer a command (from the reader callback, so in a task of its own)."""
@@ -243,6 +262,9 @@ class Pms5003Sim(UartSim):
         super().__init__(path, **options)
         self.active = True
 
+    def power_on_defaults(self) -> None:
+        self.active = True  # reference §2.1: active mode after power-up
+
     def frame(self) -> pms.PmsFrame:
         m = self.air.measure(self.laser.gain())
         atm = [round(m["pm1_0"]), round(m["pm2_5"]), round(m["pm10"])]
@@ -286,6 +308,7 @@ class Pms5003Sim(UartSim):
             self.active = data == 1
             self.reply(pms.encode_ack(cmd, data))
         elif (cmd, data) == pms.READ:
+            self.read_requests.append(time.time())
             self.reply(pms.encode_frame(self.frame()), is_data=True)
         elif (cmd, data) == pms.SLEEP:
             self.reply(pms.encode_ack(cmd, data))
@@ -306,6 +329,12 @@ class Sds011Sim(UartSim):
         self.device_id = device_id
         self.query_mode = False
         self.working_period = 0
+
+    def power_on_defaults(self) -> None:
+        # Active reporting is the factory default (reference §2.2). Whether the sensor keeps a
+        # query mode set before in flash across a power cut is not confirmed; modelled as lost,
+        # the case the driver must handle. The working period is kept.
+        self.query_mode = False
 
     def reading(self) -> sds.SdsReading:
         m = self.air.measure(self.laser.gain())
@@ -350,6 +379,7 @@ class Sds011Sim(UartSim):
                 self.query_mode = data[1] == 1
             self._reply(sub, data[0], 1 if self.query_mode else 0)
         elif sub == sds.QUERY_DATA:
+            self.read_requests.append(time.time())
             self.reply(sds.encode_reading(self.reading()), is_data=True)
         elif sub == sds.WORKING_PERIOD:
             if setting:

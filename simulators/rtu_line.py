@@ -17,8 +17,14 @@ units, a forced exception code per unit):
 * ``swapped_units``: 32-bit values with their two words swapped (a device set to the other word
   order).
 
-Broadcast requests (unit 0) are applied and never answered; frames with a bad CRC are ignored,
-as a slave does.
+Broadcast writes (unit 0, FC 5/6/15/16) are applied by every unit on the line and answered by
+none; broadcast reads are ignored (Modbus over Serial Line V1.02 §2.1). ``no_broadcast_units``
+makes a unit ignore them, as Eastron documents for its meters (reference §1.1). Frames with a
+bad CRC are ignored, as a slave does.
+
+The port is a :class:`~simulators.serial_pty.PtyPort`: when the master closes it, an answer it
+had not read is discarded, and bytes sent while nobody holds the port open are lost, as with a
+real USB-RS-485 adapter (``line.port.discarded_bytes`` / ``lost_bytes`` count them).
 """
 
 from __future__ import annotations
@@ -26,12 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import termios
 import time
-import tty
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.modbus_frame import (
@@ -42,12 +45,11 @@ from protocols.modbus_frame import (
     rtu_request_length,
 )
 from simulators.modbus_server import ModbusSim, SimUnit
+from simulators.serial_pty import PtyPort, write_paced
 
-__all__ = ["RtuSimLine", "close_pty", "open_pty", "serve_rtu", "write_paced"]
+__all__ = ["RtuSimLine", "serve_rtu", "write_paced"]
 
 log = logging.getLogger(__name__)
-
-CHUNK_S = 0.002  # write the answer in pieces of about this much wire time
 
 
 @dataclass
@@ -64,8 +66,7 @@ class RtuSimLine(ModbusSim):
     answered: int = 0
     ignored_frames: int = 0
     mismatched_frames: int = 0
-    _master: int = -1
-    _slave: int = -1
+    _port: PtyPort | None = None
     _buf: bytearray = field(default_factory=bytearray)
     _last_rx: float = 0.0
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,21 +77,21 @@ class RtuSimLine(ModbusSim):
 
     async def start(self) -> RtuSimLine:
         self._rng = random.Random(self.seed)
-        self._master, self._slave, self.path = open_pty(self._on_readable)
+        self._port = PtyPort(self._on_data)
+        self.path = self._port.path
         self._task = asyncio.create_task(self._serve(), name=f"rtu-sim {self.path}")
         return self
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # EIO: nobody has the port open right now
-            return
-        if data:
-            self._buf += data
-            self._last_rx = time.monotonic()
-            self._arrived.set()
+    @property
+    def port(self) -> PtyPort:
+        """The pty the master opens (opens, closes, bytes discarded at a close)."""
+        assert self._port is not None, "start() the line first"
+        return self._port
+
+    def _on_data(self, data: bytes) -> None:
+        self._buf += data
+        self._last_rx = time.monotonic()
+        self._arrived.set()
 
     async def _next_frame(self) -> tuple[bytes, float]:
         """The next request frame and the time its last byte arrived."""
@@ -127,7 +128,7 @@ class RtuSimLine(ModbusSim):
         master's termios settings are visible: the speed, the stop bits and odd parity are kept;
         Linux drops PARENB on a pty, so even parity cannot be told from none here."""
         try:
-            attrs = termios.tcgetattr(self._slave)
+            attrs = termios.tcgetattr(self.port.slave)
         except termios.error:
             return True
         speed = getattr(termios, f"B{self.timing.baudrate}", None)
@@ -149,8 +150,11 @@ class RtuSimLine(ModbusSim):
             except FrameError:
                 self.ignored_frames += 1
                 continue
+            if unit == 0:
+                self.broadcast(pdu)  # applied by every unit, answered by none
+                continue
             reply = self.answer(unit, pdu)
-            if unit == 0 or reply is None:
+            if reply is None:
                 continue
             if unit in self.swapped_units and reply[0] in (3, 4) and len(reply) >= 6:
                 data = bytearray(reply[2:])
@@ -170,53 +174,15 @@ class RtuSimLine(ModbusSim):
             self.answered += 1
 
     async def _send_paced(self, out: bytes, start: float) -> None:
-        await write_paced(self._master, out, start, self.timing)
+        await write_paced(self.port, out, start, self.timing)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        close_pty(self._master, self._slave)
-        self._master = self._slave = -1
-
-
-def open_pty(on_readable: Callable[[], None]) -> tuple[int, int, str]:
-    """A raw pseudo-terminal whose slave side a program opens as its serial port: (master fd,
-    slave fd, slave path). ``on_readable`` runs when the program has written something."""
-    master, slave = os.openpty()
-    tty.setraw(slave)  # no line discipline: 0x03 is data, not Ctrl-C
-    tty.setraw(master)
-    os.set_blocking(master, False)
-    asyncio.get_running_loop().add_reader(master, on_readable)
-    return master, slave, os.ttyname(slave)
-
-
-def close_pty(master: int, slave: int) -> None:
-    if master < 0:
-        return
-    with contextlib.suppress(Exception):
-        asyncio.get_running_loop().remove_reader(master)
-    for fd in (master, slave):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-async def write_paced(fd: int, out: bytes, start: float, timing: LineTiming) -> bool:
-    """Write ``out`` to a pty at the line's character rate, starting at ``start`` (monotonic
-    time), so its last byte lands when it would on the wire. False if the other side went away
-    mid-answer (the bytes fall off the wire)."""
-    step = max(1, int(CHUNK_S / timing.char_s))
-    for at in range(0, len(out), step):
-        chunk = out[at : at + step]
-        delay = start + timing.wire_s(at + len(chunk)) - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        try:
-            os.write(fd, chunk)
-        except OSError:
-            return False
-    return True
+        if self._port is not None:
+            self._port.close()
 
 
 async def serve_rtu(

@@ -7,10 +7,11 @@ import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,11 @@ class Mosquitto:
                 raise RuntimeError("mosquitto did not start listening")
             time.sleep(0.05)
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reloads its configuration, the acl_file and password_file too."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
@@ -115,6 +121,27 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def mosquitto_with(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Start Mosquittos with extra config lines, e.g. ``mosquitto_with("max_packet_size 1500")``
+    or ``"message_size_limit 1500"``; each is stopped at the end of the test."""
+    if mosquitto_binary() is None:
+        if os.environ.get("EDGE_REQUIRE_MOSQUITTO"):
+            pytest.fail("EDGE_REQUIRE_MOSQUITTO is set but no mosquitto binary was found")
+        pytest.skip("no mosquitto binary on this machine (apt-get install mosquitto; CI does)")
+    started: list[Mosquitto] = []
+
+    def start(*extra: str) -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto-{len(started)}", extra=extra)
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
 
 
 @pytest.fixture

@@ -207,7 +207,12 @@ def test_consumer__tx_messages_go_through_the_ledger_with_the_births_key():
 
 def test_consumer__a_share_group_shares_the_tx_topic_too():
     c = BatchConsumer("mqtt://127.0.0.1:1", share="g", client_id="c1")
-    assert c.topics == ["city/v1/+/+/birth", "$share/g/city/v1/+/+/data", "$share/g/city/v1/+/+/tx"]
+    assert c.topics == [
+        "city/v1/+/+/birth",
+        "$share/g/city/v1/+/+/data",
+        "$share/g/city/v1/+/+/tx",
+        "city/v1/+/+/birth/+",  # births are never shared: every member needs every name
+    ]
 
 
 def test_cli__reconcile_prints_a_ledger_file_and_explains_a_missing_one(tmp_path, capsys):

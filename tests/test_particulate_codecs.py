@@ -135,3 +135,17 @@ def test_whole_frame_decoders_raise_only_their_error(raw):
             fn(raw)
         except err:
             pass
+
+
+@pytest.mark.parametrize(
+    ("decoder", "decode", "frame"),
+    [(pms.PmsDecoder, pms.decode_frame, SYNTHETIC), (sds.SdsDecoder, sds.decode_frame, SDS_FRAME)],
+)
+def test_decoder__clear_forgets_a_partial_frame_so_the_next_is_not_glued_to_it(
+    decoder, decode, frame
+):
+    d = decoder()
+    assert d.feed(frame[:7]) == []  # the head of a frame, then the input is flushed
+    assert d.clear() == 7
+    assert d.feed(frame) == [decode(frame)]
+    assert (d.bad_frames, d.skipped_bytes) == (0, 0)

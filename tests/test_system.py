@@ -453,7 +453,8 @@ async def test_forwarder__backlog_drains_at_its_rate_while_fresh_data_goes_first
 async def test_forwarder__broker_refusing_a_batch_size_leads_to_smaller_batches(tmp_path, caplog):
     """The gateway allows 256 KiB batches; the broker only 1500-byte packets and drops the
     connection on a bigger one. The batch is split (same seq), later ones are smaller, and the
-    consumer gets every reading exactly once: no endless re-send of the same batch."""
+    consumer gets every reading exactly once: no endless re-send of the same batch. (MQTT 3.1.1,
+    where the broker cannot announce its limit; MQTT 5: tests/test_mqtt_limits.py.)"""
     from devices import get_profile
     from simulators import EnergyMeterModel, ProfileSimUnit, serve_modbus_tcp
 
@@ -472,6 +473,7 @@ async def test_forwarder__broker_refusing_a_batch_size_leads_to_smaller_batches(
             sim_port=sim_sdm630.port,
             poll_interval_s=0.05,
             timeout_ms=25,
+            extra_mqtt='  protocol_version: "3.1.1"',
         )
         # About 1,900 readings per batch: some 3 KB even in format v1.
         text = text.replace("batch_max_delay_ms: 300", "batch_max_delay_ms: 8000").replace(

@@ -13,6 +13,8 @@ from devices import get_profile
 from edge.config import parse_config
 from edge.poller import STATUS_POINT
 from edge.uart_sensor import SensorPoller
+from protocols import pms5003 as pms
+from protocols import sds011 as sds
 from simulators.particulate import Pms5003Sim, Sds011Sim
 from tests.conftest import wait_until
 
@@ -169,3 +171,193 @@ devices:
 """
     with pytest.raises(ConfigError, match=r"serial sensor .* use transport type uart"):
         parse_config(text, "x.yaml")
+
+
+# --------------------------------------------------------------------------- a power blip
+
+SENSORS = [
+    pytest.param(Pms5003Sim, "plantower_pms5003", pms.decode_frame, id="pms5003"),
+    pytest.param(Sds011Sim, "novafitness_sds011", sds.decode_frame, id="sds011"),
+]
+
+
+def _in_passive_mode(sim) -> bool:
+    return not sim.active if isinstance(sim, Pms5003Sim) else sim.query_mode
+
+
+async def _collect(queue: asyncio.Queue, into: list) -> None:
+    """Each batch the poller emits, with the wall time it was emitted."""
+    while True:
+        batch = await queue.get()
+        into.append((time.time(), batch))
+
+
+def _assert_each_value_is_from_after_its_request(sim, poller, emitted, since, decode) -> int:
+    """Each sample emitted after ``since`` came from a frame the sensor sent after the read
+    request of that sample, and is stamped with that frame's time. Returns how many."""
+    frames = [(t, decode(raw)) for t, raw in sim.sent]
+    requests = sorted(sim.read_requests)
+    checked = 0
+    for emitted_at, batch in emitted:
+        values = [r for r in batch if r.point in poller.points]
+        if not values or emitted_at < since:
+            continue
+        # the frame it came from: the one with these values, sent closest to the reading's time
+        ts = values[0].ts_ms / 1000
+        matching = [
+            (t, f) for t, f in frames if all(getattr(f, r.point) == r.value for r in values)
+        ]
+        assert matching, values
+        sent_at, _ = min(matching, key=lambda tf: abs(tf[0] - ts))
+        request = max(q for q in requests if q <= emitted_at)  # the read of this sample
+        assert sent_at >= request, f"a frame {request - sent_at:.2f} s older than its request"
+        assert request - 0.01 <= ts <= emitted_at + 0.01  # stamped when its frame came
+        checked += 1
+    return checked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sim_cls", "profile", "decode"), SENSORS)
+async def test_uart_sensor__power_blip_back_to_active_mode_no_value_older_than_its_request(
+    tmp_path, caplog, sim_cls, profile, decode
+):
+    """After a power blip the sensor streams (active mode, its power-on default) while the
+    gateway polls it passively. Every value reported is from a frame that arrived after the
+    read request of its sample, stamped with that frame's time; the sensor is put back into
+    passive mode (counted, logged once) and the frames it streamed meanwhile are counted stale."""
+    caplog.set_level(logging.DEBUG, logger="edge.uart_sensor")
+    sim = await sim_cls(tmp_path / "ttyPM", seed=8, warmup_s=0, interval_s=0.25).start()
+    poller, queue = sensor(sim.path, profile, interval=1.0, warmup=0)
+    assert not poller.duty_cycling
+    emitted: list = []
+    collector = asyncio.create_task(_collect(queue, emitted))
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_until(lambda: poller.stats.samples >= 2, 10, what="samples before the blip")
+        assert _in_passive_mode(sim)
+        blip_at = time.time()
+        sim.power_blip()
+        assert not _in_passive_mode(sim)  # streaming now, every 0.25 s
+        await wait_until(lambda: poller.stats.samples >= 8, 20, what="samples after the blip")
+    finally:
+        task.cancel()
+        collector.cancel()
+        await asyncio.gather(task, collector, return_exceptions=True)
+        await sim.close()
+
+    assert _assert_each_value_is_from_after_its_request(sim, poller, emitted, blip_at, decode) >= 5
+    assert _in_passive_mode(sim)  # put back into passive mode
+    assert poller.stats.mode_resets >= 1 and poller.stats.stale_frames >= 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without being asked" in warnings[0].getMessage()
+    assert any("keeps passive mode again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+async def test_pms5003__power_blip_while_duty_cycled_asleep_is_put_back_to_passive_and_sleep(
+    tmp_path, caplog
+):
+    """Duty cycling: the blip wakes the sensor between samples and it streams while the
+    gateway believes it asleep. The next cycle finds it out (counted, logged once), puts it
+    back into passive mode, takes a fresh answer and puts it to sleep again."""
+    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    sim = await Pms5003Sim(tmp_path / "ttyPM", seed=9, warmup_s=0.5, interval_s=0.25).start()
+    poller, queue = sensor(sim.path, "plantower_pms5003", interval=2.0, warmup=0.5)
+    assert poller.duty_cycling
+    emitted: list = []
+    collector = asyncio.create_task(_collect(queue, emitted))
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_until(lambda: poller.stats.samples >= 1, 10, what="a first sample")
+        await wait_until(lambda: not sim.laser.awake, 5, what="asleep between samples")
+        blip_at = time.time()
+        sim.power_blip()
+        assert sim.laser.awake and sim.active
+        await wait_until(lambda: poller.stats.samples >= 4, 15, what="samples after the blip")
+        await wait_until(lambda: not sim.laser.awake, 5, what="asleep again")
+    finally:
+        task.cancel()
+        collector.cancel()
+        await asyncio.gather(task, collector, return_exceptions=True)
+        await sim.close()
+    assert (
+        _assert_each_value_is_from_after_its_request(
+            sim, poller, emitted, blip_at, pms.decode_frame
+        )
+        >= 3
+    )
+    assert not sim.active  # passive again
+    assert poller.stats.mode_resets == 1 and poller.stats.stale_frames >= 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without being asked" in warnings[0].getMessage()
+
+
+@pytest.mark.slow
+async def test_sds011__active_mode_sensor_that_stops_streaming_gets_the_active_command_again(
+    tmp_path, caplog
+):
+    """Configured for active mode, the sensor comes back from a power cut in query mode (a
+    setting it kept): it streams nothing. The gateway counts the missed sample, sends the
+    active-mode command again (counted, logged once) and reports again."""
+    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    sim = await Sds011Sim(tmp_path / "ttySDS", seed=10, warmup_s=0, interval_s=0.25).start()
+    poller, queue = sensor(sim.path, "novafitness_sds011", interval=1.0, warmup=0, mode="active")
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_until(lambda: poller.stats.samples >= 2, 10, what="samples")
+        sim.query_mode = True
+        await wait_until(lambda: poller.stats.mode_resets >= 1, 10, what="the mode resent")
+        samples = poller.stats.samples
+        await wait_until(lambda: poller.stats.samples >= samples + 2, 10, what="samples again")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.close()
+    assert not sim.query_mode and poller.stats.mode_resets == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "streams nothing" in warnings[0].getMessage()
+    assert any("keeps active mode again" in r.getMessage() for r in caplog.records)
+    statuses = [r.value for r in drain(queue) if r.point == STATUS_POINT]
+    assert statuses == ["online", "offline", "online"]  # one sample missed, said once
+
+
+@pytest.mark.system
+@pytest.mark.slow
+async def test_gateway__a_blipped_sensor_shows_its_stale_frames_and_mode_resets_in_metrics(
+    mosquitto, tmp_path
+):
+    from edge.gateway import Gateway
+    from edge.status import StatusServer
+
+    sim = await Pms5003Sim(tmp_path / "ttyPM", seed=11, warmup_s=0, interval_s=0.25).start()
+    text = f"""
+gateway: {{id: gw-pm, site: test}}
+buffer: {{path: {tmp_path / "buffer.sqlite"}, commit_interval_ms: 100}}
+mqtt: {{url: "mqtt://127.0.0.1:{mosquitto.port}", publish_timeout_s: 2}}
+devices:
+  - id: pm
+    profile: plantower_pms5003
+    transport: {{type: uart, port: {sim.path}}}
+    poll_interval_s: 1.0
+    timeout_ms: 200
+    warmup_s: 0
+"""
+    gateway = Gateway(parse_config(text, "pm.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 10)
+        [poller] = gateway.pollers
+        await wait_until(lambda: poller.stats.samples >= 1, 10, what="a sample")
+        sim.power_blip()
+        await wait_until(lambda: poller.stats.mode_resets >= 1, 10, what="the mode reset")
+        metrics = await StatusServer(gateway, "127.0.0.1", 0, None).metrics()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.close()
+    assert 'edge_sensor_mode_resets_total{device="pm"} 1' in metrics
+    [stale] = [ln for ln in metrics.splitlines() if ln.startswith("edge_sensor_stale_frames_total")]
+    assert (
+        stale.startswith('edge_sensor_stale_frames_total{device="pm"}')
+        and int(stale.split()[1]) >= 1
+    )
