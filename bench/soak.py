@@ -258,7 +258,7 @@ devices:
                 )
             # The RS-485 meter: two requests of the same size, 300 ms timeout (450 ms when slow).
             text += (
-                f"  - {{id: eastron_sdm630-5, profile: eastron_sdm630, poll_interval_s: 1, "
+                f"  - {{id: eastron_sdm630-5, profile: eastron_sdm630, poll_interval_s: 1.5, "
                 f"timeout_ms: 300, retries: 1, points: [voltage_l1, frequency], "
                 f"transport: {{type: modbus_rtu, port: {self.rtu_path}, baudrate: 9600, "
                 f"unit: 5}}}}\n"
