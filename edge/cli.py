@@ -38,12 +38,22 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(wrapper())
 
 
+class _AsDebug(logging.Filter):
+    """Shows a library's records at DEBUG: paho (logger "mqtt") logs every broken socket at
+    ERROR, while the forwarder already reports the outage once in its own words (STYLE 17)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("mqtt").addFilter(_AsDebug())
 
 
 def _load(path: Path):

@@ -33,6 +33,7 @@ every timestamp the gateway sends stays UTC. Zones come from the standard librar
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import logging
 import os
@@ -92,8 +93,40 @@ class UnknownZone(ValueError):
     """``time.zone`` names no zone this machine knows. Fatal config error: fix the name."""
 
 
+#: Files in a zone database that load as a zone but are not IANA zone names a consumer can look
+#: up: the machine's own zone (``localtime``, a link to /etc/localtime), the default rules file,
+#: and the ``posix/`` and ``right/`` copies (``right/`` counts leap seconds: 27 s off UTC).
+_NOT_NAMES = {
+    "localtime": "it is this machine's zone, which the birth cannot name for a consumer: "
+    "leave time.zone out to follow the system's zone, or give its IANA name",
+    "posixrules": "it is the zone database's default rules file, not a zone",
+}
+
+
+def _not_a_name(name: str) -> str | None:
+    """Why ``name`` loads from the zone database but is not an IANA zone name, or None."""
+    if name in _NOT_NAMES:
+        return _NOT_NAMES[name]
+    for prefix in ("posix/", "right/"):
+        if name.startswith(prefix):
+            return (
+                f"{prefix} zones are copies of the IANA zones"
+                + (" that count leap seconds (27 s off UTC)" if prefix == "right/" else "")
+                + f": use {name[len(prefix) :]}"
+            )
+    return None
+
+
 def load_zone(name: str) -> zoneinfo.ZoneInfo:
-    """The IANA zone ``name`` (``Asia/Ho_Chi_Minh``), or :class:`UnknownZone` saying why."""
+    """The IANA zone ``name`` (``Asia/Ho_Chi_Minh``), or :class:`UnknownZone` saying why.
+
+    The name travels in the birth (``time_zone``), so it must be one a consumer can look up:
+    files of the zone database that are not zone names (``localtime``, ``posixrules``,
+    ``posix/...``, ``right/...``) are refused, saying what to write instead.
+    """
+    why = _not_a_name(name)
+    if why is not None:
+        raise UnknownZone(f"time zone {name!r} is not an IANA zone name: {why}")
     try:
         return zoneinfo.ZoneInfo(name)
     except (ValueError, KeyError, OSError, UnicodeError):
@@ -124,11 +157,12 @@ def system_zone() -> tuple[zoneinfo.ZoneInfo, str]:
     if tz:
         try:
             if tz.startswith("/"):
-                with open(tz, "rb") as f:
-                    return zoneinfo.ZoneInfo.from_file(f, key=tz), f"TZ={tz}"
-            return zoneinfo.ZoneInfo(tz), "TZ"
+                return _zone_file(Path(tz)), f"TZ={tz}"
+            if _not_a_name(tz) is None:
+                return zoneinfo.ZoneInfo(tz), "TZ"
         except (ValueError, KeyError, OSError, UnicodeError):
-            log.warning("TZ=%s is not an IANA time zone name; looking at /etc/localtime", tz)
+            pass
+        log.warning("TZ=%s is not an IANA time zone name; looking at /etc/localtime", tz)
     localtime = Path("/etc/localtime")
     with_key = str(localtime.resolve()) if localtime.is_symlink() else ""
     if "zoneinfo/" in with_key:
@@ -142,11 +176,68 @@ def system_zone() -> tuple[zoneinfo.ZoneInfo, str]:
     except (ValueError, KeyError, OSError, UnicodeError):
         pass
     try:
-        with localtime.open("rb") as f:
-            return zoneinfo.ZoneInfo.from_file(f, key="localtime"), "/etc/localtime"
+        return _zone_file(localtime), "/etc/localtime"
     except (ValueError, OSError):
         pass
     return zoneinfo.ZoneInfo("UTC"), "no zone configured on this machine"
+
+
+def _zone_file(path: Path) -> zoneinfo.ZoneInfo:
+    """The zone in the TZif file ``path``, named by its IANA name (the birth carries it): the
+    name under ``zoneinfo/`` in its real path, else the zone database's zone with the same
+    bytes (a copied /etc/localtime). Only when none matches is it keyed ``localtime``, logged.
+    """
+    real = str(path.resolve())
+    if "zoneinfo/" in real:
+        name = real.rsplit("zoneinfo/", 1)[1]
+        for prefix in ("posix/", "right/"):
+            name = name.removeprefix(prefix)
+        if _not_a_name(name) is None:
+            try:
+                return zoneinfo.ZoneInfo(name)
+            except (ValueError, KeyError, OSError, UnicodeError):
+                pass
+    data = path.read_bytes()
+    zone = zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key="localtime")  # ValueError if no TZif
+    name = _name_of_zone_bytes(data)
+    if name is not None:
+        return zoneinfo.ZoneInfo(name)
+    log.warning(
+        "the zone in %s matches no zone of the time zone database; the birth names it "
+        "'localtime'. Set time.zone to its IANA name so consumers can read window starts",
+        path,
+    )
+    return zone
+
+
+def _name_of_zone_bytes(data: bytes) -> str | None:
+    """The IANA name whose zone file holds exactly ``data`` (a canonical name before a link,
+    such as Asia/Ho_Chi_Minh before Asia/Saigon), or None."""
+    found = []
+    for name in sorted(zoneinfo.available_timezones()):
+        if _not_a_name(name) is not None:
+            continue
+        for root in zoneinfo.TZPATH:
+            candidate = Path(root) / name
+            try:
+                if candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+                    found.append((candidate.is_symlink(), "/" not in name, name))
+            except OSError:
+                continue
+            break
+    if not found:
+        try:  # the tzdata package: the same zones as resources
+            import importlib.resources
+
+            base = importlib.resources.files("tzdata").joinpath("zoneinfo")
+            for name in sorted(zoneinfo.available_timezones()):
+                if _not_a_name(name) is None:
+                    res = base.joinpath(*name.split("/"))
+                    if res.is_file() and res.read_bytes() == data:
+                        found.append((False, "/" not in name, name))
+        except (ImportError, OSError):
+            pass
+    return min(found)[2] if found else None
 
 
 class ClockSource(Protocol):

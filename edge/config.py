@@ -672,11 +672,19 @@ def _cross_checks(
         except KeyError as exc:
             at((*base, "profile"), str(exc.args[0]))
             continue
-        budget_ms = dev.timeout_ms * (dev.retries + 1)
+        # What a dead device costs per request: every try times out, and on RS-485 each timeout
+        # also holds the line for the late-answer window (edge/rtu.py, "Late answers").
+        t = dev.transport
+        if isinstance(t, ModbusRtuTransport):
+            window_ms = dev.timeout_ms if t.late_answer_ms is None else t.late_answer_ms
+            per_try, formula = dev.timeout_ms + window_ms, "(timeout_ms + late-answer window)"
+        else:
+            per_try, formula = dev.timeout_ms, "timeout_ms"
+        budget_ms = per_try * (dev.retries + 1)
         if budget_ms > dev.poll_interval_s * 1000:
             at(
                 (*base, "timeout_ms"),
-                f"device {dev.id!r}: timeout_ms × (retries + 1) = {budget_ms} ms exceeds "
+                f"device {dev.id!r}: {formula} × (retries + 1) = {budget_ms} ms exceeds "
                 f"poll_interval_s = {dev.poll_interval_s} s; "
                 "a dead device could never keep its rate",
             )

@@ -15,7 +15,8 @@ minor releases. What this link does:
   the current one;
 * a unit that does not answer costs its own timeout and retries; the connection stays up, so
   the other units behind the bridge keep their rate. A bridge's exception 0x0A / 0x0B is that
-  unit not answering (:class:`ModbusGatewayNoAnswer`), not a refusal;
+  unit not answering (:class:`ModbusGatewayNoAnswer`), not a refusal: like a timeout, it spends
+  a retry, and the request fails with it only when every try got no answer;
 * a connection that breaks or cannot be opened raises :class:`LinkDown` and is reopened with
   jittered exponential backoff. The backoff starts over only after a completed transaction, not
   after a connect: a bridge that accepts connections and resets them at once is backed off like
@@ -36,6 +37,7 @@ import struct
 import time
 
 from edge.fieldbus import (
+    GATEWAY_NO_ANSWER,
     Backoff,
     LinkDown,
     LinkOps,
@@ -161,12 +163,17 @@ class ModbusTcpLink(LinkOps):
             async with opening:
                 await self._ensure_connected(where)
                 tids: list[int] = []  # of every try of this request: any of their answers counts
+                no_answer = None  # a bridge's 0x0A / 0x0B: no answer, so the retry is spent
                 try:
                     for _ in range(retries + 1):
                         response = await self._attempt(unit, req, pdu, timeout_s, where, tids)
+                        if response is not None and response.exception in GATEWAY_NO_ANSWER:
+                            no_answer, response = response, None
                         if response is not None:
                             break
                     else:
+                        if no_answer is not None:
+                            raise exception_error(no_answer.exception, where)
                         raise ModbusTimeout(
                             f"no answer in {timeout_s:.2f} s × {retries + 1} attempts", **where
                         )

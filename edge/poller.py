@@ -39,7 +39,7 @@ from edge.config import DeviceConfig
 from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import ReadPlan, ReadRequest, split_request
 from protocols.batch import Reading
-from protocols.modbus import ModbusValueError, decode_value, encode_value
+from protocols.modbus import DataType, ModbusValueError, decode_value, encode_value
 
 __all__ = ["BAD_POINTS", "PROBE_MAX_S", "STATUS_POINT", "DevicePoller", "Link", "PollStats"]
 
@@ -286,6 +286,17 @@ class DevicePoller:
             regs = encode_value(value, point.dtype, point.word_order, scale=point.scale)
         except ModbusValueError as exc:
             raise ValueError(str(exc)) from None
+        stored = decode_value(regs, point.dtype, point.word_order, scale=point.scale)
+        steps = value / point.scale  # in register units
+        off_step = steps != round(steps) if point.scale == 1 else abs(steps - round(steps)) > 1e-9
+        if point.dtype not in (DataType.FLOAT32, DataType.FLOAT64) and off_step:
+            # An integer register holds whole steps of the point's scale: 50.5 on a dimming
+            # level would be written as 50 and answered ok, a value the platform did not ask for.
+            step = f"{point.scale:g} {point.unit}".strip()
+            raise ValueError(
+                f"{profile.name} point {point_name!r} takes whole steps of {step}: {value!r} "
+                f"is not one (nearest: {stored:g})"
+            )
         unit, io = self.device.transport.unit, self._io()
         if point.register_type is RegisterType.COIL:
             await self.link.write_coil(unit, point.address, bool(regs[0]), **io)

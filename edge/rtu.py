@@ -27,10 +27,12 @@ answer could no longer arrive: for the **late-answer window** (``late_answer_s``
 long as the timeout that ran out, so an answer up to twice the timeout is caught) nothing is
 sent, even a retry, and everything that arrives is discarded and counted. A complete answer of
 the silent unit to that request ends the window early (t3.5 after it), and is logged once per
-unit at WARNING with how late it came, so the timeout can be raised. The window costs line
-time only after timeouts (``late_wait_s``: a silent unit costs its timeout plus the window per
-try); an answer later than timeout + window is beyond the guard, which is why the window is
-configurable per line (``late_answer_ms`` in the transport).
+unit at WARNING with how late it came, so the timeout can be raised. When the retry that waits
+is a try of the same request, that late answer is its answer (as over Modbus TCP an answer to
+any try counts): the retry is not sent, and a unit slower than its timeout is still read. The
+window costs line time only after timeouts (``late_wait_s``: a silent unit costs its timeout
+plus the window per try); an answer later than timeout + window is beyond the guard, which is
+why the window is configurable per line (``late_answer_ms`` in the transport).
 
 Errors are the field-bus errors of :mod:`edge.fieldbus`, as for Modbus TCP, so pollers treat both
 alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened (unplugged USB
@@ -54,7 +56,14 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import Backoff, LinkDown, LinkOps, ModbusTimeout, exception_error
+from edge.fieldbus import (
+    GATEWAY_NO_ANSWER,
+    Backoff,
+    LinkDown,
+    LinkOps,
+    ModbusTimeout,
+    exception_error,
+)
 from edge.fieldbus import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
@@ -97,7 +106,9 @@ class LineStats:
     stale_bytes: int = 0  # bytes that arrived unasked, flushed before a request
     late_bytes: int = 0  # bytes in a late-answer window or during a request: discarded
     late_answers: int = 0  # whole answers among them, from the unit that had timed out
+    late_taken: int = 0  # late answers that came while a retry of their request waited: taken
     late_wait_s: float = 0.0  # line time held for late answers after timeouts
+    never_quiet: int = 0  # tries not sent: the line was not quiet for t3.5 within the timeout
     busy_s: float = 0.0  # line time spent in transactions (late-answer windows included)
     by_unit: dict[int, int] = field(default_factory=dict)
 
@@ -111,6 +122,7 @@ class _Owed:
     sent_end: float  # monotonic time the request had left the wire
     deadline: float  # when its timeout ran out
     until: float  # end of its late-answer window
+    txn: object  # the transaction it is a try of: a later try of it may take its answer
 
 
 class _Line(asyncio.Protocol):
@@ -137,6 +149,10 @@ class _Line(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionError("serial port closed")
         self.arrived.set()
+
+
+class _NeverQuiet(Exception):
+    """The line did not fall silent for t3.5 within a request's timeout: the try is not sent."""
 
 
 class RtuLink(LinkOps):
@@ -199,18 +215,37 @@ class RtuLink(LinkOps):
         """Send ``req`` to ``unit`` and return its values (read) or () (write)."""
         where = fieldbus_where(self.endpoint, unit, req)
         frame = encode_rtu(unit, encode_request(req))
+        txn = object()  # names this transaction's tries in the late-answer window
         async with self._lock:
             line = await self._ensure_open(where)
             started = time.monotonic()
+            no_answer = None  # a gateway's 0x0A / 0x0B: no answer, so the retry is spent
+            noisy = 0  # tries not sent because the line was never quiet
             try:
                 for attempt in range(retries + 1):
-                    outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s)
+                    try:
+                        outcome = await self._attempt(line, unit, req, frame, timeout_s, gap_s, txn)
+                    except _NeverQuiet:
+                        noisy += 1
+                        outcome = None
+                    if outcome is not None and outcome.exception in GATEWAY_NO_ANSWER:
+                        no_answer, outcome = outcome, None
                     if outcome is not None:
                         break
                     if attempt == retries:
+                        if no_answer is not None:
+                            outcome = no_answer
+                            break
                         self.stats.timeouts += 1
+                        why = (
+                            f"; the line was never quiet for t3.5 in {noisy} of them (bytes "
+                            "kept coming: noise on an unbiased line, or a device that talks "
+                            "unasked), so they were not sent"
+                            if noisy
+                            else ""
+                        )
                         raise ModbusTimeout(
-                            f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts",
+                            f"no valid answer in {timeout_s:.2f} s × {retries + 1} attempts{why}",
                             **where,
                         )
             finally:
@@ -223,10 +258,16 @@ class RtuLink(LinkOps):
             raise exception_error(outcome.exception, where)
         return outcome.values
 
-    async def _attempt(self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s):
-        """One request on the wire; the decoded response, or None (nothing valid in time)."""
+    async def _attempt(
+        self, line: _Line, unit: int, req: Request, frame: bytes, timeout_s, gap_s, txn: object
+    ):
+        """One request on the wire; the decoded response, or None (nothing valid in time).
+        A late answer to an earlier try of the same transaction that arrives before this try is
+        sent is this try's answer, and nothing is sent."""
         t = self.timing
-        await self._hold(line, max(t.t35_s, gap_s), unit, req)
+        late = await self._hold(line, max(t.t35_s, gap_s), unit, req, txn, timeout_s)
+        if late is not None:
+            return late
         if line.lost is not None or line.transport is None:
             raise self._lost(line, unit, req)
         line.arrived.clear()
@@ -239,7 +280,7 @@ class RtuLink(LinkOps):
         deadline = sent_end + timeout_s
         window = timeout_s if self.late_answer_s is None else self.late_answer_s
         # Owed until answered: a timeout, an error or a cancellation leaves the window open.
-        self._owed = _Owed(unit, req, sent_end, deadline, deadline + window)
+        self._owed = _Owed(unit, req, sent_end, deadline, deadline + window, txn)
         early_end = t.t35_s + 0.02  # silence after a corrupted frame before giving up on it
         try:
             while True:
@@ -279,12 +320,20 @@ class RtuLink(LinkOps):
             line.early = 0
             self._quiet_since = max(time.monotonic(), line.last_rx)
 
-    async def _hold(self, line: _Line, quiet_s: float, unit: int, req: Request) -> None:
+    async def _hold(
+        self, line: _Line, quiet_s: float, unit: int, req: Request, txn: object, limit_s: float
+    ):
         """Wait until the line may carry a request: the late-answer window of an unanswered
         request is over (or its late answer has come) and the line has been quiet for
         ``quiet_s``. What arrives meanwhile is discarded: ``late_bytes`` in the window,
-        ``stale_bytes`` otherwise."""
+        ``stale_bytes`` otherwise. Returns the late answer when the unanswered request was an
+        earlier try of transaction ``txn`` (the same unit and request, asked moments ago): it
+        answers this request; else None. Raises :class:`_NeverQuiet` when, after any window,
+        the line has not been quiet for ``quiet_s`` within ``quiet_s`` + ``limit_s`` (the
+        request's timeout):
+        a line that never falls silent must fail its requests, not hold them forever."""
         held_at = time.monotonic()
+        quiet_from = held_at  # since when the hold waits for silence only (no window open)
         while True:
             if line.lost is not None:
                 raise self._lost(line, unit, req)
@@ -293,11 +342,24 @@ class RtuLink(LinkOps):
             if owed is not None:
                 if line.buf:
                     self._quiet_since = max(self._quiet_since, line.last_rx)
+                if owed.txn is txn and line.buf:
+                    found, _ = self._scan(line.buf, owed.unit, owed.req)
+                    if found is not None:
+                        start, end, response = found
+                        self._owed = None
+                        self.stats.garbage_bytes += start
+                        self.stats.stale_bytes += len(line.buf) - end
+                        line.buf.clear()
+                        self.stats.late_wait_s += now - held_at
+                        self.stats.late_taken += 1
+                        self._log_late(owed, line.last_rx, taken=True)
+                        return response
                 if now >= owed.until or (line.buf and self._late_answer(line, owed)):
                     self.stats.late_bytes += len(line.buf)
                     line.buf.clear()
                     self._owed = None
                     self.stats.late_wait_s += now - held_at
+                    quiet_from = now
                     continue
                 wake = owed.until - now
             elif line.buf:
@@ -308,7 +370,12 @@ class RtuLink(LinkOps):
             else:
                 wake = self._quiet_since + quiet_s - now
                 if wake <= 0:
-                    return
+                    return None
+                give_up = quiet_from + quiet_s + limit_s  # a quiet line is never held this long
+                if now >= give_up:
+                    self.stats.never_quiet += 1
+                    raise _NeverQuiet
+                wake = min(wake, give_up - now)
             line.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake):
@@ -321,22 +388,32 @@ class RtuLink(LinkOps):
         if found is None:
             return False
         self.stats.late_answers += 1
-        if owed.unit not in self._late_logged:
-            self._late_logged.add(owed.unit)
-            took_ms = (line.last_rx - owed.sent_end) * 1000
-            timeout_ms = (owed.deadline - owed.sent_end) * 1000
-            log.warning(
-                "%s unit %d answered %.0f ms after the request, past its %.0f ms timeout; the "
-                "answer was discarded and the request counted as failed. Raise the device's "
-                "timeout_ms above %.0f ms (logged once; late answers are counted in "
-                "edge_line_late_answers_total)",
-                self.endpoint,
-                owed.unit,
-                took_ms,
-                timeout_ms,
-                took_ms,
-            )
+        self._log_late(owed, line.last_rx, taken=False)
         return True
+
+    def _log_late(self, owed: _Owed, arrived: float, *, taken: bool) -> None:
+        """Say once per unit that it answers past its timeout, and by how much."""
+        if owed.unit in self._late_logged:
+            return
+        self._late_logged.add(owed.unit)
+        took_ms = (arrived - owed.sent_end) * 1000
+        timeout_ms = (owed.deadline - owed.sent_end) * 1000
+        outcome = (
+            "it was taken as the answer to the retry, which cost the line that long"
+            if taken
+            else "the answer was discarded and the request counted as failed"
+        )
+        log.warning(
+            "%s unit %d answered %.0f ms after the request, past its %.0f ms timeout; %s. Raise "
+            "the device's timeout_ms above %.0f ms (logged once; late answers are counted in "
+            "edge_line_late_answers_total)",
+            self.endpoint,
+            owed.unit,
+            took_ms,
+            timeout_ms,
+            outcome,
+            took_ms,
+        )
 
     def _lost(self, line: _Line, unit: int, req: Request) -> LinkDown:
         self._backoff.broke()

@@ -395,9 +395,19 @@ class StatusServer:
                 "RS-485 answers that came after their request timed out, discarded.",
             ),
             (
+                "late_taken",
+                "late_taken",
+                "RS-485 late answers taken as the answer to the retry of their request.",
+            ),
+            (
                 "late_wait_s",
                 "late_wait_seconds",
                 "Seconds the RS-485 line was held for late answers after timeouts.",
+            ),
+            (
+                "never_quiet",
+                "never_quiet",
+                "RS-485 tries not sent: bytes kept coming, the line was never quiet for t3.5.",
             ),
             ("busy_s", "busy_seconds", "Seconds the RS-485 line spent in transactions."),
         ):

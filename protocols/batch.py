@@ -257,7 +257,8 @@ def unencodable(value: object) -> str | None:
 
 
 def _dd(a: list[int]) -> list[int]:
-    """Delta of delta: [a0, a1 - a0, (a2 - a1) - (a1 - a0), ...]."""
+    """Delta of delta from an offset 0 and a delta 0 before ``a0``:
+    [a0, a1 - 2*a0, (a2 - a1) - (a1 - a0), ...] (docs/batch-format-v1.md §2, ts_mode 0)."""
     out, prev, prev_d = [], 0, 0
     for v in a:
         d = v - prev

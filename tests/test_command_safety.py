@@ -308,3 +308,23 @@ async def test_commands__the_right_shapes_still_work(handler):
     }
     wrong = await send({"id": 7, "cmd": "write", "args": {**dim, "device": ["cabinet-1"]}})
     assert wrong["error"] == {"code": "bad_args", "message": "device must be a string, not a list"}
+
+
+async def test_commands__a_write_between_an_integer_points_steps_is_refused_not_rounded(handler):
+    """A dimming level is a whole percent: 50.5 or 5e-324 would be written as 50 or 0 and
+    answered ok, a value nobody asked for. They are refused (bad_args) and nothing is written;
+    a whole value given as a float (30.0) is taken."""
+    handle, unit = handler
+    for i, value in enumerate((50.5, 5e-324, 99.999)):
+        args = {"device": "cabinet-1", "point": "dim_level_segment_2", "value": value}
+        reply = assert_well_formed(
+            await handle(json.dumps({"id": i, "cmd": "write", "args": args}).encode()), i
+        )
+        assert not reply["ok"] and reply["error"]["code"] == "bad_args", (value, reply)
+        assert "whole steps" in reply["error"]["message"]
+    assert unit.writes == 0 and unit.commanded == {}
+    args = {"device": "cabinet-1", "point": "dim_level_segment_2", "value": 30.0}
+    reply = assert_well_formed(
+        await handle(json.dumps({"id": 9, "cmd": "write", "args": args}).encode()), 9
+    )
+    assert reply["ok"] and unit.commanded == {"dim_level_segment_2": 30}

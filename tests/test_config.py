@@ -162,3 +162,54 @@ def test_cli__a_reader_that_goes_away_early_gets_no_traceback():
     err = proc.stderr.read()
     assert proc.wait(30) in (0, 141)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_cli__paho_socket_errors_are_not_logged_as_errors_of_ours():
+    """A broken broker connection is reported once by the forwarder; paho's own ERROR line for
+    the same socket ("failed to receive on socket") shows only at --log-level debug."""
+    code = (
+        "import logging, sys\n"
+        "from edge.cli import _setup_logging\n"
+        "_setup_logging(sys.argv[1])\n"
+        "logging.getLogger('mqtt').error('failed to receive on socket: [Errno 104]')\n"
+        "logging.getLogger('edge.forwarder').error('uplink down')\n"
+    )
+    for level, shown in (("info", False), ("debug", True)):
+        err = subprocess.run(
+            [sys.executable, "-c", code, level], cwd=ROOT, capture_output=True, text=True
+        ).stderr
+        assert "uplink down" in err
+        assert ("failed to receive on socket" in err) is shown, err
+        assert "ERROR mqtt" not in err
+
+
+@pytest.mark.parametrize(
+    ("line", "ok"),
+    [
+        # (300 + 300) × 2 = 1200 ms of line time for a dead unit: more than its 1 s interval
+        ("{type: modbus_rtu, port: /dev/ttyUSB0, unit: 1}", False),
+        # a shorter late-answer window fits: (300 + 100) × 2 = 800 ms
+        ("{type: modbus_rtu, port: /dev/ttyUSB0, unit: 1, late_answer_ms: 100}", True),
+        # Modbus TCP has no window (answers carry their transaction id): 300 × 2 = 600 ms
+        ("{type: modbus_tcp, host: 127.0.0.1, unit: 1}", True),
+    ],
+)
+def test_config__a_dead_rtu_units_budget_counts_the_late_answer_window(line, ok):
+    text = f"""gateway: {{id: gw}}
+devices:
+  - id: m
+    profile: eastron_sdm630
+    transport: {line}
+    poll_interval_s: 1
+    timeout_ms: 300
+    retries: 1
+"""
+    if ok:
+        parse_config(text, "t.yaml")
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "t.yaml")
+    assert (
+        "t.yaml:7:17: device 'm': (timeout_ms + late-answer window) × (retries + 1) = 1200 ms"
+        in str(err.value)
+    )

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib.resources
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.clock import PENDING, FileClock
+from edge.clock import PENDING, FileClock, system_zone
 from edge.config import ConfigError, parse_config
 from edge.processing import Processor, WindowClock
 from protocols.batch import Reading
@@ -306,6 +308,62 @@ def test_config__an_unknown_time_zone_is_an_error_at_its_place(zone, message):
     with pytest.raises(ConfigError) as info:
         config("{window_s: 3600}", zone)
     assert f"zone.yaml:2:14: time.zone: Value error, {message}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("zone", "message"),
+    [
+        ("localtime", "leave time.zone out to follow the system's zone"),
+        ("posixrules", "the zone database's default rules file"),
+        ("right/Asia/Ho_Chi_Minh", "count leap seconds (27 s off UTC): use Asia/Ho_Chi_Minh"),
+        ("posix/Europe/Berlin", "use Europe/Berlin"),
+    ],
+)
+def test_config__a_zone_file_that_is_not_an_iana_name_is_an_error_at_its_place(zone, message):
+    """These load from the zone database, but the birth's time_zone would name nothing a
+    consumer can look up (``localtime`` is the gateway's own machine's zone)."""
+    with pytest.raises(ConfigError) as info:
+        config("{window_s: 3600}", zone)
+    assert f"zone.yaml:2:14: time.zone: Value error, time zone {zone!r} is not an IANA" in str(
+        info.value
+    )
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("tzpath", [None, ""], ids=["os-database", "tzdata-only"])
+def test_config__a_system_zone_from_a_copied_file_is_named_by_its_iana_name(tmp_path, tzpath):
+    """A machine whose /etc/localtime (or TZ=<path>) is a copy, not a link: the zone is named
+    by the database zone with the same bytes (the birth's time_zone), never by the path or
+    'localtime'; a link's real path names it too (TZ pointing at right/ or an alias)."""
+    copy = tmp_path / "localtime"
+    copy.write_bytes(
+        importlib.resources.files("tzdata").joinpath("zoneinfo", "Asia", "Ho_Chi_Minh").read_bytes()
+    )
+    path = tmp_path / "g.yaml"
+    path.write_text("gateway: {id: g}\n")
+    env = {**os.environ, "TZ": str(copy)}
+    if tzpath is not None:
+        env["PYTHONTZPATH"] = tzpath
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+    )
+    assert f"zone Asia/Ho_Chi_Minh (TZ={copy}, UTC+07:00 now)" in res.stdout, (
+        res.stdout + res.stderr
+    )
+
+
+def test_config__a_system_zone_linked_to_an_alias_or_a_right_zone_is_named(monkeypatch):
+    if not Path("/usr/share/zoneinfo/right/Asia/Ho_Chi_Minh").exists():
+        pytest.skip("this machine's zone database has no right/ zones")
+    monkeypatch.setenv("TZ", "/usr/share/zoneinfo/right/Asia/Ho_Chi_Minh")
+    assert str(system_zone()[0]) == "Asia/Ho_Chi_Minh"
+    monkeypatch.setenv("TZ", "localtime")  # not a name: the machine's zone, named
+    assert str(system_zone()[0]) != "localtime"
 
 
 def test_config__the_zone_defaults_to_the_system_one(monkeypatch):

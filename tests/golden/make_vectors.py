@@ -1,4 +1,4 @@
-"""Write the golden vectors: python tests/golden/make_vectors.py (then commit the files).
+"""Write the golden vectors: python tests/golden/make_vectors.py [NAME ...] (then commit).
 
 Each vector is NAME.bin (a batch as it goes on the wire) and NAME.json (what it decodes to:
 header fields, and points as [series id, ts_ms, value], a non-finite float as {"float": repr}).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
@@ -54,6 +55,17 @@ VECTORS = {
             Point(6, T + 9, "tắt"),
         ],
     ),
+    # Groups whose first sample is not at t0 (requests read 4 and 9 ms after the first one) and
+    # whose neighbour has another number of samples (so ts_mode 0): the second word of the delta
+    # of delta is a1 - 2*a0 there (docs/batch-format-v1.md §2).
+    "late_group": (
+        BatchHeader("hk-cab-0142", 42, 3, T + 3100),
+        [
+            *(Point(1, T + k * 1000, f32("43663334")) for k in range(3)),
+            *(Point(10, T + 4 + k * 1000, 31422.5625 + k) for k in range(2)),
+            *(Point(11, T + 9 + k * 1001, k) for k in range(3)),
+        ],
+    ),
     # Nothing but an eviction report.
     "empty_dropped": (BatchHeader("gw-empty", 9, 2, T, dropped=500), []),
 }
@@ -66,7 +78,10 @@ def as_json(v):
 
 
 def main() -> None:
+    only = set(sys.argv[1:])  # names to write; the vectors already committed never change
     for name, (header, points) in VECTORS.items():
+        if only and name not in only:
+            continue
         payload = encode_batch(header, points)
         batch = decode_batch(payload)
         (HERE / f"{name}.bin").write_bytes(payload)
