@@ -65,6 +65,7 @@ class ProfileSimUnit:
         *,
         history: int = 4096,
         commanded: dict[str, float | int | bool] | None = None,
+        on_served: Callable[[str, float | int], None] | None = None,
     ) -> None:
         self.profile = profile
         self.unit_id = unit_id
@@ -82,6 +83,8 @@ class ProfileSimUnit:
         self._lock = threading.Lock()
         self._held: dict[str, list[int]] = {}  # writable points: registers last written
         self.commanded = commanded if commanded is not None else {}
+        #: Called with (point name, value) for each whole point put on the wire (the soak logs it).
+        self.on_served = on_served
         self.writes = 0
         self.reads = 0
         self.exceptions = 0
@@ -130,6 +133,9 @@ class ProfileSimUnit:
             self.reads += 1
             for point, value in served:
                 self._served[point.name].append(value)
+        if self.on_served is not None:
+            for point, value in served:
+                self.on_served(point.name, value)
         return words
 
     def write(self, function_code: int, address: int, words: list[int]) -> int | None:
