@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.clock import GOOD
-from edge.parking import MeterCommandError
+from edge.fieldbus.parking import MeterCommandError
+from edge.shared.clock import GOOD
 from protocols.meterlink import Enable, Message, Tariff, TariffBlock, TimeSync
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
+    from edge.agent.gateway import Gateway
 
 __all__ = ["MAX_DEPTH", "CommandError", "CommandHandler", "parse_request"]
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
+    from edge.agent.gateway import Gateway
 
 __all__ = ["StatusServer"]
 
