@@ -37,13 +37,13 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
-from edge.agent.commands import CommandHandler
 from edge.config import MqttConfig
 from edge.shared import faults
 from edge.shared.tls import describe_tls_error
@@ -164,6 +164,22 @@ def describe_mqtt_error(exc: Exception) -> str:
     return describe_tls_error(text) or text
 
 
+class CommandSink(Protocol):
+    """What the forwarder needs of whatever answers platform commands
+    (:class:`edge.agent.commands.CommandHandler`): the command topic, for its hints, and one
+    reply per request, never an exception."""
+
+    topic: str
+
+    async def handle(
+        self,
+        payload: bytes,
+        *,
+        rebirth: Callable[[], Awaitable[int]],
+        retained: bool = False,
+    ) -> bytes: ...
+
+
 class Forwarder:
     def __init__(
         self,
@@ -175,7 +191,7 @@ class Forwarder:
         password: str | None = None,
         birth: Callable[[], Awaitable[Birth]] | None = None,
         tls_context: ssl.SSLContext | None = None,
-        commands: CommandHandler | None = None,
+        commands: CommandSink | None = None,
         entries_per_message: int = 0,
     ) -> None:
         self.buffer = buffer
