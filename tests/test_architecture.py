@@ -168,3 +168,15 @@ def test_protocols_imports__wire_formats_nothing_of_edge():
         for name, path in modules(ROOT / "protocols").items()
     }
     assert {k: v for k, v in wrong.items() if v} == {}
+
+
+def test_old_paths__consumer_and_ledger_reexport_the_platform():
+    """Integrators' imports of edge.consumer / edge.ledger keep working until 0.2."""
+    import edge.consumer
+    import edge.ledger
+    import edge.platform.consumer
+    import edge.platform.ledger
+
+    for old, new in ((edge.consumer, edge.platform.consumer), (edge.ledger, edge.platform.ledger)):
+        assert old.__all__ == new.__all__
+        assert all(getattr(old, n) is getattr(new, n) for n in new.__all__)
