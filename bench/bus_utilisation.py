@@ -23,7 +23,7 @@ wire time of the polls made over the elapsed time.
 
 A third run shows what a slave answering past its timeout costs (meter-1 answers 600 ms after each
 request, its timeout is 500 ms): the line is held for each late answer (the late-answer window,
-edge/rtu.py) instead of letting it land on the next request; the held time is printed.
+edge/fieldbus/rtu.py) instead of letting it land on the next request; the held time is printed.
 
 Last line: RESULT utilisation=<achieved / theoretical, ours> vs_naive=<ours / naive points/s>
 points_per_s=<ours>
@@ -40,11 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.agent.poller import DevicePoller
 from edge.config import parse_config
-from edge.fieldbus import ModbusDeviceError
+from edge.fieldbus.link import ModbusDeviceError
+from edge.fieldbus.rtu import RtuLink
 from edge.plan import ReadPlan, ReadRequest
-from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.rtu import RtuLink
+from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.modbus_frame import LineTiming
 from simulators import sim_unit
 from simulators.rtu_line import serve_rtu

@@ -73,7 +73,7 @@ def start_broker(tmp: Path) -> tuple[subprocess.Popen, int]:
         name = "mosquitto"
     else:
         code = (
-            "import asyncio\nfrom edge.broker import EmbeddedBroker\n"
+            "import asyncio\nfrom edge.uplink.broker import EmbeddedBroker\n"
             f"async def m():\n    await EmbeddedBroker(port={port}).start()\n"
             "    await asyncio.Event().wait()\n"
             "asyncio.run(m())\n"

@@ -15,15 +15,16 @@ the gateway (a process, ``edge run``) is started and killed with SIGKILL, one of
 * tx_published      at the fail point between the broker's PUBACK of a ``tx`` message and
                     forgetting its entries (they are sent again after the restart)
 
-(the three fail points are ``EDGE_FAULTS`` of edge/faults.py: the process SIGKILLs itself there).
+(the three fail points are ``EDGE_FAULTS`` of edge/shared/faults.py: the process SIGKILLs itself
+there).
 On top of that, in about a quarter of the cycles a meter link process is power-cut (SIGKILL; it
 comes back on its journal after 0.2-1 s), and in about a fifth Mosquitto is stopped for 1-3 s
 (it keeps the consumer's queued messages in its persistence).
 
 At the end the meters stop doing business (restarted with ``--no-business``), a gateway without
 faults delivers everything left, and each meter's own journal is compared with the platform's
-ledger (edge/ledger.py: signatures checked with the key of the gateway's birth, de-duplicated by
-(meter, seq) and transaction id):
+ledger (edge/platform/ledger.py: signatures checked with the key of the gateway's birth,
+de-duplicated by (meter, seq) and transaction id):
 
     transactions    payments the meters wrote in their journals
     lost            journal entries (of any type) the ledger never accepted with the same bytes
@@ -60,8 +61,8 @@ sys.path.insert(0, str(ROOT))
 
 from soak import Broker, free_port, wait_port  # noqa: E402
 
-from edge.consumer import BatchConsumer  # noqa: E402
-from edge.ledger import TxLedger, local_day  # noqa: E402
+from edge.platform.consumer import BatchConsumer  # noqa: E402
+from edge.platform.ledger import TxLedger, local_day  # noqa: E402
 from protocols.meterlink import MsgType, Payment, decode_message  # noqa: E402
 
 KILLS = ("random", "parking_received", "parking_committed", "tx_published")

@@ -3,7 +3,7 @@
 A PMS5003 in active mode sends a frame every second for --hours of simulated time (Hanoi air from
 simulators/particulate.py: the month's mean, traffic peaks, drift, haze). The frames' bytes go
 through the real decoder (protocols/pms5003.py, fed in 64-byte reads as a serial port delivers
-them) and the real processing stage (edge/processing.py), configured as a device would be:
+them) and the real processing stage (edge/agent/processing.py), configured as a device would be:
 
 * window: 60 s windows of pm1_0 / pm2_5 / pm10 with the default aggregates (mean, min, max, count);
 * deadband: pm2_5 / pm10 / pm1_0 reported on a change of more than --deadband µg/m³ (default 5, half
@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.agent.processing import Processor
 from edge.config import parse_config
-from edge.processing import Processor
 from protocols import pms5003 as pms
 from protocols.batch import Reading
 from simulators.particulate import HanoiPm

@@ -81,8 +81,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.soak_devices import value_key  # noqa: E402
-from edge.clock import FileClock  # noqa: E402
-from edge.consumer import BatchConsumer, Delivery  # noqa: E402
+from edge.platform.consumer import BatchConsumer, Delivery  # noqa: E402
+from edge.shared.clock import FileClock  # noqa: E402
 from protocols.batch import TQ_UNCERTAIN  # noqa: E402
 
 RANDOM_FAULTS = ("kill", "broker", "partition", "stall", "clock")

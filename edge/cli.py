@@ -72,7 +72,7 @@ def _print_time(loaded) -> None:
     """The zone local windows follow, its offset now, and which windows follow it."""
     import datetime as dt
 
-    from edge.processing import LOCAL_WINDOW_MIN_S
+    from edge.agent.processing import LOCAL_WINDOW_MIN_S
 
     zone, source = loaded.time_zone()
     offset = dt.datetime.now(zone).strftime("%z")
@@ -98,7 +98,7 @@ def _print_time(loaded) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge.storage import lock_holder
+    from edge.store.storage import lock_holder
 
     loaded = _load(args.config, check_storage=not args.config_only)
     if loaded is None:
@@ -184,15 +184,15 @@ def _lean_malloc() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.gateway import Gateway
+    from edge.agent.gateway import Gateway
 
     _lean_malloc()
     loaded = _load(args.config)
     if loaded is None:
         return EXIT_CONFIG
 
-    from edge.signing import SigningKeyError
-    from edge.storage import BufferInUse, BufferUnavailable
+    from edge.shared.signing import SigningKeyError
+    from edge.store.storage import BufferInUse, BufferUnavailable
 
     async def go() -> int:
         try:
@@ -391,7 +391,7 @@ def cmd_sim_meters(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from edge.scan import parse_units, scan_rtu, scan_tcp
+    from edge.ops.scan import parse_units, scan_rtu, scan_tcp
 
     try:
         units = parse_units(args.units)
@@ -427,18 +427,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from edge.fieldbus import ModbusDeviceError
+    from edge.fieldbus.link import ModbusDeviceError
     from protocols.modbus import DataType, WordOrder, decode_value, register_count
     from protocols.modbus_frame import LineTiming
 
     async def go() -> int:
         if args.tcp:
-            from edge.modbus_tcp import ModbusTcpLink
+            from edge.fieldbus.modbus_tcp import ModbusTcpLink
 
             host, _, port = args.tcp.partition(":")
             link = ModbusTcpLink(host, int(port or 502))
         else:
-            from edge.rtu import RtuLink
+            from edge.fieldbus.rtu import RtuLink
 
             link = RtuLink(args.port, LineTiming(args.baud, args.parity, args.stopbits))
         dtype = DataType(args.type)
@@ -465,7 +465,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from edge.doctor import run_doctor
+    from edge.ops.doctor import run_doctor
 
     return _run(run_doctor(args.config, sys.stdout))
 
@@ -473,8 +473,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_consume(args: argparse.Namespace) -> int:
     import csv
 
-    from edge.consumer import BatchConsumer, Delivery, reading_json
-    from edge.ledger import EntryOutcome, TxLedger, entry_json
+    from edge.platform.consumer import BatchConsumer, Delivery, reading_json
+    from edge.platform.ledger import EntryOutcome, TxLedger, entry_json
 
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
@@ -500,7 +500,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     try:
         tls = None
         if args.ca_file or args.cert_file:
-            from edge.tls import client_context
+            from edge.shared.tls import client_context
 
             tls = client_context(args.ca_file, args.cert_file, args.key_file)
         pinned = {}
@@ -549,7 +549,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from edge.ledger import TxLedger
+    from edge.platform.ledger import TxLedger
 
     if not args.ledger.exists():
         print(f"edge reconcile: no ledger at {args.ledger}", file=sys.stderr)

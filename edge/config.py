@@ -7,7 +7,7 @@ Every error found is reported at once, each at the position of the offending key
 
 :func:`load_config` (what ``edge check``, ``edge run`` and ``edge doctor`` use) also checks this
 machine for what the config names: the buffer path must be a file the gateway can create or
-write, as the user running the command (edge/storage.py). So whatever ``edge check`` accepts,
+write, as the user running the command (edge/store/storage.py). So whatever ``edge check`` accepts,
 ``edge run`` as the same user starts with, and whatever ``edge run`` refuses in the config,
 ``edge check`` refuses at the same line. (``check_storage=False``: a config written for another
 machine.)
@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import SensorProfile, get_profile
-from edge.clock import load_zone, system_zone
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
-from edge.storage import path_problem
-from edge.tls import client_context
+from edge.shared.clock import load_zone, system_zone
+from edge.shared.tls import client_context
+from edge.store.storage import path_problem
 from protocols.modbus_frame import LineTiming
 
 __all__ = [
@@ -98,7 +98,7 @@ class BufferConfig(_Model):
 
 
 class TimeConfig(_Model):
-    """When the gateway trusts its clock (edge/clock.py)."""
+    """When the gateway trusts its clock (edge/shared/clock.py)."""
 
     #: ntp: only once the kernel says NTP synchronised it; plausible: any time above the
     #: build-date floor until the clock steps; auto: ntp when an NTP client runs
@@ -236,7 +236,7 @@ class ModbusRtuTransport(_Model):
     #: After a request timed out, how long the line stays unused for its late answer (which
     #: RTU cannot tell from the next request's answer); what arrives meanwhile is discarded
     #: and counted. Default (unset): as long as that request's timeout_ms. A line setting:
-    #: every device on the port gives the same value (edge/rtu.py, "Late answers").
+    #: every device on the port gives the same value (edge/fieldbus/rtu.py, "Late answers").
     late_answer_ms: int | None = Field(None, ge=0, le=60_000)
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
@@ -455,7 +455,7 @@ class LoadedConfig:
 
     def time_zone(self) -> tuple[ZoneInfo, str]:
         """The zone local windows follow, and where it came from (``time.zone`` or the
-        system's, see :func:`edge.clock.system_zone`)."""
+        system's, see :func:`edge.shared.clock.system_zone`)."""
         name = self.config.time.zone
         if name is not None:
             return load_zone(name), "time.zone"
@@ -699,7 +699,7 @@ def _cross_checks(
             at((*base, "profile"), str(exc.args[0]))
             continue
         # What a dead device costs per request: every try times out, and on RS-485 each timeout
-        # also holds the line for the late-answer window (edge/rtu.py, "Late answers").
+        # also holds the line for the late-answer window (edge/fieldbus/rtu.py, "Late answers").
         t = dev.transport
         if isinstance(t, ModbusRtuTransport):
             window_ms = dev.timeout_ms if t.late_answer_ms is None else t.late_answer_ms
@@ -833,7 +833,7 @@ def _cross_checks(
 def _check_storage(
     cfg: Config, pos: _Positions, source: str, base_dir: Path
 ) -> list[tuple[str, int, int, str]]:
-    """This machine, for what the config names: the buffer path (edge/storage.py)."""
+    """This machine, for what the config names: the buffer path (edge/store/storage.py)."""
     loaded = LoadedConfig(cfg, source, {}, base_dir)
     where = pos.locate(("buffer", "path"), prefer_key=False)
     path = loaded.buffer_path

@@ -22,11 +22,11 @@ from importlib import resources
 from pathlib import Path
 
 from devices import SensorProfile, get_profile
-from edge.broker import EmbeddedBroker
+from edge.agent.gateway import Gateway
 from edge.config import LoadedConfig, ModbusRtuTransport, UartTransport, load_config
-from edge.consumer import BatchConsumer, Delivery, reading_json
-from edge.gateway import Gateway
-from edge.ledger import EntryOutcome, entry_json
+from edge.platform.consumer import BatchConsumer, Delivery, reading_json
+from edge.platform.ledger import EntryOutcome, entry_json
+from edge.uplink.broker import EmbeddedBroker
 from protocols.meterlink import Method, Payment
 from simulators import ProfileSimUnit, SimServer, serve_modbus_tcp, sim_unit
 from simulators.parking_meter import Journal, Meter, MeterServer

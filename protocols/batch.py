@@ -104,7 +104,7 @@ class BatchDecodeError(ValueError):
         super().__init__(message)
 
 
-#: Time quality of a timestamp (see edge/clock.py); PENDING never leaves the gateway.
+#: Time quality of a timestamp (see edge/shared/clock.py); PENDING never leaves the gateway.
 TQ_GOOD, TQ_CORRECTED, TQ_UNCERTAIN = 0, 1, 2
 TQ_NAMES = {TQ_GOOD: "good", TQ_CORRECTED: "corrected", TQ_UNCERTAIN: "uncertain"}
 

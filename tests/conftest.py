@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.broker import free_port
+from edge.uplink.broker import free_port
 
 
 def mosquitto_binary() -> str | None:

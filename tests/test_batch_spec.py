@@ -23,7 +23,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.buffer import Buffer
+from edge.store.buffer import Buffer
 from protocols.batch import Reading  # the buffer's input type; the decoder is below
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edge.buffer import Buffer
+from edge.store.buffer import Buffer
 from protocols.batch import Reading, decode_batch
 
 
@@ -152,7 +152,7 @@ def test_buffer__sequence_continues_across_reopen(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from edge.buffer import Buffer
+    from edge.store.buffer import Buffer
     from protocols.batch import Reading
     buf = Buffer(sys.argv[1], max_bytes=512 * 1024 * 1024)
     i = int(sys.argv[2])

@@ -19,10 +19,10 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edge.commands import MAX_DEPTH
+from edge.agent.commands import MAX_DEPTH
+from edge.agent.gateway import Gateway
 from edge.config import parse_config
-from edge.gateway import Gateway
-from edge.status import StatusServer
+from edge.ops.status import StatusServer
 from tests import test_commands
 from tests.conftest import gateway_yaml, wait_until
 from tests.test_commands import CMD, Platform, cabinet_yaml

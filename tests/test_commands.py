@@ -11,10 +11,10 @@ import time
 import aiomqtt
 import pytest
 
+from edge.agent.poller import DevicePoller
 from edge.config import ConfigError, parse_config
-from edge.consumer import BatchConsumer
-from edge.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink
-from edge.poller import DevicePoller
+from edge.fieldbus.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink
+from edge.platform.consumer import BatchConsumer
 from simulators import serve_modbus_tcp, sim_unit
 from tests.conftest import gateway_yaml, wait_until
 from tests.test_system import start_gateway, stop

@@ -173,7 +173,7 @@ def test_cli__paho_socket_errors_are_not_logged_as_errors_of_ours():
         "from edge.cli import _setup_logging\n"
         "_setup_logging(sys.argv[1])\n"
         "logging.getLogger('mqtt').error('failed to receive on socket: [Errno 104]')\n"
-        "logging.getLogger('edge.forwarder').error('uplink down')\n"
+        "logging.getLogger('edge.uplink.forwarder').error('uplink down')\n"
     )
     for level, shown in (("info", False), ("debug", True)):
         err = subprocess.run(

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from devices import get_profile, modbus_profiles
+from edge.agent.poller import DevicePoller
 from edge.config import parse_config
-from edge.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
+from edge.fieldbus.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
+from edge.fieldbus.rtu import RtuLink
 from edge.plan import compile_plan
-from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.rtu import RtuLink
+from edge.shared.health import BAD_POINTS, STATUS_POINT
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.energy_meter import EnergyMeterModel
 from simulators.rtu_line import serve_rtu
@@ -154,7 +155,7 @@ async def test_poller__readings_equal_what_the_simulator_served(sim_sdm630):
 @pytest.mark.slow
 async def test_poller__silent_unit_is_logged_once_and_the_other_keeps_its_rate(sim_sdm630, caplog):
     """One dead meter behind a shared bridge: counted, logged once, neighbour unaffected."""
-    caplog.set_level(logging.DEBUG, logger="edge.poller")
+    caplog.set_level(logging.DEBUG, logger="edge.agent.poller")
     link = ModbusTcpLink("127.0.0.1", sim_sdm630.port)
     queue: asyncio.Queue = asyncio.Queue()
     pollers = [DevicePoller(*_device(u, sim_sdm630.port, 0.5), link, queue) for u in (1, 2)]
@@ -200,8 +201,8 @@ async def test_poller__silent_unit_is_logged_once_and_the_other_keeps_its_rate(s
 
 
 async def test_link__refused_connection_backs_off_without_blocking():
-    from edge.broker import free_port
-    from edge.modbus_tcp import LinkDown
+    from edge.fieldbus.modbus_tcp import LinkDown
+    from edge.uplink.broker import free_port
 
     link = ModbusTcpLink("127.0.0.1", free_port(), backoff_min_s=0.5)
     with pytest.raises(LinkDown, match="refused"):

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer import AsyncBuffer, Buffer, BufferError, BufferInUse, BufferUnavailable
 from edge.config import parse_config
-from edge.parking import MeterBus
-from edge.salvage import quarantine
-from edge.signing import Signer, SigningKeyError
-from edge.storage import lock_holder
+from edge.fieldbus.parking import MeterBus
+from edge.shared.signing import Signer, SigningKeyError
+from edge.store.buffer import AsyncBuffer, Buffer, BufferError, BufferInUse, BufferUnavailable
+from edge.store.salvage import quarantine
+from edge.store.storage import lock_holder
 from protocols.batch import decode_batch
 from simulators.parking_meter import Journal, Meter, MeterServer
 from tests.conftest import Mosquitto, gateway_yaml, wait_until
@@ -195,7 +195,7 @@ def run_until_refused(path: Path) -> subprocess.CompletedProcess[str]:
     it dies (SIGKILL) once the disk refuses it. Prints what it holds."""
     code = f"""
 import os, signal
-from edge.buffer import Buffer, BufferError
+from edge.store.buffer import Buffer, BufferError
 from tests.test_buffer import readings
 from pathlib import Path
 from tests.test_disk import fill
@@ -354,7 +354,7 @@ parking:
 async def test_gateway__starting_on_a_full_disk_waits_for_room_instead_of_exiting(
     small_disk, tmp_path, caplog
 ):
-    from edge.gateway import Gateway
+    from edge.agent.gateway import Gateway
 
     caplog.set_level(logging.INFO, "edge")
     meters = {1: Meter("HK-01", Journal(tmp_path / "m1.sqlite"), speed=7200)}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edge.broker import free_port
+from edge.uplink.broker import free_port
 from tests.conftest import gateway_yaml, password_broker
 
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from edge.broker import free_port
+from edge.agent.gateway import Gateway
 from edge.config import ConfigError, parse_config
-from edge.gateway import Gateway
+from edge.uplink.broker import free_port
 from tests.conftest import gateway_yaml, wait_until
 
 

@@ -10,8 +10,8 @@ import re
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.consumer import BatchConsumer
-from edge.ledger import TxLedger, local_day
+from edge.platform.consumer import BatchConsumer
+from edge.platform.ledger import TxLedger, local_day
 from protocols.birth import Birth
 from protocols.meterlink import (
     MeterStatus,

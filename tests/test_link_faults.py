@@ -13,14 +13,15 @@ import time
 
 import pytest
 
-from edge.broker import free_port
+from edge.agent.gateway import Gateway
+from edge.agent.poller import DevicePoller
 from edge.config import ConfigError, parse_config
-from edge.fieldbus import ModbusGatewayNoAnswer, ModbusTimeout
-from edge.gateway import Gateway
-from edge.modbus_tcp import ModbusTcpLink
-from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.rtu import RtuLink
-from edge.status import StatusServer
+from edge.fieldbus.link import ModbusGatewayNoAnswer, ModbusTimeout
+from edge.fieldbus.modbus_tcp import ModbusTcpLink
+from edge.fieldbus.rtu import RtuLink
+from edge.ops.status import StatusServer
+from edge.shared.health import BAD_POINTS, STATUS_POINT
+from edge.uplink.broker import free_port
 from protocols.modbus_frame import LineTiming
 from simulators import sim_unit
 from simulators.rtu_line import serve_rtu

@@ -1,7 +1,7 @@
 """A broker that will not take everything: packet limits, negative PUBACKs, no MQTT 5 (issue 15,
 case 10). Real Mosquitto (MQTT 5) and the embedded amqtt broker (3.1.1 only) on free ports.
 
-What Mosquitto 2.0.11 was measured to do is in edge/uplink.py's docstring.
+What Mosquitto 2.0.11 was measured to do is in edge/uplink/client.py's docstring.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices import get_profile
-from edge.broker import EmbeddedBroker
 from edge.config import ConfigError, parse_config
-from edge.consumer import BatchConsumer
-from edge.uplink import publish_overhead
+from edge.platform.consumer import BatchConsumer
+from edge.uplink.broker import EmbeddedBroker
+from edge.uplink.client import publish_overhead
 from protocols.batch import BatchHeader, Point, encode_batch
 from protocols.birth import (
     Birth,
@@ -474,9 +474,9 @@ async def test_forwarder__a_v5_broker_silent_once_is_tried_again_on_mqtt5(
     """A CONNECT that got no answer is not proof the broker lacks MQTT 5: after the fallback the
     gateway tries MQTT 5 again (every RETRY_V5_AFTER_SILENCE_S; shortened here) and stays on it,
     so the broker's refusals are seen again. One WARNING, not one per attempt."""
-    import edge.forwarder
+    import edge.uplink.forwarder
 
-    monkeypatch.setattr(edge.forwarder, "RETRY_V5_AFTER_SILENCE_S", 1.0)
+    monkeypatch.setattr(edge.uplink.forwarder, "RETRY_V5_AFTER_SILENCE_S", 1.0)
     caplog.set_level(logging.INFO)
     relay = _SwallowFirstConnect(mosquitto.port)
     port = await relay.start()

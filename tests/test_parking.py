@@ -15,14 +15,14 @@ import stat
 import aiomqtt
 import pytest
 
-from edge.buffer import AsyncBuffer, Buffer
+from edge.agent.gateway import Gateway
 from edge.config import parse_config
-from edge.consumer import BatchConsumer
-from edge.gateway import Gateway
-from edge.ledger import TxLedger, local_day
-from edge.parking import MeterBus
-from edge.signing import Signer, SigningKeyError, verify
-from edge.status import StatusServer
+from edge.fieldbus.parking import MeterBus
+from edge.ops.status import StatusServer
+from edge.platform.consumer import BatchConsumer
+from edge.platform.ledger import TxLedger, local_day
+from edge.shared.signing import Signer, SigningKeyError, verify
+from edge.store.buffer import AsyncBuffer, Buffer
 from protocols.birth import Birth
 from protocols.meterlink import (
     MsgType,
@@ -420,7 +420,7 @@ def test_check__the_parking_example_is_valid_and_shows_both_buses():
 
 
 async def test_commands__reach_the_meter_once_and_numbers_survive_a_gateway_restart(tmp_path):
-    from edge.parking import COMMAND_SKIP, MeterCommandError
+    from edge.fieldbus.parking import COMMAND_SKIP, MeterCommandError
     from protocols.meterlink import Enable, Tariff, TariffBlock, TimeSync
 
     meters = {1: Meter("HK-01", Journal(tmp_path / "m1.sqlite"), clock=lambda: T0 / 1000)}

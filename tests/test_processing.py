@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.agent.processing import Processor, aggregate
 from edge.config import ConfigError, parse_config
-from edge.processing import Processor, aggregate
 from protocols.batch import Reading
 
 T0 = 1_763_800_000_000

@@ -302,7 +302,7 @@ def test_birth__round_trip_and_malformed_births_are_rejected():
 def test_consumer__split_parts_are_deduplicated_against_the_whole_and_each_other():
     import io
 
-    from edge.consumer import BatchConsumer
+    from edge.platform.consumer import BatchConsumer
 
     c = BatchConsumer("mqtt://127.0.0.1:1", report=io.StringIO())
 

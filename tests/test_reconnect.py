@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from edge.buffer import AsyncBuffer
 from edge.config import MqttConfig
-from edge.forwarder import Forwarder, full_jitter
+from edge.store.buffer import AsyncBuffer
+from edge.uplink.forwarder import Forwarder, full_jitter
 from tests.conftest import wait_until
 
 N_GATEWAYS = 50

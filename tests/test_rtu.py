@@ -9,11 +9,12 @@ import time
 import pytest
 
 from devices import RegisterType, get_profile
+from edge.agent.poller import DevicePoller
 from edge.config import ConfigError, parse_config
-from edge.fieldbus import ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus.link import ModbusExceptionResponse, ModbusTimeout
+from edge.fieldbus.rtu import RtuLink
 from edge.plan import LinkCost, compile_plan
-from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.rtu import RtuLink
+from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.modbus_frame import (
     Function,
     LineTiming,
@@ -257,7 +258,7 @@ def test_config__one_serial_line_one_setting_and_one_device_per_unit():
 
 
 async def test_rtu__unplugged_port_is_a_link_error_with_backoff():
-    from edge.fieldbus import LinkDown
+    from edge.fieldbus.link import LinkDown
 
     link = RtuLink("/dev/ttyNOPE0", LINE, backoff_min_s=0.5)
     with pytest.raises(LinkDown, match="cannot open serial port"):

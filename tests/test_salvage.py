@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer import Buffer
-from edge.salvage import SEQ_JUMP
+from edge.store.buffer import Buffer
+from edge.store.salvage import SEQ_JUMP
 from protocols.batch import Reading, decode_batch
 
 BIG = 512 * 1024 * 1024

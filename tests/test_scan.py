@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edge.scan import parse_units, scan_rtu, scan_tcp
+from edge.ops.scan import parse_units, scan_rtu, scan_tcp
 from protocols.modbus_frame import LineTiming
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.rtu_line import serve_rtu

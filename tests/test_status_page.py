@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.broker import free_port
+from edge.uplink.broker import free_port
 from tests.chromium import BINARY, Chromium
 from tests.conftest import gateway_yaml, wait_until
 from tests.test_system import start_gateway, stop

@@ -17,9 +17,9 @@ import aiomqtt
 import msgpack
 import pytest
 
+from edge.agent.gateway import Gateway
 from edge.config import parse_config
-from edge.consumer import BatchConsumer, Delivery
-from edge.gateway import Gateway
+from edge.platform.consumer import BatchConsumer, Delivery
 from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
 from protocols.birth import Birth, SeriesInfo
 from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, password_broker, wait_until
@@ -256,7 +256,7 @@ async def test_forwarder__bad_credentials_are_reported_and_readings_accumulate(
     errors = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno >= logging.ERROR and r.name == "edge.forwarder"
+        if r.levelno >= logging.ERROR and r.name == "edge.uplink.forwarder"
     ]
     assert len(errors) == 1, errors  # the outage is logged once, not per attempt
     assert "broker refused the connection" in errors[0]

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.buffer import Buffer
-from edge.clock import (
+from edge.shared.clock import (
     CORRECTED,
     GOOD,
     PENDING,
@@ -20,6 +19,7 @@ from edge.clock import (
     FileClock,
     TimeKeeper,
 )
+from edge.store.buffer import Buffer
 from protocols.batch import (
     TQ_CORRECTED,
     TQ_UNCERTAIN,

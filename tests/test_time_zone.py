@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.clock import PENDING, FileClock, system_zone
+from edge.agent.processing import Processor, WindowClock
 from edge.config import ConfigError, parse_config
-from edge.processing import Processor, WindowClock
+from edge.shared.clock import PENDING, FileClock, system_zone
 from protocols.batch import Reading
 
 UTC = dt.UTC

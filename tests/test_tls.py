@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from edge.config import ConfigError, parse_config
-from edge.tls import client_context
+from edge.shared.tls import client_context
 from tests.certs import make_pki
 from tests.conftest import Mosquitto, gateway_yaml, mosquitto_binary, wait_until
 from tests.test_system import Collector, start_gateway, stop
@@ -57,14 +57,14 @@ async def test_tls__client_certificates_work_end_to_end(tls_broker, sim_sdm630, 
 
 async def test_tls__wrong_ca_fails_with_a_clear_error(tls_broker, sim_sdm630, tmp_path, caplog):
     broker, pki = tls_broker
-    caplog.set_level(logging.ERROR, logger="edge.forwarder")
+    caplog.set_level(logging.ERROR, logger="edge.uplink.forwarder")
     text = tls_yaml(
         tmp_path, broker.port, sim_sdm630.port, pki.other_ca, pki.client_cert, pki.client_key
     )
     gateway, task = await start_gateway(tmp_path, text)
     await asyncio.sleep(3)
     await stop(task)
-    errors = [r.getMessage() for r in caplog.records if r.name == "edge.forwarder"]
+    errors = [r.getMessage() for r in caplog.records if r.name == "edge.uplink.forwarder"]
     assert len(errors) == 1, errors
     assert "did not verify against mqtt.tls.ca_file" in errors[0]
     assert gateway.forwarder.stats.batches_sent == 0
@@ -75,7 +75,7 @@ async def test_tls__missing_client_certificate_is_explained(
     tls_broker, sim_sdm630, tmp_path, caplog
 ):
     broker, pki = tls_broker
-    caplog.set_level(logging.ERROR, logger="edge.forwarder")
+    caplog.set_level(logging.ERROR, logger="edge.uplink.forwarder")
     text = gateway_yaml(
         buffer=tmp_path / "b.sqlite",
         broker_port=broker.port,
@@ -86,7 +86,7 @@ async def test_tls__missing_client_certificate_is_explained(
     gateway, task = await start_gateway(tmp_path, text)
     await asyncio.sleep(3)
     await stop(task)
-    errors = [r.getMessage() for r in caplog.records if r.name == "edge.forwarder"]
+    errors = [r.getMessage() for r in caplog.records if r.name == "edge.uplink.forwarder"]
     assert len(errors) == 1, errors
     assert gateway.forwarder.stats.batches_sent == 0
 

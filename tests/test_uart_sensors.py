@@ -11,8 +11,8 @@ import pytest
 
 from devices import get_profile
 from edge.config import parse_config
-from edge.poller import STATUS_POINT
-from edge.uart_sensor import SensorPoller
+from edge.fieldbus.uart_sensor import SensorPoller
+from edge.shared.health import STATUS_POINT
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
 from simulators.particulate import Pms5003Sim, Sds011Sim
@@ -104,7 +104,7 @@ async def test_sds011__passive_query_mode(tmp_path):
 
 @pytest.mark.slow
 async def test_uart__unplugged_adapter_is_reported_as_a_gap_and_reopened(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    caplog.set_level(logging.INFO, logger="edge.fieldbus.uart_sensor")
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=4, warmup_s=0).start()
     poller, queue = sensor(sim.path, "plantower_pms5003", interval=0.5, warmup=0)
     task = asyncio.create_task(poller.run())
@@ -145,7 +145,7 @@ async def test_uart__corrupt_frames_are_counted_and_skipped(tmp_path):
 
 @pytest.mark.slow
 async def test_uart__a_sensor_that_answers_nothing_is_offline_once(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    caplog.set_level(logging.INFO, logger="edge.fieldbus.uart_sensor")
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=6, warmup_s=0).start()
     sim.handle_input = lambda: None  # deaf: the sensor's RX wire is broken
     poller, queue = sensor(sim.path, "plantower_pms5003", interval=0.5, warmup=0)
@@ -225,7 +225,7 @@ async def test_uart_sensor__power_blip_back_to_active_mode_no_value_older_than_i
     gateway polls it passively. Every value reported is from a frame that arrived after the
     read request of its sample, stamped with that frame's time; the sensor is put back into
     passive mode (counted, logged once) and the frames it streamed meanwhile are counted stale."""
-    caplog.set_level(logging.DEBUG, logger="edge.uart_sensor")
+    caplog.set_level(logging.DEBUG, logger="edge.fieldbus.uart_sensor")
     sim = await sim_cls(tmp_path / "ttyPM", seed=8, warmup_s=0, interval_s=0.25).start()
     poller, queue = sensor(sim.path, profile, interval=1.0, warmup=0)
     assert not poller.duty_cycling
@@ -260,7 +260,7 @@ async def test_pms5003__power_blip_while_duty_cycled_asleep_is_put_back_to_passi
     """Duty cycling: the blip wakes the sensor between samples and it streams while the
     gateway believes it asleep. The next cycle finds it out (counted, logged once), puts it
     back into passive mode, takes a fresh answer and puts it to sleep again."""
-    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    caplog.set_level(logging.INFO, logger="edge.fieldbus.uart_sensor")
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=9, warmup_s=0.5, interval_s=0.25).start()
     poller, queue = sensor(sim.path, "plantower_pms5003", interval=2.0, warmup=0.5)
     assert poller.duty_cycling
@@ -299,7 +299,7 @@ async def test_sds011__active_mode_sensor_that_stops_streaming_gets_the_active_c
     """Configured for active mode, the sensor comes back from a power cut in query mode (a
     setting it kept): it streams nothing. The gateway counts the missed sample, sends the
     active-mode command again (counted, logged once) and reports again."""
-    caplog.set_level(logging.INFO, logger="edge.uart_sensor")
+    caplog.set_level(logging.INFO, logger="edge.fieldbus.uart_sensor")
     sim = await Sds011Sim(tmp_path / "ttySDS", seed=10, warmup_s=0, interval_s=0.25).start()
     poller, queue = sensor(sim.path, "novafitness_sds011", interval=1.0, warmup=0, mode="active")
     task = asyncio.create_task(poller.run())
@@ -326,8 +326,8 @@ async def test_sds011__active_mode_sensor_that_stops_streaming_gets_the_active_c
 async def test_gateway__a_blipped_sensor_shows_its_stale_frames_and_mode_resets_in_metrics(
     mosquitto, tmp_path
 ):
-    from edge.gateway import Gateway
-    from edge.status import StatusServer
+    from edge.agent.gateway import Gateway
+    from edge.ops.status import StatusServer
 
     sim = await Pms5003Sim(tmp_path / "ttyPM", seed=11, warmup_s=0, interval_s=0.25).start()
     text = f"""

@@ -28,14 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devices import get_profile, modbus_profiles
-from edge.broker import free_port
-from edge.buffer import Buffer
+from edge.agent.gateway import Gateway
+from edge.agent.processing import Processor, aggregate
 from edge.config import parse_config
-from edge.consumer import BatchConsumer, float_bits, reading_json
-from edge.gateway import Gateway
+from edge.fieldbus.uart_sensor import PROTOCOLS
 from edge.plan import compile_plan
-from edge.processing import Processor, aggregate
-from edge.uart_sensor import PROTOCOLS
+from edge.platform.consumer import BatchConsumer, float_bits, reading_json
+from edge.store.buffer import Buffer
+from edge.uplink.broker import free_port
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
 from protocols.batch import (
@@ -302,7 +302,7 @@ def test_buffer__null_rows_left_by_an_older_version_are_set_aside_and_the_rest_s
     path = tmp_path / "b.sqlite"
     good = old_buffer_with_null_rows(path)
     buf = Buffer(path, max_bytes=BIG)  # a restart on the old file
-    caplog.set_level(logging.DEBUG, logger="edge.buffer")
+    caplog.set_level(logging.DEBUG, logger="edge.store.buffer")
     first = buf.seal("gw", 4)  # three good rows and the first NULL
     rest, headers = drain(buf, 2)  # the second NULL, alone in front of the last three
     assert first is not None

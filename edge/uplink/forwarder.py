@@ -13,8 +13,9 @@ Reconnects use tenacity: exponential backoff from ``reconnect_min_s`` (the floor
 ``reconnect_max_s`` (the cap) with jitter; the attempt count resets only after a session stayed
 up ``stable_after_s``. An outage is logged once at ERROR, then DEBUG, and INFO on recovery.
 
-Broker limits (edge/uplink.py has what Mosquitto was measured to do). The forwarder speaks MQTT 5
-and falls back to 3.1.1, with one WARNING, when the broker refuses 5 (``mqtt.protocol_version``).
+Broker limits (edge/uplink/client.py has what Mosquitto was measured to do). The forwarder speaks
+MQTT 5 and falls back to 3.1.1, with one WARNING, when the broker refuses 5
+(``mqtt.protocol_version``).
 Every message stays under the broker's packet limit: the Maximum Packet Size of its CONNACK, or
 ``mqtt.max_packet_bytes``, whichever is smaller. Batches are sealed under it, and a batch from
 before is split; a birth that does not fit goes out in parts (protocols/birth.py). Under MQTT 5
@@ -36,18 +37,18 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
-from edge import faults
-from edge.buffer import AsyncBuffer, SealedBatch
-from edge.commands import CommandHandler
 from edge.config import MqttConfig
-from edge.tls import describe_tls_error
-from edge.uplink import (
+from edge.shared import faults
+from edge.shared.tls import describe_tls_error
+from edge.store.buffer import AsyncBuffer, SealedBatch
+from edge.uplink.client import (
     PACKET_TOO_LARGE,
     NoConnack,
     PublishRefused,
@@ -163,6 +164,22 @@ def describe_mqtt_error(exc: Exception) -> str:
     return describe_tls_error(text) or text
 
 
+class CommandSink(Protocol):
+    """What the forwarder needs of whatever answers platform commands
+    (:class:`edge.agent.commands.CommandHandler`): the command topic, for its hints, and one
+    reply per request, never an exception."""
+
+    topic: str
+
+    async def handle(
+        self,
+        payload: bytes,
+        *,
+        rebirth: Callable[[], Awaitable[int]],
+        retained: bool = False,
+    ) -> bytes: ...
+
+
 class Forwarder:
     def __init__(
         self,
@@ -174,7 +191,7 @@ class Forwarder:
         password: str | None = None,
         birth: Callable[[], Awaitable[Birth]] | None = None,
         tls_context: ssl.SSLContext | None = None,
-        commands: CommandHandler | None = None,
+        commands: CommandSink | None = None,
         entries_per_message: int = 0,
     ) -> None:
         self.buffer = buffer

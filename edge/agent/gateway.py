@@ -21,21 +21,23 @@ import time
 from dataclasses import dataclass
 
 from devices import SensorProfile, get_profile
-from edge import __version__, systemd
-from edge.buffer import AsyncBuffer, BufferError, BufferInUse, BufferUnavailable
-from edge.clock import CORRECTED, PENDING, keeper_for
-from edge.commands import CommandHandler
+from edge import __version__
+from edge.agent.commands import CommandHandler
+from edge.agent.poller import DevicePoller
+from edge.agent.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
 from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
-from edge.forwarder import Forwarder
-from edge.modbus_tcp import Endpoint, ModbusTcpLink
-from edge.parking import MeterBus
-from edge.poller import BAD_POINTS, STATUS_POINT, DevicePoller
-from edge.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
-from edge.rtu import RtuLink
-from edge.signing import Signer, SigningKeyError
-from edge.status import StatusServer
-from edge.storage import Episode
-from edge.uart_sensor import SensorPoller
+from edge.fieldbus.modbus_tcp import Endpoint, ModbusTcpLink
+from edge.fieldbus.parking import MeterBus
+from edge.fieldbus.rtu import RtuLink
+from edge.fieldbus.uart_sensor import SensorPoller
+from edge.ops import systemd
+from edge.ops.status import StatusServer
+from edge.shared.clock import CORRECTED, PENDING, keeper_for
+from edge.shared.health import BAD_POINTS, STATUS_POINT
+from edge.shared.signing import Signer, SigningKeyError
+from edge.store.buffer import AsyncBuffer, BufferError, BufferInUse, BufferUnavailable
+from edge.store.storage import Episode
+from edge.uplink.forwarder import Forwarder
 from protocols.batch import Reading
 from protocols.birth import Birth, SeriesInfo
 

@@ -39,10 +39,10 @@ import serial
 import serial_asyncio_fast
 
 from devices import SensorProfile
-from edge.clock import Stamp, TimeKeeper
 from edge.config import DeviceConfig
-from edge.fieldbus import Backoff
-from edge.poller import BAD_POINTS, STATUS_POINT
+from edge.fieldbus.link import Backoff
+from edge.shared.clock import Stamp, TimeKeeper
+from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols import pms5003 as pms
 from protocols import sds011 as sds
 from protocols.batch import Reading

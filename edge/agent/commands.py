@@ -39,18 +39,25 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.clock import GOOD
-from edge.parking import MeterCommandError
+from edge.fieldbus.parking import MeterCommandError
+from edge.shared.clock import GOOD
 from protocols.meterlink import Enable, Message, Tariff, TariffBlock, TimeSync
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
+    from collections.abc import Sequence
 
-__all__ = ["MAX_DEPTH", "CommandError", "CommandHandler", "parse_request"]
+    from edge.agent.poller import DevicePoller
+    from edge.config import LoadedConfig
+    from edge.fieldbus.parking import MeterBus
+    from edge.fieldbus.uart_sensor import SensorPoller
+    from edge.shared.clock import TimeKeeper
+    from edge.store.buffer import AsyncBuffer
+
+__all__ = ["MAX_DEPTH", "CommandError", "CommandHandler", "CommandTarget", "parse_request"]
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +239,26 @@ def parse_request(payload: bytes) -> Any:
         raise CommandError("bad_request", f"not JSON: {str(exc)[:200]}") from None
 
 
+class CommandTarget(Protocol):
+    """What the command handler reads and calls on the running gateway
+    (:class:`edge.agent.gateway.Gateway`), and nothing more."""
+
+    @property
+    def loaded(self) -> LoadedConfig: ...
+    @property
+    def buffer(self) -> AsyncBuffer: ...
+    @property
+    def started_ms(self) -> int: ...
+    @property
+    def clock(self) -> TimeKeeper: ...
+    @property
+    def pollers(self) -> Sequence[DevicePoller | SensorPoller]: ...
+    @property
+    def meter_buses(self) -> Sequence[MeterBus]: ...
+
+
 class CommandHandler:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: CommandTarget) -> None:
         self.gateway = gateway
         self._rebirth: Callable[[], Awaitable[int]] | None = None
         cfg = gateway.loaded.config.commands

@@ -34,9 +34,9 @@ window costs line time only after timeouts (``late_wait_s``: a silent unit costs
 plus the window per try); an answer later than timeout + window is beyond the guard, which is
 why the window is configurable per line (``late_answer_ms`` in the transport).
 
-Errors are the field-bus errors of :mod:`edge.fieldbus`, as for Modbus TCP, so pollers treat both
-alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened (unplugged USB
-adapter) backs off with jitter like a TCP connection.
+Errors are the field-bus errors of :mod:`edge.fieldbus.link`, as for Modbus TCP, so pollers
+treat both alike. The port is opened with pyserial-asyncio-fast; a port that cannot be opened
+(unplugged USB adapter) backs off with jitter like a TCP connection.
 
 pymodbus is not used here on purpose (../shared/reference/library-notes.md §2): it does no
 inter-frame timing at all, cannot resynchronise on garbage before a response (any prefix made the
@@ -56,7 +56,7 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from edge.fieldbus import (
+from edge.fieldbus.link import (
     GATEWAY_NO_ANSWER,
     Backoff,
     LinkDown,
@@ -64,7 +64,7 @@ from edge.fieldbus import (
     ModbusTimeout,
     exception_error,
 )
-from edge.fieldbus import where as fieldbus_where
+from edge.fieldbus.link import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
     LineTiming,

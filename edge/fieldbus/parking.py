@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import serial
 import serial_asyncio_fast
 
-from edge import faults
-from edge.buffer import AsyncBuffer, BufferError
 from edge.config import MeterLinkRs485, ParkingBusConfig
-from edge.rtu import serial_settings
-from edge.signing import Signer
+from edge.fieldbus.rtu import serial_settings
+from edge.shared import faults
+from edge.shared.signing import Signer
+from edge.store.buffer import AsyncBuffer, BufferError
 from protocols.meterlink import (
     HEADER,
     MAX_PAYLOAD,

@@ -9,7 +9,7 @@ damaged file, and the path checks that ``edge check`` and ``edge run`` share.
   which SQLite's WAL mode allows beside a writer); they look the holder up in /proc/locks.
 * **Full is not damaged.** SQLite reports a full disk as SQLITE_FULL, or, where the kernel says
   ENOSPC while it grows the shared-memory index, fsyncs or truncates, as an I/O error. Neither
-  says anything about the file's content, so neither may send it to salvage (edge/salvage.py):
+  says anything about the file's content, so neither may send it to salvage (edge/store/salvage.py):
   only SQLITE_CORRUPT, SQLITE_NOTADB and a failed read do.
 * **Paths.** :func:`path_problem` says, without changing anything, why a path cannot be the
   buffer file for this user: a folder, a device or pipe, a file or folder this user cannot

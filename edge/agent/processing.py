@@ -45,8 +45,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from edge.clock import PENDING
 from edge.config import DeviceConfig, ProcessingRule
+from edge.shared.clock import PENDING
 from protocols.batch import TQ_GOOD, Reading
 
 __all__ = ["LOCAL_WINDOW_MIN_S", "Processor", "WindowClock", "aggregate", "output_series"]

@@ -27,8 +27,8 @@ Invariants (tested by the model-based test in tests/test_buffer.py):
 * The disk is a limit too (see "A full disk" below): the same policy keeps the buffer inside
   the room its filesystem has, whatever else fills it. Readings the disk has no room for at all
   are refused (not accepted), counted, and reported in ``dropped`` as well.
-* One gateway at a time: the buffer is locked (edge/storage.py) before anything reads, checks or
-  moves it, so a second gateway on the same buffer is refused and told who holds it.
+* One gateway at a time: the buffer is locked (edge/store/storage.py) before anything reads, checks
+  or moves it, so a second gateway on the same buffer is refused and told who holds it.
 
 A full disk
 -----------
@@ -54,7 +54,7 @@ of that corner instead of recovering from it:
   that cannot be written are kept in memory and written when there is room (a batch or an entry
   re-sent after a restart is de-duplicated by the platform). The episode is logged once at
   ERROR, then at DEBUG, and at INFO when room returns. Nothing here ever counts as damage: only
-  SQLite saying the content is corrupt sends a file to salvage (edge/salvage.py).
+  SQLite saying the content is corrupt sends a file to salvage (edge/store/salvage.py).
 
 All methods are blocking; :class:`AsyncBuffer` runs them on one dedicated thread so the event
 loop never waits on the disk and the connection is only ever used by that thread.
@@ -74,10 +74,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge import storage
-from edge.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
-from edge.salvage import Salvage, quarantine, salvage_into, unquarantine
-from edge.storage import BufferInUse, BufferLock, BufferUnavailable
+from edge.shared.clock import CORRECTED, PENDING, UNCERTAIN, kernel_boot_id
+from edge.store import storage
+from edge.store.salvage import Salvage, quarantine, salvage_into, unquarantine
+from edge.store.storage import BufferInUse, BufferLock, BufferUnavailable
 from protocols.batch import (
     TQ_NAMES,
     BatchHeader,
@@ -152,8 +152,8 @@ UPDATE meta SET value = 2 WHERE key = 'schema_version';
 """
 
 # Readings stamped while the clock was untrusted (tq = PENDING) keep their boot-time stamp in
-# boot_ms until the clock is trusted (edge/clock.py); the partial index finds them in O(1) when
-# there are none, which is nearly always.
+# boot_ms until the clock is trusted (edge/shared/clock.py); the partial index finds them in O(1)
+# when there are none, which is nearly always.
 _MIGRATE_2_TO_3 = {
     "tq": "ALTER TABLE readings ADD COLUMN tq INTEGER NOT NULL DEFAULT 0;",
     "boot_ms": "ALTER TABLE readings ADD COLUMN boot_ms INTEGER;",
@@ -276,7 +276,7 @@ class BufferStats:
     next_seq: int
     appended_total: int  # this process
     evicted_total: int  # persistent, all time
-    corrupt_lost_total: int  # persistent: unreadable in a damaged buffer file (edge/salvage.py)
+    corrupt_lost_total: int  # persistent: unreadable in a damaged file (store/salvage.py)
     rejected_total: int  # this process: not accepted (disk full)
     oldest_pending_ms: int | None
     unencodable_total: int = 0  # persistent: set aside at seal, no batch can carry them
@@ -364,7 +364,7 @@ class Buffer:
 
     @staticmethod
     def _take(path: Path) -> BufferLock:
-        """Refuse what is not a buffer file, make its folder, lock it (edge/storage.py)."""
+        """Refuse what is not a buffer file, make its folder, lock it (edge/store/storage.py)."""
         if os.path.lexists(path) and not os.path.isfile(path):
             why = storage.path_problem(path) or f"{path} is a symlink to nothing"
             raise BufferUnavailable(f"cannot open the buffer: {why}", retry=False)
@@ -440,7 +440,7 @@ class Buffer:
     def _recover(self, synchronous: str, problem: str) -> sqlite3.Connection:
         """A buffer that cannot be read must never stop the gateway: move it aside for
         forensics, start a fresh one, copy into it every row that is still readable, and count
-        and report the rest (edge/salvage.py). With no room on the disk for the copy, the
+        and report the rest (edge/store/salvage.py). With no room on the disk for the copy, the
         damaged file goes back where it was and :class:`BufferUnavailable` says so."""
         real = self.path.resolve()  # a symlinked buffer: the file it names is the damaged one
         try:

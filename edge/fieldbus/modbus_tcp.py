@@ -36,7 +36,7 @@ import random
 import struct
 import time
 
-from edge.fieldbus import (
+from edge.fieldbus.link import (
     GATEWAY_NO_ANSWER,
     Backoff,
     LinkDown,
@@ -47,7 +47,7 @@ from edge.fieldbus import (
     ModbusTimeout,
     exception_error,
 )
-from edge.fieldbus import where as fieldbus_where
+from edge.fieldbus.link import where as fieldbus_where
 from protocols.modbus_frame import (
     FrameError,
     Request,

@@ -25,7 +25,7 @@ The source of time is injectable (:class:`ClockSource`): tests and the fault har
 :class:`FileClock` whose offset and synchronised flag a file holds.
 
 The gateway's *time zone* (``time.zone``, an IANA name; default the system's) only says where
-local days and hours begin, for processing windows of an hour or more (edge/processing.py);
+local days and hours begin, for processing windows of an hour or more (edge/agent/processing.py);
 every timestamp the gateway sends stays UTC. Zones come from the standard library's
 ``zoneinfo``: the OS database (/usr/share/zoneinfo), else the ``tzdata`` package.
 """

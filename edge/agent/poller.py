@@ -13,7 +13,7 @@ one request at a time). What one bad device may cost its neighbours is bounded:
   ``PROBE_MAX_S``, so a dead device costs the line at most one timeout budget per probe period.
   The first answer closes the breaker and the full plan runs again in the same cycle. A
   gateway's exception 0x0A / 0x0B (a TCP-to-RTU bridge saying the unit behind it is absent or
-  silent) is no answer from the device (:class:`~edge.fieldbus.ModbusGatewayNoAnswer`, a
+  silent) is no answer from the device (:class:`~edge.fieldbus.link.ModbusGatewayNoAnswer`, a
   timeout), not a refusal: such a device is offline and probed like a silent one.
 * **Learning.** A merged request refused with exception 02 (an address the device does not
   serve, somewhere in a gap) is split into requests that read no gap, read again at once, and
@@ -34,19 +34,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from devices import RegisterType, get_profile
-from edge.clock import TimeKeeper
 from edge.config import DeviceConfig
-from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
+from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import ReadPlan, ReadRequest, split_request
+from edge.shared.clock import TimeKeeper
+from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.batch import Reading
 from protocols.modbus import DataType, ModbusValueError, decode_value, encode_value
 
-__all__ = ["BAD_POINTS", "PROBE_MAX_S", "STATUS_POINT", "DevicePoller", "Link", "PollStats"]
+__all__ = ["PROBE_MAX_S", "DevicePoller", "Link", "PollStats"]
 
-#: The series that carries a device's health: "online", "degraded" or "offline" on each change.
-STATUS_POINT = "_status"
-#: The points a cycle could not read: "" (none), "all", or names joined by commas; on change.
-BAD_POINTS = "_bad_points"
 #: The longest wait between two probes of an offline device.
 PROBE_MAX_S = 60.0
 ILLEGAL_DATA_ADDRESS = 2
@@ -55,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class Link(Protocol):
-    """A Modbus TCP endpoint or an RTU line (edge.modbus_tcp / edge.rtu)."""
+    """A Modbus TCP endpoint or an RTU line (edge.fieldbus.modbus_tcp / edge.fieldbus.rtu)."""
 
     endpoint: str
 

@@ -114,9 +114,9 @@ def _ports(loaded: LoadedConfig) -> list[Check]:
 
 
 async def _devices(loaded: LoadedConfig) -> list[Check]:
-    from edge.fieldbus import ModbusDeviceError
-    from edge.modbus_tcp import ModbusTcpLink
-    from edge.rtu import RtuLink
+    from edge.fieldbus.link import ModbusDeviceError
+    from edge.fieldbus.modbus_tcp import ModbusTcpLink
+    from edge.fieldbus.rtu import RtuLink
 
     out = []
     links: dict[str, ModbusTcpLink | RtuLink] = {}
@@ -164,7 +164,7 @@ async def _devices(loaded: LoadedConfig) -> list[Check]:
 
 async def _serial_sensor(loaded: LoadedConfig, dev) -> Check:
     from devices import get_profile
-    from edge.uart_sensor import SensorPoller
+    from edge.fieldbus.uart_sensor import SensorPoller
 
     t = dev.transport
     if not _exists(t.port):
@@ -223,7 +223,7 @@ def _clock() -> Check:
 async def _broker(loaded: LoadedConfig) -> Check:
     import aiomqtt
 
-    from edge.forwarder import describe_mqtt_error
+    from edge.uplink.forwarder import describe_mqtt_error
 
     m = loaded.config.mqtt
     try:
@@ -252,7 +252,7 @@ async def _broker(loaded: LoadedConfig) -> Check:
 
 
 def _buffer(loaded: LoadedConfig) -> list[Check]:
-    from edge.storage import is_full, lock_holder
+    from edge.store.storage import is_full, lock_holder
 
     path = loaded.buffer_path
     folder = path.parent

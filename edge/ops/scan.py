@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from devices import modbus_profiles
-from edge.fieldbus import LinkDown, ModbusDeviceError, ModbusExceptionResponse
+from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import compile_plan
 from protocols.modbus_frame import LineTiming
 
@@ -111,7 +111,7 @@ async def scan_rtu(
     all_settings: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Found]:
-    from edge.rtu import RtuLink
+    from edge.fieldbus.rtu import RtuLink
 
     found: list[Found] = []
     for baud, parity, stop in settings:
@@ -120,7 +120,7 @@ async def scan_rtu(
         timeout_s = timing.transaction_s(8, 7, turnaround_s)
         # The sweep asks each address once: a late answer names its own unit and cannot be
         # taken for the next address's, so it needs no late-answer window (which would double
-        # the sweep); reading one unit's registers to guess its profile does (edge/rtu.py).
+        # the sweep); reading one unit's registers to guess its profile does (edge/fieldbus/rtu.py).
         link = RtuLink(port, timing, late_answer_s=0.0)
         here: list[int] = []
         started = time.monotonic()
@@ -154,7 +154,7 @@ async def scan_tcp(
     timeout_s: float = 0.3,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Found]:
-    from edge.modbus_tcp import ModbusTcpLink
+    from edge.fieldbus.modbus_tcp import ModbusTcpLink
 
     link = ModbusTcpLink(host, port)
     found = []

@@ -23,13 +23,19 @@ import logging
 import math
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["StatusServer"]
+    from edge.config import LoadedConfig
+    from edge.fieldbus.parking import MeterBus
+    from edge.shared.clock import TimeKeeper
+    from edge.store.buffer import AsyncBuffer
+    from edge.uplink.forwarder import Forwarder
+
+__all__ = ["StatusServer", "StatusSource"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +56,35 @@ class _Recent(logging.Handler):
             pass
 
 
+class StatusSource(Protocol):
+    """What the page reads of the running gateway (:class:`edge.agent.gateway.Gateway`): its
+    config, store, uplink, clock and counters; the pollers, the command handler (``stats``) and
+    the links are read by attribute only, whatever their kind."""
+
+    @property
+    def loaded(self) -> LoadedConfig: ...
+    @property
+    def buffer(self) -> AsyncBuffer: ...
+    @property
+    def forwarder(self) -> Forwarder: ...
+    @property
+    def clock(self) -> TimeKeeper: ...
+    @property
+    def pollers(self) -> Sequence[Any]: ...
+    @property
+    def meter_buses(self) -> Sequence[MeterBus]: ...
+    @property
+    def links(self) -> Mapping[str, Sequence[Any]]: ...
+    @property
+    def commands(self) -> Any: ...
+    @property
+    def time_stats(self) -> Any: ...
+    @property
+    def writer_stats(self) -> Any: ...
+
+
 class StatusServer:
-    def __init__(self, gateway: Gateway, host: str, port: int, token: str | None) -> None:
+    def __init__(self, gateway: StatusSource, host: str, port: int, token: str | None) -> None:
         self.gateway = gateway
         self.host, self.port = host, port
         self.token = token

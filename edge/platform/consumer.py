@@ -1,0 +1,446 @@
+"""Consume batches: decode, name through the birth, de-duplicate by batch number, report gaps.
+
+The gateway delivers at least once (a batch whose PUBACK was lost is re-sent with the same
+number), so a consumer that drops repeated numbers sees every reading exactly once. Gaps are
+reported as they appear and again at the end if they were never filled. Series ids are named
+through the gateway's retained birth message, which arrives first on subscription. A birth
+larger than the broker's packet limit comes in parts (``.../birth`` and ``.../birth/<k>``,
+protocols/birth.py); it is applied once every part of it has arrived.
+
+Use a fixed ``client_id``: the session is then persistent, and a broker with persistence keeps
+QoS 1 batches for the consumer while it is away or restarting. A message is acknowledged only
+after it was handled (printed and flushed), so a consumer killed mid-batch gets it again.
+
+Scale-out: consumers given the same ``share`` group join an MQTT 5 shared subscription
+(``$share/<group>/<prefix>/+/+/data``) and split the batches between them; births are not shared
+(every member needs every dictionary). A member that dies keeps its share of the stream queued in
+its persistent session until it, or a replacement with the same client id, comes back: run
+consumers under a supervisor that restarts them.
+
+Parking meter entries (``<prefix>/+/+/tx``) go to a
+:class:`~edge.platform.ledger.TxLedger`: signatures checked against the key each gateway's birth
+announces, de-duplicated by (meter, seq) and by transaction id, and reconciled per meter and
+day in the summary. Members of a share group each see part of the entries: give them one ledger
+file on shared storage, or reconcile their ledgers together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import ssl
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.platform.ledger import EntryOutcome, TxLedger
+from edge.shared.tls import client_context
+from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
+from protocols.birth import (
+    Birth,
+    BirthError,
+    SeriesInfo,
+    birth_part,
+    join_birth_parts,
+    resolve,
+)
+from protocols.meterlink import PayloadError, decode_tx_message
+
+__all__ = ["BatchConsumer", "Delivery", "SeqTracker", "float_bits", "reading_json"]
+
+log = logging.getLogger(__name__)
+
+
+class SeqTracker:
+    """Which batch numbers of one gateway were seen, in O(gaps) memory.
+
+    Every number from ``start`` to ``floor`` was seen; ``above`` holds numbers seen past a gap.
+    """
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.floor = -1
+        self.above: set[int] = set()
+        self.highest = -1
+
+    def add(self, seq: int) -> tuple[bool, tuple[int, int] | None]:
+        """Record ``seq``. Returns (is_new, newly opened gap as (first, last) or None)."""
+        if self.start is None:
+            self.start, self.floor, self.highest = seq, seq, seq
+            return True, None
+        if self.start <= seq <= self.floor or seq in self.above:
+            return False, None
+        gap = None
+        if seq > self.highest + 1:
+            gap = (self.highest + 1, seq - 1)
+        self.highest = max(self.highest, seq)
+        if seq == self.floor + 1:
+            self.floor = seq
+            while self.floor + 1 in self.above:
+                self.floor += 1
+                self.above.remove(self.floor)
+        else:
+            self.above.add(seq)
+        return True, gap
+
+    def seen(self, seq: int) -> bool:
+        return self.start is not None and (self.start <= seq <= self.floor or seq in self.above)
+
+    def missing(self) -> list[tuple[int, int]]:
+        """Gaps still open, as inclusive ranges."""
+        out: list[tuple[int, int]] = []
+        prev = self.floor
+        for s in sorted(x for x in self.above if x > self.floor):
+            if s > prev + 1:
+                out.append((prev + 1, s - 1))
+            prev = s
+        return out
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A new batch, its readings named through the gateway's birth."""
+
+    header: BatchHeader
+    readings: list[Reading]
+
+
+@dataclass
+class GatewayTally:
+    tracker: SeqTracker = field(default_factory=SeqTracker)
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    dropped_reported: int = 0
+    #: Of ``dropped_reported``: by the reason the gateway gave (header ``dropped_why``).
+    dropped_why: dict[str, int] = field(default_factory=dict)
+    birth: Birth | None = None
+    series: dict[int, SeriesInfo] = field(default_factory=dict)
+    unknown_reported: set[int] = field(default_factory=set)
+    #: Split batches: seq -> the part paths delivered (whole batches are not listed here).
+    parts: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
+    #: Parts of births not yet complete: birth id -> part index -> part.
+    birth_parts: dict[str, dict[int, Birth]] = field(default_factory=dict)
+
+
+_F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
+
+
+def float_bits(v: float) -> str:
+    """A float's IEEE 754 bits in hex: 8 digits when it is exactly a float32 (sign and NaN
+    payload included), else 16. ``7fc00000`` is a float32 quiet NaN (docs/batch-format-v1.md §2)."""
+    try:
+        as_f32 = _F32.pack(v)
+    except OverflowError:
+        return _F64.pack(v).hex()
+    if _F64.pack(_F32.unpack(as_f32)[0]) == _F64.pack(v):
+        return as_f32.hex()
+    return _F64.pack(v).hex()
+
+
+def _json_value(v: object) -> object:
+    # JSON has no NaN or infinities: their names as strings (as the protobuf JSON mapping does).
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def reading_json(header: BatchHeader, r: Reading) -> str:
+    """One reading as a JSON line. A NaN, +inf, -inf value is the string ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``; a NaN also gets ``"bits"`` (:func:`float_bits`), since a
+    device's NaN payload can mean something. Every other float is written so it reads back to the
+    same bits (-0.0 and subnormals included)."""
+    doc = {
+        "gateway": header.gateway,
+        "seq": header.seq,
+        "device": r.device,
+        "point": r.point,
+        "ts_ms": r.ts_ms,
+        "value": _json_value(r.value),
+    }
+    if isinstance(r.value, float) and r.value != r.value:
+        doc["bits"] = float_bits(r.value)
+    if r.tq:
+        doc["time"] = TQ_NAMES.get(r.tq, str(r.tq))  # absent: good
+    return json.dumps(doc, separators=(",", ":"))
+
+
+#: ``dropped_why`` reasons in words (docs/batch-format-v1.md §1).
+_WHY = {"unencodable": "values no batch can carry, set aside"}
+
+
+def _dropped_words(header: BatchHeader) -> str:
+    parts = [f"{n} {_WHY.get(k, k)}" for k, n in sorted(header.dropped_why.items())]
+    rest = header.dropped - sum(header.dropped_why.values())
+    if rest:
+        parts.append(f"{rest} evicted (buffer full) or unreadable in a damaged buffer file")
+    return "; ".join(parts)
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        prefix: str = "city/v1",
+        client_id: str | None = None,
+        on_batch: Callable[[Delivery], None] | None = None,
+        keep_duplicates: bool = False,
+        report: TextIO = sys.stderr,
+        tls_context: ssl.SSLContext | None = None,
+        share: str | None = None,
+        session_expiry_s: int = 7 * 86400,
+        ledger: TxLedger | None = None,
+        on_entry: Callable[[str, str, EntryOutcome], None] | None = None,
+    ) -> None:
+        parts = urlsplit(broker_url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")
+        tls = parts.scheme == "mqtts"
+        if tls and tls_context is None:
+            tls_context = client_context()
+        self.tls_context = tls_context if tls else None
+        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
+        base = prefix.rstrip("/")
+        if share is not None:
+            if not client_id:
+                raise ValueError("a shared subscription needs a fixed client id (--client-id)")
+            if not share or any(c in share for c in "/+#"):
+                raise ValueError(f"share group {share!r} must be a plain name")
+        shared = f"$share/{share}/" if share else ""
+        self.topics = [
+            f"{base}/+/+/birth",
+            f"{shared}{base}/+/+/data",
+            f"{shared}{base}/+/+/tx",
+            f"{base}/+/+/birth/+",  # the parts of a birth too large for one message
+        ]
+        self.share = share
+        self.session_expiry_s = session_expiry_s
+        self.client_id = client_id
+        self.on_batch = on_batch
+        self.keep_duplicates = keep_duplicates
+        self.report = report
+        self.tallies: dict[str, GatewayTally] = {}
+        self.ledger = ledger if ledger is not None else TxLedger()
+        self.on_entry = on_entry
+        self.bad_payloads = 0
+        self.subscribed = asyncio.Event()
+
+    def _say(self, msg: str) -> None:
+        print(msg, file=self.report, flush=True)
+
+    def _birth(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained birth part deleted by its gateway
+        try:
+            birth = Birth.decode(payload)
+            part = birth_part(birth)
+        except BirthError as exc:
+            self.bad_payloads += 1
+            self._say(f"bad birth on {topic}: {exc}")
+            return
+        tally = self.tallies.setdefault(birth.gateway, GatewayTally())
+        if part is not None:
+            parts = tally.birth_parts.setdefault(part.id, {})
+            parts[part.index] = birth
+            if len(tally.birth_parts) > 4:  # parts of births that never completed (stale)
+                del tally.birth_parts[next(iter(tally.birth_parts))]
+            if len(parts) < part.count or part.id not in tally.birth_parts:
+                return
+            del tally.birth_parts[part.id]
+            try:
+                birth = join_birth_parts(parts.values())
+            except BirthError as exc:
+                self.bad_payloads += 1
+                self._say(f"bad birth parts from gateway {birth.gateway}: {exc}")
+                return
+        tally.birth, tally.series = birth, birth.index()
+        tally.unknown_reported.clear()
+        key = birth.extra.get("signing_key")
+        if key is None:
+            return
+        try:
+            if key["alg"] != "ed25519":
+                raise ValueError(f"algorithm {key['alg']!r}")
+            public = base64.b64decode(key["public"], validate=True)
+            if len(public) != 32:
+                raise ValueError(f"a {len(public)}-byte public key")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self.bad_payloads += 1
+            self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            return
+        self._entries(birth.gateway, birth.site, self.ledger.key_announced(birth.gateway, public))
+
+    def _tx(self, topic: str, payload: bytes) -> None:
+        try:
+            gateway, site, entries = decode_tx_message(payload)
+        except PayloadError as exc:
+            self.bad_payloads += 1
+            self._say(f"bad tx message on {topic}: {exc}; skipped")
+            return
+        self._entries(gateway, site, self.ledger.add(gateway, site, entries))
+
+    def _entries(self, gateway: str, site: str, outcomes: list[EntryOutcome]) -> None:
+        for o in outcomes:
+            e = o.entry
+            if o.status in ("bad_signature", "untrusted_key", "conflict"):
+                self._say(
+                    f"gateway {gateway}: meter {e.meter} entry {e.seq} held ({o.status}); "
+                    "not counted"
+                )
+            elif o.status == "accepted" and self.on_entry is not None:
+                self.on_entry(gateway, site, o)
+
+    def handle(self, topic: str, payload: bytes) -> Delivery | None:
+        """Process one message; returns the delivery if it is a new batch (or duplicates are
+        kept). A birth updates its gateway's series dictionary."""
+        head, _, last = topic.rpartition("/")
+        if last == "birth" or (head.endswith("/birth") and last.isdigit()):
+            self._birth(topic, payload)  # a whole birth, or a part (.../birth/<k>)
+            return None
+        if topic.endswith("/tx"):
+            self._tx(topic, payload)
+            return None
+        try:
+            batch = decode_batch(payload)
+        except BatchDecodeError as exc:
+            self.bad_payloads += 1
+            h = exc.header
+            named = f" (gateway {h.gateway}, batch {h.seq})" if h else ""
+            self._say(f"bad batch on {topic}{named}: {exc}; skipped")
+            return None
+        header = batch.header
+        tally = self.tallies.setdefault(header.gateway, GatewayTally())
+        seen_before = tally.tracker.seen(header.seq)
+        is_new, gap = tally.tracker.add(header.seq)
+        if header.part or header.seq in tally.parts:
+            is_new = self._new_part(tally, header.seq, header.part, seen_before)
+        if gap is not None:
+            first, last = gap
+            span = f"{first}" if first == last else f"{first}..{last}"
+            self._say(f"gateway {header.gateway}: missing batch {span} (got {header.seq})")
+        if not is_new:
+            tally.duplicates += 1
+            self._say(f"gateway {header.gateway}: duplicate batch {header.seq}")
+            if not self.keep_duplicates:
+                return None
+        elif header.seq < tally.tracker.highest:
+            self._say(f"gateway {header.gateway}: late batch {header.seq} arrived")
+        readings, unknown = resolve(batch, tally.series)
+        fresh = unknown - tally.unknown_reported
+        if fresh:
+            tally.unknown_reported |= fresh
+            self._say(
+                f"gateway {header.gateway}: batch {header.seq} refers to series "
+                f"{sorted(fresh)} that no birth has named (shown as '#id')"
+            )
+        tally.batches += 1
+        tally.readings += len(readings)
+        if header.dropped:
+            tally.dropped_reported += header.dropped
+            for why, n in header.dropped_why.items():
+                tally.dropped_why[why] = tally.dropped_why.get(why, 0) + n
+            self._say(
+                f"gateway {header.gateway}: batch {header.seq} reports {header.dropped} "
+                f"readings lost at the gateway ({_dropped_words(header)})"
+            )
+        delivery = Delivery(header, readings)
+        if self.on_batch is not None:
+            self.on_batch(delivery)
+        return delivery
+
+    @staticmethod
+    def _new_part(tally: GatewayTally, seq: int, path: tuple[int, ...], seen_before: bool) -> bool:
+        """De-duplicate split batches: a part is new unless the whole batch, a part containing
+        it, or a part it contains was already delivered."""
+        delivered = tally.parts.get(seq)
+        if delivered is None:
+            if seen_before:  # delivered whole before it was split
+                return False
+            delivered = tally.parts[seq] = set()
+        for d in delivered:
+            if path[: len(d)] == d or d[: len(path)] == path:
+                return False
+        delivered.add(path)
+        return True
+
+    def summary(self) -> list[str]:
+        lines = []
+        for gw, t in sorted(self.tallies.items()):
+            missing = t.tracker.missing()
+            gaps = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in missing) or "none"
+            lines.append(
+                f"gateway {gw}: {t.batches} batches, {t.readings} readings, "
+                f"{t.duplicates} duplicates, missing: {gaps}, lost at gateway: "
+                f"{t.dropped_reported}"
+                + "".join(f", {_WHY.get(k, k)}: {n}" for k, n in sorted(t.dropped_why.items()))
+            )
+        if self.bad_payloads:
+            lines.append(f"{self.bad_payloads} undecodable messages")
+        rec = self.ledger.reconcile()
+        if rec.days or rec.meters:
+            lines += rec.lines()
+        return lines
+
+    def _client(self) -> aiomqtt.Client:
+        common = {
+            "identifier": self.client_id,
+            "max_queued_incoming_messages": 10_000,
+            "tls_context": self.tls_context,
+        }
+        if self.share is None:
+            return aiomqtt.Client(
+                self.host, self.port, clean_session=False if self.client_id else True, **common
+            )
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            **common,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with backoff."""
+        delay = 0.5
+        while True:
+            client = self._client()
+            try:
+                async with client:
+                    # Acknowledge after handling, not on receipt (aiomqtt has no public API for
+                    # it yet, empicano/aiomqtt#345; this is paho's own switch on its client).
+                    paho = client._client
+                    manual = hasattr(paho, "manual_ack_set")
+                    if manual:
+                        paho.manual_ack_set(True)
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
+                    self.subscribed.set()
+                    delay = 0.5
+                    async for msg in client.messages:
+                        payload = msg.payload
+                        if isinstance(payload, bytes | bytearray):
+                            self.handle(str(msg.topic), bytes(payload))
+                        if manual and msg.qos > 0:
+                            paho.ack(msg.mid, msg.qos)
+            except aiomqtt.MqttError as exc:
+                self.subscribed.clear()
+                log.warning(
+                    "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
