@@ -9,6 +9,8 @@ small interface (a ``typing.Protocol``) beside it, as the command handler and th
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,28 @@ def test_old_paths__consumer_and_ledger_reexport_the_platform():
     for old, new in ((edge.consumer, edge.platform.consumer), (edge.ledger, edge.platform.ledger)):
         assert old.__all__ == new.__all__
         assert all(getattr(old, n) is getattr(new, n) for n in new.__all__)
+
+
+def test_footprint__a_gateway_without_parking_meters_never_loads_cryptography(tmp_path):
+    """cryptography brings its own OpenSSL (about 6.5 MB of RSS): only parking meters need it
+    (issue 16), so a cabinet of Modbus devices builds its gateway without importing it."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge.config import load_config\n"
+        "from edge.agent.gateway import Gateway\n"
+        "loaded = load_config(Path(sys.argv[1]))\n"
+        "Gateway(loaded)\n"
+        "assert 'cryptography' not in sys.modules, sorted(\n"
+        "    m for m in sys.modules if m.startswith('cryptography'))[:5]\n"
+    )
+    cfg = tmp_path / "cabinet.yaml"
+    cfg.write_text(
+        f"gateway: {{id: gw, site: s}}\nbuffer: {{path: {tmp_path / 'b.sqlite'}}}\n"
+        "devices:\n  - {id: m, profile: eastron_sdm630, "
+        "transport: {type: modbus_tcp, host: 127.0.0.1, port: 5020, unit: 1}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]

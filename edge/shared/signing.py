@@ -16,10 +16,13 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography (with its own OpenSSL, some 6.5 MB of RSS) is imported only where a key is made,
+# read or checked: a gateway without parking meters never loads it.
 
 __all__ = ["Signer", "SigningKeyError", "verify"]
 
@@ -37,6 +40,8 @@ class SigningKeyError(Exception):
 
 class Signer:
     def __init__(self, key: Ed25519PrivateKey, path: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self._key = key
         self.path = path
         self.public_raw = key.public_key().public_bytes(
@@ -74,6 +79,9 @@ class Signer:
                 f"signing key {path} is readable by others (mode {stat.S_IMODE(mode):03o}); "
                 f"run: chmod 600 {path}"
             )
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError, OSError) as exc:
@@ -86,6 +94,9 @@ class Signer:
 
     @classmethod
     def _create(cls, path: Path, *, replace: bool) -> Signer:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -120,6 +131,9 @@ class Signer:
 
 
 def verify(public_raw: bytes, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, data)
     except (InvalidSignature, ValueError):
