@@ -28,7 +28,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import serial
-import serial_asyncio_fast
 
 from edge.config import MeterLinkRs485, ParkingBusConfig
 from edge.fieldbus.rtu import serial_settings
@@ -141,6 +140,8 @@ class MeterBus:
         if isinstance(t, MeterLinkRs485):
             try:
                 assert self.timing is not None
+                import serial_asyncio_fast  # only a gateway with a serial line loads it
+
                 self._reader, self._writer = await serial_asyncio_fast.open_serial_connection(
                     url=t.port, **serial_settings(self.timing)
                 )

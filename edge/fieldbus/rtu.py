@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import serial
-import serial_asyncio_fast
 
 from edge.fieldbus.link import (
     GATEWAY_NO_ANSWER,
@@ -194,6 +193,8 @@ class RtuLink(LinkOps):
             raise LinkDown(f"serial port not open; next attempt in {left:.1f} s", **where)
         line = _Line()
         try:
+            import serial_asyncio_fast  # only a gateway with a serial line loads it
+
             transport, _ = await serial_asyncio_fast.create_serial_connection(
                 asyncio.get_running_loop(),
                 lambda: line,

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import serial
-import serial_asyncio_fast
 
 from devices import SensorProfile
 from edge.config import DeviceConfig
@@ -272,6 +271,8 @@ class SensorPoller:
         t = self.device.transport
         port = _Port(self.proto.decoder(), lambda f: self.proto.values(f) is not None, self.stats)
         port.passive = self.device.mode == "passive"
+        import serial_asyncio_fast  # only a gateway with a serial line loads it
+
         transport, _ = await serial_asyncio_fast.create_serial_connection(
             asyncio.get_running_loop(), lambda: port, t.port, baudrate=t.baudrate
         )
