@@ -678,11 +678,17 @@ class Forwarder:
         """Replace ``batch`` by its halves (same seq, buffer.split) and publish them."""
         halves = await self.buffer.split(batch.seq, batch.part)
         if not halves:
+            # [] is a single reading, or a buffer with no room on its disk to write the halves
+            # (logged by the buffer); either way the batch stays whole in the outbox.
             log.error(
-                "batch %d part %s (%d bytes) holds a single reading and %s; it is kept",
+                "batch %d part %s (%d bytes, %d readings) %s and %s; it is kept",
                 batch.seq,
                 batch.part,
                 len(batch.payload),
+                batch.readings,
+                "holds a single reading"
+                if batch.readings < 2
+                else "cannot be split now (no room on the buffer's disk)",
                 why,
             )
             return
