@@ -5,6 +5,11 @@ keys, types, ranges, missing keys), then cross-field checks run on the validated
 device ids, unknown profiles and points, timeout budget versus poll interval, the read plan).
 Every error found is reported at once, each at the position of the offending key or value.
 
+Each model subclasses its plain record in :mod:`edge.settings`, which holds what the running
+gateway computes from the fields; :func:`runtime_view` turns a validated config into those plain
+records, which load without pydantic (``edge run`` validates in a child process and keeps only
+them).
+
 :func:`load_config` (what ``edge check``, ``edge run`` and ``edge doctor`` use) also checks this
 machine for what the config names: the buffer path must be a file the gateway can create or
 write, as the user running the command (edge/store/storage.py). So whatever ``edge check`` accepts,
@@ -15,23 +20,20 @@ machine.)
 
 from __future__ import annotations
 
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import SensorProfile, get_profile
+from edge import settings
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
-from edge.shared.clock import load_zone, system_zone
-from edge.shared.tls import client_context
+from edge.settings import LoadedConfig
+from edge.shared.clock import load_zone
 from edge.store.storage import path_problem
-from protocols.modbus_frame import LineTiming
 
 __all__ = [
     "BufferConfig",
@@ -49,6 +51,7 @@ __all__ = [
     "UartTransport",
     "load_config",
     "parse_config",
+    "runtime_view",
 ]
 
 #: Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
@@ -68,12 +71,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(_Model, settings.GatewayConfig):
     id: Ident
     site: Ident = "default"
 
 
-class BufferConfig(_Model):
+class BufferConfig(_Model, settings.BufferConfig):
     #: The buffer file (relative: to the config's folder). Beside it the gateway keeps
     #: <name>-wal, <name>-shm and <name>.lock (one gateway per buffer).
     path: str = "buffer.sqlite"
@@ -97,7 +100,7 @@ class BufferConfig(_Model):
         return v
 
 
-class TimeConfig(_Model):
+class TimeConfig(_Model, settings.TimeConfig):
     """When the gateway trusts its clock (edge/shared/clock.py)."""
 
     #: ntp: only once the kernel says NTP synchronised it; plausible: any time above the
@@ -120,7 +123,7 @@ class TimeConfig(_Model):
         return v
 
 
-class TlsConfig(_Model):
+class TlsConfig(_Model, settings.TlsConfig):
     """TLS to the broker (use an mqtts:// url). Paths are relative to the config file."""
 
     ca_file: str | None = None  # None: the system's CA store
@@ -128,7 +131,7 @@ class TlsConfig(_Model):
     key_file: str | None = None  # its private key (PEM), unless inside cert_file
 
 
-class MqttConfig(_Model):
+class MqttConfig(_Model, settings.MqttConfig):
     url: str = "mqtt://127.0.0.1:1883"
     tls: TlsConfig | None = None
     username: str | None = None
@@ -183,20 +186,8 @@ class MqttConfig(_Model):
             raise ValueError("broker url has an invalid port") from None
         return v
 
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
 
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.uses_tls else 1883)
-
-    @property
-    def uses_tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-
-class ModbusTcpTransport(_Model):
+class ModbusTcpTransport(_Model, settings.ModbusTcpTransport):
     type: Literal["modbus_tcp"]
     host: str = Field(min_length=1)
     port: int = Field(502, ge=0, le=65535)
@@ -205,14 +196,6 @@ class ModbusTcpTransport(_Model):
     #: ports can answer in parallel; many devices and bridges allow only 1-4 clients).
     #: Devices on the endpoint are spread over them, each always on the same one.
     max_connections: int = Field(1, ge=1, le=8)
-
-    @property
-    def line(self) -> str:
-        """Devices with the same line share one connection."""
-        return f"modbus_tcp://{self.host}:{self.port}"
-
-    def describe(self) -> str:
-        return f"{self.host}:{self.port} unit {self.unit}"
 
 
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -224,7 +207,7 @@ def _check_baud(v: int) -> int:
     return v
 
 
-class ModbusRtuTransport(_Model):
+class ModbusRtuTransport(_Model, settings.ModbusRtuTransport):
     """A device on an RS-485 line; every device on one port shares it (one owner)."""
 
     type: Literal["modbus_rtu"]
@@ -241,22 +224,8 @@ class ModbusRtuTransport(_Model):
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
-    @property
-    def line(self) -> str:
-        return f"modbus_rtu://{self.port}"
 
-    @property
-    def late_answer_s(self) -> float | None:
-        return None if self.late_answer_ms is None else self.late_answer_ms / 1000
-
-    def describe(self) -> str:
-        return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits} unit {self.unit}"
-
-    def timing(self) -> LineTiming:
-        return LineTiming(self.baudrate, self.parity, self.stopbits)
-
-
-class UartTransport(_Model):
+class UartTransport(_Model, settings.UartTransport):
     """A serial sensor with its own protocol (PMS5003, SDS011) alone on its port."""
 
     type: Literal["uart"]
@@ -265,13 +234,6 @@ class UartTransport(_Model):
     unit: int = 0  # no addresses on a point-to-point link
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
-
-    @property
-    def line(self) -> str:
-        return f"uart://{self.port}"
-
-    def describe(self) -> str:
-        return f"{self.port} {self.baudrate} 8N1"
 
 
 Transport = Annotated[
@@ -282,7 +244,7 @@ Transport = Annotated[
 AGGREGATES = ("mean", "min", "max", "first", "last", "count")
 
 
-class ProcessingRule(_Model):
+class ProcessingRule(_Model, settings.ProcessingRule):
     """What the gateway sends for some points of a device instead of every raw reading.
 
     * ``window_s``: one value per aggregate per window (windows aligned to the clock, stamped
@@ -316,7 +278,7 @@ class ProcessingRule(_Model):
         return v
 
 
-class DeviceConfig(_Model):
+class DeviceConfig(_Model, settings.DeviceConfig):
     id: Ident
     profile: str
     transport: Transport
@@ -341,12 +303,12 @@ class DeviceConfig(_Model):
     processing: list[ProcessingRule] = Field(default_factory=list)
 
 
-class WritablePoint(_Model):
+class WritablePoint(_Model, settings.WritablePoint):
     device: Ident
     point: str
 
 
-class CommandsConfig(_Model):
+class CommandsConfig(_Model, settings.CommandsConfig):
     """Platform commands on <prefix>/<site>/<gateway>/cmd."""
 
     enabled: bool = True
@@ -358,7 +320,7 @@ class CommandsConfig(_Model):
     meters: list[Literal["tariff", "time_sync", "enable"]] = Field(default_factory=list)
 
 
-class StatusConfig(_Model):
+class StatusConfig(_Model, settings.StatusConfig):
     """The local status page (/) and Prometheus metrics (/metrics), read-only."""
 
     enabled: bool = True
@@ -366,33 +328,21 @@ class StatusConfig(_Model):
     listen: str = Field("127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$")
     token_file: str | None = None  # a secret asked for as ?token= or "Authorization: Bearer"
 
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
 
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
-
-
-class MeterConfig(_Model):
+class MeterConfig(_Model, settings.MeterConfig):
     id: Ident  # the meter's id on the platform (it names the meter in every signed entry)
     address: int = Field(ge=1, le=247)
 
 
-class MeterLinkTcp(_Model):
+class MeterLinkTcp(_Model, settings.MeterLinkTcp):
     """A pay station, or an RS-485 meter bus behind a TCP converter."""
 
     type: Literal["tcp"]
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
 
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
 
-
-class MeterLinkRs485(_Model):
+class MeterLinkRs485(_Model, settings.MeterLinkRs485):
     """Meters on an RS-485 bus on one of the gateway's serial ports (the bus owns the port)."""
 
     type: Literal["rs485"]
@@ -403,15 +353,11 @@ class MeterLinkRs485(_Model):
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
 
-    @property
-    def where(self) -> str:
-        return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits}"
-
 
 MeterLink = Annotated[MeterLinkTcp | MeterLinkRs485, Field(discriminator="type")]
 
 
-class ParkingBusConfig(_Model):
+class ParkingBusConfig(_Model, settings.ParkingBusConfig):
     """Meters behind one link, polled in turn (docs/meter-link-v1.md). ``timeout_ms`` is how
     long a meter has to start answering (the spec's 1 s on TCP, 200 ms on RS-485); an answer
     that has started may take its wire time to finish."""
@@ -423,13 +369,13 @@ class ParkingBusConfig(_Model):
     timeout_ms: int = Field(1000, ge=10, le=60_000)
 
 
-class ParkingConfig(_Model):
+class ParkingConfig(_Model, settings.ParkingConfig):
     key_file: str = "gateway-ed25519.key"  # created 0600 on first use, beside the config
     buses: list[ParkingBusConfig] = Field(default_factory=list)
     max_entries_per_message: int = Field(200, ge=1, le=10_000)
 
 
-class Config(_Model):
+class Config(_Model, settings.Config):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -438,50 +384,6 @@ class Config(_Model):
     time: TimeConfig = TimeConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     parking: ParkingConfig = ParkingConfig()
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    """A validated config plus what was compiled from it."""
-
-    config: Config
-    source: str
-    plans: dict[str, ReadPlan]  # device id -> plan
-    base_dir: Path
-
-    def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
-
-    def time_zone(self) -> tuple[ZoneInfo, str]:
-        """The zone local windows follow, and where it came from (``time.zone`` or the
-        system's, see :func:`edge.shared.clock.system_zone`)."""
-        name = self.config.time.zone
-        if name is not None:
-            return load_zone(name), "time.zone"
-        return system_zone()
-
-    @property
-    def buffer_path(self) -> Path:
-        return self.resolve(self.config.buffer.path)
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        """The client SSL context for an mqtts:// broker, else None."""
-        m = self.config.mqtt
-        if not m.uses_tls:
-            return None
-        t = m.tls or TlsConfig()
-        return client_context(
-            self.resolve(t.ca_file) if t.ca_file else None,
-            self.resolve(t.cert_file) if t.cert_file else None,
-            self.resolve(t.key_file) if t.key_file else None,
-        )
-
-    def mqtt_password(self) -> str | None:
-        m = self.config.mqtt
-        if m.password_file:
-            return self.resolve(m.password_file).read_text().strip()
-        return m.password
 
 
 def _check_processing(dev: DeviceConfig, base: tuple[Any, ...], points: list[str], at: Any) -> None:
@@ -898,3 +800,23 @@ def load_config(path: str | Path, *, check_storage: bool = True) -> LoadedConfig
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([(str(p), 1, 1, f"cannot read config: {exc}")]) from None
     return parse_config(text, str(p), p.resolve().parent, check_storage=check_storage)
+
+
+def runtime_view(loaded: LoadedConfig) -> LoadedConfig:
+    """``loaded`` with its config as the plain records of :mod:`edge.settings`: the same fields
+    and values, no pydantic model inside, so it pickles into a process that never imports
+    pydantic (``edge run``, see :mod:`edge.settings`)."""
+    return LoadedConfig(_plain(loaded.config), loaded.source, loaded.plans, loaded.base_dir)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        record = next(
+            c for c in type(value).__mro__ if c.__module__ == settings.__name__
+        )  # every model here subclasses its record
+        return record(**{name: _plain(getattr(value, name)) for name in type(value).model_fields})
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

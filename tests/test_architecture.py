@@ -38,6 +38,7 @@ TOP_MODULES = {
     "edge": "shared",  # the package: its version
     "edge.plan": "shared",  # read plans: pure, imports nothing of edge
     "edge.config": "config",
+    "edge.settings": "config",  # the config's plain records, what the running gateway reads
     "edge.cli": "top",
     "edge.demo": "top",
     "edge.__main__": "top",

@@ -328,3 +328,47 @@ async def test_commands__a_write_between_an_integer_points_steps_is_refused_not_
         await handle(json.dumps({"id": 9, "cmd": "write", "args": args}).encode()), 9
     )
     assert reply["ok"] and unit.commanded == {"dim_level_segment_2": 30}
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "message"),
+    [
+        ("set_poll_interval", {"device": "", "poll_interval_s": 2},
+         "device must be 1 to 128 characters, not 0"),
+        ("set_poll_interval", {"device": "d" * 129, "poll_interval_s": 2},
+         "device must be 1 to 128 characters, not 129"),
+        ("set_poll_interval", {"device": "d", "poll_interval_s": True},
+         "poll_interval_s must be a finite number, not true / false"),
+        ("set_poll_interval", {"device": "d", "poll_interval_s": "2"},
+         "poll_interval_s must be a finite number, not a string"),
+        ("write", {"device": "d", "point": "p", "value": "5"},
+         "value must be true / false or a finite number"),
+        ("write", {"device": "d", "point": "p", "value": None},
+         "value must be true / false or a finite number"),
+        ("meter_tariff", {"meter": "m", "tariff_id": -1, "blocks": [[0, 0, 60, 5000, 1]]},
+         "tariff_id must be 0..9223372036854775807, not -1"),
+        ("meter_tariff", {"meter": "m", "tariff_id": 1.0, "blocks": [[0, 0, 60, 5000, 1]]},
+         "tariff_id must be an integer, not a number"),
+        ("meter_tariff", {"meter": "m", "tariff_id": 1, "blocks": []},
+         "blocks must hold 1 to 32 blocks, not 0"),
+        ("meter_tariff", {"meter": "m", "tariff_id": 1, "blocks": [[0, 0, 60, 5000]]},
+         "blocks[0] must be 5 integers [vehicle, from_min, block_min, price_vnd, max_blocks], "
+         "not 4 values"),
+        ("meter_tariff", {"meter": "m", "tariff_id": 1, "blocks": [[0, 0, 60, 5000, 1.5]]},
+         "blocks[0][4] must be an integer, not a number"),
+        ("meter_tariff", {"meter": "m", "tariff_id": 1, "blocks": {"a": 1}},
+         "blocks must be a list, not an object"),
+        ("meter_enable", {"meter": "m", "enabled": 1},
+         "enabled must be true or false, not an integer"),
+        ("meter_enable", {"meter": "m"}, "missing argument 'enabled' (takes: meter, enabled)"),
+        ("ping", {"x": 1}, "unknown argument 'x' (takes: no arguments)"),
+    ],
+)  # fmt: skip
+def test_commands__each_wrong_argument_is_named_with_what_it_must_be(cmd, args, message):
+    """The argument schemas (edge/agent/commands.py, no pydantic in the running gateway) say
+    which argument is wrong and what it must be, in our words, never echoing the value."""
+    from edge.agent.commands import _ARGS, CommandError, parse_args
+
+    with pytest.raises(CommandError) as info:
+        parse_args(_ARGS[cmd], args)
+    assert (info.value.code, str(info.value)) == ("bad_args", message)

@@ -25,13 +25,13 @@ from edge import __version__
 from edge.agent.commands import CommandHandler
 from edge.agent.poller import DevicePoller
 from edge.agent.processing import LOCAL_WINDOW_MIN_S, Processor, output_series
-from edge.config import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.fieldbus.modbus_tcp import Endpoint, ModbusTcpLink
 from edge.fieldbus.parking import MeterBus
 from edge.fieldbus.rtu import RtuLink
 from edge.fieldbus.uart_sensor import SensorPoller
 from edge.ops import systemd
 from edge.ops.status import StatusServer
+from edge.settings import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.shared.clock import CORRECTED, PENDING, keeper_for
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from edge.shared.signing import Signer, SigningKeyError

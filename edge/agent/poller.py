@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from devices import RegisterType, get_profile
-from edge.config import DeviceConfig
 from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import ReadPlan, ReadRequest, split_request
+from edge.settings import DeviceConfig
 from edge.shared.clock import TimeKeeper
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.batch import Reading

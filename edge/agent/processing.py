@@ -45,7 +45,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from edge.config import DeviceConfig, ProcessingRule
+from edge.settings import DeviceConfig, ProcessingRule
 from edge.shared.clock import PENDING
 from protocols.batch import TQ_GOOD, Reading
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import serial
 
-from edge.config import MeterLinkRs485, ParkingBusConfig
 from edge.fieldbus.rtu import serial_settings
+from edge.settings import MeterLinkRs485, ParkingBusConfig
 from edge.shared import faults
 from edge.shared.signing import Signer
 from edge.store.buffer import AsyncBuffer, BufferError

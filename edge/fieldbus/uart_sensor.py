@@ -38,8 +38,8 @@ from typing import Any
 import serial
 
 from devices import SensorProfile
-from edge.config import DeviceConfig
 from edge.fieldbus.link import Backoff
+from edge.settings import DeviceConfig
 from edge.shared.clock import Stamp, TimeKeeper
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols import pms5003 as pms

@@ -29,8 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from edge.config import LoadedConfig
     from edge.fieldbus.parking import MeterBus
+    from edge.settings import LoadedConfig
     from edge.shared.clock import TimeKeeper
     from edge.store.buffer import AsyncBuffer
     from edge.uplink.forwarder import Forwarder

@@ -44,7 +44,7 @@ from aiomqtt.exceptions import MqttConnectError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
-from edge.config import MqttConfig
+from edge.settings import MqttConfig
 from edge.shared import faults
 from edge.shared.tls import describe_tls_error
 from edge.store.buffer import AsyncBuffer, SealedBatch
