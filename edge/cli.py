@@ -191,14 +191,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
 
+    from edge.shared.secrets import SecretFileError
     from edge.shared.signing import SigningKeyError
+    from edge.shared.tls import TlsFileError
     from edge.store.storage import BufferInUse, BufferUnavailable
 
     async def go() -> int:
         try:
             gateway = Gateway(loaded)
-        except SigningKeyError as exc:
+        except (SigningKeyError, SecretFileError) as exc:
+            # edge check refuses these too; a file changed since it ran
             print(f"edge run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except TlsFileError as exc:
+            print(f"edge run: mqtt.tls.{exc.kind} {exc}", file=sys.stderr)
             return EXIT_CONFIG
         try:
             await gateway.run()

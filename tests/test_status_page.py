@@ -88,6 +88,7 @@ async def wait_until_async(get_text, needle: str, within_s: float) -> None:
 @pytest.mark.system
 async def test_metrics_and_token(mosquitto, sim_sdm630, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)  # a secret file: owner-only, or the page stays closed
     port = free_port()
     text = status_yaml(
         tmp_path, mosquitto.port, sim_sdm630.port, port, ", token_file: token"

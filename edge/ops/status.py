@@ -40,6 +40,7 @@ __all__ = ["StatusServer", "StatusSource"]
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class _Recent(logging.Handler):
@@ -84,7 +85,15 @@ class StatusSource(Protocol):
 
 
 class StatusServer:
+    """The page's HTTP server. ``token``: the secret every request must carry (None: none is
+    asked, allowed on a loopback address only). ValueError for an empty or white-space token,
+    or none on an address beyond this machine: the page is never served unguarded."""
+
     def __init__(self, gateway: StatusSource, host: str, port: int, token: str | None) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("the token is empty: it would let every request in")
+        if token is None and host not in LOOPBACK:
+            raise ValueError(f"{host} is beyond this machine and no token is set")
         self.gateway = gateway
         self.host, self.port = host, port
         self.token = token
@@ -154,7 +163,8 @@ class StatusServer:
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:]
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            # An empty secret is never compared (the constructor refuses one; defence in depth)
+            if not (self.token and hmac.compare_digest(given.encode(), self.token.encode())):
                 return 401, "text/plain", b"token required\n"
         if url.path == "/":
             return 200, "text/html; charset=utf-8", PAGE.encode()
