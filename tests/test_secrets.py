@@ -77,6 +77,16 @@ def test_check__credentials_in_the_broker_url_are_refused_at_its_line_never_show
     assert "Traceback" not in res.stderr
 
 
+def test_consume__credentials_in_the_broker_url_are_refused_never_shown():
+    """The consumer takes no password; one in --broker was silently dropped, and the URL
+    echoed whole in the error for a bad scheme."""
+    for url in (f"mqtt://ops:{CANARY_PASSWORD}@127.0.0.1:1", f"ftp://ops:{CANARY_PASSWORD}@x"):
+        res = edge("consume", "--broker", url, "--duration", "1")
+        assert res.returncode == 2, res
+        assert res.stderr.startswith("edge consume: the broker url carries credentials")
+        assert CANARY_PASSWORD not in res.stdout + res.stderr
+
+
 def test_config__a_password_is_never_in_a_repr_or_an_error(tmp_path):
     base = "gateway: {id: gw}\nmqtt:\n  username: gw\n"
     loaded = parse_config(base + f"  password: '{CANARY_PASSWORD}'\n", "gw.yaml", tmp_path)
