@@ -7,10 +7,11 @@ Every error found is reported at once, each at the position of the offending key
 
 :func:`load_config` (what ``edge check``, ``edge run`` and ``edge doctor`` use) also checks this
 machine for what the config names: the buffer path must be a file the gateway can create or
-write, as the user running the command (edge/store/storage.py). So whatever ``edge check`` accepts,
-``edge run`` as the same user starts with, and whatever ``edge run`` refuses in the config,
-``edge check`` refuses at the same line. (``check_storage=False``: a config written for another
-machine.)
+write, as the user running the command (edge/store/storage.py), and the secret files (password,
+token, TLS, signing key) must be ones ``edge run`` can use (edge/shared/secrets.py, tls.py,
+signing.py). So whatever ``edge check`` accepts, ``edge run`` as the same user starts with,
+and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the same line.
+(``check_storage=False``: a config written for another machine.)
 """
 
 from __future__ import annotations
