@@ -7,13 +7,18 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import os
+import re
 import signal
 import sqlite3
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from protocols.modbus import MAX_READ_REGISTERS
+from protocols.modbus_frame import MAX_READ_BITS
 
 __all__ = ["main"]
 
@@ -247,14 +252,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
 
+    from edge.shared.secrets import SecretFileError
     from edge.shared.signing import SigningKeyError
+    from edge.shared.tls import TlsFileError
     from edge.store.storage import BufferInUse, BufferUnavailable
 
     async def go() -> int:
         try:
             gateway = Gateway(loaded)
-        except SigningKeyError as exc:
+        except (SigningKeyError, SecretFileError) as exc:
+            # edge check refuses these too; a file changed since it ran
             print(f"edge run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except TlsFileError as exc:
+            print(f"edge run: mqtt.tls.{exc.kind} {exc}", file=sys.stderr)
             return EXIT_CONFIG
         try:
             await gateway.run()
@@ -446,11 +457,158 @@ def cmd_sim_meters(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+# --------------------------------------------------------------------------- tool arguments
+# Every argument of the technician's tools (scan, probe, doctor) is checked before anything is
+# opened: a value out of range is one line naming the limit, exit 2, never a traceback.
+
+#: Modbus application protocol v1.1b3 §6.1-6.4: a read asks for 1..2000 coils or discrete
+#: inputs (FC01/02) or 1..125 registers (FC03/04), and addresses are 0..65535.
+LAST_ADDRESS = 0xFFFF
+#: Unit ids: 1..247 on a serial line (0 is the broadcast, which nothing answers; 248..255 are
+#: reserved, Modbus over serial line v1.02 §2.2); behind TCP 0..255 (v1.1b3 §4.4; a bridge
+#: passes 1..247 on, a TCP device may answer any).
+RTU_UNITS, TCP_UNITS = (1, 247), (0, 255)
+#: An answer timeout a tool may wait for, ms (the config's timeout_ms allows the same).
+TIMEOUT_MS = (10, 60_000)
+#: The slowest device turnaround a scan may wait for, ms (the config's turnaround_ms).
+TURNAROUND_MS = (0, 5000)
+
+
+class _ToolParser(argparse.ArgumentParser):
+    """A sub-command's parser: a wrong argument is one line (``edge probe: --count 0 is
+    outside 1..125 ...``) and exit 2, not the usage text around it."""
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"^argument (\S+): ", r"\1 ", message)  # "--count 0 is outside ..."
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _whole(lo: int, hi: int | None, what: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number lo..hi (hi None: no bound; 0x.. accepted)."""
+    span = f"{lo}..{hi}" if hi is not None else f"{lo} or more"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"takes a whole number {span}{what}, not {text[:40]!r}"
+            ) from None
+        if hi is None and value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is below {lo}{what}")
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is outside {span}{what}")
+        return value
+
+    return parse
+
+
+def _ms(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: milliseconds lo..hi (a finite number)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not lo <= value <= hi:  # NaN too
+            raise argparse.ArgumentTypeError(f"takes {lo:g}..{hi:g} ms, not {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def _baud(text: str) -> int:
+    from edge.config import BAUD_RATES
+
+    if not text.isdigit() or int(text) not in BAUD_RATES:
+        raise argparse.ArgumentTypeError(
+            f"takes one of {', '.join(map(str, BAUD_RATES))}, not {text[:40]!r}"
+        )
+    return int(text)
+
+
+def _data_type(text: str) -> str:
+    from protocols.modbus import DataType
+
+    if text not in {t.value for t in DataType}:
+        raise argparse.ArgumentTypeError(
+            f"takes one of {', '.join(t.value for t in DataType)}, not {text[:40]!r}"
+        )
+    return text
+
+
+def _host_port(option: str, value: str, default_port: int) -> tuple[str, int]:
+    """HOST[:PORT] (an IPv6 host in brackets: [::1]:502); ValueError in our words."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{option} takes HOST[:PORT] ([IPv6]:PORT), not {value[:60]!r}")
+        port = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""  # a name, an IPv4 address, or a bare IPv6 address
+    if not host:
+        raise ValueError(f"{option} {value[:60]!r} has no host: give HOST[:PORT]")
+    if port == "":
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{option}: the port must be 1..65535, not {port[:20]!r}")
+    return host, int(port)
+
+
+def _serial_port_problem(port: str) -> str | None:
+    if not os.path.exists(port):
+        return (
+            f"--port {port} does not exist (plug in the adapter; ls /dev/serial/by-id/ "
+            "lists the ports)"
+        )
+    return None
+
+
+def _probe_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a probe's arguments together, or None (each alone is checked by
+    its argparse type)."""
+    from protocols.modbus import DataType, register_count
+
+    lo, hi = TCP_UNITS if args.tcp else RTU_UNITS
+    if not lo <= args.unit <= hi:
+        where = "behind TCP" if args.tcp else "on a serial line (0 is the broadcast, unanswered)"
+        return f"--unit {args.unit}: unit ids {where} are {lo}..{hi}"
+    bits = args.fc in (1, 2)
+    dtype = DataType(args.type or "float32")
+    if not bits and dtype is DataType.BOOL:
+        return "--type bool is a coil or discrete input: read it with --fc 1 or --fc 2"
+    per = 1 if bits else register_count(dtype)
+    count = per if args.count is None else args.count
+    limit, unit = (MAX_READ_BITS, "coils or inputs") if bits else (MAX_READ_REGISTERS, "registers")
+    if not 1 <= count <= limit:
+        return f"--count {count}: FC{args.fc:02d} reads 1..{limit} {unit} at a time"
+    if not bits and args.type is not None and count < per:
+        return f"--count {count} is less than one {dtype} ({per} registers)"
+    if args.address + count - 1 > LAST_ADDRESS:
+        what = f"one {dtype}, {per} registers" if args.count is None and not bits else unit
+        return (
+            f"--address {args.address} with --count {count} ({what}) runs past the last "
+            f"address {LAST_ADDRESS}: start at {LAST_ADDRESS + 1 - count} at the latest"
+        )
+    return None
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from edge.ops.scan import parse_units, scan_rtu, scan_tcp
 
     try:
-        units = parse_units(args.units)
+        host, port = _host_port("--tcp", args.tcp, 502) if args.tcp else ("", 0)
+        units = parse_units(
+            args.units,
+            *(TCP_UNITS if args.tcp else RTU_UNITS),
+            " behind TCP" if args.tcp else " on a serial line",
+        )
+        problem = None if args.tcp else _serial_port_problem(args.port)
+        if problem is not None:
+            raise ValueError(problem)
     except ValueError as exc:
         print(f"edge scan: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -460,8 +618,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         if args.tcp:
-            host, _, port = args.tcp.partition(":")
-            found = await scan_tcp(host, int(port or 502), units, progress=progress)
+            found = await scan_tcp(host, port, units, progress=progress)
         else:
             found = await scan_rtu(
                 args.port,
@@ -487,19 +644,27 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from protocols.modbus import DataType, WordOrder, decode_value, register_count
     from protocols.modbus_frame import LineTiming
 
+    try:
+        host, port = _host_port("--tcp", args.tcp, 502) if args.tcp else ("", 0)
+        problem = _probe_problem(args) or (None if args.tcp else _serial_port_problem(args.port))
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"edge probe: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+
     async def go() -> int:
         if args.tcp:
             from edge.fieldbus.modbus_tcp import ModbusTcpLink
 
-            host, _, port = args.tcp.partition(":")
-            link = ModbusTcpLink(host, int(port or 502))
+            link = ModbusTcpLink(host, port)
         else:
             from edge.fieldbus.rtu import RtuLink
 
             link = RtuLink(args.port, LineTiming(args.baud, args.parity, args.stopbits))
-        dtype = DataType(args.type)
+        dtype = DataType(args.type or "float32")
         per = 1 if args.fc in (1, 2) else register_count(dtype)
-        count = args.count or per
+        count = per if args.count is None else args.count
         try:
             regs = await link.read(
                 args.unit, args.fc, args.address, count, timeout_s=args.timeout_ms / 1000, retries=1
@@ -523,6 +688,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edge.ops.doctor import run_doctor
 
+    if not args.config.is_file():
+        what = "is a folder" if args.config.is_dir() else "does not exist"
+        print(f"edge doctor: --config {args.config} {what}: give the config file", file=sys.stderr)
+        return EXIT_CONFIG
     return _run(run_doctor(args.config, sys.stdout))
 
 
@@ -640,7 +809,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge", description="Hanoi smart-city edge gateway")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_ToolParser)
 
     p = sub.add_parser("run", help="run the gateway")
     p.add_argument("--config", "-c", required=True, type=Path)
@@ -712,8 +881,17 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port, e.g. /dev/ttyUSB0")
     where.add_argument("--tcp", metavar="HOST[:PORT]", help="a Modbus TCP gateway")
-    p.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-32 or 1,2,10-20")
-    p.add_argument("--turnaround-ms", type=float, default=50.0, help="slowest device to wait for")
+    p.add_argument(
+        "--units",
+        default="1-247",
+        help="unit ids to try, e.g. 1-32 or 1,2,10-20 (1..247 on a serial line, 0..255 behind TCP)",
+    )
+    p.add_argument(
+        "--turnaround-ms",
+        type=_ms(*TURNAROUND_MS),
+        default=50.0,
+        help="slowest device to wait for (0..5000)",
+    )
     p.add_argument(
         "--all-settings", action="store_true", help="keep trying settings after one answers"
     )
@@ -723,16 +901,30 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port")
     where.add_argument("--tcp", metavar="HOST[:PORT]")
-    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--baud", type=_baud, default=9600)
     p.add_argument("--parity", choices=["N", "E", "O"], default="N")
     p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
-    p.add_argument("--unit", type=int, required=True)
+    p.add_argument(
+        "--unit",
+        type=_whole(0, None),
+        required=True,
+        help="unit id (1..247 on a serial line, 0..255 behind TCP)",
+    )
     p.add_argument("--fc", type=int, choices=[1, 2, 3, 4], default=4, help="function code")
-    p.add_argument("--address", type=lambda v: int(v, 0), default=0, help="0x0046 or 70")
-    p.add_argument("--count", type=int, help="registers / bits (default: one value)")
-    p.add_argument("--type", default="float32", help="uint16 int16 uint32 int32 float32 ...")
+    p.add_argument("--address", type=_whole(0, LAST_ADDRESS), default=0, help="0x0046 or 70")
+    p.add_argument(
+        "--count",
+        type=_whole(1, None),
+        help="registers (1..125) or bits (1..2000); default: one value",
+    )
+    p.add_argument("--type", type=_data_type, help="float32 (default), uint16, int16, uint32 ...")
     p.add_argument("--word-order", choices=["big", "little"], default="big")
-    p.add_argument("--timeout-ms", type=float, default=500)
+    p.add_argument(
+        "--timeout-ms",
+        type=_ms(*TIMEOUT_MS),
+        default=500,
+        help="10..60000",
+    )
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(

@@ -12,10 +12,11 @@ them).
 
 :func:`load_config` (what ``edge check``, ``edge run`` and ``edge doctor`` use) also checks this
 machine for what the config names: the buffer path must be a file the gateway can create or
-write, as the user running the command (edge/store/storage.py). So whatever ``edge check`` accepts,
-``edge run`` as the same user starts with, and whatever ``edge run`` refuses in the config,
-``edge check`` refuses at the same line. (``check_storage=False``: a config written for another
-machine.)
+write, as the user running the command (edge/store/storage.py), and the secret files (password,
+token, TLS, signing key) must be ones ``edge run`` can use (edge/shared/secrets.py, tls.py,
+signing.py). So whatever ``edge check`` accepts, ``edge run`` as the same user starts with,
+and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the same line.
+(``check_storage=False``: a config written for another machine.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from edge import settings
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.settings import LoadedConfig
 from edge.shared.clock import load_zone
+from edge.shared.secrets import secret_file_problem, url_secret_problem
+from edge.shared.tls import TlsFileError
 from edge.store.storage import path_problem
 
 __all__ = [
@@ -135,7 +138,9 @@ class MqttConfig(_Model, settings.MqttConfig):
     url: str = "mqtt://127.0.0.1:1883"
     tls: TlsConfig | None = None
     username: str | None = None
-    password: str | None = None
+    #: Prefer password_file: the config file is shared more widely than a secret should be.
+    password: str | None = Field(None, repr=False)
+    #: A file holding the password alone, readable by its owner only (chmod 600).
     password_file: str | None = None
     client_id: Ident | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
@@ -167,6 +172,32 @@ class MqttConfig(_Model, settings.MqttConfig):
             return "5"  # YAML reads `protocol_version: 5` as a number
         if v not in ("auto", "5", "3.1.1"):
             raise ValueError(f'protocol_version must be auto, 5 or "3.1.1" (got {v!r})')
+        return v
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_secret(cls, v: object) -> object:
+        # Never echo the value: a URL may carry a password (edge/shared/secrets.py).
+        if not isinstance(v, str):
+            raise ValueError("broker url must be text, e.g. mqtt://HOST:PORT")
+        problem = url_secret_problem(v, "broker url")
+        if problem is not None and "@" in v:
+            raise ValueError(
+                f"{problem}: give the user as mqtt.username and the password in "
+                "mqtt.password_file (a file only its owner can read: chmod 600)"
+            )
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password(cls, v: object) -> object:
+        # Never echo the value (a wrong type would otherwise be shown as "got ...").
+        if v is not None and not isinstance(v, str):
+            raise ValueError("must be text in quotes (better: the password in password_file)")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: give the password, or leave mqtt.password out")
         return v
 
     @field_validator("url")
@@ -766,6 +797,42 @@ def _check_storage(
     return [] if problem is None else [(source, *where, problem)]
 
 
+def _check_secrets(loaded: LoadedConfig, pos: _Positions) -> list[tuple[str, int, int, str]]:
+    """This machine, for the secrets the config names: what ``edge run`` would refuse when it
+    reads them (the password and token files, the TLS files, the parking signing key)."""
+    cfg, source = loaded.config, loaded.source
+    problems: list[tuple[str, int, int, str]] = []
+
+    def at(path: tuple[Any, ...], msg: str) -> None:
+        problems.append((source, *pos.locate(path, prefer_key=False), msg))
+
+    m = cfg.mqtt
+    if m.password_file:
+        problem = secret_file_problem(loaded.resolve(m.password_file), "mqtt.password_file")
+        if problem is not None:
+            at(("mqtt", "password_file"), problem)
+    st = cfg.status
+    if st.enabled and st.token_file and loaded.resolve(st.token_file).is_file():
+        # (a missing one is reported with the other cross-field checks)
+        problem = secret_file_problem(loaded.resolve(st.token_file), "status.token_file")
+        if problem is not None:
+            at(("status", "token_file"), problem)
+    t = m.tls
+    named = [getattr(t, k) for k in ("ca_file", "cert_file", "key_file")] if t else []
+    if m.uses_tls and all(loaded.resolve(f).is_file() for f in named if f):
+        try:
+            loaded.tls_context()
+        except TlsFileError as exc:
+            at(("mqtt", "tls", exc.kind), f"mqtt.tls.{exc.kind} {exc}")
+    if cfg.parking.buses:
+        from edge.shared.signing import Signer
+
+        problem = Signer.problem(loaded.resolve(cfg.parking.key_file))
+        if problem is not None:
+            at(("parking", "key_file"), f"parking.key_file: {problem}")
+    return problems
+
+
 def parse_config(
     text: str,
     source: str = "<config>",
@@ -786,6 +853,7 @@ def parse_config(
     plans, problems = _cross_checks(cfg, pos, source, base)
     if check_storage:
         problems += _check_storage(cfg, pos, source, base)
+        problems += _check_secrets(LoadedConfig(cfg, source, plans, base), pos)
     if problems:
         raise ConfigError(problems)
     return LoadedConfig(cfg, source, plans, base)

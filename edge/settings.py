@@ -269,7 +269,11 @@ class LoadedConfig:
         )
 
     def mqtt_password(self) -> str | None:
+        """The broker password: ``mqtt.password_file``'s content, or ``mqtt.password``.
+        :class:`edge.shared.secrets.SecretFileError` when the file cannot be used."""
+        from edge.shared.secrets import read_secret
+
         m = self.config.mqtt
         if m.password_file:
-            return self.resolve(m.password_file).read_text().strip()
+            return read_secret(self.resolve(m.password_file), "mqtt.password_file")
         return m.password

@@ -140,8 +140,12 @@ def encode_request(req: Request) -> bytes:
         raise ValueError(f"address {a} out of range")
     if f in _BIT_READS or f in _REG_READS:
         limit = MAX_READ_BITS if f in _BIT_READS else MAX_READ_REGISTERS
-        if not 1 <= n <= limit or a + n > 0x10000:
+        if not 1 <= n <= limit:
             raise ValueError(f"function {f:d} count {n} out of range 1..{limit}")
+        if a + n > 0x10000:
+            raise ValueError(
+                f"function {f:d} reading {n} from address {a} runs past the last address 65535"
+            )
         return struct.pack(">BHH", f, a, n)
     if f is Function.WRITE_SINGLE_COIL:
         (v,) = req.values

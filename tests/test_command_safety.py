@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edge.agent.commands import MAX_DEPTH
+from edge.agent.commands import MAX_DEPTH, MAX_VND_PER_HOUR
 from edge.agent.gateway import Gateway
 from edge.config import parse_config
 from edge.ops.status import StatusServer
@@ -372,3 +372,41 @@ def test_commands__each_wrong_argument_is_named_with_what_it_must_be(cmd, args, 
     with pytest.raises(CommandError) as info:
         parse_args(_ARGS[cmd], args)
     assert (info.value.code, str(info.value)) == ("bad_args", message)
+
+
+# --------------------------------------------------------------------------- tariff bound
+
+
+@pytest.mark.parametrize(
+    ("block", "carried"),
+    [
+        ([0, 360, 1, 1_000_000, 0], False),  # 60,000,000 VND an hour: the issue's tariff
+        ([0, 360, 1, 3_334, 0], False),  # 200,040 an hour
+        ([0, 360, 15, 50_001, 0], False),  # 200,004 an hour
+        ([0, 360, 60, 200_001, 0], False),
+        ([0, 360, 1, 3_333, 0], True),  # 199,980 an hour
+        ([0, 360, 60, 200_000, 0], True),  # the bound itself
+        ([0, 360, 60, 30_000, 0], True),  # the illustrative car rate
+        ([1, 360, 1440, 4_800_000, 1], True),  # a day's block at the bound
+        ([1, 360, 1440, 5_000, 1], True),  # a motorbike's turn
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, list) else ("sent" if v else "refused"),
+)
+async def test_commands__a_tariff_is_bounded_per_hour_not_per_block(handler, block, carried):
+    """The cap was per block (1,000,000 VND), so 1,000,000 VND per one-minute block passed.
+    The rate is bounded per hour (price_vnd × 60 / block_min), as the contract says."""
+    contract = yaml.safe_load((Path(__file__).parent.parent / "docs" / "asyncapi.yaml").read_text())
+    args = contract["components"]["messages"]["command"]["payload"]["properties"]["args"]
+    assert args["x-max-vnd-per-hour"] == MAX_VND_PER_HOUR == 200_000
+    handle, _unit = handler
+    request = {"meter": "HK-01", "tariff_id": 3, "blocks": [[0, 0, 60, 30_000, 0], block]}
+    reply = assert_well_formed(
+        await handle(json.dumps({"id": "t", "cmd": "meter_tariff", "args": request}).encode()),
+        "t",
+    )
+    if carried:  # it went to the meter bus (whose link is down here)
+        assert reply["error"]["code"] == "link_down", reply
+    else:
+        assert reply["error"]["code"] == "bad_args", reply
+        message = reply["error"]["message"]
+        assert message.startswith("blocks[1].price_vnd: ") and "200,000 VND an hour" in message

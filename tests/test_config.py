@@ -151,7 +151,8 @@ def test_config__yaml_syntax_error_is_located():
 def test_cli__a_reader_that_goes_away_early_gets_no_traceback():
     """`edge check config | head -1`: the pipe closes under the printing command."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "check", "configs/rs485-example.yaml"],
+        # --config-only: the example names /etc/edge/mqtt-password, a file of the cabinet's
+        [sys.executable, "-m", "edge", "check", "--config-only", "configs/rs485-example.yaml"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

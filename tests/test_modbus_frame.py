@@ -221,3 +221,12 @@ def test_line_timing__matches_the_reference_tables():
     assert read_frame_sizes(1, 4) == (8, 6)
     with pytest.raises(ValueError):
         LineTiming(9600, "X")
+
+
+def test_request__a_read_past_the_last_address_names_the_address_not_the_count():
+    """A float32 at 65535 was refused as "count 2 out of range 1..125": a wrong reason."""
+    with pytest.raises(ValueError, match="from address 65535 runs past the last address 65535"):
+        encode_request(Request(Function.READ_INPUT_REGISTERS, 65535, 2))
+    with pytest.raises(ValueError, match=r"count 126 out of range 1\.\.125"):
+        encode_request(Request(Function.READ_INPUT_REGISTERS, 0, 126))
+    assert encode_request(Request(Function.READ_INPUT_REGISTERS, 65534, 2))

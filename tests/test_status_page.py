@@ -88,6 +88,7 @@ async def wait_until_async(get_text, needle: str, within_s: float) -> None:
 @pytest.mark.system
 async def test_metrics_and_token(mosquitto, sim_sdm630, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)  # a secret file: owner-only, or the page stays closed
     port = free_port()
     text = status_yaml(
         tmp_path, mosquitto.port, sim_sdm630.port, port, ", token_file: token"
@@ -124,3 +125,48 @@ def test_status__exposing_the_page_needs_a_token(tmp_path):
     text = status_yaml(tmp_path, 1883, 5020, 8080).replace("'127.0.0.1:", "'0.0.0.0:")
     with pytest.raises(ConfigError, match=r"set status\.token_file"):
         parse_config(text, "s.yaml", tmp_path)
+
+
+@pytest.mark.system
+async def test_status_page__refused_commands_never_push_device_problems_off_recent(
+    mosquitto, sim_sdm630, tmp_path
+):
+    """Forty refused commands pushed a device's real error off "recent problems" (one list of
+    30). Refused commands have a budget of their own: the device's problem stays."""
+    import aiomqtt
+
+    sim_sdm630.silent_units.add(2)  # meter-2 never answers: one ERROR, then DEBUG
+    port = free_port()
+    gateway, task = await start_gateway(
+        tmp_path, status_yaml(tmp_path, mosquitto.port, sim_sdm630.port, port)
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def recent() -> list[dict]:
+        status, raw = await asyncio.to_thread(get, base + "/status.json")
+        assert status == 200
+        return json.loads(raw)["recent"]
+
+    try:
+        await wait_until(lambda: gateway.forwarder.stats.commands_subscribed, 15, what="cmd sub")
+        deadline = asyncio.get_running_loop().time() + 15
+        while not any("device meter-2" in e["message"] for e in await recent()):
+            assert asyncio.get_running_loop().time() < deadline, "meter-2's error never shown"
+            await asyncio.sleep(0.2)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as platform:
+            for i in range(100):
+                await platform.publish(
+                    "city/v1/test/gw-test/cmd", json.dumps({"id": i, "cmd": "nope"}), qos=1
+                )
+        await wait_until(lambda: gateway.commands.stats.refused >= 100, 15, what="refusals")
+        shown = await recent()
+        device = [e for e in shown if "device meter-2" in e["message"]]
+        assert device, shown
+        assert device[0]["category"] == "gateway" and device[0]["level"] == "ERROR"
+        refused = [e for e in shown if "refused" in e["message"]]
+        assert refused and all(e["category"] == "command" for e in refused)
+        assert "command 99 refused" in refused[0]["message"]  # the newest first
+        times = [e["time"] for e in shown]
+        assert times == sorted(times, reverse=True)  # newest first, across both budgets
+    finally:
+        await stop(task)

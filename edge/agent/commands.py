@@ -25,6 +25,7 @@ refused unless named in ``commands.meters``; the reply comes once the meter has 
 
     {"cmd": "meter_tariff", "args": {"meter": "HK-01", "tariff_id": 7, "blocks":
         [[vehicle 0 car / 1 motorbike, from_min, block_min, price_vnd, max_blocks], ...]}}
+        (each block at most MAX_VND_PER_HOUR an hour: price_vnd × 60 / block_min ≤ 200,000)
     {"cmd": "meter_time_sync", "args": {"meter": "HK-01"}}   (the gateway's clock, if trusted)
     {"cmd": "meter_enable", "args": {"meter": "HK-01", "enabled": false}}
 """
@@ -55,7 +56,14 @@ if TYPE_CHECKING:
     from edge.shared.clock import TimeKeeper
     from edge.store.buffer import AsyncBuffer
 
-__all__ = ["MAX_DEPTH", "CommandError", "CommandHandler", "CommandTarget", "parse_request"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_VND_PER_HOUR",
+    "CommandError",
+    "CommandHandler",
+    "CommandTarget",
+    "parse_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,12 @@ class CommandStats:
     retained: int = 0  # of the refused: delivered retained, never carried out
 
 
-#: A sanity bound on one block's price (VND): a tariff is money, a typo must not reach a meter.
-MAX_PRICE_VND = 1_000_000
+#: A sanity bound on a tariff's rate, in VND per hour (a block's price_vnd × 60 / block_min):
+#: a tariff is money, and a typo (a zero too many, an hourly price given per one-minute block)
+#: must not reach a meter. Not a legal rate: several times what on-street parking costs (the
+#: simulators' illustrative tariff asks 30,000 VND an hour for a car), so only a mistake meets
+#: it. Bounding the price per block instead would let 1,000,000 VND per one-minute block pass.
+MAX_VND_PER_HOUR = 200_000
 MAX_TARIFF_BLOCKS = 32
 
 #: Deepest nesting of arrays / objects a request may have (a real one has 4).
@@ -533,7 +545,6 @@ class CommandHandler:
                 ("vehicle", vehicle, 0, 1),
                 ("from_min", from_min, 0, 1439),
                 ("block_min", block_min, 1, 1440),
-                ("price_vnd", price, 0, MAX_PRICE_VND),
                 ("max_blocks", max_blocks, 0, 96),
             ):
                 if not lo <= v <= hi:
@@ -541,6 +552,16 @@ class CommandHandler:
                     raise CommandError(
                         "bad_args", f"blocks[{i}].{name} must be {lo}..{hi}, not {shown}"
                     )
+            if price < 0:
+                raise CommandError("bad_args", f"blocks[{i}].price_vnd must be 0 or more")
+            if price * 60 > MAX_VND_PER_HOUR * block_min:
+                hourly = f"{price * 60 // block_min:,} VND" if price < 10**15 else "beyond reason"
+                raise CommandError(
+                    "bad_args",
+                    f"blocks[{i}].price_vnd: {block_min}-minute blocks at that price are "
+                    f"{hourly} an hour; a tariff may ask at most {MAX_VND_PER_HOUR:,} VND an "
+                    "hour (price_vnd × 60 / block_min)",
+                )
             parsed.append(TariffBlock(vehicle, from_min, block_min, price, max_blocks))
         for vehicle in {b.vehicle for b in parsed}:
             starts = [b.from_min for b in parsed if b.vehicle == vehicle]

@@ -34,6 +34,7 @@ from edge.ops.status import StatusServer
 from edge.settings import LoadedConfig, ModbusRtuTransport, ProcessingRule, UartTransport
 from edge.shared.clock import CORRECTED, PENDING, keeper_for
 from edge.shared.health import BAD_POINTS, STATUS_POINT
+from edge.shared.secrets import SecretFileError, read_secret
 from edge.shared.signing import Signer, SigningKeyError
 from edge.store.buffer import AsyncBuffer, BufferError, BufferInUse, BufferUnavailable
 from edge.store.storage import Episode
@@ -313,9 +314,15 @@ class Gateway:
         if not st.enabled:
             return
         token = None
-        if st.token_file:
-            token = self.loaded.resolve(st.token_file).read_text().strip()
-        page = StatusServer(self, st.host, st.port, token)
+        try:
+            if st.token_file:
+                # Checked by edge check; read again here, as it may have changed since.
+                token = read_secret(self.loaded.resolve(st.token_file), "status.token_file")
+            page = StatusServer(self, st.host, st.port, token)
+        except (SecretFileError, ValueError) as exc:
+            # Never a page without its token: it would be open to anyone who can reach it.
+            log.error("status page: %s; running without it", exc)
+            return
         try:
             await page.start()
         except OSError as exc:

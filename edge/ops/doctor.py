@@ -29,6 +29,8 @@ from edge.config import (
     UartTransport,
     load_config,
 )
+from edge.shared.secrets import SecretFileError
+from edge.shared.tls import TlsFileError
 
 __all__ = ["Check", "run_doctor"]
 
@@ -227,13 +229,17 @@ async def _broker(loaded: LoadedConfig) -> Check:
 
     m = loaded.config.mqtt
     try:
+        password, tls = loaded.mqtt_password(), loaded.tls_context()
+    except (SecretFileError, TlsFileError) as exc:  # changed since the config was checked
+        return Check(False, f"broker {m.url}: not tried, {exc}", "correct that file")
+    try:
         client = aiomqtt.Client(
             m.host,
             m.port,
             identifier=f"{loaded.config.gateway.id}-doctor",
             username=m.username,
-            password=loaded.mqtt_password(),
-            tls_context=loaded.tls_context(),
+            password=password,
+            tls_context=tls,
             timeout=5,
         )
         async with asyncio.timeout(10):

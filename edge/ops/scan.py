@@ -57,14 +57,23 @@ class Found:
         return " or ".join(ties)
 
 
-def parse_units(text: str) -> list[int]:
-    """'1-247', '1,2,5-9' -> unit ids."""
+def parse_units(text: str, lowest: int = 1, highest: int = 247, where: str = "") -> list[int]:
+    """'1-247', '1,2,5-9' -> unit ids, each in ``lowest``..``highest`` (1..247 on a serial
+    line; behind TCP 0..255; ``where`` says which in a message). ValueError naming the part
+    that is not a unit id or a range."""
     out: list[int] = []
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(
+                f"--units takes unit ids and ranges such as 1-32 or 1,2,10-20, not {part[:40]!r}"
+            )
         a, b = int(lo), int(hi or lo)
-        if not (1 <= a <= b <= 247):
-            raise ValueError(f"unit ids are 1..247, not {part!r}")
+        if not (lowest <= a <= b <= highest):
+            raise ValueError(
+                f"--units {part.strip()[:40]}: unit ids{where} are {lowest}..{highest}"
+                + (", a range low to high" if a > b else "")
+            )
         out.extend(range(a, b + 1))
     return out
 

@@ -40,20 +40,42 @@ __all__ = ["StatusServer", "StatusSource"]
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+#: Loggers whose warnings come from outside the gateway's own work, each kept in a budget of
+#: its own on the page: the platform's refused commands (edge/agent/commands.py). However many
+#: arrive, they never push a device's, a link's or the uplink's problems off the page.
+OUTSIDE_CATEGORIES = {"edge.agent.commands": "command"}
 
 
 class _Recent(logging.Handler):
-    """The last warnings and errors, for the page."""
+    """The last warnings and errors, for the page: ``size`` of the gateway's own (devices,
+    links, uplink, buffer), and ``outside_size`` of each category in
+    :data:`OUTSIDE_CATEGORIES`."""
 
-    def __init__(self, size: int = 30) -> None:
+    def __init__(self, size: int = 30, outside_size: int = 10) -> None:
         super().__init__(logging.WARNING)
         self.records: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=size)
+        self.outside: dict[str, collections.deque[tuple[float, str, str]]] = {
+            c: collections.deque(maxlen=outside_size) for c in OUTSIDE_CATEGORIES.values()
+        }
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.records.append((record.created, record.levelname, record.getMessage()))
+            category = OUTSIDE_CATEGORIES.get(record.name)
+            kept = self.records if category is None else self.outside[category]
+            kept.append((record.created, record.levelname, record.getMessage()))
         except Exception:  # never let the page break logging
             pass
+
+    def newest_first(self) -> list[dict[str, Any]]:
+        """Every kept record, newest first, each with its category (``gateway``, ``command``)."""
+        rows = [(t, lvl, m, "gateway") for t, lvl, m in list(self.records)[::-1]]
+        for category, kept in self.outside.items():
+            rows += [(t, lvl, m, category) for t, lvl, m in list(kept)[::-1]]
+        rows.sort(key=lambda r: r[0], reverse=True)  # stable: equal times stay newest first
+        return [{"time": t, "level": lvl, "message": m, "category": c} for t, lvl, m, c in rows]
 
 
 class StatusSource(Protocol):
@@ -84,7 +106,15 @@ class StatusSource(Protocol):
 
 
 class StatusServer:
+    """The page's HTTP server. ``token``: the secret every request must carry (None: none is
+    asked, allowed on a loopback address only). ValueError for an empty or white-space token,
+    or none on an address beyond this machine: the page is never served unguarded."""
+
     def __init__(self, gateway: StatusSource, host: str, port: int, token: str | None) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("the token is empty: it would let every request in")
+        if token is None and host not in LOOPBACK:
+            raise ValueError(f"{host} is beyond this machine and no token is set")
         self.gateway = gateway
         self.host, self.port = host, port
         self.token = token
@@ -154,7 +184,8 @@ class StatusServer:
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:]
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            # An empty secret is never compared (the constructor refuses one; defence in depth)
+            if not (self.token and hmac.compare_digest(given.encode(), self.token.encode())):
                 return 401, "text/plain", b"token required\n"
         if url.path == "/":
             return 200, "text/html; charset=utf-8", PAGE.encode()
@@ -224,9 +255,7 @@ class StatusServer:
                 "uncertain_total": g.time_stats.uncertain,
             },
             "devices": devices,
-            "recent": [
-                {"time": t, "level": lvl, "message": m} for t, lvl, m in list(self.recent.records)
-            ][::-1],
+            "recent": self.recent.newest_first(),
         }
 
     async def metrics(self) -> str:

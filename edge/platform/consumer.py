@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.platform.ledger import EntryOutcome, TxLedger
+from edge.shared.secrets import url_secret_problem
 from edge.shared.tls import client_context
 from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import (
@@ -204,6 +205,9 @@ class BatchConsumer:
         ledger: TxLedger | None = None,
         on_entry: Callable[[str, str, EntryOutcome], None] | None = None,
     ) -> None:
+        problem = url_secret_problem(broker_url, "the broker url")  # before it is shown
+        if problem is not None:
+            raise ValueError(problem)
         parts = urlsplit(broker_url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")

@@ -73,24 +73,37 @@ class Signer:
             if empty:
                 log.warning("signing key %s is empty (a write cut short): making a new one", path)
             return cls._create(path, replace=bool(empty))
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SigningKeyError(
-                f"signing key {path} is readable by others (mode {stat.S_IMODE(mode):03o}); "
-                f"run: chmod 600 {path}"
-            )
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        return cls(_load_existing(path), path)
 
+    @staticmethod
+    def problem(path: str | Path) -> str | None:
+        """What :meth:`load_or_create` would refuse at ``path``, or None; changes nothing
+        (``edge check``). A key still to be made must have a folder this user can write (or
+        create); one that exists must be an owner-only, unencrypted PEM Ed25519 key."""
+        path = Path(path)
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError, OSError) as exc:
-            raise SigningKeyError(
-                f"signing key {path} is not an unencrypted PEM private key ({type(exc).__name__})"
-            ) from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SigningKeyError(f"signing key {path} is not an Ed25519 key")
-        return cls(key, path)
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            return f"cannot read the signing key {path}: {exc.strerror}"
+        if st is not None and (st.st_size > 0 or not stat.S_ISREG(st.st_mode)):
+            try:
+                _load_existing(path)
+            except SigningKeyError as exc:
+                return str(exc)
+            return None
+        existing = path.parent
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"cannot create the signing key {path}: {existing} is not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return (
+                f"cannot create the signing key {path}: {existing} is not writable by this user "
+                "(it is made on first start): chown the folder to the user the gateway runs as"
+            )
+        return None
 
     @classmethod
     def _create(cls, path: Path, *, replace: bool) -> Signer:
@@ -128,6 +141,30 @@ class Signer:
         finally:
             tmp.unlink(missing_ok=True)
         return cls(key, path)
+
+
+def _load_existing(path: Path) -> Ed25519PrivateKey:
+    """The key in an existing, non-empty file; SigningKeyError saying what is wrong with it."""
+    st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise SigningKeyError(f"signing key {path} is a folder: parking.key_file names a file")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(
+            f"signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):03o}); "
+            f"run: chmod 600 {path}"
+        )
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise SigningKeyError(
+            f"signing key {path} is not an unencrypted PEM private key ({type(exc).__name__})"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"signing key {path} is not an Ed25519 key")
+    return key
 
 
 def verify(public_raw: bytes, signature: bytes, data: bytes) -> bool:
