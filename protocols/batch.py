@@ -905,7 +905,7 @@ def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
         )
     # §2.7 columns: [type, bin] entries in ascending type order, one per type used, no other
     col: dict[int, bytes] = {}
-    last = 0
+    last: int | None = None
     for entry in columns:
         if not (
             type(entry) is list
@@ -917,7 +917,7 @@ def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
         kind = entry[0]
         if kind == last:
             raise fail("column_twice", f"two columns of type {TYPE_NAMES.get(kind, kind)}")
-        if kind < last:
+        if last is not None and kind < last:
             raise fail("column_order", f"column type {kind} after type {last}")
         if kind not in cells:
             raise fail(
