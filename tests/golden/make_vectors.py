@@ -286,11 +286,15 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+class _Raw(bytes):
+    """Bytes that are already msgpack, put in a map as they are."""
+
+
 def pack_map(pairs: list[tuple[Any, Any]]) -> bytes:
     """A msgpack map from pairs, so a key can repeat or be of any type (pack cannot)."""
     n = len(pairs)
     head = bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
-    return head + b"".join(pack(k) + pack(v) for k, v in pairs)
+    return head + b"".join(pack(k) + (v if isinstance(v, _Raw) else pack(v)) for k, v in pairs)
 
 
 def zstd(raw: bytes, *, content_size: bool = True) -> bytes:
@@ -413,6 +417,32 @@ def _unknown_header_keys() -> tuple[bytes, dict[str, Any]]:
     return payload, got
 
 
+def pack_wide(obj: Any) -> bytes:
+    """msgpack with every int in its widest form (uint 64 or int 64), as some encoders write."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, bytes, float)):
+        return pack(obj)
+    if isinstance(obj, int):
+        return (b"\xcf" if obj >= 0 else b"\xd3") + obj.to_bytes(8, "big", signed=obj < 0)
+    if isinstance(obj, list):
+        return b"\xdd" + len(obj).to_bytes(4, "big") + b"".join(map(pack_wide, obj))
+    if isinstance(obj, dict):
+        items = b"".join(pack_wide(k) + pack_wide(v) for k, v in obj.items())
+        return b"\xdf" + len(obj).to_bytes(4, "big") + items
+    raise TypeError(type(obj))
+
+
+def _wide_ints() -> tuple[bytes, dict[str, Any]]:
+    points = [Point(1, T, 1.5), Point(1, T + 1000, 2.5), Point(2, T + 4, 7), Point(3, T, True)]
+    plain = encode_batch(BatchHeader("gw-wide", 18, 2, T + 2000, 1), points)
+    head = msgpack.unpackb(plain, raw=False)
+    head["body"] = zstd(pack_wide(body_doc(plain)))
+    head["dropped_why"] = {}
+    payload = pack_wide(head)
+    [got] = python_decoder([payload])
+    assert sorted(got["points"]) == sorted(expected_point(*p) for p in points)
+    return payload, got
+
+
 LARGEST_ROWS = 1000  # the largest layout: 1000 bool groups of 1 series x 1000 samples
 
 
@@ -464,6 +494,12 @@ HAND: dict[str, tuple[str, list[str], Callable[[], tuple[bytes, dict[str, Any]]]
         "Header keys the format does not know, with values of any msgpack type: ignored.",
         ["R9"],
         _unknown_header_keys,
+    ),
+    "wide_ints": (
+        "Every int in its widest msgpack form (uint 64 / int 64, 32-bit array and map "
+        "lengths), and an empty dropped_why: both allowed.",
+        ["R4", "R6", "R15"],
+        _wide_ints,
     ),
     "largest": (
         "The largest batch a decoder must accept: n = 1,000,000 points in 1000 groups, a body "
@@ -563,6 +599,18 @@ BAD: dict[str, tuple[str, list[str], str, Callable[[], bytes]]] = {
         ["R6"],
         "bad_header",
         lambda: rebuild(BASE, change={"dropped_why": {"unencodable": -1}}),
+    ),
+    "header_dropped_why_key_twice": (
+        "A dropped_why with the same reason twice.",
+        ["R6"],
+        "bad_header",
+        lambda: rebuild(
+            BASE,
+            pairs=[
+                *header_pairs(BASE),
+                ("dropped_why", _Raw(pack_map([("unencodable", 1), ("unencodable", 1)]))),
+            ],
+        ),
     ),
     "header_dropped_why_over": (
         "dropped_why counts more than dropped (3).",
