@@ -698,12 +698,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_consume(args: argparse.Namespace) -> int:
     import csv
 
-    from edge.platform.consumer import BatchConsumer, Delivery, reading_json
+    from edge.platform.consumer import (
+        CSV_COLUMNS,
+        BatchConsumer,
+        Delivery,
+        reading_csv,
+        reading_json,
+    )
     from edge.platform.ledger import EntryOutcome, TxLedger, entry_json
 
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
-        writer.writerow(["gateway", "seq", "device", "point", "ts_ms", "value"])
+        writer.writerow(CSV_COLUMNS)
 
     def show(batch: Delivery) -> None:
         h = batch.header
@@ -711,7 +717,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
             if args.format == "jsonl":
                 print(reading_json(h, r))
             elif args.format == "csv":
-                writer.writerow([h.gateway, h.seq, r.device, r.point, r.ts_ms, r.value])
+                writer.writerow(reading_csv(h, r))
             else:
                 print(f"{h.gateway} #{h.seq} {r.device}.{r.point} @{r.ts_ms} = {r.value}")
         sys.stdout.flush()

@@ -1,51 +1,42 @@
 """Uplink batch format v1: columnar, typed, delta-encoded, byte-shuffled, zstd. No I/O.
 
-The normative description, with a worked example, is docs/batch-format-v1.md; golden vectors are
-in tests/golden/. In short, one MQTT message carries one batch:
+The normative description is docs/batch-format-v1.md (contract v1.1): every rule, every check a
+decoder makes and the error code it gives, a worked example. The golden vectors in tests/golden/
+pin each rule; this module is the reference implementation and must agree with both. In short,
+one MQTT message carries one batch:
 
     header  msgpack map, uncompressed, so a consumer can name a batch it cannot decode:
             {"v": 1, "gw": str, "seq": int, "boot": int, "created": int ms, "dropped": int,
-             "n": points in the batch, "z": "zstd", "body": bin}
-    body    zstd frame of a msgpack array [t0, layout, sids, ts, columns, strings(, tq)]
-            t0      int, ms since the Unix epoch; every timestamp is an offset from it
+             "n": points in the batch, "z": "zstd", "body": bin(, "part", "dropped_why")}
+    body    one zstd frame (content size declared, nothing after it, at most 64 MiB
+            decompressed) of a msgpack array [t0, layout, sids, ts, columns, strings(, tq)]
+            t0      int64, ms since the Unix epoch; every timestamp is an offset from it
             layout  [[type, series, samples, ts_mode], ...], one entry per *group*: series of
                     one value type sampled at identical instants (one Modbus request reads
-                    many points at once), in the encoder's order (ours: by first series id).
-                    type: 1 f32, 2 f64, 3 i64, 4 u64, 5 bool, 6 str
-            sids    bin: every group's series ids, ascending within a group, concatenated; each
-                    minus the one before it (the first minus 0); zigzag; uint64 LE; shuffled
-            ts      bin: every group's timestamps, concatenated, as int64 offsets from t0,
-                    transformed per group by ts_mode, zigzag, uint64 LE, byte-shuffled:
-                    0  delta of delta along time ([a0, a1 - a0, (a2 - a1) - (a1 - a0), ...])
-                    1  element-wise minus the previous group's timestamps (same sample count):
-                       requests polled one after another differ by a few ms
-            columns [[type, bin], ...]: for each type, the value matrices of its groups (series x
-                    samples, row-major) in group order, encoded per type:
-                    numeric  f32/f64 IEEE bits, i64 two's complement, u64 as is, as w-bit
-                             words; a sample minus the series' previous one, a series' first
-                             minus the first of the row above (the top row's minus 0), modulo
-                             2^w, read as signed, zigzag; bin = shuffled firsts of every row,
-                             then shuffled rest
-                    bool     packed 8 to a byte, the first in the top bit (numpy.packbits order)
-                    str      uint32 LE indexes into ``strings``, byte-shuffled
-            strings [str]: the batch's string dictionary (sorted), or []
-            tq      bin, present only when some timestamp is not good: one byte per entry of
-                    ``ts`` (same order), its time quality: 0 good, 1 corrected (stamped before
-                    the gateway's clock was trusted, re-timed by the offset measured when it
-                    became trusted), 2 uncertain (could not be corrected: the wall clock's
-                    best guess). Absent: every timestamp is good.
+                    many points at once). type: 1 f32, 2 f64, 3 i64, 4 u64, 5 bool, 6 str
+            sids    bin: every group's series ids, strictly ascending within a group, each minus
+                    the one before it across groups (the first minus 0), zigzag, uint64 LE,
+                    byte-shuffled
+            ts      bin: every group's timestamps as int64 offsets from t0, per group either
+                    0  delta of delta from an offset 0 and a delta 0: [a0, a1 - 2*a0, ...]
+                    1  minus the previous group's offsets (same sample count)
+                    zigzag, uint64 LE, byte-shuffled; all arithmetic wraps modulo 2**64
+            columns [[type, bin], ...] in ascending type order, one per type used: numeric
+                    words predicted (previous sample; a row's first from the row above),
+                    zigzag, firsts then rest, each byte-shuffled; bool bits packed first bit
+                    high; str uint32 LE indexes into ``strings``, byte-shuffled
+            strings [str]: the batch's string dictionary
+            tq      bin, one time quality byte per timestamp (0 good, 1 corrected, 2 uncertain)
 
-Byte-shuffling (w-byte words -> w planes: all first bytes, then all second bytes, ...) puts the
-bytes that rarely change (high bytes of differences) next to each other, where zstd removes
-them. Everything is lossless, bit for bit: a float whose 64 bits survive a round trip through
+Everything is lossless, bit for bit: a float whose 64 bits survive a round trip through
 float32 travels as float32, any other as float64, so ±inf, -0.0, subnormals and NaN (sign and
-payload) arrive as they left (docs/batch-format-v1.md §2 says what a consumer gets).
-
-The optional header field ``dropped_why`` ({reason: count}, part of ``dropped``) says why some of
-the dropped readings were lost; :func:`unencodable` says why a value cannot travel at all.
+payload) arrive as they left. :func:`decode_batch` gives Python values; :func:`decode_batch_wire`
+gives what travelled (the column type and, for a float, its IEEE word), as the golden vectors
+list it. A malformed batch raises :class:`BatchDecodeError` with the spec's error ``code``, and
+with the gateway and seq whenever the header gives them.
 
 Series ids refer to the dictionary in the gateway's retained birth message (device, point, unit,
-type). The format does not need it to decode: :func:`decode_batch` returns series ids.
+type). The format does not need it to decode: the decoders return series ids.
 """
 
 from __future__ import annotations
@@ -62,17 +53,25 @@ import msgpack
 import zstandard
 
 __all__ = [
+    "ERRORS",
     "FORMAT_VERSION",
+    "MAX_BODY_BYTES",
+    "MAX_POINTS",
     "TQ_CORRECTED",
     "TQ_GOOD",
     "TQ_NAMES",
     "TQ_UNCERTAIN",
+    "TYPE_NAMES",
     "Batch",
     "BatchDecodeError",
     "BatchHeader",
+    "BatchTooLarge",
     "Point",
     "Reading",
+    "WireBatch",
+    "WirePoint",
     "decode_batch",
+    "decode_batch_wire",
     "decode_header",
     "encode_batch",
     "unencodable",
@@ -85,23 +84,78 @@ Value = int | float | bool | str
 F32, F64, I64, U64, BOOL, STR = 1, 2, 3, 4, 5, 6
 TYPE_NAMES = {F32: "f32", F64: "f64", I64: "i64", U64: "u64", BOOL: "bool", STR: "str"}
 
-#: Decoder limits: a hostile or broken payload cannot make the decoder allocate without bound.
-MAX_POINTS = 5_000_000
-MAX_BODY_BYTES = 256 * 1024 * 1024
+#: The largest batch (docs/batch-format-v1.md §5): every decoder accepts up to these and refuses
+#: more, and an encoder never builds more. 1,000,000 points is the gateway's largest
+#: ``mqtt.batch_max_readings``; the body of such a batch stays under 32 MiB decompressed even
+#: with one group per point, so 64 MiB leaves room for strings.
+MAX_POINTS = 1_000_000
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 _ZSTD_LEVEL = (
     19  # batches are small: level 19 costs ~0.5 us per point more than 9, 2.5 % fewer bytes
 )
 _I64_MIN, _I64_MAX, _U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
+#: What each error code of a malformed batch means (docs/batch-format-v1.md §6). Every decoder
+#: of the contract gives the same code for the same batch (tests/golden/m_*.json).
+ERRORS = {
+    "not_msgpack": "the payload is not exactly one msgpack value",
+    "bad_header": "the header is not a map of the required keys with their types and ranges",
+    "unsupported_version": "the header's v is not 1",
+    "unsupported_compression": "the header's z is not zstd",
+    "too_many_points": "the header's n is above the largest batch",
+    "bad_zstd": "the body is not one whole zstd frame",
+    "zstd_no_content_size": "the zstd frame does not declare its content size",
+    "zstd_trailing_bytes": "bytes follow the zstd frame",
+    "body_too_large": "the body's content size is above the largest batch",
+    "bad_body": "the body is not one msgpack array of the six or seven fields with their types",
+    "bad_layout": "a layout entry is not [type, series, samples, ts_mode] in range",
+    "points_mismatch": "the layout's points do not add up to the header's n",
+    "bad_sids": "sids does not hold one word per series row",
+    "sids_not_ascending": "the series ids of a group are not strictly ascending",
+    "bad_ts": "ts does not hold one word per timestamp",
+    "bad_ts_mode": "a ts_mode 1 group has no previous group with as many samples",
+    "bad_tq": "tq does not hold one known quality per timestamp",
+    "bad_columns": "a column entry is not [type, bin]",
+    "column_order": "column entries are not in ascending type order",
+    "column_twice": "two column entries have the same type",
+    "column_unused": "a column entry has a type no group uses",
+    "column_missing": "a type some group uses has no column entry",
+    "column_size": "a column does not hold exactly the bytes its groups need",
+    "bool_padding": "the padding bits after the last bool are not 0",
+    "string_index": "a str index is past the end of the dictionary",
+}
+
 
 class BatchDecodeError(ValueError):
-    """The bytes are not a valid batch (the sender sent garbage). ``header`` is set when the
-    header decoded, so the batch can still be named (gateway, seq) in the report."""
+    """The bytes are not a valid batch (the sender sent garbage): skip it and report it.
 
-    def __init__(self, message: str, header: BatchHeader | None = None):
-        self.header = header
+    ``code`` names the rule the batch breaks (:data:`ERRORS`, docs/batch-format-v1.md §6).
+    ``gateway`` and ``seq`` are set whenever the header gave them (it is a msgpack map with a
+    str ``gw`` and an int ``seq`` in range), so the batch can be named in the report even when
+    the rest of the header is wrong; ``header`` is set when the whole header decoded.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        header: BatchHeader | None = None,
+        gateway: str | None = None,
+        seq: int | None = None,
+    ):
+        assert code in ERRORS, code
         super().__init__(message)
+        self.code = code
+        self.header = header
+        self.gateway = header.gateway if header is not None else gateway
+        self.seq = header.seq if header is not None else seq
+
+
+class BatchTooLarge(ValueError):
+    """The points given would make a batch above the largest a decoder accepts (more than
+    :data:`MAX_POINTS` points or a body above :data:`MAX_BODY_BYTES`): seal fewer."""
 
 
 #: Time quality of a timestamp (see edge/shared/clock.py); PENDING never leaves the gateway.
@@ -133,6 +187,18 @@ class Point(NamedTuple):
     tq: int = TQ_GOOD
 
 
+class WirePoint(NamedTuple):
+    """A point as it travelled: ``type`` is its column (f32, f64, i64, u64, bool, str) and
+    ``value`` for f32 / f64 the IEEE 754 word as an unsigned int (32 / 64 bits), else the value.
+    This is what the golden vectors list (docs/batch-format-v1.md §7)."""
+
+    sid: int
+    ts_ms: int
+    type: str
+    value: int | bool | str
+    tq: int = TQ_GOOD
+
+
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
     gateway: str
@@ -157,6 +223,12 @@ class Batch:
     points: tuple[Point, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class WireBatch:
+    header: BatchHeader
+    points: tuple[WirePoint, ...]
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -178,8 +250,7 @@ def _shuffle(words: list[int], width: int) -> bytes:
 
 
 def _unshuffle(raw: bytes, width: int, count: int) -> list[int]:
-    if len(raw) != count * width:
-        raise BatchDecodeError(f"column holds {len(raw)} bytes, expected {count * width}")
+    """The inverse of :func:`_shuffle`; ``raw`` holds exactly ``count`` words (checked before)."""
     if count == 0:
         return []
     out = bytearray(len(raw))
@@ -193,9 +264,15 @@ def _unshuffle(raw: bytes, width: int, count: int) -> list[int]:
 
 
 def _zigzag(values: list[int], bits: int = 64) -> list[int]:
-    """Signed -> unsigned (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...), for values of ``bits`` bits."""
-    mask, top = (1 << bits) - 1, bits - 1
-    return [((v << 1) ^ (v >> top)) & mask for v in values]
+    """Signed -> unsigned (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...), for values of ``bits`` bits.
+    A value outside the signed range is first reduced modulo 2**bits (arithmetic wraps)."""
+    mask, top, half = (1 << bits) - 1, bits - 1, 1 << (bits - 1)
+    out = []
+    for v in values:
+        if not -half <= v < half:
+            v = ((v + half) & mask) - half
+        out.append(((v << 1) ^ (v >> top)) & mask)
+    return out
 
 
 def _unzigzag(values: list[int]) -> list[int]:
@@ -232,12 +309,16 @@ def _value_type(v: Value) -> int:
 
 _F32, _F64 = struct.Struct("<f"), struct.Struct("<d")
 
+#: The longest str value that fits a batch of its own (the rest of a one-point body is < 100 B).
+MAX_STRING_BYTES = MAX_BODY_BYTES - 1024
+
 
 def unencodable(value: object) -> str | None:
     """Why ``value`` cannot travel in a batch, in words; None if it can.
 
     A batch carries bool, int from -2**63 to 2**64 - 1, float (any of its 2**64 bit patterns)
-    and str (valid Unicode). Anything else, None included, has no column.
+    and str (valid Unicode, at most :data:`MAX_STRING_BYTES` of UTF-8). Anything else, None
+    included, has no column.
     """
     if type(value) is float or type(value) is bool:
         return None  # every bit pattern travels (f32 or f64); the fast path of a seal
@@ -245,9 +326,11 @@ def unencodable(value: object) -> str | None:
         return "no value (None)"
     if isinstance(value, str):
         try:
-            value.encode("utf-8")
+            size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
             return "a string that is not valid Unicode"
+        if size > MAX_STRING_BYTES:
+            return f"a string of {size} bytes, more than a batch carries ({MAX_STRING_BYTES})"
         return None
     try:
         _value_type(value)  # type: ignore[arg-type]
@@ -257,8 +340,8 @@ def unencodable(value: object) -> str | None:
 
 
 def _dd(a: list[int]) -> list[int]:
-    """Delta of delta from an offset 0 and a delta 0 before ``a0``:
-    [a0, a1 - 2*a0, (a2 - a1) - (a1 - a0), ...] (docs/batch-format-v1.md §2, ts_mode 0)."""
+    """Delta of delta from an offset 0 and a delta 0 before ``a0`` (docs/batch-format-v1.md
+    §2.5, ts_mode 0): [a0, a1 - 2*a0, (a2 - a1) - (a1 - a0), ...], to be wrapped by _zigzag."""
     out, prev, prev_d = [], 0, 0
     for v in a:
         d = v - prev
@@ -268,10 +351,11 @@ def _dd(a: list[int]) -> list[int]:
 
 
 def _undd(dd: list[int]) -> list[int]:
+    """Two running sums modulo 2**64 (unsigned words; the caller reads them as signed)."""
     out, v, d = [], 0, 0
     for x in dd:
-        d += x
-        v += d
+        d = (d + x) & _M64
+        v = (v + d) & _M64
         out.append(v)
     return out
 
@@ -347,7 +431,8 @@ def _decode_numeric(
 
 
 def _packbits(bits: list[bool]) -> bytes:
-    """Eight booleans to a byte, the first in the most significant bit (numpy.packbits)."""
+    """Eight booleans to a byte, the first in the most significant bit; the last byte's unused
+    low bits are 0 (docs/batch-format-v1.md §2.7.2)."""
     out = bytearray((len(bits) + 7) // 8)
     for i, b in enumerate(bits):
         if b:
@@ -367,8 +452,16 @@ def encode_batch(
     points: Iterable[Point | tuple[int, int, Value]],
     *,
     level: int = _ZSTD_LEVEL,
+    t0: int | None = None,
 ) -> bytes:
-    """Encode points ``(sid, ts_ms, value)`` into one batch. ``header.points`` is filled in."""
+    """Encode points ``(sid, ts_ms, value[, tq])`` into one batch. ``header.points`` is filled in.
+
+    ``t0`` is the base of the timestamp offsets, by default the earliest timestamp; any int64
+    gives the same points back (offsets may be negative, and their arithmetic wraps).
+    Raises ValueError for a point no batch can carry (:func:`unencodable`, a series id or
+    timestamp beyond int64, an unknown time quality) and :class:`BatchTooLarge` for more points
+    or a larger body than a decoder accepts.
+    """
     # Per series: its timestamps and its values, as two lists (no tuple per sample: a batch
     # of thousands of points is encoded on a 1 GB device).
     per_series: dict[int, tuple[list[int], list[Value], list[int]]] = {}
@@ -377,6 +470,8 @@ def encode_batch(
         sid = p[0]
         lists = per_series.get(sid)
         if lists is None:
+            if not _I64_MIN <= sid <= _I64_MAX:
+                raise ValueError(f"series id {sid} does not fit int64")
             lists = per_series[int(sid)] = ([], [], [])
         lists[0].append(int(p[1]))
         lists[1].append(p[2])
@@ -387,11 +482,21 @@ def encode_batch(
             any_tq = True
         lists[2].append(tq)
     total = sum(len(v[0]) for v in per_series.values())
+    if total > MAX_POINTS:
+        raise BatchTooLarge(f"{total} points, more than a batch carries ({MAX_POINTS})")
+    for times, _, _ in per_series.values():
+        if not _I64_MIN <= min(times) <= max(times) <= _I64_MAX:
+            raise ValueError("a timestamp does not fit int64")
     # Split each series into runs of one value type, then group runs with identical instants
-    # (and identical time qualities: a quality belongs to a timestamp).
-    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[tuple[int, list[Value]]]]
+    # (and identical time qualities: a quality belongs to a timestamp). A series is in a group
+    # once (its ids are strictly ascending, §2.4): a repeat of a run (the same times again, as
+    # a series whose type alternates at repeated times has) goes to a group of its own, ``k``.
+    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...], int], list[tuple[int, list[Value]]]]
     groups = {}
-    t0 = min((min(s[0]) for s in per_series.values()), default=header.created_ms)
+    if t0 is None:
+        t0 = min((min(s[0]) for s in per_series.values()), default=header.created_ms)
+    elif not _I64_MIN <= t0 <= _I64_MAX:
+        raise ValueError(f"t0 {t0} does not fit int64")
     for sid, (times, values, quals) in per_series.items():
         if any(b < a for a, b in itertools.pairwise(times)):
             order = sorted(range(len(times)), key=times.__getitem__)
@@ -400,21 +505,25 @@ def encode_batch(
             quals = [quals[i] for i in order]
         start = 0
         run_kind = _value_type(values[0])
+        repeats: dict[tuple[int, tuple[int, ...], tuple[int, ...]], int] = {}
         for i in range(1, len(values) + 1):
             kind = _value_type(values[i]) if i < len(values) else None
             if kind != run_kind:
                 key = (run_kind, tuple(times[start:i]), tuple(quals[start:i]) if any_tq else ())
-                groups.setdefault(key, []).append((sid, values[start:i]))
+                k = repeats[key] = repeats.get(key, -1) + 1
+                groups.setdefault((*key, k), []).append((sid, values[start:i]))
                 start, run_kind = i, kind  # type: ignore[assignment]
     # Groups in series-id order: a device's requests sit side by side, so ids step by one and
     # each group's timestamps differ little from the group before it.
     for members in groups.values():
         members.sort(key=lambda m: m[0])
-    ordered = sorted(groups.items(), key=lambda g: (g[1][0][0], g[0][1][0], g[0][0], g[0][2]))
+    ordered = sorted(
+        groups.items(), key=lambda g: (g[1][0][0], g[0][1][0], g[0][0], g[0][2], g[0][3])
+    )
     words = sorted(
         {
             str(v)
-            for (kind, _, _), members in ordered
+            for (kind, _, _, _), members in ordered
             if kind == STR
             for _, vals in members
             for v in vals
@@ -428,7 +537,7 @@ def encode_batch(
     parts: dict[int, list[int]] = {}
     prev_ts: list[int] | None = None
     tq_all: list[int] = []
-    for (kind, ts, quals), members in ordered:
+    for (kind, ts, quals, _), members in ordered:
         tq_all.extend(quals)
         sids.extend(m[0] for m in members)
         a = [t - t0 for t in ts]
@@ -451,7 +560,7 @@ def encode_batch(
         else:  # STR
             parts.setdefault(kind, []).extend(strings[v] for r in values for v in r)
     columns = []
-    for kind, flat in sorted(parts.items()):
+    for kind, flat in sorted(parts.items()):  # ascending type order, one entry per type used
         if kind == BOOL:
             raw = _packbits(flat)
         elif kind == STR:
@@ -471,9 +580,13 @@ def encode_batch(
     ]
     if any_tq:
         body_doc.append(bytes(tq_all))
-    body = zstandard.ZstdCompressor(level=level).compress(
-        msgpack.packb(body_doc, use_bin_type=True)
-    )
+    raw_body = msgpack.packb(body_doc, use_bin_type=True)
+    if len(raw_body) > MAX_BODY_BYTES:
+        raise BatchTooLarge(
+            f"a body of {len(raw_body)} bytes, more than a batch carries ({MAX_BODY_BYTES})"
+        )
+    # One frame with its content size (the library's default), no checksum: §2.1.
+    body = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw_body)
     doc = {
         "v": FORMAT_VERSION,
         "gw": header.gateway,
@@ -496,193 +609,412 @@ def encode_batch(
 
 
 # --------------------------------------------------------------------------- decode
+#
+# docs/batch-format-v1.md §6 lists the checks and their codes; the comments below cite it.
 
 
-def _field(doc: dict[Any, Any], key: str, kind: type) -> Any:
-    if key not in doc:
-        raise BatchDecodeError(f"batch header has no {key!r} field")
-    value = doc[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise BatchDecodeError(f"batch header field {key!r} has type {type(value).__name__}")
-    return value
+class _Pairs(list):  # type: ignore[type-arg]
+    """A msgpack map as its (key, value) pairs in order, so a repeated key or a key that is not
+    a str can be seen (a dict would keep the last silently, as most msgpack libraries do)."""
 
 
-_HEADER_KEYS = frozenset(
-    {"v", "gw", "seq", "boot", "created", "dropped", "n", "z", "body", "part", "dropped_why"}
+def _plain(v: Any) -> Any:
+    """An unknown header value with its maps as dicts (last key wins), for ``extra``."""
+    if isinstance(v, _Pairs):
+        out = {}
+        for k, x in v:
+            try:
+                out[k] = _plain(x)
+            except TypeError:  # an unhashable key (an array): nothing a reader could look up
+                pass
+        return out
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False, object_pairs_hook=_Pairs)
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _str_map(pairs: _Pairs, what: str, fail) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if type(k) is not str:
+            raise fail("bad_header", f"{what} has a key that is not a str ({k!r})")
+        if k in out:
+            raise fail("bad_header", f"{what} has the key {k!r} twice")
+        out[k] = v
+    return out
+
+
+#: The header's required keys (§1): the check each value must pass, in words for the error.
+_REQUIRED: tuple[tuple[str, Any, str], ...] = (
+    ("gw", lambda v: type(v) is str, "a str"),
+    ("seq", lambda v: _int_in(v, 0, _I64_MAX), "an int from 0 to 2**63-1"),
+    ("boot", lambda v: _int_in(v, 1, _I64_MAX), "an int from 1 to 2**63-1"),
+    ("created", lambda v: _int_in(v, _I64_MIN, _I64_MAX), "an int64"),
+    ("dropped", lambda v: _int_in(v, 0, _I64_MAX), "an int from 0 to 2**63-1"),
+    ("n", lambda v: _int_in(v, 0, _U64_MAX), "an int from 0"),
+    ("z", lambda v: type(v) is str, "a str"),
+    ("body", lambda v: type(v) is bytes, "a bin"),
 )
-
-
-def _part(doc: dict[Any, Any]) -> tuple[int, ...]:
-    raw = doc.get("part", [])
-    if (
-        not isinstance(raw, list)
-        or len(raw) > 64
-        or not all(type(x) is int and x in (1, 2) for x in raw)
-    ):
-        raise BatchDecodeError(f"bad part path {raw!r}")
-    return tuple(raw)
-
-
-def _dropped_why(doc: dict[Any, Any]) -> dict[str, int]:
-    raw = doc.get("dropped_why", {})
-    if (
-        not isinstance(raw, dict)
-        or len(raw) > 64
-        or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in raw.items())
-    ):
-        raise BatchDecodeError(f"bad dropped_why {raw!r}")
-    return raw
+_KNOWN = frozenset({"v", "part", "dropped_why"} | {k for k, _, _ in _REQUIRED})
 
 
 def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
-    """Decode the uncompressed header; returns it and the compressed body."""
+    """Decode and check the uncompressed header (§1, §6 stage 1); returns it and the zstd body.
+    Raises :class:`BatchDecodeError`."""
     try:
-        doc = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        doc = _unpack(payload)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise BatchDecodeError(f"not msgpack: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BatchDecodeError(f"batch is a {type(doc).__name__}, not a map")
-    version = _field(doc, "v", int)
+        raise BatchDecodeError("not_msgpack", f"not one msgpack value: {exc}") from None
+    if not isinstance(doc, _Pairs):
+        raise BatchDecodeError("bad_header", f"batch is a {_kind(doc)}, not a map")
+    # The batch's name, if the header gives it, goes with every error below.
+    named = {k: v for k, v in doc if type(k) is str and k in ("gw", "seq")}
+    gateway = named.get("gw") if type(named.get("gw")) is str else None
+    seq = named.get("seq") if _int_in(named.get("seq"), 0, _I64_MAX) else None
+
+    def fail(code: str, message: str) -> BatchDecodeError:
+        return BatchDecodeError(code, message, gateway=gateway, seq=seq)
+
+    fields = _str_map(doc, "the header", fail)
+    version = fields.get("v")
+    if type(version) is not int:
+        raise fail("bad_header", "the header has no int field 'v'")
     if version != FORMAT_VERSION:
-        raise BatchDecodeError(f"unsupported batch format version {version}")
+        raise fail("unsupported_version", f"unsupported batch format version {version}")
+    for key, ok, words in _REQUIRED:
+        if key not in fields:
+            raise fail("bad_header", f"the header has no {key!r} field")
+        if not ok(fields[key]):
+            raise fail("bad_header", f"header field {key!r} is {fields[key]!r}, not {words}")
+    part = fields.get("part", None)
+    if "part" in fields and not (
+        type(part) is list
+        and 1 <= len(part) <= 64
+        and all(x in (1, 2) and type(x) is int for x in part)
+    ):
+        raise fail(
+            "bad_header", f"header field 'part' is {_plain(part)!r}, not a path of 1s and 2s"
+        )
+    why: dict[str, int] = {}
+    if "dropped_why" in fields:
+        raw = fields["dropped_why"]
+        if not isinstance(raw, _Pairs) or len(raw) > 64:
+            raise fail(
+                "bad_header", "header field 'dropped_why' is not a map of at most 64 reasons"
+            )
+        why = _str_map(raw, "'dropped_why'", fail)
+        if not all(_int_in(v, 0, _I64_MAX) for v in why.values()):
+            raise fail("bad_header", f"'dropped_why' counts are not ints from 0: {_plain(raw)!r}")
+        if sum(why.values()) > fields["dropped"]:
+            raise fail("bad_header", "'dropped_why' counts more than 'dropped'")
+    if fields["z"] != "zstd":
+        raise fail("unsupported_compression", f"unknown compression {fields['z']!r}")
+    if fields["n"] > MAX_POINTS:
+        raise fail("too_many_points", f"{fields['n']} points, more than {MAX_POINTS}")
     header = BatchHeader(
-        gateway=_field(doc, "gw", str),
-        seq=_field(doc, "seq", int),
-        boot=_field(doc, "boot", int),
-        created_ms=_field(doc, "created", int),
-        dropped=_field(doc, "dropped", int),
-        points=_field(doc, "n", int),
-        part=_part(doc),
+        gateway=fields["gw"],
+        seq=fields["seq"],
+        boot=fields["boot"],
+        created_ms=fields["created"],
+        dropped=fields["dropped"],
+        points=fields["n"],
+        part=tuple(part or ()),
         version=version,
-        extra={k: v for k, v in doc.items() if k not in _HEADER_KEYS},
-        dropped_why=_dropped_why(doc),
+        extra={k: _plain(v) for k, v in fields.items() if k not in _KNOWN},
+        dropped_why=why,
     )
-    if header.seq < 0 or header.dropped < 0 or not 0 <= header.points <= MAX_POINTS:
-        raise BatchDecodeError("negative seq or dropped, or impossible point count", header)
-    if sum(header.dropped_why.values()) > header.dropped:
-        raise BatchDecodeError("dropped_why counts more than dropped", header)
-    if _field(doc, "z", str) != "zstd":
-        raise BatchDecodeError(f"unknown compression {doc['z']!r}", header)
-    return header, _field(doc, "body", bytes)
+    return header, fields["body"]
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, _Pairs):
+        return "map"
+    return {list: "array", bytes: "bin", str: "str", bool: "bool", int: "int", float: "float"}.get(
+        type(v), type(v).__name__
+    )
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _zstd_frame(body: bytes) -> tuple[int | None, int]:
+    """A zstd frame's declared content size (None: not declared) and its length in bytes,
+    walked from its header and block headers (RFC 8878 §3.1.1) without decompressing.
+    Raises ValueError when ``body`` does not start with one whole frame."""
+    if body[:4] != _ZSTD_MAGIC:
+        raise ValueError("no zstd frame magic number (28 b5 2f fd)")
+    if len(body) < 5:
+        raise ValueError("the frame header is cut short")
+    fhd = body[4]
+    fcs_flag, single, checksum, did_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+    if fhd & 0x08:
+        raise ValueError("the frame header's reserved bit is set")
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    fcs_size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if len(body) < at + fcs_size:
+        raise ValueError("the frame header is cut short")
+    size = None
+    if fcs_size:
+        size = int.from_bytes(body[at : at + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+    at += fcs_size
+    while True:
+        if len(body) < at + 3:
+            raise ValueError("the frame is cut short (no last block)")
+        bh = int.from_bytes(body[at : at + 3], "little")
+        last, btype, bsize = bh & 1, (bh >> 1) & 3, bh >> 3
+        if btype == 3:
+            raise ValueError("a block of the reserved type")
+        at += 3 + (1 if btype == 1 else bsize)
+        if last:
+            break
+    at += 4 if checksum else 0
+    if len(body) < at:
+        raise ValueError("the frame is cut short")
+    return size, at
+
+
+def _decompress(body: bytes, fail) -> bytes:
+    """§2.1: exactly one zstd frame, its content size declared and at most MAX_BODY_BYTES."""
+    try:
+        size, length = _zstd_frame(body)
+    except ValueError as exc:
+        raise fail("bad_zstd", f"the body is not a zstd frame: {exc}") from None
+    if size is None:
+        raise fail("zstd_no_content_size", "the zstd frame does not declare its content size")
+    if size > MAX_BODY_BYTES:
+        raise fail("body_too_large", f"a body of {size} bytes, more than {MAX_BODY_BYTES}")
+    if length != len(body):
+        raise fail("zstd_trailing_bytes", f"{len(body) - length} bytes after the zstd frame")
+    try:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise fail("bad_zstd", f"the zstd frame does not decompress: {exc}") from None
 
 
 def decode_batch(payload: bytes) -> Batch:
-    """Decode and validate one batch; raise :class:`BatchDecodeError` on anything malformed."""
+    """Decode and check one batch into Python values (an f32 widened to a float, bit for bit).
+    Raises :class:`BatchDecodeError` on anything malformed (docs/batch-format-v1.md §6)."""
+    header, groups = _decode(payload)
+    out: list[Point] = []
+    for kind, sids, ts, quals, rows in groups:
+        values = _from_words(kind, rows) if kind in _AS_FLOAT else rows
+        for sid, row in zip(sids, values, strict=True):
+            out.extend(Point(sid, t, v, q) for t, v, q in zip(ts, row, quals, strict=True))
+    return Batch(header, tuple(out))
+
+
+def decode_batch_wire(payload: bytes) -> WireBatch:
+    """Decode and check one batch into the points as they travelled (:class:`WirePoint`: the
+    column type, and a float's IEEE word), in the order of §2.6. Raises as :func:`decode_batch`."""
+    header, groups = _decode(payload)
+    out: list[WirePoint] = []
+    for kind, sids, ts, quals, rows in groups:
+        name = TYPE_NAMES[kind]
+        for sid, row in zip(sids, rows, strict=True):
+            out.extend(
+                WirePoint(sid, t, name, v, q) for t, v, q in zip(ts, row, quals, strict=True)
+            )
+    return WireBatch(header, tuple(out))
+
+
+_Group = tuple[int, list[int], list[int], bytes, list[list[Any]]]
+
+
+def _decode(payload: bytes) -> tuple[BatchHeader, list[_Group]]:
     header, body = decode_header(payload)
+
+    def fail(code: str, message: str) -> BatchDecodeError:
+        return BatchDecodeError(code, message, header=header)
+
+    raw = _decompress(body, fail)
     try:
-        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_BODY_BYTES)
-        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        doc = _unpack(raw)
     except Exception as exc:
-        raise BatchDecodeError(f"body does not decompress or decode: {exc}", header) from None
-    try:
-        return Batch(header, _decode_body(doc, header))
-    except BatchDecodeError as exc:
-        raise BatchDecodeError(str(exc), header) from None
-    except (ValueError, TypeError, IndexError, OverflowError) as exc:
-        raise BatchDecodeError(f"malformed body: {exc}", header) from None
+        raise fail("bad_body", f"the body is not one msgpack value: {exc}") from None
+    return header, _decode_body(doc, header, fail)
 
 
-def _decode_body(doc: Any, header: BatchHeader) -> tuple[Point, ...]:
-    if not (isinstance(doc, list) and len(doc) in (6, 7)):
-        raise BatchDecodeError("body is not [t0, layout, sids, ts, columns, strings(, tq)]")
+def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
+    # §2.2: [t0, layout, sids, ts, columns, strings(, tq)] with their msgpack types
+    if type(doc) is not list or len(doc) not in (6, 7):
+        raise fail(
+            "bad_body", "the body is not an array [t0, layout, sids, ts, columns, strings(, tq)]"
+        )
     t0, layout, sid_raw, ts_raw, columns, strings = doc[:6]
     tq_raw = doc[6] if len(doc) == 7 else None
-    if tq_raw is not None and not isinstance(tq_raw, bytes):
-        raise BatchDecodeError("time quality field is not bin")
-    if (
-        type(t0) is not int
-        or not isinstance(layout, list)
-        or not isinstance(sid_raw, bytes)
-        or not isinstance(ts_raw, bytes)
-        or not isinstance(columns, list)
-        or not isinstance(strings, list)
-        or not all(isinstance(w, str) for w in strings)
-    ):
-        raise BatchDecodeError("body fields have the wrong types")
+    expect = (
+        ("t0", t0, _int_in(t0, _I64_MIN, _I64_MAX), "an int64"),
+        ("layout", layout, type(layout) is list, "an array"),
+        ("sids", sid_raw, type(sid_raw) is bytes, "a bin"),
+        ("ts", ts_raw, type(ts_raw) is bytes, "a bin"),
+        ("columns", columns, type(columns) is list, "an array"),
+        (
+            "strings",
+            strings,
+            type(strings) is list and all(type(w) is str for w in strings),
+            "an array of str",
+        ),
+        ("tq", tq_raw, tq_raw is None or type(tq_raw) is bytes, "a bin"),
+    )
+    for name, value, ok, words in expect:
+        if not ok:
+            raise fail("bad_body", f"body field {name} is a {_kind(value)}, not {words}")
+    # §2.3 layout
     n_series = n_ts = 0
-    per_type: dict[int, int] = {}
-    rows_per_type: dict[int, int] = {}
+    cells: dict[int, int] = {}  # type -> points of its groups
+    rows_of: dict[int, int] = {}  # type -> series rows of its groups
     for entry in layout:
         if not (
-            isinstance(entry, list)
+            type(entry) is list
             and len(entry) == 4
             and all(type(x) is int for x in entry)
             and entry[0] in TYPE_NAMES
-            and entry[1] > 0
-            and entry[2] > 0
+            and 1 <= entry[1] <= MAX_POINTS
+            and 1 <= entry[2] <= MAX_POINTS
             and entry[3] in (0, 1)
         ):
-            raise BatchDecodeError(f"bad layout entry {entry!r}")
+            raise fail("bad_layout", f"bad layout entry {_plain(entry)!r}")
         kind, rows, n, _ = entry
         n_series += rows
         n_ts += n
-        per_type[kind] = per_type.get(kind, 0) + rows * n
-        rows_per_type[kind] = rows_per_type.get(kind, 0) + rows
-    if sum(per_type.values()) != header.points:
-        raise BatchDecodeError(
-            f"layout holds {sum(per_type.values())} points, header says {header.points}"
+        cells[kind] = cells.get(kind, 0) + rows * n
+        rows_of[kind] = rows_of.get(kind, 0) + rows
+    if sum(cells.values()) != header.points:
+        raise fail(
+            "points_mismatch",
+            f"the layout holds {sum(cells.values())} points, n says {header.points}",
         )
-    sids = []
-    acc = 0
-    for d in _unzigzag(_unshuffle(sid_raw, 8, n_series)):
-        acc += d
-        sids.append(acc)
-    ts_all = _unzigzag(_unshuffle(ts_raw, 8, n_ts))
+    # §2.4 sids, §2.5 ts and tq
+    if len(sid_raw) != 8 * n_series:
+        raise fail("bad_sids", f"sids holds {len(sid_raw)} bytes, not 8 x {n_series} series rows")
+    if len(ts_raw) != 8 * n_ts:
+        raise fail("bad_ts", f"ts holds {len(ts_raw)} bytes, not 8 x {n_ts} timestamps")
     if tq_raw is not None and (len(tq_raw) != n_ts or max(tq_raw, default=0) not in TQ_NAMES):
-        raise BatchDecodeError("time quality field has the wrong length or an unknown quality")
-    flats: dict[int, list[int]] = {}
-    first_flats: dict[int, list[int]] = {}
-    for kind, count in per_type.items():
-        raw = next(
-            (c[1] for c in columns if isinstance(c, list) and len(c) == 2 and c[0] == kind), None
+        raise fail(
+            "bad_tq",
+            f"the time quality field tq holds {len(tq_raw)} bytes for {n_ts} timestamps, "
+            "or a quality above 2",
         )
-        if not isinstance(raw, bytes):
-            raise BatchDecodeError(f"no column for type {TYPE_NAMES[kind]}")
+    # §2.7 columns: [type, bin] entries in ascending type order, one per type used, no other
+    col: dict[int, bytes] = {}
+    last: int | None = None
+    for entry in columns:
+        if not (
+            type(entry) is list
+            and len(entry) == 2
+            and type(entry[0]) is int
+            and type(entry[1]) is bytes
+        ):
+            raise fail("bad_columns", f"a column entry is {_plain(entry)!r}, not [type, bin]")
+        kind = entry[0]
+        if kind == last:
+            raise fail("column_twice", f"two columns of type {TYPE_NAMES.get(kind, kind)}")
+        if last is not None and kind < last:
+            raise fail("column_order", f"column type {kind} after type {last}")
+        if kind not in cells:
+            raise fail(
+                "column_unused",
+                f"a column of type {TYPE_NAMES.get(kind, kind)}, which no group has",
+            )
+        col[kind] = entry[1]
+        last = kind
+    for kind in cells:
+        if kind not in col:
+            raise fail("column_missing", f"no column for type {TYPE_NAMES[kind]}")
+    for kind, count in cells.items():
+        raw = col[kind]
         if kind == BOOL:
-            if len(raw) != (count + 7) // 8:
-                raise BatchDecodeError("bool column has the wrong length")
+            need = (count + 7) // 8
+        elif kind == STR:
+            need = 4 * count
+        else:
+            need = _NUMERIC[kind] // 8 * count
+        if len(raw) != need:
+            raise fail(
+                "column_size", f"the {TYPE_NAMES[kind]} column holds {len(raw)} bytes, not {need}"
+            )
+    # §6 stage 6: the contents (after every size is known good)
+    firsts: dict[int, list[int]] = {}
+    flats: dict[int, list[int]] = {}
+    for kind, count in cells.items():
+        raw = col[kind]
+        if kind == BOOL:
+            if count % 8 and raw[-1] & (0xFF >> (count % 8)):
+                raise fail("bool_padding", "the bool column's padding bits are not 0")
             flats[kind] = _unpackbits(raw, count)
         elif kind == STR:
-            flats[kind] = _unshuffle(raw, 4, count)
+            flats[kind] = idx = _unshuffle(raw, 4, count)
+            if idx and max(idx) >= len(strings):
+                raise fail(
+                    "string_index", f"str index {max(idx)} past a dictionary of {len(strings)}"
+                )
         else:
             width = _NUMERIC[kind] // 8
-            n_first = rows_per_type[kind]
-            split = n_first * width
-            first_flats[kind] = _unshuffle(raw[:split], width, n_first)
-            flats[kind] = _unshuffle(raw[split:], width, count - n_first)
-    out: list[Point] = []
+            split = rows_of[kind] * width
+            firsts[kind] = _unshuffle(raw[:split], width, rows_of[kind])
+            flats[kind] = _unshuffle(raw[split:], width, count - rows_of[kind])
+    sid_words = _unzigzag(_unshuffle(sid_raw, 8, n_series))
+    ts_words = _unshuffle(ts_raw, 8, n_ts)  # zigzag is undone below, modulo 2**64
+    quals_all = tq_raw if tq_raw is not None else bytes(n_ts)
+    out: list[_Group] = []
     at_sid = at_ts = 0
-    at_col = dict.fromkeys(per_type, 0)
-    at_first = dict.fromkeys(per_type, 0)
-    prev: list[int] | None = None
-    for kind, rows, n, mode in layout:
-        chunk = ts_all[at_ts : at_ts + n]
+    at_col = dict.fromkeys(cells, 0)
+    at_first = dict.fromkeys(cells, 0)
+    acc = 0  # the previous series id, unsigned 64-bit (§2.4)
+    prev: list[int] | None = None  # the previous group's offsets, unsigned 64-bit (§2.5)
+    for i, (kind, rows, n, mode) in enumerate(layout):
+        sids = []
+        for d in sid_words[at_sid : at_sid + rows]:
+            acc = (acc + d) & _M64
+            sids.append(_signed(acc, 64))
+        if any(b <= a for a, b in itertools.pairwise(sids)):
+            raise fail(
+                "sids_not_ascending",
+                f"group {i + 1}'s series ids {sids} are not strictly ascending",
+            )
+        at_sid += rows
+        chunk = [(u >> 1) ^ -(u & 1) for u in ts_words[at_ts : at_ts + n]]
         if mode == 1:
             if prev is None or len(prev) != n:
-                raise BatchDecodeError("ts_mode 1 without a previous group of the same length")
-            a = [x + y for x, y in zip(chunk, prev, strict=True)]
+                raise fail(
+                    "bad_ts_mode",
+                    f"group {i + 1} has ts_mode 1 but "
+                    + (
+                        "is the first"
+                        if prev is None
+                        else f"the group before has {len(prev)} samples, not {n}"
+                    ),
+                )
+            a = [(x + y) & _M64 for x, y in zip(chunk, prev, strict=True)]
         else:
             a = _undd(chunk)
         prev = a
-        quals = tq_raw[at_ts : at_ts + n] if tq_raw is not None else bytes(n)
+        ts = [_signed((t0 + x) & _M64, 64) for x in a]
+        quals = quals_all[at_ts : at_ts + n]
         at_ts += n
-        ts = [x + t0 for x in a]
         if kind in _NUMERIC:
-            first = first_flats[kind][at_first[kind] : at_first[kind] + rows]
+            first = firsts[kind][at_first[kind] : at_first[kind] + rows]
             at_first[kind] += rows
             rest = flats[kind][at_col[kind] : at_col[kind] + rows * (n - 1)]
             at_col[kind] += rows * (n - 1)
-            values = _from_words(kind, _decode_numeric(first, rest, rows, n, _NUMERIC[kind]))
+            words = _decode_numeric(first, rest, rows, n, _NUMERIC[kind])
+            values: list[list[Any]] = (
+                [[_signed(v, 64) for v in r] for r in words] if kind == I64 else words
+            )
         else:
             flat = flats[kind][at_col[kind] : at_col[kind] + rows * n]
             at_col[kind] += rows * n
             if kind == BOOL:
                 values = [[bool(b) for b in flat[r * n : (r + 1) * n]] for r in range(rows)]
             else:
-                if flat and max(flat) >= len(strings):
-                    raise BatchDecodeError("string index past the dictionary")
-                values = [[strings[i] for i in flat[r * n : (r + 1) * n]] for r in range(rows)]
-        for sid, row in zip(sids[at_sid : at_sid + rows], values, strict=True):
-            out.extend(Point(sid, t, v, q) for t, v, q in zip(ts, row, quals, strict=True))
-        at_sid += rows
-    return tuple(out)
+                values = [[strings[k] for k in flat[r * n : (r + 1) * n]] for r in range(rows)]
+        out.append((kind, sids, ts, quals, values))
+    return out

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -252,32 +250,7 @@ def test_batch_codec__unknown_version_is_rejected_and_unknown_header_fields_kept
         decode_batch(msgpack.packb(doc))
 
 
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def _json_value(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"float": repr(v)}
-    return v
-
-
-@pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.bin")))
-def test_batch_codec__golden_vectors_decode(name):
-    expected = json.loads((GOLDEN / f"{name}.json").read_text())
-    batch = decode_batch((GOLDEN / f"{name}.bin").read_bytes())
-    h = batch.header
-    assert {
-        "gateway": h.gateway,
-        "seq": h.seq,
-        "boot": h.boot,
-        "created_ms": h.created_ms,
-        "dropped": h.dropped,
-    } == expected["header"]
-    assert [[p.sid, p.ts_ms, _json_value(p.value)] for p in batch.points] == expected["points"]
-
-
-def test_batch_codec__golden_vectors_exist():
-    assert len(list(GOLDEN.glob("*.bin"))) >= 3
+# The golden vectors (tests/golden/) are checked against every decoder in test_batch_contract.py.
 
 
 def test_birth__round_trip_and_malformed_births_are_rejected():

@@ -58,7 +58,15 @@ from protocols.birth import (
 )
 from protocols.meterlink import PayloadError, decode_tx_message
 
-__all__ = ["BatchConsumer", "Delivery", "SeqTracker", "float_bits", "reading_json"]
+__all__ = [
+    "CSV_COLUMNS",
+    "BatchConsumer",
+    "Delivery",
+    "SeqTracker",
+    "float_bits",
+    "reading_csv",
+    "reading_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +139,10 @@ class GatewayTally:
     unknown_reported: set[int] = field(default_factory=set)
     #: Split batches: seq -> the part paths delivered (whole batches are not listed here).
     parts: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
+    #: Batches that arrived malformed (docs/batch-format-v1.md §6): how many, and the numbers
+    #: of those no good copy has followed yet (they arrived: not missing, not delivered).
+    malformed: int = 0
+    malformed_seqs: set[int] = field(default_factory=set)
     #: Parts of births not yet complete: birth id -> part index -> part.
     birth_parts: dict[str, dict[int, Birth]] = field(default_factory=dict)
 
@@ -150,31 +162,53 @@ def float_bits(v: float) -> str:
     return _F64.pack(v).hex()
 
 
-def _json_value(v: object) -> object:
-    # JSON has no NaN or infinities: their names as strings (as the protobuf JSON mapping does).
+def _nonfinite(v: object) -> tuple[str, str] | None:
+    """A float JSON cannot hold as a number: its name (as the protobuf JSON mapping writes it)
+    and its IEEE bits, which tell it from a str reading of the same text and keep a NaN's
+    payload; None for every other value (docs/batch-format-v1.md §2.9)."""
     if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if v != v else "Infinity" if v > 0 else "-Infinity"
-    return v
+        return ("NaN" if v != v else "Infinity" if v > 0 else "-Infinity"), float_bits(v)
+    return None
 
 
 def reading_json(header: BatchHeader, r: Reading) -> str:
-    """One reading as a JSON line. A NaN, +inf, -inf value is the string ``"NaN"``,
-    ``"Infinity"``, ``"-Infinity"``; a NaN also gets ``"bits"`` (:func:`float_bits`), since a
-    device's NaN payload can mean something. Every other float is written so it reads back to the
-    same bits (-0.0 and subnormals included)."""
+    """One reading as a JSON line that reads back to the same value, bit for bit. A NaN, +inf
+    or -inf value is the string ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` with ``"bits"`` (its
+    IEEE word, :func:`float_bits`): a line with ``bits`` is a float, a string without is a str
+    reading. Every other float is a JSON number that reads back to the same double (-0.0 and
+    subnormals included). ``"time"`` is the time quality, absent when good."""
     doc = {
         "gateway": header.gateway,
         "seq": header.seq,
         "device": r.device,
         "point": r.point,
         "ts_ms": r.ts_ms,
-        "value": _json_value(r.value),
+        "value": r.value,
     }
-    if isinstance(r.value, float) and r.value != r.value:
-        doc["bits"] = float_bits(r.value)
+    special = _nonfinite(r.value)
+    if special is not None:
+        doc["value"], doc["bits"] = special
     if r.tq:
         doc["time"] = TQ_NAMES.get(r.tq, str(r.tq))  # absent: good
     return json.dumps(doc, separators=(",", ":"))
+
+
+#: ``edge consume --format csv`` columns (docs/batch-format-v1.md §2.9).
+CSV_COLUMNS = ("gateway", "seq", "device", "point", "ts_ms", "value", "bits", "time")
+
+
+def reading_csv(header: BatchHeader, r: Reading) -> list[object]:
+    """One reading as a CSV row of :data:`CSV_COLUMNS`. A float is the shortest text that
+    reads back to the same double; NaN, +inf and -inf are ``NaN``, ``Infinity``, ``-Infinity``
+    with their IEEE word in ``bits`` (empty for every other value); ``time`` is the time
+    quality (good, corrected, uncertain)."""
+    value: object = r.value
+    bits = ""
+    special = _nonfinite(r.value)
+    if special is not None:
+        value, bits = special
+    quality = TQ_NAMES.get(r.tq, str(r.tq))
+    return [header.gateway, header.seq, r.device, r.point, r.ts_ms, value, bits, quality]
 
 
 #: ``dropped_why`` reasons in words (docs/batch-format-v1.md §1).
@@ -319,15 +353,16 @@ class BatchConsumer:
         try:
             batch = decode_batch(payload)
         except BatchDecodeError as exc:
-            self.bad_payloads += 1
-            h = exc.header
-            named = f" (gateway {h.gateway}, batch {h.seq})" if h else ""
-            self._say(f"bad batch on {topic}{named}: {exc}; skipped")
+            self._malformed(topic, exc)
             return None
         header = batch.header
         tally = self.tallies.setdefault(header.gateway, GatewayTally())
-        seen_before = tally.tracker.seen(header.seq)
+        # A number that only arrived malformed so far was never delivered: this copy is new.
+        first_good = header.seq in tally.malformed_seqs
+        tally.malformed_seqs.discard(header.seq)
+        seen_before = tally.tracker.seen(header.seq) and not first_good
         is_new, gap = tally.tracker.add(header.seq)
+        is_new = is_new or first_good
         if header.part or header.seq in tally.parts:
             is_new = self._new_part(tally, header.seq, header.part, seen_before)
         if gap is not None:
@@ -351,7 +386,7 @@ class BatchConsumer:
             )
         tally.batches += 1
         tally.readings += len(readings)
-        if header.dropped:
+        if header.dropped and is_new:  # a repeat (kept with keep_duplicates) was counted
             tally.dropped_reported += header.dropped
             for why, n in header.dropped_why.items():
                 tally.dropped_why[why] = tally.dropped_why.get(why, 0) + n
@@ -363,6 +398,30 @@ class BatchConsumer:
         if self.on_batch is not None:
             self.on_batch(delivery)
         return delivery
+
+    def _malformed(self, topic: str, exc: BatchDecodeError) -> None:
+        """Report a malformed batch by gateway and seq whenever its header gives them, and
+        count its number as arrived, so it is not also reported missing (a gap)."""
+        self.bad_payloads += 1
+        gateway, seq = exc.gateway, exc.seq
+        names = [f"gateway {gateway}"] if gateway is not None else []
+        names += [f"batch {seq}"] if seq is not None else []
+        named = f" ({', '.join(names)})" if names else ""
+        self._say(f"bad batch on {topic}{named}: {exc.code}: {exc}; skipped")
+        if gateway is None:
+            return
+        tally = self.tallies.setdefault(gateway, GatewayTally())
+        tally.malformed += 1
+        if seq is None:
+            return
+        was_seen = tally.tracker.seen(seq)
+        _, gap = tally.tracker.add(seq)
+        if not was_seen:
+            tally.malformed_seqs.add(seq)
+        if gap is not None:
+            first, last = gap
+            span = f"{first}" if first == last else f"{first}..{last}"
+            self._say(f"gateway {gateway}: missing batch {span} (got {seq}, malformed)")
 
     @staticmethod
     def _new_part(tally: GatewayTally, seq: int, path: tuple[int, ...], seen_before: bool) -> bool:
@@ -386,8 +445,9 @@ class BatchConsumer:
             gaps = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in missing) or "none"
             lines.append(
                 f"gateway {gw}: {t.batches} batches, {t.readings} readings, "
-                f"{t.duplicates} duplicates, missing: {gaps}, lost at gateway: "
-                f"{t.dropped_reported}"
+                f"{t.duplicates} duplicates, missing: {gaps}, "
+                + (f"malformed: {t.malformed}, " if t.malformed else "")
+                + f"lost at gateway: {t.dropped_reported}"
                 + "".join(f", {_WHY.get(k, k)}: {n}" for k, n in sorted(t.dropped_why.items()))
             )
         if self.bad_payloads:

@@ -81,6 +81,7 @@ from edge.store.storage import BufferInUse, BufferLock, BufferUnavailable
 from protocols.batch import (
     TQ_NAMES,
     BatchHeader,
+    BatchTooLarge,
     Reading,
     Value,
     decode_batch,
@@ -1145,19 +1146,28 @@ class Buffer:
             take = max_readings
             while True:
                 header = BatchHeader(gateway, seq, self.boot, created, dropped)
-                payload = encode_batch(header, rows(take))
-                if aside:
-                    # Set aside, counted and reported in this very batch: they never block
-                    # the readings behind them. (Rare: the rows are read a second time.)
-                    header = BatchHeader(
-                        gateway,
-                        seq,
-                        self.boot,
-                        created,
-                        dropped + len(aside),
-                        dropped_why={"unencodable": len(aside)},
-                    )
+                try:
                     payload = encode_batch(header, rows(take))
+                    if aside:
+                        # Set aside, counted and reported in this very batch: they never block
+                        # the readings behind them. (Rare: the rows are read a second time.)
+                        header = BatchHeader(
+                            gateway,
+                            seq,
+                            self.boot,
+                            created,
+                            dropped + len(aside),
+                            dropped_why={"unencodable": len(aside)},
+                        )
+                        payload = encode_batch(header, rows(take))
+                except BatchTooLarge:
+                    # Above the largest batch a decoder accepts (docs/batch-format-v1.md §5;
+                    # only long strings can get there): fewer. One reading always fits, as
+                    # unencodable() sets a longer string aside.
+                    if take <= 1:
+                        raise
+                    take = max(1, take // 2)
+                    continue
                 if not ids and not dropped:
                     self._db.execute("ROLLBACK")
                     return None
