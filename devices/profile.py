@@ -491,6 +491,9 @@ class SensorPoint:
     dtype: DataType = DataType.UINT16
     description: str = ""
     writable: bool = False  # serial sensors take mode commands, never point writes
+    kind: Kind = Kind.GAUGE  # as for a register point (Point.kind, Point.wrap, Point.labels)
+    wrap: float | None = None
+    labels: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -498,6 +501,8 @@ class SensorPoint:
                 f"point {self.name!r}: unit {self.unit!r} is not a known symbol; "
                 f"{unit_hint(self.unit)}"
             )
+        if self.wrap is not None and self.kind is not Kind.COUNTER:
+            raise ProfileError(f"point {self.name!r}: wrap is for counters (kind: counter)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ decodes them on its own, so a byte order we got backwards on both sides cannot p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 
@@ -24,6 +25,7 @@ from edge.fieldbus.modbus_tcp import ModbusTcpLink
 from edge.fieldbus.rtu import RtuLink
 from edge.plan import CycleDecoder, compile_plan
 from edge.shared.health import BAD_POINTS, STATUS_POINT
+from protocols.birth import Birth, SeriesInfo
 from protocols.modbus import ByteOrder, DataType, WordOrder
 from protocols.modbus_frame import LineTiming
 from simulators import serve_modbus_tcp
@@ -453,3 +455,90 @@ def test_point__word_order_is_an_alias_of_byte_order():
     assert little.byte_order is ByteOrder.CDAB and little == _pt(dtype=F32, byte_order="CDAB")
     assert _pt(dtype=F32, byte_order=ByteOrder.DCBA).word_order is WordOrder.LITTLE
     assert _pt(dtype=F32).word_order is WordOrder.BIG
+
+
+# ------------------------------------------------------------------ what the birth tells
+
+
+async def _birth_of_running_gateway(kinds, tmp_path, extra: str = "", wait_for: str = ""):
+    from edge.agent.gateway import Gateway
+    from edge.uplink.broker import free_port
+
+    unit = ProfileSimUnit(kinds, 3, lambda: VALUES)
+    server = await serve_modbus_tcp([unit])
+    text = f"""
+gateway: {{id: g, site: s}}
+buffer: {{path: {tmp_path / "b.sqlite"}, commit_interval_ms: 50}}
+mqtt: {{url: "mqtt://127.0.0.1:{free_port()}"}}
+devices:
+  - id: kinds
+    profile: {kinds.name}
+    transport: {{type: modbus_tcp, host: 127.0.0.1, port: {server.port}, unit: 3}}
+    poll_interval_s: 0.2
+    timeout_ms: 150
+    retries: 0
+{extra}"""
+    gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 10)
+
+        async def named() -> set[str]:
+            return {p for _, _, p in await gateway.buffer.series()}
+
+        for _ in range(200):
+            have = await named()
+            if "serial_number" in have and (not wait_for or wait_for in have):
+                break
+            await asyncio.sleep(0.05)
+        return await gateway.birth()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await server.close()
+
+
+async def test_birth__every_point_tells_its_kind_and_counters_and_enumerations_say_more(
+    kinds, tmp_path
+):
+    birth = await _birth_of_running_gateway(kinds, tmp_path)
+    by_point = {s.point: s for s in birth.series}
+    assert by_point["energy"].entry()[5:] == ["counter", {"wrap": 42949672.96}]
+    assert by_point["pulses"].entry()[5:] == ["counter", {"wrap": 2**64}]
+    sid = by_point["v_abcd"].sid
+    assert by_point["v_abcd"].entry() == [sid, "kinds", "v_abcd", "V", "float32", "gauge"]
+    assert by_point["run_state"].entry()[3:] == [
+        "",
+        "uint16",
+        "gauge",
+        {"labels": {"0": "stopped", "1": "running", "2": "fault"}},
+    ]
+    assert by_point["serial_number"].type == "string" and by_point["temperature"].unit == "°C"
+    assert by_point[STATUS_POINT].entry()[3:] == ["", "status"]  # health series: no kind
+    # What a consumer decodes is what the gateway meant; one reading five entries still can.
+    again = {s.point: s for s in Birth.decode(birth.encode()).series}
+    assert again == by_point
+    assert again["mode"].labels == {0: "off", 1: "auto", 2: "manual"}
+    old = [[7, "m", "voltage", "V", "float32"]]
+    assert SeriesInfo.from_entry(old[0]) == SeriesInfo(7, "m", "voltage", "V", "float32")
+
+
+@pytest.mark.slow
+async def test_birth__window_aggregates_keep_a_counters_kind_where_they_are_its_values(
+    kinds, tmp_path
+):
+    rule = (
+        "    processing:\n"
+        "      - {points: [energy], window_s: 1, aggregates: [last, mean, count]}\n"
+    )
+    birth = await _birth_of_running_gateway(kinds, tmp_path, rule, wait_for="energy.count")
+    by_point = {s.point: s for s in birth.series}
+    assert by_point["energy.last"].entry()[3:] == [
+        "kWh",
+        "uint32",
+        "counter",
+        {"wrap": 42949672.96},
+    ]
+    assert by_point["energy.mean"].entry()[3:] == ["kWh", "float64", "gauge"]
+    assert by_point["energy.count"].entry()[3:] == ["", "int64", "gauge"]
