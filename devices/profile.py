@@ -474,9 +474,11 @@ def bit(
     )
 
 
-def float32_input(name: str, address: int, unit: str = "", description: str = "") -> Point:
+def float32_input(
+    name: str, address: int, unit: str = "", description: str = "", *, kind: Kind = Kind.GAUGE
+) -> Point:
     """An IEEE-754 float32 in two input registers, high word first (the energy-meter case)."""
-    return Point(name, address, DataType.FLOAT32, unit, description=description)
+    return Point(name, address, DataType.FLOAT32, unit, description=description, kind=kind)
 
 
 # --------------------------------------------------------------------------- serial sensors

@@ -542,3 +542,10 @@ async def test_birth__window_aggregates_keep_a_counters_kind_where_they_are_its_
     ]
     assert by_point["energy.mean"].entry()[3:] == ["kWh", "float64", "gauge"]
     assert by_point["energy.count"].entry()[3:] == ["", "int64", "gauge"]
+
+
+@pytest.mark.parametrize("name", sorted(profiles()))
+def test_shipped_profiles__energy_registers_are_counters_and_the_rest_gauges(name):
+    energy = {"Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh", "VAh", "kVAh"}
+    for p in profiles()[name].points:
+        assert (p.kind is Kind.COUNTER) == (p.unit in energy), p.name
