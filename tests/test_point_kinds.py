@@ -549,3 +549,19 @@ def test_shipped_profiles__energy_registers_are_counters_and_the_rest_gauges(nam
     energy = {"Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh", "VAh", "kVAh"}
     for p in profiles()[name].points:
         assert (p.kind is Kind.COUNTER) == (p.unit in energy), p.name
+
+
+def test_docs__the_unit_table_is_the_list_profiles_are_checked_against():
+    import re
+    from pathlib import Path
+
+    from devices.units import UNITS
+
+    doc = (Path(__file__).parent.parent / "docs" / "profile-format.md").read_text()
+    table = doc.split("<!-- units: begin -->")[1].split("<!-- units: end -->")[0]
+    documented = {}
+    for row in table.strip().splitlines()[2:]:
+        symbols, codes = (re.findall(r"`([^`]*)`", c) for c in row.split(" | ")[:2])
+        assert len(symbols) == len(codes), row
+        documented |= {s.strip('"'): c for s, c in zip(symbols, codes, strict=True)}
+    assert documented == {s: code for s, (code, _) in UNITS.items()}
