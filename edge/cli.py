@@ -484,7 +484,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from edge.fieldbus.link import ModbusDeviceError
-    from protocols.modbus import DataType, WordOrder, decode_value, register_count
+    from protocols.modbus import ByteOrder, DataType, WordOrder, decode_value, register_count
     from protocols.modbus_frame import LineTiming
 
     async def go() -> int:
@@ -498,8 +498,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             link = RtuLink(args.port, LineTiming(args.baud, args.parity, args.stopbits))
         dtype = DataType(args.type)
-        per = 1 if args.fc in (1, 2) else register_count(dtype)
-        count = args.count or per
+        if dtype is DataType.STRING:  # one string of --count registers
+            per = count = args.count or 1
+        else:
+            per = 1 if args.fc in (1, 2) else register_count(dtype)
+            count = args.count or per
+        order = ByteOrder(args.byte_order) if args.byte_order else WordOrder(args.word_order)
         try:
             regs = await link.read(
                 args.unit, args.fc, args.address, count, timeout_s=args.timeout_ms / 1000, retries=1
@@ -513,7 +517,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.fc in (1, 2):
             return 0
         for i in range(0, len(regs) - per + 1, per):
-            value = decode_value(regs[i : i + per], dtype, WordOrder(args.word_order))
+            value = decode_value(regs[i : i + per], dtype, order)
             print(f"  @{args.address + i:#06x} {dtype}: {value!r}")
         return 0
 
@@ -730,8 +734,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fc", type=int, choices=[1, 2, 3, 4], default=4, help="function code")
     p.add_argument("--address", type=lambda v: int(v, 0), default=0, help="0x0046 or 70")
     p.add_argument("--count", type=int, help="registers / bits (default: one value)")
-    p.add_argument("--type", default="float32", help="uint16 int16 uint32 int32 float32 ...")
+    p.add_argument(
+        "--type",
+        default="float32",
+        choices=[
+            *("uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"),
+            *("bool", "string"),
+        ],
+        help="data type (string: one string of --count registers)",
+    )
     p.add_argument("--word-order", choices=["big", "little"], default="big")
+    p.add_argument(
+        "--byte-order",
+        choices=["ABCD", "CDAB", "BADC", "DCBA"],
+        help="ABCD CDAB BADC DCBA (docs/profile-format.md §4); overrides --word-order",
+    )
     p.add_argument("--timeout-ms", type=float, default=500)
     p.set_defaults(func=cmd_probe)
 

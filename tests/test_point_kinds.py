@@ -565,3 +565,30 @@ def test_docs__the_unit_table_is_the_list_profiles_are_checked_against():
         assert len(symbols) == len(codes), row
         documented |= {s.strip('"'): c for s, c in zip(symbols, codes, strict=True)}
     assert documented == {s: code for s, (code, _) in UNITS.items()}
+
+
+@pytest.mark.system
+async def test_probe__reads_a_string_and_a_byte_swapped_float():
+    import sys
+
+    unit = ProfileSimUnit(KINDS, 3, lambda: VALUES)
+    server = await serve_modbus_tcp([unit])
+
+    async def probe(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge", "probe", "--tcp", f"127.0.0.1:{server.port}",
+            "--unit", "3", "--fc", "4", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        return out.decode().splitlines()[-1]
+
+    try:
+        assert await probe("--address", "26", "--type", "string", "--count", "8") == (
+            "  @0x001a string: 'SN-2025-000417'"
+        )
+        line = await probe("--address", "4", "--type", "float32", "--byte-order", "BADC")
+        assert float(line.split(": ")[-1]) == pytest.approx(229.9, rel=1e-6)
+    finally:
+        await server.close()
