@@ -273,7 +273,7 @@ class Point:
             registers,
             self.dtype,
             self.byte_order,
-            scale=self.scale_with(sf),
+            scale=self.scale if self.scale_register is None else self.scale_with(sf),
             offset=self.offset,
             bits=self.bits,
         )

@@ -144,9 +144,17 @@ class CycleDecoder(Generic[T]):
             raise ValueError(f"expected {req.count} registers, got {len(registers)}")
         done: list[tuple[T, Point, Value]] = []
         failed: list[tuple[Point, str]] = []
+        start = req.address
         for p in req.points:
-            off = p.address - req.address
-            self._decode(tag, p, registers[off : off + p.count], done, failed)
+            off = p.address - start
+            regs = registers[off : off + p.count]
+            if p.scale_register is not None or p.name in self._scale_names:
+                self._decode(tag, p, regs, done, failed)
+                continue
+            try:  # the common case, kept short: it runs for every point of every poll
+                done.append((tag, p, p.decode(regs)))
+            except ModbusValueError as exc:
+                failed.append((p, str(exc)))
         return done, failed
 
     def _decode(

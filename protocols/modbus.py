@@ -219,9 +219,9 @@ def decode_value(
     (then scaled). A STRING is :func:`decode_string`. Raises :class:`ModbusValueError` for a
     wrong register count or a word outside 0..0xFFFF.
     """
-    order = _order(order, byte_swap)
+    bo = order if isinstance(order, ByteOrder) and not byte_swap else _order(order, byte_swap)
     if dtype is DataType.STRING:
-        return decode_string(registers, order)
+        return decode_string(registers, bo)
     layout = _LAYOUT[dtype]
     if len(registers) != layout.registers:
         raise ModbusValueError(f"{dtype} needs {layout.registers} registers, got {len(registers)}")
@@ -229,7 +229,7 @@ def decode_value(
         if dtype not in (DataType.BOOL, DataType.UINT16):
             raise ModbusValueError(f"bits of a register are a bool or a uint16, not {dtype}")
         mask = bits_mask(bits)
-        (word,) = _unpack(registers, DataType.UINT16, order)
+        (word,) = _unpack(registers, DataType.UINT16, bo)
         field = (word & mask) >> bits[0]
         if dtype is DataType.BOOL:
             return bool(field)
@@ -238,7 +238,7 @@ def decode_value(
         if registers[0] not in (0, 1):
             raise ModbusValueError(f"bit value {registers[0]!r} is not 0 or 1")
         return bool(registers[0])
-    (value,) = _unpack(registers, dtype, order)
+    (value,) = _unpack(registers, dtype, bo)
     return _scaled(value, scale, offset)
 
 
