@@ -592,3 +592,26 @@ async def test_probe__reads_a_string_and_a_byte_swapped_float():
         assert float(line.split(": ")[-1]) == pytest.approx(229.9, rel=1e-6)
     finally:
         await server.close()
+
+
+def test_split_request__fields_of_one_register_stay_in_one_part():
+    """A device that refuses a request reading through a gap gets the runs without the gap;
+    two fields of one register are one run (read once), not two."""
+    from edge.plan import split_request
+
+    gappy = Profile(
+        name="g",
+        vendor="t",
+        model="t",
+        readable_ranges={_H: ((0, 10),)},
+        points=(
+            Point("a", 0, DataType.BOOL, register_type=_H, bits=(0, 0)),
+            Point("b", 0, U16, register_type=_H, bits=(1, 3)),
+            Point("c", 5, U16, register_type=_H),
+        ),
+    )
+    (req,) = compile_plan(gappy).requests
+    assert (req.address, req.count) == (0, 6)
+    first, second = split_request(gappy, req)
+    assert (first.address, first.count, [p.name for p in first.points]) == (0, 1, ["a", "b"])
+    assert (second.address, second.count) == (5, 1)
