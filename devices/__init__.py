@@ -10,6 +10,7 @@ import pkgutil
 from functools import cache
 
 from devices.profile import (
+    Kind,
     Point,
     Profile,
     ProfileError,
@@ -20,6 +21,7 @@ from devices.profile import (
 
 __all__ = [
     "AnyProfile",
+    "Kind",
     "Point",
     "Profile",
     "ProfileError",

@@ -6,10 +6,15 @@ The reference warns not to assume gaps in the SDM120 map can be read, so no read
 are declared: the plan only merges registers that are mapped and adjacent.
 """
 
-from devices.profile import Profile, float32_input
+from devices.profile import Kind, Point, Profile, float32_input
 from protocols.modbus_frame import LineTiming
 
 _p = float32_input
+
+
+def _e(name: str, address: int, unit: str, description: str = "") -> Point:
+    """An energy register: a counter that only grows (float32: it never wraps)."""
+    return float32_input(name, address, unit, description, kind=Kind.COUNTER)
 
 
 PROFILE = Profile(
@@ -25,14 +30,14 @@ PROFILE = Profile(
         _p("current", 0x0006, "A"),
         _p("power", 0x000C, "W", "Active power"),
         _p("apparent_power", 0x0012, "VA"),
-        _p("reactive_power", 0x0018, "VAr"),
+        _p("reactive_power", 0x0018, "var"),
         _p("power_factor", 0x001E, "", "Sign gives the direction of current"),
-        _p("phase_angle", 0x0024, "deg"),
+        _p("phase_angle", 0x0024, "°"),
         _p("frequency", 0x0046, "Hz"),
-        _p("import_energy", 0x0048, "kWh"),
-        _p("export_energy", 0x004A, "kWh"),
-        _p("import_reactive_energy", 0x004C, "kVArh"),
-        _p("export_reactive_energy", 0x004E, "kVArh"),
+        _e("import_energy", 0x0048, "kWh"),
+        _e("export_energy", 0x004A, "kWh"),
+        _e("import_reactive_energy", 0x004C, "kvarh"),
+        _e("export_reactive_energy", 0x004E, "kvarh"),
         _p("total_power_demand", 0x0054, "W"),
         _p("max_total_power_demand", 0x0056, "W"),
         _p("import_power_demand", 0x0058, "W"),
@@ -41,7 +46,7 @@ PROFILE = Profile(
         _p("max_export_power_demand", 0x005E, "W"),
         _p("current_demand", 0x0102, "A"),
         _p("max_current_demand", 0x0108, "A"),
-        _p("total_energy", 0x0156, "kWh", "Import + export active energy"),
-        _p("total_reactive_energy", 0x0158, "kVArh"),
+        _e("total_energy", 0x0156, "kWh", "Import + export active energy"),
+        _e("total_reactive_energy", 0x0158, "kvarh"),
     ),
 )

@@ -9,10 +9,15 @@ through the unmapped registers 0x002C, 0x0032, ... inside that block; that is ou
 third-party integrations, not a capture from a meter (marked [?] in the reference).
 """
 
-from devices.profile import Profile, RegisterType, float32_input
+from devices.profile import Kind, Point, Profile, RegisterType, float32_input
 from protocols.modbus_frame import LineTiming
 
 _p = float32_input
+
+
+def _e(name: str, address: int, unit: str, description: str = "") -> Point:
+    """An energy register: a counter that only grows (float32: it never wraps)."""
+    return float32_input(name, address, unit, description, kind=Kind.COUNTER)
 
 
 PROFILE = Profile(
@@ -45,28 +50,28 @@ PROFILE = Profile(
         _p("apparent_power_l1", 0x0012, "VA"),
         _p("apparent_power_l2", 0x0014, "VA"),
         _p("apparent_power_l3", 0x0016, "VA"),
-        _p("reactive_power_l1", 0x0018, "VAr"),
-        _p("reactive_power_l2", 0x001A, "VAr"),
-        _p("reactive_power_l3", 0x001C, "VAr"),
+        _p("reactive_power_l1", 0x0018, "var"),
+        _p("reactive_power_l2", 0x001A, "var"),
+        _p("reactive_power_l3", 0x001C, "var"),
         _p("power_factor_l1", 0x001E, "", "Sign gives the direction of current"),
         _p("power_factor_l2", 0x0020, ""),
         _p("power_factor_l3", 0x0022, ""),
-        _p("phase_angle_l1", 0x0024, "deg"),
-        _p("phase_angle_l2", 0x0026, "deg"),
-        _p("phase_angle_l3", 0x0028, "deg"),
+        _p("phase_angle_l1", 0x0024, "°"),
+        _p("phase_angle_l2", 0x0026, "°"),
+        _p("phase_angle_l3", 0x0028, "°"),
         _p("voltage_avg", 0x002A, "V", "Average line-to-neutral voltage"),
         _p("current_avg", 0x002E, "A", "Average line current"),
         _p("current_sum", 0x0030, "A", "Sum of line currents"),
         _p("total_power", 0x0034, "W", "Total system active power"),
         _p("total_apparent_power", 0x0038, "VA"),
-        _p("total_reactive_power", 0x003C, "VAr"),
+        _p("total_reactive_power", 0x003C, "var"),
         _p("total_power_factor", 0x003E, ""),
-        _p("total_phase_angle", 0x0042, "deg"),
+        _p("total_phase_angle", 0x0042, "°"),
         _p("frequency", 0x0046, "Hz"),
-        _p("import_energy", 0x0048, "kWh", "Total import active energy"),
-        _p("export_energy", 0x004A, "kWh", "Total export active energy"),
-        _p("import_reactive_energy", 0x004C, "kVArh"),
-        _p("export_reactive_energy", 0x004E, "kVArh"),
+        _e("import_energy", 0x0048, "kWh", "Total import active energy"),
+        _e("export_energy", 0x004A, "kWh", "Total export active energy"),
+        _e("import_reactive_energy", 0x004C, "kvarh"),
+        _e("export_reactive_energy", 0x004E, "kvarh"),
         _p("total_power_demand", 0x0054, "W"),
         _p("max_total_power_demand", 0x0056, "W"),
         _p("voltage_l1_l2", 0x00C8, "V"),
@@ -78,16 +83,16 @@ PROFILE = Profile(
         _p("current_thd_l1", 0x00F0, "%"),
         _p("current_thd_l2", 0x00F2, "%"),
         _p("current_thd_l3", 0x00F4, "%"),
-        _p("total_energy", 0x0156, "kWh", "Import + export active energy"),
-        _p("total_reactive_energy", 0x0158, "kVArh"),
-        _p("import_energy_l1", 0x015A, "kWh"),
-        _p("import_energy_l2", 0x015C, "kWh"),
-        _p("import_energy_l3", 0x015E, "kWh"),
-        _p("export_energy_l1", 0x0160, "kWh"),
-        _p("export_energy_l2", 0x0162, "kWh"),
-        _p("export_energy_l3", 0x0164, "kWh"),
-        _p("total_energy_l1", 0x0166, "kWh"),
-        _p("total_energy_l2", 0x0168, "kWh"),
-        _p("total_energy_l3", 0x016A, "kWh"),
+        _e("total_energy", 0x0156, "kWh", "Import + export active energy"),
+        _e("total_reactive_energy", 0x0158, "kvarh"),
+        _e("import_energy_l1", 0x015A, "kWh"),
+        _e("import_energy_l2", 0x015C, "kWh"),
+        _e("import_energy_l3", 0x015E, "kWh"),
+        _e("export_energy_l1", 0x0160, "kWh"),
+        _e("export_energy_l2", 0x0162, "kWh"),
+        _e("export_energy_l3", 0x0164, "kWh"),
+        _e("total_energy_l1", 0x0166, "kWh"),
+        _e("total_energy_l2", 0x0168, "kWh"),
+        _e("total_energy_l3", 0x016A, "kWh"),
     ),
 )

@@ -13,7 +13,7 @@ _UG = "µg/m³"
 
 
 def _c(name: str, d: str) -> SensorPoint:
-    return SensorPoint(name, "#/0.1L", description=d)
+    return SensorPoint(name, "/dL", description=d)
 
 
 PROFILE = SensorProfile(

@@ -6,15 +6,29 @@ simulators and the tests all read the same profile, so one map is the truth for 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import pairwise
-from typing import Any
+from typing import Any, NoReturn
 
-from protocols.modbus import MAX_READ_REGISTERS, DataType, WordOrder, register_count
+from devices.units import UNITS, unit_hint
+from protocols.modbus import (
+    MAX_READ_REGISTERS,
+    ByteOrder,
+    DataType,
+    ModbusValueError,
+    WordOrder,
+    bits_mask,
+    decode_value,
+    encode_value,
+    register_count,
+)
 from protocols.modbus_frame import MAX_READ_BITS, LineTiming
 
 __all__ = [
+    "SCALE_FACTOR_RANGE",
+    "Kind",
     "Point",
     "Profile",
     "ProfileError",
@@ -59,30 +73,272 @@ _READ_FC = {
 }
 
 
+class Kind(StrEnum):
+    """How a point's values may be aggregated (travels in the birth, docs/profile-format.md).
+
+    A **gauge** is a level sampled now (a voltage, a temperature, a state): average it, take
+    its min and max. A **counter** only grows (an energy register, a pulse count): take the
+    difference between two readings; one that ``wrap``-s starts again from 0 past its modulus,
+    so a reading below the one before means ``(new - old) mod wrap`` was added.
+    """
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
+#: SunSpec scale factors are int16 exponents in -10..10; 0x8000 (-32768) means "not
+#: implemented" (SunSpec Information Model Specification 1.0, "sunssf").
+SCALE_FACTOR_RANGE = (-10, 10)
+
+
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One value the device exposes."""
+    """One value the device exposes, and how its registers become that value.
+
+    ``value = raw × scale × 10^sf + offset``, where ``raw`` is the register content read as
+    ``dtype`` in ``byte_order`` (or the field ``bits`` of one register) and ``sf`` is the value
+    of the point named by ``scale_register`` (1 when there is none). docs/profile-format.md
+    gives every field's meaning, default and the rules checked here (:class:`ProfileError`).
+    """
 
     name: str
     address: int  # 0-based PDU address
     dtype: DataType
-    unit: str = ""
+    unit: str = ""  # a symbol from devices/units.py
     register_type: RegisterType = RegisterType.INPUT
-    word_order: WordOrder = WordOrder.BIG
+    #: The older spelling of the word half of ``byte_order`` (big = ABCD, little = CDAB);
+    #: after construction it always says which register comes first.
+    word_order: WordOrder | None = None
     scale: float = 1.0
     description: str = ""
     writable: bool = False  # a coil or holding register the platform may set (allow-listed)
     #: For a writable number: the values the device accepts (it answers exception 03 outside).
     limits: tuple[float, float] | None = None
+    byte_order: ByteOrder = ByteOrder.ABCD
+    offset: float = 0.0
+    #: (first, last) bit of one register, inclusive, bit 0 the least significant: a flag
+    #: (dtype bool, first == last) or a small unsigned integer (dtype uint16).
+    bits: tuple[int, int] | None = None
+    length: int | None = None  # a string's registers (two characters each)
+    #: Enumeration: raw value -> label, as (value, label) pairs (a dict is accepted and sorted).
+    labels: tuple[tuple[int, str], ...] = ()
+    scale_register: str | None = None  # the int16 point holding this point's power of ten
+    kind: Kind = Kind.GAUGE
+    wrap: float | None = None  # a counter's modulus, in the point's unit (None: never wraps)
+
+    def __post_init__(self) -> None:
+        # Plain strings (from a data file) become the enums; anything else is refused by name.
+        for name, enum in _ENUMS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, enum):
+                try:
+                    object.__setattr__(self, name, enum(value))
+                except ValueError:
+                    choices = ", ".join(e.value for e in enum)
+                    self._bad(f"{name} {value!r} is not one of {choices}")
+        if isinstance(self.labels, Mapping):
+            object.__setattr__(self, "labels", tuple(sorted(self.labels.items())))
+        if self.word_order is not None:
+            if self.byte_order is ByteOrder.ABCD:
+                object.__setattr__(self, "byte_order", ByteOrder.of(self.word_order))
+            elif self.byte_order.word_order is not self.word_order:
+                self._bad(
+                    f"word_order {self.word_order} contradicts byte_order {self.byte_order}; "
+                    "give byte_order alone"
+                )
+        object.__setattr__(self, "word_order", self.byte_order.word_order)
+        self._check()
+
+    def _bad(self, why: str) -> NoReturn:
+        raise ProfileError(f"point {self.name!r}: {why}")
+
+    def _check(self) -> None:
+        dtype, table = self.dtype, self.register_type
+        if not 0 <= self.address <= 0xFFFF:
+            self._bad(f"address {self.address} is outside 0..65535")
+        if self.unit not in UNITS:
+            self._bad(f"unit {self.unit!r} is not a known symbol; {unit_hint(self.unit)}")
+        if table.is_bits:
+            if dtype is not DataType.BOOL:
+                self._bad("coils and discrete inputs are bool")
+            if self.bits is not None:
+                self._bad("a coil or discrete input is one bit already; bits are for registers")
+        elif dtype is DataType.BOOL and self.bits is None:
+            self._bad("a bool in a register is one of its bits: give bits (n, n)")
+        if not (math.isfinite(self.scale) and self.scale != 0):
+            self._bad(f"scale {self.scale!r} must be a finite number other than 0")
+        if not math.isfinite(self.offset):
+            self._bad(f"offset {self.offset!r} must be a finite number")
+        scaled = self.scale != 1 or self.offset != 0 or self.scale_register is not None
+        if self.bits is not None:
+            first, last = self.bits
+            if not 0 <= first <= last <= 15:
+                self._bad(
+                    f"bits {first}..{last}: a register has bits 0..15 (bit 0 the least "
+                    "significant), the first not after the last"
+                )
+            if dtype is DataType.BOOL and first != last:
+                self._bad(f"a bool is one bit, not bits {first}..{last}: use uint16 for a field")
+            if dtype not in (DataType.BOOL, DataType.UINT16):
+                self._bad(f"bits of a register are a bool or a uint16, not {dtype}")
+            if self.writable:
+                self._bad(
+                    "bits of a register cannot be written: setting them needs a read-modify-"
+                    "write of the whole register, which would undo what the device changed in "
+                    "between; map the register as uint16 to write it whole"
+                )
+        if dtype is DataType.STRING:
+            if self.length is None or not 1 <= self.length <= MAX_READ_REGISTERS:
+                self._bad(f"a string needs a length of 1..{MAX_READ_REGISTERS} registers")
+            if scaled or self.labels or self.kind is not Kind.GAUGE or self.writable:
+                self._bad("a string takes no scale, offset, labels, counter kind or writes")
+        elif self.length is not None:
+            self._bad(f"length is for strings; a {dtype} has {register_count(dtype)} registers")
+        if dtype is DataType.BOOL and (scaled or self.kind is not Kind.GAUGE):
+            self._bad("a bool takes no scale, offset or counter kind")
+        if self.labels:
+            self._check_labels(scaled)
+        if self.scale_register is not None:
+            if self.scale_register == self.name:
+                self._bad("scale_register names the point itself")
+            if self.writable:
+                self._bad(
+                    "a point scaled by another register cannot be written (its scale could "
+                    "change between reading it and writing)"
+                )
+        if self.wrap is not None:
+            if self.kind is not Kind.COUNTER:
+                self._bad("wrap is for counters (kind: counter)")
+            if not (math.isfinite(self.wrap) and self.wrap > 0):
+                self._bad(f"wrap {self.wrap!r} must be a positive number")
+        if self.writable and not table.writable:
+            self._bad("is writable but not a coil or holding register")
+        if self.limits is not None and not self.limits[0] <= self.limits[1]:
+            self._bad(f"limits {self.limits} run backwards")
+
+    def _check_labels(self, scaled: bool) -> None:
+        if not self.dtype.is_integer:
+            self._bad(f"labels name integer values; a {self.dtype} cannot carry them")
+        if scaled:
+            self._bad("labels name raw values: a labelled point takes no scale or offset")
+        if self.kind is not Kind.GAUGE:
+            self._bad("a labelled point is a state, not a counter")
+        lo, hi = _RANGE[self.dtype] if self.bits is None else (0, (1 << _width(self.bits)) - 1)
+        seen = set()
+        for value, label in self.labels:
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                self._bad(f"label value {value!r} is not a {self.dtype} value ({lo}..{hi})")
+            if not isinstance(label, str) or not label.strip():
+                self._bad(f"label of {value} must be non-empty text")
+            if value in seen:
+                self._bad(f"value {value} has two labels")
+            seen.add(value)
 
     @property
     def count(self) -> int:
-        return register_count(self.dtype)
+        """How many registers (or bits) the point occupies."""
+        return self.length if self.length is not None else register_count(self.dtype)
 
     @property
     def end(self) -> int:
         """One past the last register."""
         return self.address + self.count
+
+    @property
+    def label_map(self) -> dict[int, str]:
+        return dict(self.labels)
+
+    def scale_with(self, sf: int | float | None) -> float:
+        """The multiplier of ``raw``: ``scale × 10^sf``. Raises :class:`ModbusValueError` for a
+        scale factor outside SunSpec's -10..10 (-32768 is "not implemented")."""
+        if self.scale_register is None:
+            return self.scale
+        if sf is None:
+            raise ModbusValueError(f"its scale factor {self.scale_register!r} was not read")
+        lo, hi = SCALE_FACTOR_RANGE
+        if not lo <= sf <= hi:
+            raise ModbusValueError(
+                f"scale factor {self.scale_register!r} holds {sf}, outside {lo}..{hi}"
+                + (" (the device does not implement it)" if sf == -32768 else "")
+            )
+        return self.scale * 10.0 ** int(sf)
+
+    def decode(
+        self, registers: Sequence[int], sf: int | float | None = None
+    ) -> float | int | bool | str:
+        """The point's value from its registers (``sf``: its scale register's value, if any).
+
+        Raises :class:`ModbusValueError` when the registers cannot give a value."""
+        return decode_value(
+            registers,
+            self.dtype,
+            self.byte_order,
+            scale=self.scale if self.scale_register is None else self.scale_with(sf),
+            offset=self.offset,
+            bits=self.bits,
+        )
+
+    def encode(self, value: float | int | bool | str, sf: int | float | None = None) -> list[int]:
+        """The registers that hold ``value`` (a field of bits: zeros outside it). Raises
+        :class:`ModbusValueError` when the value does not fit."""
+        return encode_value(
+            value,
+            self.dtype,
+            self.byte_order,
+            scale=self.scale_with(sf),
+            offset=self.offset,
+            bits=self.bits,
+            length=self.length,
+        )
+
+    def encode_write(self, value: float | int | bool) -> list[int]:
+        """The registers (or coil bit) that set this writable point to ``value``.
+
+        Raises ValueError, in our words, for a value outside ``limits``, a value the labels do
+        not name, a value that does not fit, or one between two steps of an integer register
+        (50.5 on a dimming level would be written as 50 and answered ok)."""
+        if self.limits is not None and not self.limits[0] <= value <= self.limits[1]:
+            lo, hi = self.limits
+            raise ValueError(f"accepts {lo:g}..{hi:g}, not {value}")
+        if self.labels and value not in self.label_map:
+            named = ", ".join(f"{v} ({label})" for v, label in self.labels)
+            raise ValueError(f"takes one of {named}, not {value!r}")
+        try:
+            regs = self.encode(value)
+        except ModbusValueError as exc:
+            raise ValueError(str(exc)) from None
+        if self.dtype.is_integer:
+            steps = (value - self.offset) / self.scale  # in register units
+            plain = self.scale == 1 and self.offset == 0
+            if (steps != round(steps)) if plain else abs(steps - round(steps)) > 1e-9:
+                stored = self.decode(regs)
+                step = f"{self.scale:g} {self.unit}".strip()
+                raise ValueError(
+                    f"takes whole steps of {step}: {value!r} is not one (nearest: {stored:g})"
+                )
+        return regs
+
+
+_ENUMS: tuple[tuple[str, type[StrEnum]], ...] = (
+    ("dtype", DataType),
+    ("register_type", RegisterType),
+    ("word_order", WordOrder),
+    ("byte_order", ByteOrder),
+    ("kind", Kind),
+)
+
+_RANGE = {
+    DataType.UINT16: (0, 0xFFFF),
+    DataType.INT16: (-0x8000, 0x7FFF),
+    DataType.UINT32: (0, 0xFFFF_FFFF),
+    DataType.INT32: (-0x8000_0000, 0x7FFF_FFFF),
+    DataType.UINT64: (0, 2**64 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
+}
+
+
+def _width(bits: tuple[int, int]) -> int:
+    return bits[1] - bits[0] + 1
 
 
 class _PointsByName:
@@ -135,25 +391,60 @@ class Profile(_PointsByName):
         for p in self.points:
             if p.name in seen:
                 raise ProfileError(f"{self.name}: point {p.name!r} declared twice")
-            if not 0 <= p.address or p.end > 0x10000:
-                raise ProfileError(f"{self.name}: point {p.name!r} address out of range")
-            if p.writable and not p.register_type.writable:
-                raise ProfileError(
-                    f"{self.name}: point {p.name!r} is writable but not a coil or holding register"
-                )
-            if p.register_type.is_bits != (p.dtype is DataType.BOOL):
-                raise ProfileError(
-                    f"{self.name}: point {p.name!r}: coils and discrete inputs are bool, "
-                    "and only they are"
-                )
+            if p.end > 0x10000:
+                raise ProfileError(f"{self.name}: point {p.name!r} runs past register 65535")
             seen[p.name] = p
+        for p in self.points:
+            if p.scale_register is not None:
+                self._check_scale_register(p, seen.get(p.scale_register))
         for rtype in RegisterType:
-            pts = sorted(
-                (p for p in self.points if p.register_type is rtype), key=lambda p: p.address
+            self._check_overlaps(rtype)
+
+    def _check_scale_register(self, p: Point, sf: Point | None) -> None:
+        where = f"{self.name}: point {p.name!r}: scale_register {p.scale_register!r}"
+        if sf is None:
+            raise ProfileError(f"{where} is not a point of this profile")
+        if (
+            sf.dtype is not DataType.INT16
+            or sf.bits is not None
+            or sf.scale != 1
+            or sf.offset != 0
+            or sf.scale_register is not None
+        ):
+            raise ProfileError(
+                f"{where} must be a plain int16 point (no bits, scale, offset or scale "
+                "register of its own): a SunSpec scale factor"
             )
-            for a, b in pairwise(pts):
-                if b.address < a.end:
-                    raise ProfileError(f"{self.name}: points {a.name!r} and {b.name!r} overlap")
+
+    def _check_overlaps(self, rtype: RegisterType) -> None:
+        """Points never share a register, except fields of bits that share none of their bits
+        (and read the register in the same byte order)."""
+        pts = sorted((p for p in self.points if p.register_type is rtype), key=lambda p: p.address)
+        last: Point | None = None  # the whole-register point reaching furthest so far
+        fields: dict[int, list[Point]] = {}  # register -> fields of bits in it
+        for p in pts:
+            if last is not None and p.address < last.end:
+                raise ProfileError(f"{self.name}: points {last.name!r} and {p.name!r} overlap")
+            if p.bits is None:
+                if p.address in fields:
+                    q = fields[p.address][0]
+                    raise ProfileError(f"{self.name}: points {q.name!r} and {p.name!r} overlap")
+                last = p if last is None or p.end > last.end else last
+                continue
+            mask = bits_mask(p.bits)
+            for q in fields.setdefault(p.address, []):
+                assert q.bits is not None
+                if bits_mask(q.bits) & mask:
+                    raise ProfileError(
+                        f"{self.name}: points {q.name!r} and {p.name!r} overlap: both take "
+                        f"bits of {rtype} register {p.address:#06x}"
+                    )
+                if q.byte_order.byte_swap != p.byte_order.byte_swap:
+                    raise ProfileError(
+                        f"{self.name}: points {q.name!r} and {p.name!r} share {rtype} register "
+                        f"{p.address:#06x} but read its bytes in different orders"
+                    )
+            fields[p.address].append(p)
 
     def max_per_request(self, rtype: RegisterType) -> int:
         """The most registers (or bits, for coils and discrete inputs) one read may ask for."""
@@ -183,9 +474,11 @@ def bit(
     )
 
 
-def float32_input(name: str, address: int, unit: str = "", description: str = "") -> Point:
+def float32_input(
+    name: str, address: int, unit: str = "", description: str = "", *, kind: Kind = Kind.GAUGE
+) -> Point:
     """An IEEE-754 float32 in two input registers, high word first (the energy-meter case)."""
-    return Point(name, address, DataType.FLOAT32, unit, description=description)
+    return Point(name, address, DataType.FLOAT32, unit, description=description, kind=kind)
 
 
 # --------------------------------------------------------------------------- serial sensors
@@ -200,6 +493,18 @@ class SensorPoint:
     dtype: DataType = DataType.UINT16
     description: str = ""
     writable: bool = False  # serial sensors take mode commands, never point writes
+    kind: Kind = Kind.GAUGE  # as for a register point (Point.kind, Point.wrap, Point.labels)
+    wrap: float | None = None
+    labels: tuple[tuple[int, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ProfileError(
+                f"point {self.name!r}: unit {self.unit!r} is not a known symbol; "
+                f"{unit_hint(self.unit)}"
+            )
+        if self.wrap is not None and self.kind is not Kind.COUNTER:
+            raise ProfileError(f"point {self.name!r}: wrap is for counters (kind: counter)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -580,7 +580,9 @@ def _probe_problem(args: argparse.Namespace) -> str | None:
     dtype = DataType(args.type or "float32")
     if not bits and dtype is DataType.BOOL:
         return "--type bool is a coil or discrete input: read it with --fc 1 or --fc 2"
-    per = 1 if bits else register_count(dtype)
+    if bits and dtype is DataType.STRING:
+        return "--type string is held in registers: read it with --fc 3 or --fc 4"
+    per = 1 if bits else (args.count or 1) if dtype is DataType.STRING else register_count(dtype)
     count = per if args.count is None else args.count
     limit, unit = (MAX_READ_BITS, "coils or inputs") if bits else (MAX_READ_REGISTERS, "registers")
     if not 1 <= count <= limit:
@@ -641,7 +643,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from edge.fieldbus.link import ModbusDeviceError
-    from protocols.modbus import DataType, WordOrder, decode_value, register_count
+    from protocols.modbus import ByteOrder, DataType, WordOrder, decode_value, register_count
     from protocols.modbus_frame import LineTiming
 
     try:
@@ -663,8 +665,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             link = RtuLink(args.port, LineTiming(args.baud, args.parity, args.stopbits))
         dtype = DataType(args.type or "float32")
-        per = 1 if args.fc in (1, 2) else register_count(dtype)
-        count = per if args.count is None else args.count
+        if dtype is DataType.STRING:  # one string of --count registers
+            per = count = args.count or 1
+        else:
+            per = 1 if args.fc in (1, 2) else register_count(dtype)
+            count = per if args.count is None else args.count
+        order = ByteOrder(args.byte_order) if args.byte_order else WordOrder(args.word_order)
         try:
             regs = await link.read(
                 args.unit, args.fc, args.address, count, timeout_s=args.timeout_ms / 1000, retries=1
@@ -678,7 +684,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.fc in (1, 2):
             return 0
         for i in range(0, len(regs) - per + 1, per):
-            value = decode_value(regs[i : i + per], dtype, WordOrder(args.word_order))
+            value = decode_value(regs[i : i + per], dtype, order)
             print(f"  @{args.address + i:#06x} {dtype}: {value!r}")
         return 0
 
@@ -923,8 +929,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_whole(1, None),
         help="registers (1..125) or bits (1..2000); default: one value",
     )
-    p.add_argument("--type", type=_data_type, help="float32 (default), uint16, int16, uint32 ...")
+    p.add_argument(
+        "--type",
+        type=_data_type,
+        help="float32 (default), uint16, int16, uint32 ...; string: --count registers of text",
+    )
     p.add_argument("--word-order", choices=["big", "little"], default="big")
+    p.add_argument(
+        "--byte-order",
+        choices=["ABCD", "CDAB", "BADC", "DCBA"],
+        help="ABCD CDAB BADC DCBA (docs/profile-format.md); overrides --word-order",
+    )
     p.add_argument(
         "--timeout-ms",
         type=_ms(*TIMEOUT_MS),

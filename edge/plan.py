@@ -18,6 +18,11 @@ A device that wants even register counts (Eastron) gets its odd requests widened
 where that register is readable; otherwise the plan is refused. :func:`split_request` is what the
 poller uses when a device answers exception 02 to a merged request: read the points again without
 the gaps, and, if a part still fails, one point at a time.
+
+Fields of bits that share a register are one register to the plan: they always travel in the
+same request. A point scaled by another register (``scale_register``, SunSpec) brings that
+register into the plan whenever it is read, and :class:`CycleDecoder` decodes it with the scale
+factor read in the same poll cycle, never an older one.
 """
 
 from __future__ import annotations
@@ -25,12 +30,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from devices.profile import Point, Profile, RegisterType
-from protocols.modbus import MAX_READ_REGISTERS, decode_value
+from protocols.modbus import MAX_READ_REGISTERS, ModbusValueError
 from protocols.modbus_frame import MAX_READ_BITS, LineTiming, read_frame_sizes
 
-__all__ = ["LinkCost", "PlanError", "ReadPlan", "ReadRequest", "compile_plan", "split_request"]
+__all__ = [
+    "CycleDecoder",
+    "LinkCost",
+    "PlanError",
+    "ReadPlan",
+    "ReadRequest",
+    "Value",
+    "compile_plan",
+    "split_request",
+]
+
+#: A decoded point: a number, a flag, or text (a string point).
+Value = float | int | bool | str
+T = TypeVar("T")
 
 _LAN_BYTE_S = 8 / 10e6  # a byte on a 10 Mbit/s Ethernet link
 
@@ -84,21 +103,91 @@ class ReadRequest:
     def function_code(self) -> int:
         return self.register_type.read_function
 
-    def decode(self, registers: Sequence[int]) -> list[tuple[Point, float | int]]:
-        """Decode every point of this request from the registers (or bits) it returned."""
-        if len(registers) != self.count:
-            raise ValueError(f"expected {self.count} registers, got {len(registers)}")
-        out = []
-        for p in self.points:
-            off = p.address - self.address
-            out.append(
-                (
-                    p,
-                    decode_value(
-                        registers[off : off + p.count], p.dtype, p.word_order, scale=p.scale
-                    ),
-                )
-            )
+    def decode(self, registers: Sequence[int]) -> list[tuple[Point, Value]]:
+        """Decode every point of this request from the registers (or bits) it returned.
+
+        Raises :class:`ModbusValueError` when a point cannot be decoded, or needs a scale factor
+        from another request (decode a whole cycle with :class:`CycleDecoder` instead)."""
+        cycle: CycleDecoder[None] = CycleDecoder(
+            frozenset(p.scale_register for p in self.points if p.scale_register)
+        )
+        done, failed = cycle.feed(self, registers, None)
+        failed += cycle.unresolved()
+        if failed:
+            raise ModbusValueError("; ".join(f"{p.name}: {why}" for p, why in failed))
+        return [(p, v) for _, p, v in done]
+
+
+class CycleDecoder(Generic[T]):
+    """Decodes the answers of one poll cycle, request by request, as they arrive.
+
+    A point scaled by another register (``scale_register``) takes the factor read in this
+    cycle: it waits, with its registers and ``tag`` (say, its request's timestamp), until the
+    request carrying the factor is decoded, before or after its own. :meth:`unresolved` lists
+    at the end the points whose factor never came (its request failed or is not served).
+    ``scale_names`` are the points used as scale factors (:attr:`ReadPlan.scale_names`).
+    """
+
+    __slots__ = ("_scale_names", "_waiting", "factors")
+
+    def __init__(self, scale_names: frozenset[str] = frozenset()) -> None:
+        self._scale_names = scale_names
+        self.factors: dict[str, int] = {}
+        self._waiting: dict[str, list[tuple[T, Point, Sequence[int]]]] = {}
+
+    def feed(
+        self, req: ReadRequest, registers: Sequence[int], tag: T
+    ) -> tuple[list[tuple[T, Point, Value]], list[tuple[Point, str]]]:
+        """The points decoded now (this request's, and any that waited for a factor in it),
+        and the points that cannot be decoded, with why."""
+        if len(registers) != req.count:
+            raise ValueError(f"expected {req.count} registers, got {len(registers)}")
+        done: list[tuple[T, Point, Value]] = []
+        failed: list[tuple[Point, str]] = []
+        start = req.address
+        for p in req.points:
+            off = p.address - start
+            regs = registers[off : off + p.count]
+            if p.scale_register is not None or p.name in self._scale_names:
+                self._decode(tag, p, regs, done, failed)
+                continue
+            try:  # the common case, kept short: it runs for every point of every poll
+                done.append((tag, p, p.decode(regs)))
+            except ModbusValueError as exc:
+                failed.append((p, str(exc)))
+        return done, failed
+
+    def _decode(
+        self,
+        tag: T,
+        p: Point,
+        regs: Sequence[int],
+        done: list[tuple[T, Point, Value]],
+        failed: list[tuple[Point, str]],
+    ) -> None:
+        sf = p.scale_register
+        if sf is not None and sf not in self.factors:
+            self._waiting.setdefault(sf, []).append((tag, p, regs))
+            return
+        try:
+            value = p.decode(regs, None if sf is None else self.factors[sf])
+        except ModbusValueError as exc:
+            failed.append((p, str(exc)))
+            return
+        done.append((tag, p, value))
+        if p.name in self._scale_names:
+            self.factors[p.name] = int(value)
+            for t, q, r in self._waiting.pop(p.name, ()):
+                self._decode(t, q, r, done, failed)
+
+    def unresolved(self) -> list[tuple[Point, str]]:
+        """Points still waiting for a scale factor this cycle did not read (then forgotten)."""
+        out = [
+            (p, f"its scale factor {name!r} was not read in this cycle")
+            for name, items in self._waiting.items()
+            for _, p, _ in items
+        ]
+        self._waiting.clear()
         return out
 
 
@@ -115,6 +204,13 @@ class ReadPlan:
     @property
     def register_count(self) -> int:
         return sum(r.count for r in self.requests)
+
+    @property
+    def scale_names(self) -> frozenset[str]:
+        """The points other points take their scale factor from (``scale_register``)."""
+        return frozenset(
+            p.scale_register for r in self.requests for p in r.points if p.scale_register
+        )
 
     def line_time_s(self) -> float | None:
         """Line time of one poll on an RTU line (None elsewhere)."""
@@ -157,6 +253,12 @@ def compile_plan(
                 points.append(profile.point(name))
             except KeyError:
                 raise PlanError(f"profile {profile.name} has no point {name!r}") from None
+    # A point scaled by another register is never read without it (the profile checked it).
+    names = {p.name for p in points}
+    for p in list(points):
+        if p.scale_register is not None and p.scale_register not in names:
+            points.append(profile.point(p.scale_register))
+            names.add(p.scale_register)
     requests: list[ReadRequest] = []
     for rtype in RegisterType:
         limit = profile.max_per_request(rtype)
@@ -188,8 +290,8 @@ def _fits(
     if p.end - start > limit:
         return False
     gap = p.address - end
-    if gap == 0:
-        return True
+    if gap <= 0:
+        return True  # adjacent, or another field of bits of a register already in the request
     return 0 < gap <= max_gap and profile.readable(rtype, end, p.address)
 
 
@@ -216,7 +318,7 @@ def split_request(profile: Profile, req: ReadRequest) -> list[ReadRequest]:
     into single points. Parts keep the device's rules (even counts where readable)."""
     runs: list[list[Point]] = []
     for p in req.points:
-        if runs and p.address == max(q.end for q in runs[-1]):
+        if runs and p.address <= max(q.end for q in runs[-1]):  # adjacent, or bits of one register
             runs[-1].append(p)
         else:
             runs.append([p])

@@ -11,7 +11,14 @@ from protocols.batch import (
     encode_batch,
 )
 from protocols.birth import Birth, BirthError, SeriesInfo
-from protocols.modbus import DataType, ModbusValueError, WordOrder, decode_value, encode_value
+from protocols.modbus import (
+    ByteOrder,
+    DataType,
+    ModbusValueError,
+    WordOrder,
+    decode_value,
+    encode_value,
+)
 
 __all__ = [
     "Batch",
@@ -19,6 +26,7 @@ __all__ = [
     "BatchHeader",
     "Birth",
     "BirthError",
+    "ByteOrder",
     "DataType",
     "ModbusValueError",
     "Point",

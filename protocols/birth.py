@@ -8,7 +8,21 @@ that refers to a series it lists. Series ids are persistent: an id is never reus
      "next_seq": int, "devices": [{"id", "profile", "vendor", "model", "endpoint", "unit",
      "poll_interval_s"}], "series": [[sid, device, point, unit, type], ...], ...}
 
-``type`` is the profile's register data type (float32, uint16, ...). Unknown keys are ignored.
+``type`` is the profile's register data type (float32, uint16, string, ...). Unknown keys are
+ignored.
+
+A series of a device's point may carry two more entries (added in 0.1, so consumers that read
+five ignore them): ``kind``, how to aggregate it (``"gauge"``: a level, average it; ``"counter"``:
+it only grows, take differences), and an object with what only some points have, written only
+when there is something in it:
+
+    [sid, device, point, unit, type, kind]
+    [sid, device, point, unit, type, kind, {"wrap": 4294967296, "labels": {"0": "off", ...}}]
+
+``wrap`` is a counter's modulus in its unit (after it the count starts again from 0);
+``labels`` name the values of an enumeration (the value travels as the number; keys are the
+numbers as JSON strings). Unknown keys in that object are ignored. Health series (``_status``,
+``_bad_points``) and births from older gateways have no kind.
 
 A birth larger than the broker takes (its Maximum Packet Size) goes out in **parts**
 (:func:`split_birth`): each part is itself a version-1 birth with every header field, a slice of
@@ -67,11 +81,47 @@ class BirthPart(NamedTuple):
 
 
 class SeriesInfo(NamedTuple):
+    """What one series id means (see the module docstring for the wire form)."""
+
     sid: int
     device: str
     point: str
     unit: str
     type: str
+    kind: str = ""  # "gauge" / "counter" for a device's point; "" where it does not apply
+    wrap: float | None = None  # a counter's modulus, in its unit
+    labels: dict[int, str] | None = None  # an enumeration's value -> label
+
+    def entry(self) -> list[Any]:
+        """The birth's array for this series: five entries, six with a kind, seven with more."""
+        out: list[Any] = [self.sid, self.device, self.point, self.unit, self.type]
+        if self.kind:
+            out.append(self.kind)
+            more: dict[str, Any] = {}
+            if self.wrap is not None:
+                more["wrap"] = int(self.wrap) if float(self.wrap).is_integer() else self.wrap
+            if self.labels:
+                more["labels"] = {str(k): v for k, v in self.labels.items()}
+            if more:
+                out.append(more)
+        return out
+
+    @classmethod
+    def from_entry(cls, s: list[Any]) -> SeriesInfo:
+        kind = str(s[5]) if len(s) > 5 else ""
+        more = s[6] if len(s) > 6 and isinstance(s[6], dict) else {}
+        wrap = more.get("wrap")
+        labels = more.get("labels")
+        return cls(
+            int(s[0]),
+            str(s[1]),
+            str(s[2]),
+            str(s[3]),
+            str(s[4]),
+            kind,
+            None if wrap is None else float(wrap),
+            None if not labels else {int(k): str(v) for k, v in labels.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +149,7 @@ class Birth:
             "started_ms": self.started_ms,
             "next_seq": self.next_seq,
             "devices": list(devices),
-            "series": [list(s) for s in series],
+            "series": [s.entry() for s in series],
             **extra,
         }
 
@@ -112,10 +162,7 @@ class Birth:
         if not isinstance(doc, dict) or doc.get("v") != BIRTH_VERSION:
             raise BirthError("birth is not a version-1 object")
         try:
-            series = tuple(
-                SeriesInfo(int(s[0]), str(s[1]), str(s[2]), str(s[3]), str(s[4]))
-                for s in doc["series"]
-            )
+            series = tuple(SeriesInfo.from_entry(s) for s in doc["series"])
             known = {
                 "v",
                 "gateway",
@@ -178,8 +225,9 @@ def split_birth(birth: Birth, max_bytes: int) -> list[bytes]:
     if len(whole) <= max_bytes:
         return [whole]
     pid = hashlib.sha256(whole).hexdigest()[:16]
-    items = [("devices", d) for d in birth.devices] + [("series", list(s)) for s in birth.series]
-    sizes = [len(_dumps(obj)) for _, obj in items]
+    items: list[tuple[str, Any]] = [("devices", d) for d in birth.devices]
+    items += [("series", s) for s in birth.series]
+    sizes = [len(_dumps(obj.entry() if kind == "series" else obj)) for kind, obj in items]
     first = len(_dumps(birth._doc((), (), {"part": _PART_PLACEHOLDER, **birth.extra})))
     other = len(_dumps(birth._doc((), (), {"part": _PART_PLACEHOLDER})))
     if first > max_bytes:

@@ -21,16 +21,23 @@ quantity or coil value (checked by :func:`protocols.modbus_frame.decode_request`
 refused write is applied: it is checked in full before anything changes. A written point keeps
 its value and is shown to the behaviour model through ``commanded`` (point name -> decoded
 value), so a relay switched off by the platform takes its load off the embedded meter.
+
+Every kind of point is served as a device would hold it: in its byte order, scaled and offset,
+fields of bits OR-ed into their shared register, a string NUL-padded, and a point scaled by
+another register (SunSpec) encoded with the scale factor served beside it. A point the model
+does not know reads 0 (a string: empty).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from devices.profile import Point, Profile, RegisterType
-from protocols.modbus import decode_value, encode_value
+from devices.profile import SCALE_FACTOR_RANGE, Point, Profile, RegisterType
+from protocols.modbus import DataType
+
+Value = float | int | bool | str
 
 __all__ = ["ProfileSimUnit"]
 
@@ -61,11 +68,11 @@ class ProfileSimUnit:
         self,
         profile: Profile,
         unit_id: int,
-        model: Callable[[], dict[str, float]],
+        model: Callable[[], Mapping[str, Value]],
         *,
         history: int = 4096,
-        commanded: dict[str, float | int | bool] | None = None,
-        on_served: Callable[[str, float | int], None] | None = None,
+        commanded: dict[str, Value] | None = None,
+        on_served: Callable[[str, Value], None] | None = None,
     ) -> None:
         self.profile = profile
         self.unit_id = unit_id
@@ -77,7 +84,7 @@ class ProfileSimUnit:
             )
             for rtype in RegisterType
         }
-        self._served: dict[str, deque[float | int]] = {
+        self._served: dict[str, deque[Value]] = {
             p.name: deque(maxlen=history) for p in profile.points
         }
         self._lock = threading.Lock()
@@ -108,27 +115,20 @@ class ProfileSimUnit:
             return ILLEGAL_ADDRESS
         values = self._model()
         words = [0] * count
-        served: list[tuple[Point, float | int]] = []
+        served: list[tuple[Point, Value]] = []
         for point in p.points:
             if point.register_type is not rtype or point.end <= address or point.address >= end:
                 continue
+            sf, valued = self._factor(point, values)
             held = self._held.get(point.name)
-            regs = (
-                held
-                if held is not None
-                else encode_value(
-                    values.get(point.name, 0.0), point.dtype, point.word_order, scale=point.scale
-                )
-            )
+            regs = held if held is not None else point.encode(self._value(point, values), sf)
             for i, word in enumerate(regs):
                 at = point.address + i - address
                 if 0 <= at < count:
-                    words[at] = word
-            if address <= point.address and point.end <= end:
+                    words[at] |= word  # fields of bits share a register; other points never do
+            if address <= point.address and point.end <= end and valued:
                 # What the wire carries, decoded back: float32 rounding included.
-                served.append(
-                    (point, decode_value(regs, point.dtype, point.word_order, scale=point.scale))
-                )
+                served.append((point, point.decode(regs, sf)))
         with self._lock:
             self.reads += 1
             for point, value in served:
@@ -137,6 +137,22 @@ class ProfileSimUnit:
             for point, value in served:
                 self.on_served(point.name, value)
         return words
+
+    def _value(self, point: Point, values: Mapping[str, Value]) -> Value:
+        return values.get(point.name, "" if point.dtype is DataType.STRING else 0)
+
+    def _factor(self, point: Point, values: Mapping[str, Value]) -> tuple[int | None, bool]:
+        """The scale factor a point scaled by another register is served with, and whether the
+        point has a value. A factor outside SunSpec's -10..10 (-32768: "not implemented")
+        gives none: the point's registers then hold the value unscaled, recorded as not served.
+        """
+        name = point.scale_register
+        if name is None:
+            return None, True
+        held = self._held.get(name)
+        sf = int(self.profile.point(name).decode(held) if held is not None else values.get(name, 0))
+        lo, hi = SCALE_FACTOR_RANGE
+        return (sf, True) if lo <= sf <= hi else (0, False)
 
     def write(self, function_code: int, address: int, words: list[int]) -> int | None:
         """A write (FC 5/6/15/16): only whole writable points; returns an exception code or None."""
@@ -159,7 +175,7 @@ class ProfileSimUnit:
         decoded = {}
         for p in targets:
             regs = words[p.address - address : p.end - address]
-            value = decode_value(regs, p.dtype, p.word_order, scale=p.scale)
+            value = p.decode(regs)
             if p.limits is not None and not p.limits[0] <= value <= p.limits[1]:
                 self.exceptions += 1
                 return ILLEGAL_VALUE
@@ -171,11 +187,11 @@ class ProfileSimUnit:
             self.writes += 1
         return None
 
-    def model_values(self) -> dict[str, float | int | bool]:
+    def model_values(self) -> dict[str, Value]:
         """What the behaviour model holds now, by point name (before encoding)."""
         return dict(self._model())
 
-    def served(self, point: str) -> list[float | int]:
+    def served(self, point: str) -> list[Value]:
         """Values of ``point`` this unit has put on the wire, oldest first (bounded)."""
         with self._lock:
             return list(self._served[point])

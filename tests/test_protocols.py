@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from protocols.batch import BatchDecodeError, BatchHeader, Point, decode_batch, encode_batch
 from protocols.modbus import (
+    ByteOrder,
     DataType,
     ModbusValueError,
     WordOrder,
+    decode_string,
     decode_value,
+    encode_string,
     encode_value,
     register_count,
 )
@@ -78,7 +81,7 @@ def test_register_codec__out_of_range_value_is_a_value_error():
 
 
 @given(
-    st.sampled_from(list(DataType)),
+    st.sampled_from([t for t in DataType if t is not DataType.STRING]),
     st.sampled_from(list(WordOrder)),
     st.booleans(),
     st.data(),
@@ -90,6 +93,243 @@ def test_register_codec__any_registers_round_trip(dtype, order, swap, data):
     if isinstance(value, float) and math.isnan(value):
         return  # NaN payload bits are not canonical
     assert encode_value(value, dtype, order, byte_swap=swap) == regs
+
+
+# The byte-order table of protocols/modbus.py and docs/profile-format.md, one value per width.
+F32_230_2 = struct.unpack(">f", bytes.fromhex("43663334"))[0]
+BYTE_ORDER_VECTORS = [
+    # (dtype, value, {order: registers})
+    (
+        DataType.FLOAT32,
+        F32_230_2,
+        {
+            ByteOrder.ABCD: [0x4366, 0x3334],
+            ByteOrder.CDAB: [0x3334, 0x4366],
+            ByteOrder.BADC: [0x6643, 0x3433],
+            ByteOrder.DCBA: [0x3433, 0x6643],
+        },
+    ),
+    (
+        DataType.INT64,
+        0x0102030405060708,
+        {
+            ByteOrder.ABCD: [0x0102, 0x0304, 0x0506, 0x0708],
+            ByteOrder.CDAB: [0x0708, 0x0506, 0x0304, 0x0102],  # Telegraf's GHEFCDAB
+            ByteOrder.BADC: [0x0201, 0x0403, 0x0605, 0x0807],  # BADCFEHG
+            ByteOrder.DCBA: [0x0807, 0x0605, 0x0403, 0x0201],  # HGFEDCBA
+        },
+    ),
+    (
+        DataType.UINT32,
+        0x11223344,
+        {
+            ByteOrder.ABCD: [0x1122, 0x3344],
+            ByteOrder.CDAB: [0x3344, 0x1122],
+            ByteOrder.BADC: [0x2211, 0x4433],
+            ByteOrder.DCBA: [0x4433, 0x2211],
+        },
+    ),
+    (
+        DataType.FLOAT64,
+        1.0,  # 0x3FF0000000000000
+        {
+            ByteOrder.ABCD: [0x3FF0, 0, 0, 0],
+            ByteOrder.CDAB: [0, 0, 0, 0x3FF0],
+            ByteOrder.BADC: [0xF03F, 0, 0, 0],
+            ByteOrder.DCBA: [0, 0, 0, 0xF03F],
+        },
+    ),
+    # One register: only the byte swap applies (CDAB reads as ABCD, DCBA as BADC).
+    (
+        DataType.INT16,
+        -2,  # 0xFFFE
+        {
+            ByteOrder.ABCD: [0xFFFE],
+            ByteOrder.CDAB: [0xFFFE],
+            ByteOrder.BADC: [0xFEFF],
+            ByteOrder.DCBA: [0xFEFF],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "order", "regs"),
+    [(d, v, o, r) for d, v, table in BYTE_ORDER_VECTORS for o, r in table.items()],
+)
+def test_register_codec__byte_order_table_decodes_and_encodes(dtype, value, order, regs):
+    assert decode_value(regs, dtype, order) == value
+    assert encode_value(value, dtype, order) == regs
+    # Independently of our code: the wire bytes (registers high byte first) are the value's
+    # big-endian bytes A, B, C, ... in the order the name spells (for 64 bits, Telegraf's
+    # spelling; for one register, only the byte swap counts).
+    letters = _LETTERS[struct.calcsize(_CODE[dtype])][order]
+    wire = struct.pack(f">{len(regs)}H", *regs)
+    value_bytes = bytes(wire[letters.index(c)] for c in sorted(letters))
+    assert struct.unpack(">" + _CODE[dtype], value_bytes)[0] == value
+
+
+_LETTERS = {
+    2: {"ABCD": "AB", "CDAB": "AB", "BADC": "BA", "DCBA": "BA"},
+    4: {o: o for o in ("ABCD", "CDAB", "BADC", "DCBA")},
+    8: {"ABCD": "ABCDEFGH", "CDAB": "GHEFCDAB", "BADC": "BADCFEHG", "DCBA": "HGFEDCBA"},
+}
+_CODE = {
+    DataType.INT16: "h",
+    DataType.UINT32: "I",
+    DataType.FLOAT32: "f",
+    DataType.INT64: "q",
+    DataType.FLOAT64: "d",
+}
+
+
+def test_register_codec__word_order_is_an_alias_of_byte_order():
+    for dtype in (DataType.FLOAT32, DataType.UINT32, DataType.INT64, DataType.FLOAT64):
+        regs = [0x1234, 0x5678, 0x9ABC, 0xDEF0][: register_count(dtype)]
+        assert decode_value(regs, dtype, WordOrder.BIG) == decode_value(regs, dtype, ByteOrder.ABCD)
+        assert decode_value(regs, dtype, WordOrder.LITTLE) == decode_value(
+            regs, dtype, ByteOrder.CDAB
+        )
+        assert decode_value(regs, dtype, WordOrder.BIG, byte_swap=True) == decode_value(
+            regs, dtype, ByteOrder.BADC
+        )
+        assert decode_value(regs, dtype, WordOrder.LITTLE, byte_swap=True) == decode_value(
+            regs, dtype, ByteOrder.DCBA
+        )
+    assert ByteOrder.of(WordOrder.LITTLE) is ByteOrder.CDAB
+    assert ByteOrder.DCBA.word_order is WordOrder.LITTLE and ByteOrder.DCBA.byte_swap
+
+
+NUMERIC = [t for t in DataType if t not in (DataType.BOOL, DataType.STRING)]
+_INT_RANGE = {
+    DataType.UINT16: (0, 0xFFFF),
+    DataType.INT16: (-0x8000, 0x7FFF),
+    DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.UINT64: (0, 2**64 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
+}
+scales = st.sampled_from([1.0, 0.1, 0.01, 0.001, 10.0, 0.5, -1.0, 1e-6])
+offsets = st.sampled_from([0.0, -40.0, 273.15, 1000.0, -0.5])
+
+
+@given(st.sampled_from(NUMERIC), st.sampled_from(list(ByteOrder)), scales, offsets, st.data())
+def test_register_codec__scaled_values_round_trip_in_every_byte_order(
+    dtype, order, scale, offset, data
+):
+    """encode(decode(registers)) gives the registers back, for every type, order, scale and
+    offset; decode(encode(value)) gives the value back within a step of the register."""
+    if dtype in _INT_RANGE:
+        lo, hi = _INT_RANGE[dtype]
+        if scale != 1 or offset != 0:  # a scaled 64-bit integer passes through a float64
+            lo, hi = max(lo, -(2**50)), min(hi, 2**50)
+        raw = data.draw(st.integers(lo, hi))
+        regs = encode_value(raw, dtype, order)
+        value = decode_value(regs, dtype, order, scale=scale, offset=offset)
+        if scale == 1 and offset.is_integer():
+            assert value == raw + int(offset) and isinstance(value, int)
+        else:
+            assert value == pytest.approx(raw * scale + offset, rel=1e-12, abs=1e-9)
+        assert encode_value(value, dtype, order, scale=scale, offset=offset) == regs
+    else:
+        width = 32 if dtype is DataType.FLOAT32 else 64
+        raw = data.draw(st.floats(width=width, allow_nan=False, allow_infinity=False))
+        if abs(raw) > 1e30:
+            return  # scaling would overflow a float32: not what this property is about
+        regs = encode_value(raw, dtype, order)
+        value = decode_value(regs, dtype, order, scale=scale, offset=offset)
+        back = encode_value(value, dtype, order, scale=scale, offset=offset)
+        got = decode_value(back, dtype, order)
+        # Two roundings to the type's precision, of numbers as large as raw and offset / scale.
+        eps, tiny = (1e-6, 1e-44) if dtype is DataType.FLOAT32 else (1e-13, 1e-320)  # subnormals
+        assert abs(got - raw) <= eps * (abs(raw) + abs(offset / scale)) + tiny
+
+
+def test_register_codec__a_value_outside_the_type_after_scaling_is_refused():
+    with pytest.raises(ModbusValueError, match="does not fit"):
+        encode_value(6553.6, DataType.UINT16, scale=0.1)  # 65536 steps of 0.1
+    with pytest.raises(ModbusValueError, match="does not fit"):
+        encode_value(-41, DataType.UINT16, offset=-40)  # raw -1
+    assert encode_value(-40, DataType.UINT16, offset=-40) == [0]
+    assert decode_value([0], DataType.UINT16, offset=-40) == -40
+
+
+@given(
+    st.integers(0, 15).flatmap(lambda a: st.tuples(st.just(a), st.integers(a, 15))),
+    st.sampled_from(list(ByteOrder)),
+    st.data(),
+)
+def test_register_codec__a_field_of_bits_round_trips_and_leaves_other_bits_alone(bits, order, data):
+    first, last = bits
+    width = last - first + 1
+    value = data.draw(st.integers(0, (1 << width) - 1))
+    dtype = DataType.BOOL if width == 1 and data.draw(st.booleans()) else DataType.UINT16
+    if dtype is DataType.BOOL:
+        value = bool(value)
+    (word,) = encode_value(value, dtype, order, bits=bits)
+    # Only the field's bits are set, in the uint16 the byte order reads.
+    (plain,) = encode_value(decode_value([word], DataType.UINT16, order), DataType.UINT16)
+    assert plain & ~(((1 << width) - 1) << first) == 0
+    noise = data.draw(st.integers(0, 0xFFFF))
+    (others,) = encode_value(noise & ~(((1 << width) - 1) << first), DataType.UINT16, order)
+    assert decode_value([word | others], dtype, order, bits=bits) == value
+
+
+def test_register_codec__bits_vectors_and_refusals():
+    assert decode_value([0b0000_0000_0010_1000], DataType.BOOL, bits=(3, 3)) is True
+    assert decode_value([0b0000_0000_0010_1000], DataType.UINT16, bits=(3, 5)) == 0b101
+    assert decode_value([0x0800], DataType.BOOL, ByteOrder.BADC, bits=(3, 3)) is True
+    assert encode_value(True, DataType.BOOL, bits=(15, 15)) == [0x8000]
+    with pytest.raises(ModbusValueError, match=r"0\.\.15"):
+        decode_value([0], DataType.BOOL, bits=(40, 40))
+    with pytest.raises(ModbusValueError, match="does not fit 3 bits"):
+        encode_value(8, DataType.UINT16, bits=(3, 5))
+    with pytest.raises(ModbusValueError, match="bool or a uint16"):
+        decode_value([0, 0], DataType.UINT32, bits=(0, 1))
+
+
+STRING_VECTORS = [
+    # (registers, byte order, text): the first character in the high byte, or in the low byte
+    ([0x534E, 0x3132, 0x3334], ByteOrder.ABCD, "SN1234"),
+    ([0x4E53, 0x3231, 0x3433], ByteOrder.BADC, "SN1234"),
+    ([0x534E, 0x3132, 0x3334], ByteOrder.CDAB, "SN1234"),  # word order: none for text
+    ([0x4E53, 0x3231, 0x3433], ByteOrder.DCBA, "SN1234"),
+    ([0x5631, 0x2E32, 0x0000, 0x0000], ByteOrder.ABCD, "V1.2"),  # NUL padding
+    ([0x5631, 0x2E32, 0x2020, 0x2020], ByteOrder.ABCD, "V1.2"),  # space padding
+    ([0x4142, 0x0043, 0x4400], ByteOrder.ABCD, "AB"),  # a C string ends at its NUL
+    ([0x41FF, 0x0142], ByteOrder.ABCD, "A\ufffd\ufffdB"),  # not printable ASCII
+    ([0x2041, 0x4243], ByteOrder.ABCD, " ABC"),  # leading spaces are the device's
+]
+
+
+@pytest.mark.parametrize(("regs", "order", "text"), STRING_VECTORS)
+def test_string_codec__vectors_decode(regs, order, text):
+    assert decode_string(regs, order) == text
+    assert decode_value(regs, DataType.STRING, order) == text
+
+
+@given(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+    st.integers(1, 25),
+    st.sampled_from(list(ByteOrder)),
+)
+def test_string_codec__printable_ascii_round_trips(text, registers, order):
+    if len(text) > 2 * registers:
+        with pytest.raises(ModbusValueError, match="characters"):
+            encode_string(text, registers, order)
+        return
+    regs = encode_value(text, DataType.STRING, order, length=registers)
+    assert len(regs) == registers
+    assert decode_value(regs, DataType.STRING, order) == text.rstrip(" ")
+
+
+def test_string_codec__text_that_is_not_printable_ascii_is_refused():
+    with pytest.raises(ModbusValueError, match="not printable ASCII"):
+        encode_string("Hà Nội", 4)
+    with pytest.raises(ModbusValueError, match="not printable ASCII"):
+        encode_string("A\0B", 4)
+    with pytest.raises(ModbusValueError, match="length"):
+        register_count(DataType.STRING)
 
 
 # ----------------------------------------------------------------------------- batches

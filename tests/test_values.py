@@ -47,7 +47,7 @@ from protocols.batch import (
     encode_batch,
 )
 from protocols.birth import Birth, SeriesInfo
-from protocols.modbus import DataType, WordOrder, decode_value, register_count
+from protocols.modbus import ByteOrder, DataType, decode_value, register_count
 from simulators import EnergyMeterModel, ProfileSimUnit, serve_modbus_tcp
 from tests.conftest import gateway_yaml, wait_until
 
@@ -102,13 +102,25 @@ SCALES = sorted(
 
 
 @st.composite
-def register_values(draw) -> float | int | bool:
-    """Any data type of protocols/modbus.py, either word order, byte swap or not, any scale a
-    profile uses, from any register contents (the special patterns drawn often)."""
+def register_values(draw) -> float | int | bool | str:
+    """Any data type of protocols/modbus.py, any byte order, any scale a profile uses, with or
+    without an offset, a field of bits, from any register contents (the special patterns drawn
+    often); a string from any registers (bytes that are not ASCII included)."""
     dtype = draw(st.sampled_from(list(DataType)))
-    n = register_count(dtype)
+    order = draw(st.sampled_from(list(ByteOrder)))
+    if dtype is DataType.STRING:
+        words = draw(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=8))
+        return decode_value(words, dtype, order)
     if dtype is DataType.BOOL:
-        return decode_value([draw(st.integers(0, 1))], dtype)
+        if draw(st.booleans()):
+            return decode_value([draw(st.integers(0, 1))], dtype)
+        at = draw(st.integers(0, 15))
+        return decode_value([draw(st.integers(0, 0xFFFF))], dtype, order, bits=(at, at))
+    if dtype is DataType.UINT16 and draw(st.booleans()):
+        first = draw(st.integers(0, 15))
+        bits = (first, draw(st.integers(first, 15)))
+        return decode_value([draw(st.integers(0, 0xFFFF))], dtype, order, bits=bits)
+    n = register_count(dtype)
     width = 16 * n
     specials = {16: SPECIAL16, 32: SPECIAL32, 64: SPECIAL64}[width]
     bits = draw(st.one_of(st.sampled_from(specials), st.integers(0, 2**width - 1)))
@@ -116,9 +128,9 @@ def register_values(draw) -> float | int | bool:
     return decode_value(
         words,
         dtype,
-        draw(st.sampled_from(list(WordOrder))),
-        byte_swap=draw(st.booleans()),
+        order,
         scale=draw(st.sampled_from(SCALES)),
+        offset=draw(st.sampled_from([0.0, 0.0, -40.0, 273.15])),
     )
 
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from devices import SensorProfile, get_profile
 from edge import __version__
@@ -176,19 +177,21 @@ class Gateway:
     async def birth(self) -> Birth:
         """The birth message: who this gateway is and what every series id means."""
         cfg = self.loaded.config
-        meta: dict[tuple[str, str], tuple[str, str]] = {}
+        meta: dict[tuple[str, str], tuple[Any, ...]] = {}  # SeriesInfo after (sid, dev, point)
         devices = []
         for dev in cfg.devices:
             profile = get_profile(dev.profile)
             for p in profile.points:
-                meta[(dev.id, p.name)] = (p.unit, str(p.dtype))
+                # How to aggregate it, a counter's modulus, an enumeration's labels.
+                how = (str(p.kind), p.wrap, dict(p.labels) or None)
+                meta[(dev.id, p.name)] = (p.unit, str(p.dtype), *how)
                 for agg in self._aggregates(dev.id, p.name):
-                    kind = (
-                        "int64"
-                        if agg == "count"
-                        else (str(p.dtype) if agg in ("min", "max", "first", "last") else "float64")
-                    )
-                    meta[(dev.id, f"{p.name}.{agg}")] = ("" if agg == "count" else p.unit, kind)
+                    if agg in ("min", "max", "first", "last"):  # values of the point itself
+                        meta[(dev.id, f"{p.name}.{agg}")] = (p.unit, str(p.dtype), *how)
+                    elif agg == "count":
+                        meta[(dev.id, f"{p.name}.{agg}")] = ("", "int64", "gauge")
+                    else:  # mean, percentiles
+                        meta[(dev.id, f"{p.name}.{agg}")] = (p.unit, "float64", "gauge")
             meta[(dev.id, STATUS_POINT)] = ("", "status")
             meta[(dev.id, BAD_POINTS)] = ("", "bad_points")
             t = dev.transport

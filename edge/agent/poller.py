@@ -22,6 +22,11 @@ one request at a time). What one bad device may cost its neighbours is bounded:
 
 An outage is logged once at ERROR, then at DEBUG while it lasts, and at INFO when the device
 answers again. Health (``_status``: online / degraded / offline) is a reading on every change.
+
+A point whose registers arrived but give no value (a SunSpec scale factor outside -10..10, or
+"not implemented", or a scale factor whose request failed this cycle) is in ``_bad_points`` like
+an unread one, counted in ``PollStats.undecodable``, logged once at ERROR while it lasts and at
+INFO when it decodes again. It says nothing about the link, so it leaves ``_status`` alone.
 """
 
 from __future__ import annotations
@@ -33,14 +38,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from devices import RegisterType, get_profile
+from devices import Point, RegisterType, get_profile
 from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
-from edge.plan import ReadPlan, ReadRequest, split_request
+from edge.plan import CycleDecoder, ReadPlan, ReadRequest, split_request
 from edge.settings import DeviceConfig
-from edge.shared.clock import TimeKeeper
+from edge.shared.clock import Stamp, TimeKeeper
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.batch import Reading
-from protocols.modbus import DataType, ModbusValueError, decode_value, encode_value
 
 __all__ = ["PROBE_MAX_S", "DevicePoller", "Link", "PollStats"]
 
@@ -75,6 +79,7 @@ class PollStats:
     readings: int = 0
     overruns: int = 0  # schedule slots skipped because a cycle ran late
     splits: int = 0  # merged requests split after exception 02
+    undecodable: int = 0  # point readings whose registers gave no value (see the docstring)
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_success_ms: int | None = None
@@ -100,6 +105,8 @@ class DevicePoller:
         self.status: str | None = None  # online / degraded / offline, once known
         self.bad_points: str | None = None  # last value sent on BAD_POINTS
         self.unserved: set[str] = set()  # points the device refused one by one (exception 02)
+        self.undecodable: dict[str, str] = {}  # point -> why its registers gave no value
+        self._scale_names = plan.scale_names
         self.last: dict[str, tuple[int, object]] = {}  # point -> (ts_ms, value), for the page
         self._failing_since: float | None = None
         self._failures_in_outage = 0
@@ -154,6 +161,9 @@ class DevicePoller:
         bad: list[str] = sorted(self.unserved)
         queue = list(self.requests)
         answered = False
+        cycle: CycleDecoder[Stamp] = CycleDecoder(self._scale_names)
+        failed: list[tuple[Point, str]] = []
+        decoded: set[str] = set()
         while queue:
             req = queue.pop(0)
             try:
@@ -180,8 +190,15 @@ class DevicePoller:
             if probing:
                 probing = False  # the breaker closes: the rest of the plan runs now
             stamp = self.clock.stamp()
-            for point, value in req.decode(regs):
-                readings.append(stamp.reading(dev.id, point.name, value))
+            done, why = cycle.feed(req, regs, stamp)
+            for at, point, value in done:
+                readings.append(at.reading(dev.id, point.name, value))
+                decoded.add(point.name)
+            failed += why
+        failed += cycle.unresolved()
+        bad += [p.name for p, _ in failed]
+        if failed or self.undecodable:
+            self._report_values(failed, decoded)
         if not answered:
             bad = [p.name for r in self.requests for p in r.points] + sorted(self.unserved)
         self._report(errors)
@@ -264,6 +281,29 @@ class DevicePoller:
         except KeyError:
             return False
 
+    def _report_values(self, failed: list[tuple[Point, str]], decoded: set[str]) -> None:
+        """Log points whose registers gave no value: once when it starts, INFO when it ends
+        (when the point decodes again; a cycle that did not read it says nothing)."""
+        now = {p.name: why for p, why in failed}
+        self.stats.undecodable += len(failed)
+        for name, why in now.items():
+            if name not in self.undecodable:
+                log.error(
+                    "device %s: point %s gives no value: %s; logged at DEBUG until it does",
+                    self.device.id,
+                    name,
+                    why,
+                )
+            else:
+                log.debug("device %s: point %s still gives no value: %s", self.device.id, name, why)
+        for name in sorted(self.undecodable.keys() & decoded):
+            log.info("device %s: point %s gives values again", self.device.id, name)
+        self.undecodable = {
+            name: why
+            for name, why in self.undecodable.items()
+            if name not in decoded and name not in now
+        } | now
+
     async def write(self, point_name: str, value: float | int | bool) -> float | int | bool:
         """Write one writable point (a coil with FC 05, registers with FC 16) and read it back;
         returns the value the device holds."""
@@ -274,26 +314,10 @@ class DevicePoller:
             raise ValueError(f"profile {profile.name} has no point {point_name!r}") from None
         if not point.writable:
             raise ValueError(f"{profile.name} point {point_name!r} is not writable")
-        if point.limits is not None and not point.limits[0] <= value <= point.limits[1]:
-            lo, hi = point.limits
-            raise ValueError(
-                f"{profile.name} point {point_name!r} accepts {lo:g}..{hi:g}, not {value}"
-            )
         try:
-            regs = encode_value(value, point.dtype, point.word_order, scale=point.scale)
-        except ModbusValueError as exc:
-            raise ValueError(str(exc)) from None
-        stored = decode_value(regs, point.dtype, point.word_order, scale=point.scale)
-        steps = value / point.scale  # in register units
-        off_step = steps != round(steps) if point.scale == 1 else abs(steps - round(steps)) > 1e-9
-        if point.dtype not in (DataType.FLOAT32, DataType.FLOAT64) and off_step:
-            # An integer register holds whole steps of the point's scale: 50.5 on a dimming
-            # level would be written as 50 and answered ok, a value the platform did not ask for.
-            step = f"{point.scale:g} {point.unit}".strip()
-            raise ValueError(
-                f"{profile.name} point {point_name!r} takes whole steps of {step}: {value!r} "
-                f"is not one (nearest: {stored:g})"
-            )
+            regs = point.encode_write(value)
+        except ValueError as exc:
+            raise ValueError(f"{profile.name} point {point_name!r} {exc}") from None
         unit, io = self.device.transport.unit, self._io()
         if point.register_type is RegisterType.COIL:
             await self.link.write_coil(unit, point.address, bool(regs[0]), **io)
@@ -310,7 +334,9 @@ class DevicePoller:
                 address=point.address,
                 count=point.count,
             )
-        return decode_value(back, point.dtype, point.word_order, scale=point.scale)
+        value_back = point.decode(back)
+        assert not isinstance(value_back, str)  # a string is never writable
+        return value_back
 
     def _report(self, errors: list[ModbusDeviceError]) -> None:
         dev = self.device
