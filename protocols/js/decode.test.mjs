@@ -114,9 +114,13 @@ describe("decodeBatch, the API for integrators", () => {
 
 // ------------------------------------------------------------- batches built here, by rule
 
-/** One zstd frame of raw blocks with its content size (8 bytes) and, if given, a checksum. */
-function rawFrame(content, { checksum = null, declare = content.length } = {}) {
-  const out = [0x28, 0xb5, 0x2f, 0xfd, checksum ? 0xe4 : 0xe0];
+/**
+ * One zstd frame of raw blocks (RFC 8878): single segment, content size in 8 bytes, a checksum
+ * when given; `fhd` ORs more bits into the frame header descriptor, `dictId` adds a 1-byte id.
+ */
+function rawFrame(content, { checksum = null, declare = content.length, fhd = 0, dictId = null } = {}) {
+  const out = [0x28, 0xb5, 0x2f, 0xfd, 0xe0 | (checksum ? 0x04 : 0) | (dictId === null ? 0 : 1) | fhd];
+  if (dictId !== null) out.push(dictId);
   const fcs = new DataView(new ArrayBuffer(8));
   fcs.setBigUint64(0, BigInt(declare), true);
   out.push(...new Uint8Array(fcs.buffer));
@@ -131,14 +135,38 @@ function rawFrame(content, { checksum = null, declare = content.length } = {}) {
   return Uint8Array.from(out);
 }
 
-/** A batch of one str point (series 1 at t0) whose dictionary is `strings`. */
-function strBatch({ strings = ["x"], header = {}, frame = rawFrame } = {}) {
-  const body = encode([0, [[6, 1, 1, 0]], new Uint8Array([2, 0, 0, 0, 0, 0, 0, 0]), new Uint8Array(8), [[6, new Uint8Array(4)]], strings]);
+/** Series ids as the sids bin (§2.4): zigzagged differences, byte-shuffled. */
+function sidsBin(ids) {
+  const words = [];
+  let prev = 0n;
+  for (const id of ids.map(BigInt)) {
+    const d = BigInt.asIntN(64, id - prev);
+    words.push(BigInt.asUintN(64, (d << 1n) ^ (d >> 63n)));
+    prev = id;
+  }
+  const out = new Uint8Array(8 * words.length);
+  words.forEach((w, k) => {
+    for (let b = 0; b < 8; b++) out[b * words.length + k] = Number((w >> BigInt(8 * b)) & 0xffn);
+  });
+  return out;
+}
+
+/** A str batch: each group [6, series, 1 sample, ts_mode], every value strings[0], t0 0. */
+function strBody({ groups = [[1, 0]], ids = null, strings = ["x"], columns = null } = {}) {
+  const rows = groups.reduce((s, [series]) => s + series, 0);
+  const layout = groups.map(([series, mode]) => [6, series, 1, mode]);
+  const sids = sidsBin(ids ?? Array.from({ length: rows }, (_, i) => i + 1));
+  return encode([0, layout, sids, new Uint8Array(8 * groups.length), columns ?? [[6, new Uint8Array(4 * rows)]], strings]);
+}
+
+function strBatch({ strings = ["x"], header = {}, frame = rawFrame, body = strBody({ strings }) } = {}) {
   return encode(
     { v: 1, gw: "gw-js", seq: 1, boot: 1, created: 0, dropped: 0, n: 1, z: "zstd", body: frame(body), ...header },
-    { useBigInt64: true },
+    { useBigInt64: true, ignoreUndefined: true },
   );
 }
+
+const refused = (code) => ({ error: code, gw: "gw-js", seq: 1 });
 
 describe("rules each decoder must keep, on batches built here", () => {
   test("a str keeps a leading U+FEFF (a BOM is a character, not a marker)", () => {
@@ -190,5 +218,50 @@ describe("rules each decoder must keep, on batches built here", () => {
       const batch = strBatch({ frame: () => rawFrame(broken) });
       assert.deepEqual(goldenDoc(batch), { error: "bad_body", gw: "gw-js", seq: 1 });
     }
+  });
+
+  test("choices of protocols/js/README.md 1: bad_header before z and n (stage 1)", () => {
+    assert.deepEqual(goldenDoc(strBatch({ header: { z: "gzip", boot: undefined } })), refused("bad_header"));
+    assert.deepEqual(goldenDoc(strBatch({ header: { z: "gzip", n: 2_000_000 } })), refused("unsupported_compression"));
+    assert.deepEqual(goldenDoc(strBatch({ header: { v: "1" } })), refused("bad_header"));
+  });
+
+  test("choices 2: the frame header's faults before R11-R12, the block walk before R13", () => {
+    const body = strBody();
+    const noSize = rawFrame(body);
+    noSize[4] = 0x00; // no content size, not single segment: a window byte follows
+    const noSizeCut = Uint8Array.from([...noSize.subarray(0, 5), 0x00, 0x01 | (9 << 3), 0, 0]);
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => noSizeCut })), refused("zstd_no_content_size"));
+    const huge = rawFrame(body, { declare: 64 * 1024 * 1024 + 1 });
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => Uint8Array.from([...huge, 0]) })), refused("body_too_large"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => rawFrame(body).subarray(0, 8) })), refused("bad_zstd"));
+  });
+
+  test("choices 3: a frame naming a dictionary, or with its reserved bit set, is bad_zstd", () => {
+    assert.deepEqual(goldenDoc(strBatch({ frame: (b) => rawFrame(b, { dictId: 7 }) })), refused("bad_zstd"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: (b) => rawFrame(b, { fhd: 0x08 }) })), refused("bad_zstd"));
+  });
+
+  test("choices 5: stage 6 rule by rule over the batch, R18 before R21 whatever the group", () => {
+    const body = strBody({ groups: [[1, 1], [1, 0], [2, 0]], ids: [5, 6, 9, 7] });
+    assert.deepEqual(goldenDoc(strBatch({ body, header: { n: 4 } })), refused("sids_not_ascending"));
+    const ascending = strBody({ groups: [[1, 1], [1, 0], [2, 0]], ids: [5, 6, 7, 9] });
+    assert.deepEqual(goldenDoc(strBatch({ body: ascending, header: { n: 4 } })), refused("bad_ts_mode"));
+  });
+
+  test("choices 6: column types compare as integers of any sign", () => {
+    const four = new Uint8Array(4);
+    const order = strBody({ columns: [[6, four], [-5, four]] });
+    assert.deepEqual(goldenDoc(strBatch({ body: order })), refused("column_order"));
+    const unused = strBody({ columns: [[-5, four], [6, four]] });
+    assert.deepEqual(goldenDoc(strBatch({ body: unused })), refused("column_unused"));
+  });
+
+  test("choices 7: a code point above U+10FFFF is not UTF-8, a noncharacter is", () => {
+    const body = strBody({ strings: ["ab"] });
+    const at = Buffer.from(body).indexOf("ab") - 1;
+    const withStr = (bytes) => Uint8Array.from([...body.subarray(0, at), 0xa0 | bytes.length, ...bytes, ...body.subarray(at + 3)]);
+    assert.deepEqual(goldenDoc(strBatch({ body: withStr([0xf4, 0x90, 0x80, 0x80]) })), refused("bad_body"));
+    assert.equal(decodeBatch(strBatch({ body: withStr([0xef, 0xbf, 0xbe]) })).points[0].value, "\ufffe");
   });
 });
