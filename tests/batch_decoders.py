@@ -14,16 +14,23 @@ language joins by adding a function that runs it on the payloads (one process fo
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from protocols.batch import BatchDecodeError, WirePoint, decode_batch_wire
 
 __all__ = [
     "DECODERS",
+    "JS_DIR",
     "disagreements",
+    "ensure_js_decoder",
     "expected_point",
+    "js_decoder",
     "point_json",
     "python_decoder",
     "readings",
@@ -76,8 +83,73 @@ def python_decoder(payloads: list[bytes]) -> list[dict[str, Any]]:
     return out
 
 
-#: Every decoder the contract's tests run. (The JavaScript decoder joins here.)
-DECODERS: dict[str, Decoder] = {"python": python_decoder}
+#: protocols/js: the second decoder, written in JavaScript from the spec alone.
+JS_DIR = Path(__file__).resolve().parent.parent / "protocols" / "js"
+_JS_INSTALL = (
+    "install Node.js 18 or newer and npm (Debian: apt-get install nodejs npm), then run "
+    "`npm ci` in protocols/js (CI does both; pytest runs `npm ci` itself when npm is there)"
+)
+
+
+def _node() -> str | None:
+    return shutil.which("node") or shutil.which("nodejs")
+
+
+def ensure_js_decoder() -> None:
+    """Runs `npm ci` in protocols/js when its node_modules is missing and npm is on PATH, so a
+    new clone's pytest runs the JavaScript decoder too. Quiet when npm is missing or fails:
+    :func:`js_decoder` then fails the tests that need it, saying how to install."""
+    npm = shutil.which("npm")
+    if (JS_DIR / "node_modules").is_dir() or npm is None or _node() is None:
+        return
+    subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=JS_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+        check=False,
+    )
+
+
+def js_decoder(payloads: list[bytes]) -> list[dict[str, Any]]:
+    """protocols/js (Node.js), one `node protocols/js/cli.mjs -` for the list: payloads on its
+    stdin, each after its length (4 bytes, big-endian); one golden JSON line back per payload.
+
+    Raises RuntimeError, saying how to install, when node or protocols/js/node_modules is
+    missing (a test fails then, it is never skipped), or when the CLI itself fails."""
+    node = _node()
+    if node is None:
+        raise RuntimeError(
+            f"the JavaScript decoder needs Node.js, which is not on PATH: {_JS_INSTALL}"
+        )
+    if not (JS_DIR / "node_modules" / "zstddec").is_dir():
+        raise RuntimeError(
+            f"the JavaScript decoder's npm packages are not in {JS_DIR / 'node_modules'}: "
+            + _JS_INSTALL
+        )
+    stdin = b"".join(len(p).to_bytes(4, "big") + p for p in payloads)
+    run = subprocess.run(
+        [node, str(JS_DIR / "cli.mjs"), "-"], input=stdin, capture_output=True, timeout=600
+    )
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"node protocols/js/cli.mjs exited {run.returncode}: {run.stderr.decode()[-2000:]}"
+        )
+    # One JSON text a line; JSON escapes every newline in a string, but not U+2028, so split
+    # on "\n" alone (str.splitlines would cut such a string).
+    lines = run.stdout.decode().split("\n")
+    if lines[-1:] == [""]:
+        lines.pop()
+    if len(lines) != len(payloads):
+        raise RuntimeError(
+            f"node protocols/js/cli.mjs gave {len(lines)} lines for {len(payloads)} payloads"
+        )
+    return [json.loads(line) for line in lines]
+
+
+#: Every decoder the contract's tests run.
+DECODERS: dict[str, Decoder] = {"python": python_decoder, "javascript": js_decoder}
 
 
 def readings(doc: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -17,6 +17,14 @@ from pathlib import Path
 import pytest
 
 from edge.uplink.broker import free_port
+from tests.batch_decoders import ensure_js_decoder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _js_decoder_installed() -> None:
+    """`npm ci` in protocols/js once when its node_modules is missing (a new clone), so the
+    contract tests run the JavaScript decoder beside ours (tests/batch_decoders.py)."""
+    ensure_js_decoder()
 
 
 def mosquitto_binary() -> str | None:
