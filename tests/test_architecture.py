@@ -38,6 +38,7 @@ TOP_MODULES = {
     "edge": "shared",  # the package: its version
     "edge.plan": "shared",  # read plans: pure, imports nothing of edge
     "edge.config": "config",
+    "edge.config_yaml": "config",  # the config's YAML reader, with its bounds
     "edge.cli": "top",
     "edge.demo": "top",
     "edge.__main__": "top",
