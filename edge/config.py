@@ -601,7 +601,7 @@ def _check_lines(cfg: Config, at: Any) -> None:
             if first is not t and "uart" in (t.type, first.type):
                 at(
                     (*where, "port"),
-                    f"device {dev.id!r}: serial port {t.port} is {first_id!r}'s; a serial "
+                    f"device {dev.id!r}: serial port {t.port} is taken by {first_id!r}; a serial "
                     "sensor (type uart) has its port to itself",
                     uses=uses,
                 )

@@ -315,6 +315,7 @@ class _Reader:
             )
         anchor = self.anchors.get(name)
         if anchor is None:
+            self.count(1, 0, where, f"alias *{name}")  # it leaves a record, as a value does
             self.problem(where, f"alias *{name} names no anchor: write &{name} on a value above")
             return _SKIP
         if depth + anchor.height > MAX_DEPTH:
@@ -639,10 +640,11 @@ def read_yaml(text: str) -> YamlData:
     try:
         reader = _Reader(text)
         return reader.document()
-    except _Stop as stop:
-        raise YamlError([stop.problem]) from None
+    except _Stop as stop:  # with what was found before it
+        raise YamlError([*reader.out.problems, stop.problem]) from None  # type: ignore[union-attr]
     except yaml.YAMLError as exc:
-        raise YamlError([_syntax(exc, text, reader.last if reader else None)]) from None
+        found = reader.out.problems if reader else []
+        raise YamlError([*found, _syntax(exc, text, reader.last if reader else None)]) from None
     finally:
         if reader is not None:
             reader.loader.dispose()
