@@ -772,7 +772,7 @@ def _got(value: Any) -> str:
     if isinstance(value, bool):
         return f"got {str(value).lower()}"
     if isinstance(value, float) and not math.isfinite(value):
-        return f"got .{str(value).lower().lstrip('+')}"
+        return "got .nan" if math.isnan(value) else f"got {'-' if value < 0 else ''}.inf"
     if isinstance(value, int) and abs(value) >= 10**30:
         return f"got a number of {len(str(abs(value)))} digits"
     if isinstance(value, str):

@@ -285,7 +285,10 @@ parking:
          "devices.0.poll_interval_s: must be a finite number (got .nan"),
         (BASE + "    processing: [{deadband: .inf}]\n", 6,
          "devices.0.processing.0.deadband: must be a finite number (got .inf"),
-        (BASE + "mqtt: {keepalive_s: -.inf}\n", 6, "mqtt.keepalive_s: must be a whole number"),
+        (BASE + "mqtt: {keepalive_s: -.inf}\n", 6,
+         "mqtt.keepalive_s: must be a whole number from 5 to 3600 (got -.inf)"),
+        (BASE + "mqtt: {publish_timeout_s: -.inf}\n", 6,
+         "mqtt.publish_timeout_s: must be a finite number (got -.inf"),
         (RTU.replace("unit: 1", 'unit: 1, stopbits: "1"'), 5,
          "devices.0.transport.stopbits: must be 1 or 2 (got the text '1': write it without "
          "quotes)"),
