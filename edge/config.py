@@ -21,16 +21,17 @@ and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from devices import SensorProfile, get_profile
 from edge import settings
+from edge.config_yaml import MAX_CONFIG_BYTES, YamlData, YamlError, read_yaml
+from edge.config_yaml import Positions as _Positions
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
 from edge.settings import LoadedConfig
 from edge.shared.clock import load_zone
@@ -60,6 +61,12 @@ __all__ = [
 #: Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Ident = Annotated[str, Field(pattern=IDENT)]
+#: MQTT topic levels: no wildcards.
+TOPIC = r"^[^#+]+$"
+#: A host name or address (RFC 1035: 253 characters at most).
+Host = Annotated[str, Field(min_length=1, max_length=253)]
+#: A TCP port to connect to or listen on: 0 would mean "any", which no peer answers on.
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class ConfigError(Exception):
@@ -71,7 +78,8 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # NaN and infinities are refused as numbers (a YAML .nan is never a setting).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class GatewayConfig(_Model, settings.GatewayConfig):
@@ -83,7 +91,8 @@ class BufferConfig(_Model, settings.BufferConfig):
     #: The buffer file (relative: to the config's folder). Beside it the gateway keeps
     #: <name>-wal, <name>-shm and <name>.lock (one gateway per buffer).
     path: str = "buffer.sqlite"
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    #: 1 MiB to 1 TiB (far past any cabinet's disk; the disk's own room limits it further).
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, le=1024**4)
     commit_interval_ms: int = Field(200, ge=1, le=60_000)
     synchronous: Literal["normal", "full"] = "normal"
 
@@ -163,7 +172,7 @@ class MqttConfig(_Model, settings.MqttConfig):
     reconnect_min_s: float = Field(1.0, gt=0, le=600)
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     stable_after_s: float = Field(60.0, ge=0, le=3600)
-    topic_prefix: str = Field("city/v1", pattern=r"^[^#+]+$")
+    topic_prefix: str = Field("city/v1", pattern=TOPIC)
 
     @field_validator("protocol_version", mode="before")
     @classmethod
@@ -212,16 +221,20 @@ class MqttConfig(_Model, settings.MqttConfig):
         if not parts.hostname:
             raise ValueError("broker url has no host")
         try:
-            parts.port  # noqa: B018 - raises on a bad port
+            port = parts.port
         except ValueError:
-            raise ValueError("broker url has an invalid port") from None
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(
+                "broker url port must be from 1 to 65535 (or left out: 1883, 8883 for mqtts)"
+            )
         return v
 
 
 class ModbusTcpTransport(_Model, settings.ModbusTcpTransport):
     type: Literal["modbus_tcp"]
-    host: str = Field(min_length=1)
-    port: int = Field(502, ge=0, le=65535)
+    host: Host
+    port: Port = 502
     unit: int = Field(1, ge=0, le=255)
     #: Connections the gateway may open to this endpoint (a bridge serving several RS-485
     #: ports can answer in parallel; many devices and bridges allow only 1-4 clients).
@@ -265,6 +278,13 @@ class UartTransport(_Model, settings.UartTransport):
     unit: int = 0  # no addresses on a point-to-point link
 
     _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: int) -> int:
+        if v != 0:
+            raise ValueError("a serial sensor has no address: leave unit out (or 0)")
+        return v
 
 
 Transport = Annotated[
@@ -356,8 +376,18 @@ class StatusConfig(_Model, settings.StatusConfig):
 
     enabled: bool = True
     #: host:port; loopback by default. Any other address exposes the page and needs a token.
-    listen: str = Field("127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$")
+    listen: str = "127.0.0.1:8080"
     token_file: str | None = None  # a secret asked for as ?token= or "Authorization: Bearer"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or ":" in host or any(c.isspace() for c in host) or len(host) > 253:
+            raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:8080 (got {v!r})")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"port must be from 1 to 65535 (got {port!r})")
+        return v
 
 
 class MeterConfig(_Model, settings.MeterConfig):
@@ -369,8 +399,8 @@ class MeterLinkTcp(_Model, settings.MeterLinkTcp):
     """A pay station, or an RS-485 meter bus behind a TCP converter."""
 
     type: Literal["tcp"]
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    host: Host
+    port: Port
 
 
 class MeterLinkRs485(_Model, settings.MeterLinkRs485):
@@ -424,25 +454,53 @@ def _check_processing(dev: DeviceConfig, base: tuple[Any, ...], points: list[str
         names = rule.points if rule.points is not None else points
         for j, name in enumerate(rule.points or []):
             if name not in points:
-                at((*where, "points", j), f"device {dev.id!r} does not read a point {name!r}")
+                at(
+                    (*where, "points", j),
+                    f"device {dev.id!r} does not read a point {name!r}",
+                    uses=((*where, "points", j), (*base, "points"), (*base, "profile")),
+                )
         for name in names:
             if name in covered:
                 at(
                     where,
                     f"device {dev.id!r}: point {name!r} is in processing rules {covered[name]} "
                     f"and {k}; one rule per point",
+                    uses=(
+                        (*where, "points"),
+                        (*base, "processing", covered[name], "points"),
+                        (*base, "points"),
+                    ),
                 )
             covered.setdefault(name, k)
         if (rule.window_s is None) == (rule.deadband is None):
-            at(where, "a processing rule takes either window_s or deadband")
+            at(
+                where,
+                "a processing rule takes either window_s or deadband",
+                uses=((*where, "window_s"), (*where, "deadband")),
+            )
         if rule.window_s is not None and rule.window_s < dev.poll_interval_s:
             at(
                 (*where, "window_s"),
                 f"window_s {rule.window_s:g} s is shorter than poll_interval_s "
                 f"{dev.poll_interval_s:g} s: a window would hold at most one sample",
+                uses=((*where, "window_s"), (*base, "poll_interval_s")),
             )
         if rule.raw and rule.window_s is None:
-            at((*where, "raw"), "raw: true goes with window_s (a deadband filters the raw values)")
+            at(
+                (*where, "raw"),
+                "raw: true goes with window_s (a deadband filters the raw values)",
+                uses=((*where, "raw"), (*where, "window_s")),
+            )
+
+
+def _plan_inputs(base: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
+    """What a device's read plan is compiled from (the paths of its settings)."""
+    device = ("profile", "points", "max_registers", "max_gap_registers", "turnaround_ms")
+    line = ("type", "baudrate", "parity", "stopbits")
+    return (
+        *((*base, k) for k in (*device, "inter_request_delay_ms")),
+        *((*base, "transport", k) for k in line),
+    )
 
 
 def link_cost(dev: DeviceConfig) -> LinkCost:
@@ -454,31 +512,59 @@ def link_cost(dev: DeviceConfig) -> LinkCost:
 
 
 def _check_lines(cfg: Config, at: Any) -> None:
-    """Devices on one line: one unit id each; on one serial port, one set of line settings."""
-    seen: dict[tuple[str, int], str] = {}
-    settings: dict[str, tuple[ModbusRtuTransport, str]] = {}
-    tcp: dict[str, tuple[ModbusTcpTransport, str]] = {}
-    for i, dev in enumerate(cfg.devices):
+    """Devices on one line: one unit id each; on one serial port, one set of line settings;
+    a serial sensor alone on its port. Each check reads the named settings of two devices."""
+    seen: dict[tuple[str, int], int] = {}
+    settings: dict[str, int] = {}
+    tcp: dict[str, int] = {}
+    serial: dict[str, int] = {}  # serial port -> the first device on it
+    devices = cfg.devices
+    line_keys = ("type", "host", "port")
+    for i, dev in enumerate(devices):
         t = dev.transport
+
+        def other(j: int, *keys: str, i: int = i) -> tuple[Any, str, tuple[tuple[Any, ...], ...]]:
+            """Device j's transport and id, and the settings of i and j a check reads."""
+            uses = tuple(("devices", d, "transport", k) for d in (i, j) for k in keys)
+            return devices[j].transport, devices[j].id, uses
+
         where = ("devices", i, "transport")
-        other = seen.setdefault((t.line, t.unit), dev.id)
-        if other != dev.id:
-            at((*where, "unit"), f"device {dev.id!r}: unit {t.unit} on {t.line} is {other!r} too")
+        if isinstance(t, ModbusRtuTransport | UartTransport):
+            first, first_id, uses = other(serial.setdefault(t.port, i), *line_keys)
+            if first is not t and "uart" in (t.type, first.type):
+                at(
+                    (*where, "port"),
+                    f"device {dev.id!r}: serial port {t.port} is taken by {first_id!r}; a serial "
+                    "sensor (type uart) has its port to itself",
+                    uses=uses,
+                )
+                continue
+        first, first_id, uses = other(seen.setdefault((t.line, t.unit), i), *line_keys, "unit")
+        if first is not t:
+            at(
+                (*where, "unit"),
+                f"device {dev.id!r}: unit {t.unit} on {t.line} is {first_id!r} too",
+                uses=uses,
+            )
         if isinstance(t, ModbusTcpTransport):
-            first_tcp, first_id = tcp.setdefault(t.line, (t, dev.id))
-            if first_tcp.max_connections != t.max_connections:
+            keys = (*line_keys, "max_connections")
+            first, first_id, uses = other(tcp.setdefault(t.line, i), *keys)
+            if first.max_connections != t.max_connections:
                 at(
                     (*where, "max_connections"),
-                    f"device {dev.id!r}: {t.line} allows {first_tcp.max_connections} "
+                    f"device {dev.id!r}: {t.line} allows {first.max_connections} "
                     f"connection(s) for {first_id!r}; one endpoint has one limit",
+                    uses=uses,
                 )
         if isinstance(t, ModbusRtuTransport):
-            first, first_id = settings.setdefault(t.port, (t, dev.id))
+            keys = (*line_keys, "baudrate", "parity", "stopbits", "late_answer_ms")
+            first, first_id, uses = other(settings.setdefault(t.port, i), *keys)
             if first.timing() != t.timing():
                 at(
                     (*where, "baudrate"),
                     f"device {dev.id!r}: {t.port} runs at {first.baudrate} "
                     f"{first.parity}{first.stopbits} for {first_id!r}; one line has one setting",
+                    uses=uses,
                 )
             elif first.late_answer_ms != t.late_answer_ms:
                 theirs = "unset" if first.late_answer_ms is None else f"{first.late_answer_ms} ms"
@@ -486,136 +572,352 @@ def _check_lines(cfg: Config, at: Any) -> None:
                     (*where, "late_answer_ms"),
                     f"device {dev.id!r}: {t.port} has late_answer_ms {theirs} for {first_id!r}; "
                     "one line has one setting",
+                    uses=uses,
                 )
 
 
-# --------------------------------------------------------------------------- YAML with positions
+# --------------------------------------------------------------------------- field problems
+
+_DROPPED = "<dropped>"  # a step after a list's path: an item of it was left out
 
 
-class _Positions:
-    """Source positions (1-based line, column) of every key and value, by path."""
+class _Doubts:
+    """What the schema phase could not vouch for, so cross-field checks stay silent about it.
 
-    def __init__(self) -> None:
-        self.key: dict[tuple[Any, ...], tuple[int, int]] = {}
-        self.value: dict[tuple[Any, ...], tuple[int, int]] = {}
+    ``bad``: values refused (left out, so a default stands in), and items left out of a list as
+    ``(*list, _DROPPED, id)`` (or ``(*list, _DROPPED)`` when the item had no id); ``loose``:
+    mappings with an unknown key, which may have been meant for any key they do not give (those
+    keys hold defaults the person did not choose).
+    """
 
-    def known_path(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
-        path: tuple[Any, ...] = ()
-        for step in loc:
-            if (*path, step) in self.value or (*path, step) in self.key:
-                path = (*path, step)
-        return path
+    def __init__(self, pos: _Positions) -> None:
+        self.pos = pos
+        self.bad: set[tuple[Any, ...]] = set()
+        self.loose: set[tuple[Any, ...]] = set()
+        self._covered: set[tuple[Any, ...]] = set()  # every prefix of a bad or loose path
 
-    def locate(self, loc: tuple[Any, ...], *, prefer_key: bool) -> tuple[int, int]:
-        """Position of the deepest known step of ``loc``.
+    def freeze(self) -> None:
+        for path in self.bad | self.loose:
+            self._covered.update(path[:n] for n in range(len(path) + 1))
 
-        pydantic locs may contain union tags that are not in the data; those steps are skipped.
-        """
-        path = self.known_path(loc)
-        if prefer_key and path in self.key:
-            return self.key[path]
-        return self.value.get(path, (1, 1))
+    def __call__(self, *paths: tuple[Any, ...]) -> bool:
+        """Whether a check that reads ``paths`` (values, or whole sections) may be misled."""
+        for path in paths:
+            if path in self._covered:  # the path holds a doubtful part
+                return True
+            for n in range(len(path)):
+                head = path[:n]
+                if head in self.bad:
+                    return True
+                if head in self.loose and (*head, path[n]) not in self.pos.key:
+                    return True  # a default, and the unknown key may have been meant for it
+        return False
+
+    def renumber(self, lst: tuple[Any, ...], gone: dict[int, Any]) -> None:
+        """Items ``gone`` (index: the item) were left out of the list at ``lst``."""
+        self.bad = _renumbered(self.bad, lst, set(gone))
+        self.loose = _renumbered(self.loose, lst, set(gone))
+        for item in gone.values():
+            name = item.get("id") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                self.bad.add((*lst, _DROPPED, name))
+            else:
+                self.bad.add((*lst, _DROPPED))
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _mark(node: Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _build(
-    loader: Any,
-    pos: _Positions,
-    problems: list[tuple[str, int, int, str]],
-    source: str,
-    node: Node,
-    path: tuple[Any, ...],
-) -> Any:
-    """Python data of ``node``, recording where each value and key sits."""
-    pos.value[path] = _mark(node)
-    if isinstance(node, MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)
-            if not isinstance(key, str):
-                problems.append((source, *_mark(knode), f"key {key!r} must be a string"))
+def _renumbered(
+    paths: set[tuple[Any, ...]], lst: tuple[Any, ...], gone: set[int]
+) -> set[tuple[Any, ...]]:
+    n, out = len(lst), set()
+    for path in paths:
+        if len(path) > n and path[:n] == lst and isinstance(path[n], int):
+            if path[n] in gone:
                 continue
-            if key in out:
-                problems.append((source, *_mark(knode), f"duplicate key {key!r}"))
-                continue
-            pos.key[(*path, key)] = _mark(knode)
-            out[key] = _build(loader, pos, problems, source, vnode, (*path, key))
-        return out
-    if isinstance(node, SequenceNode):
-        return [
-            _build(loader, pos, problems, source, v, (*path, i)) for i, v in enumerate(node.value)
-        ]
-    assert isinstance(node, ScalarNode)
-    return loader.construct_object(node, deep=True)
-
-
-def _compose(text: str, source: str) -> tuple[Any, _Positions]:
-    # libyaml's parser when present: the pure-Python one builds ~40 objects per config line
-    # (a 100-device config peaks at 4 MB, and freed heap is not given back to the OS).
-    loader = _Loader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise ConfigError([(source, line, col, f"YAML syntax: {exc.problem or exc}")]) from None
-        pos = _Positions()
-        problems: list[tuple[str, int, int, str]] = []
-        data = _build(loader, pos, problems, source, root, ()) if root is not None else None
-        if problems:
-            raise ConfigError(problems)
-        return data, pos
-    finally:
-        loader.dispose()
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _pydantic_problems(
-    exc: ValidationError, pos: _Positions, source: str
-) -> list[tuple[str, int, int, str]]:
-    out = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        kind = err["type"]
-        where = ".".join(str(x) for x in pos.known_path(loc)) or "(top level)"
-        if kind == "extra_forbidden":
-            line, col = pos.locate(loc, prefer_key=True)
-            msg = f"unknown key {loc[-1]!r} in {'.'.join(str(x) for x in loc[:-1]) or 'top level'}"
-        elif kind == "missing":
-            line, col = pos.locate(loc[:-1], prefer_key=False)
-            parent = ".".join(str(x) for x in loc[:-1]) or "top level"
-            msg = f"missing required key {loc[-1]!r} in {parent}"
-        elif kind == "union_tag_invalid":
-            line, col = pos.locate(loc, prefer_key=False)
-            ctx = err.get("ctx", {})
-            msg = f"{where}: unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
-        else:
-            line, col = pos.locate(loc, prefer_key=False)
-            text = str(err.get("ctx", {}).get("error", "")) if kind == "value_error" else ""
-            msg = f"{where}: {text or err['msg']}"  # our own words, not "Value error, ..."
-            if "input" in err and kind.endswith("_type"):
-                msg += f" (got {err['input']!r})"
-        out.append((source, line, col, msg))
+            path = (*lst, path[n] - sum(1 for g in gone if g < path[n]), *path[n + 1 :])
+        out.add(path)
     return out
 
 
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """The steps of pydantic's ``loc`` that are in ``data`` (union tags are not), and whether
+    the last one is there (not for a missing key)."""
+    path: tuple[Any, ...] = ()
+    cur = data
+    for i, step in enumerate(loc):
+        if isinstance(cur, dict) and step in cur:
+            cur = cur[step]
+        elif isinstance(cur, list) and isinstance(step, int) and 0 <= step < len(cur):
+            cur = cur[step]
+        elif i == len(loc) - 1:
+            return (*path, step), False
+        else:
+            continue
+        path = (*path, step)
+    return path, True
+
+
+def _container(data: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        try:
+            data = data[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _model_field(loc: tuple[Any, ...]) -> Any:
+    """The pydantic FieldInfo that ``loc`` ends in (None when it cannot be told)."""
+    model: Any = Config
+    info = None
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        if isinstance(model, list):  # a union: the step is the tag
+            model = next((m for m in model if _tags_of(m) == [step]), None)
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None or step not in fields:
+            return None
+        info = fields[step]
+        models = _models_in(info.annotation)
+        model = models[0] if len(models) == 1 else models
+    return info
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _tags_of(model: Any) -> list[Any]:
+    field = getattr(model, "model_fields", {}).get("type")
+    return list(get_args(field.annotation)) if field is not None else []
+
+
+def _one_of(values: list[Any]) -> str:
+    shown = [str(v) for v in values]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _got(value: Any) -> str:
+    """What a refused value was, shortly ("got the text '1'")."""
+    if isinstance(value, bool):
+        return f"got {str(value).lower()}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "got .nan" if math.isnan(value) else f"got {'-' if value < 0 else ''}.inf"
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"got a number of {len(str(abs(value)))} digits"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:40] + "..."
+        return f"got the text {text!r}"
+    if isinstance(value, dict):
+        return "got a mapping"
+    if isinstance(value, list):
+        return "got a list"
+    return f"got {value!r}"
+
+
+_TYPES = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list (lines starting with '- ', or [a, b])",
+    "model_type": "a mapping (key: value lines, or {key: value})",
+    "dict_type": "a mapping (key: value lines, or {key: value})",
+}
+_PATTERNS = {
+    IDENT: "a name of 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+    "(it goes into MQTT topics and file names)",
+    TOPIC: "text without '#' or '+' (MQTT wildcards)",
+}
+
+
+def _range(info: Any) -> str | None:
+    """The range a number field takes, in words ("from 1 to 65535")."""
+    low = high = None
+    for m in info.metadata if info is not None else ():
+        if getattr(m, "ge", None) is not None:
+            low = ("from", "at least", m.ge)
+        if getattr(m, "gt", None) is not None:
+            low = ("more than", "more than", m.gt)
+        if getattr(m, "le", None) is not None:
+            high = ("to", "at most", m.le)
+        if getattr(m, "lt", None) is not None:
+            high = ("below", "below", m.lt)
+    if low and high:
+        if low[0] == "from" and high[0] == "to":
+            return f"from {low[2]} to {high[2]}"
+        return f"{low[1]} {low[2]} and {high[1]} {high[2]}"
+    if low or high:
+        word, bound = (low or high)[1:]  # type: ignore[misc]
+        return f"{word} {bound}"
+    return None
+
+
+def _looks_like(kind: str, text: str) -> bool:
+    """Whether quoted ``text`` would be the value a field of this type wants, unquoted."""
+    if kind == "bool_type":
+        return text.lower() in ("true", "false")
+    try:
+        (int if kind == "int_type" else float)(text.replace("_", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _explain(err: Any) -> str:
+    """A pydantic error in the project's words, naming what the field takes."""
+    kind, loc = err["type"], tuple(err["loc"])
+    value, ctx = err.get("input"), err.get("ctx", {})
+    info = _model_field(loc)
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"must be {_range(info) or err['msg'].lower()} ({_got(value)})"
+    if kind == "finite_number":
+        return f"must be a finite number ({_got(value)}; .nan and .inf are not settings)"
+    if kind in _TYPES:
+        msg = f"must be {_TYPES[kind]}"
+        if kind in ("int_type", "float_type") and _range(info):
+            msg += f" {_range(info)}"
+        hint = ""
+        if isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
+            hint = ": write it without quotes" if _looks_like(kind, value) else ""
+        elif kind == "string_type" and isinstance(value, int | float):
+            hint = ": put it in quotes if it is meant as text"
+        return f"{msg} ({_got(value)}{hint})"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
+        allowed = [v.strip("'") for v in expected.split(", ")]
+        hint = ""
+        if isinstance(value, str) and value in allowed:
+            hint = ": write it without quotes"
+        elif isinstance(value, bool):
+            hint = ": YAML reads yes, no, on and off as true or false; put the word in quotes"
+        choice = _one_of(allowed) if len(allowed) < 3 else f"one of {_one_of(allowed)}"
+        return f"must be {choice} ({_got(value)}{hint})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters (got {len(value)})"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"takes at most {ctx.get('max_length')} item(s) (got {ctx.get('actual_length')})"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern")
+        return f"must be {_PATTERNS.get(pattern, f'text of the form {pattern}')} ({_got(value)})"
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        members = _models_in(getattr(info, "annotation", None))
+        tags = _one_of([t for m in members for t in _tags_of(m)])
+        if kind == "union_tag_not_found":
+            return f"needs a type: one of {tags}"
+        return f"unknown type {ctx.get('tag')!r}: use {tags}"
+    if kind == "value_error":
+        return str(ctx.get("error", "")) or err["msg"]
+    return err["msg"]
+
+
+def _field_problems(
+    data: dict[str, Any], read: YamlData, source: str
+) -> tuple[Config | None, list[tuple[str, int, int, str]], _Doubts]:
+    """Validate ``data`` against the schema; every field problem, in one pass.
+
+    Then, so the cross-field checks can run in the same go, the data is repaired until it
+    validates: an unknown key is dropped, a refused value left out (its default stands in), and
+    what lacks a required key is left out of its list or section. Each repair is written down
+    in the returned :class:`_Doubts`, and the checks stay silent about what it touches. The
+    config is None when it cannot be repaired."""
+    pos = read.pos
+    doubts = _Doubts(pos)
+    doubts.bad |= read.left_out | read.doubtful
+    doubts.loose |= read.loose
+    silent = set(read.left_out)  # reported by the YAML reader already
+    problems: list[tuple[str, int, int, str]] = []
+    stand_in: dict[str, str] | None = None
+    for attempt in range(16):
+        try:
+            cfg = Config.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        else:
+            doubts.freeze()
+            return cfg, problems, doubts
+        drops: dict[tuple[Any, ...], set[int]] = {}
+        for err in errors:
+            loc = tuple(err["loc"])
+            path, present = _data_path(data, loc)
+            quiet = any(path[:n] in silent for n in range(len(path) + 1))
+            if attempt == 0 and not quiet:
+                problems.append(_field_problem(err, loc, pos, source))
+            if err["type"] == "extra_forbidden":
+                parent = _container(data, path[:-1])
+                if isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                doubts.loose.add(path[:-1])
+                continue
+            if not present:  # a required key is missing: what lacks it goes
+                path = path[:-1]
+            if not path:  # only the gateway section is required at the top
+                if loc != ("gateway",) or stand_in:
+                    return None, problems, doubts
+                data["gateway"] = stand_in = {"id": "gateway"}  # so the rest is checked
+                doubts.bad.add(("gateway",))
+                continue
+            parent = _container(data, path[:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+                doubts.bad.add(path)
+                if quiet:
+                    silent.add(path)
+            elif isinstance(parent, list) and isinstance(path[-1], int):
+                drops.setdefault(path[:-1], set()).add(path[-1])
+        for lst in sorted(drops, key=len, reverse=True):  # inner lists first: indices hold
+            items = _container(data, lst)
+            if not isinstance(items, list):
+                continue
+            gone = {i: items[i] for i in drops[lst]}
+            items[:] = [v for i, v in enumerate(items) if i not in gone]
+            pos.drop_items(lst, set(gone))
+            doubts.renumber(lst, gone)
+            silent = _renumbered(silent, lst, set(gone))
+    return None, problems, doubts
+
+
+def _field_problem(
+    err: Any, loc: tuple[Any, ...], pos: _Positions, source: str
+) -> tuple[str, int, int, str]:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        line, col = pos.locate(loc, prefer_key=True)
+        parent = ".".join(str(x) for x in pos.known_path(loc[:-1])) or "top level"
+        return source, line, col, f"unknown key {loc[-1]!r} in {parent}"
+    if kind == "missing":
+        line, col = pos.locate(loc[:-1], prefer_key=False)
+        parent = ".".join(str(x) for x in pos.known_path(loc[:-1])) or "top level"
+        return source, line, col, f"missing required key {loc[-1]!r} in {parent}"
+    line, col = pos.locate(loc, prefer_key=False)
+    where = ".".join(str(x) for x in pos.known_path(loc)) or "(top level)"
+    return source, line, col, f"{where}: {_explain(err)}"
+
+
 def _cross_checks(
-    cfg: Config, pos: _Positions, source: str, base_dir: Path
+    cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts | None = None
 ) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]]]:
     problems: list[tuple[str, int, int, str]] = []
     plans: dict[str, ReadPlan] = {}
 
-    def at(path: tuple[Any, ...], msg: str, *, key: bool = False) -> None:
+    def at(
+        path: tuple[Any, ...],
+        msg: str,
+        *,
+        key: bool = False,
+        uses: tuple[tuple[Any, ...], ...] | None = None,
+    ) -> None:
+        """Report ``msg`` at ``path``, unless a value the check read (``uses``, by default the
+        path itself) was repaired after a field problem: the check may be misled by it."""
+        if doubts is not None and doubts(*(uses if uses is not None else (path,))):
+            return
         problems.append((source, *pos.locate(path, prefer_key=key), msg))
 
     seen: dict[str, int] = {}
@@ -623,7 +925,11 @@ def _cross_checks(
         base = ("devices", i)
         if dev.id in seen:
             first = pos.locate(("devices", seen[dev.id], "id"), prefer_key=False)
-            at((*base, "id"), f"duplicate device id {dev.id!r} (first defined at line {first[0]})")
+            at(
+                (*base, "id"),
+                f"duplicate device id {dev.id!r} (first defined at line {first[0]})",
+                uses=((*base, "id"), ("devices", seen[dev.id], "id")),
+            )
         else:
             seen[dev.id] = i
         try:
@@ -646,11 +952,19 @@ def _cross_checks(
                 f"device {dev.id!r}: {formula} × (retries + 1) = {budget_ms} ms exceeds "
                 f"poll_interval_s = {dev.poll_interval_s} s; "
                 "a dead device could never keep its rate",
+                uses=(
+                    *((*base, k) for k in ("timeout_ms", "retries", "poll_interval_s")),
+                    *((*base, "transport", k) for k in ("type", "late_answer_ms")),
+                ),
             )
         if dev.points is not None:
             for j, name in enumerate(dev.points):
                 if name not in profile.point_names:
-                    at((*base, "points", j), f"profile {profile.name} has no point {name!r}")
+                    at(
+                        (*base, "points", j),
+                        f"profile {profile.name} has no point {name!r}",
+                        uses=((*base, "points", j), (*base, "profile")),
+                    )
             if len(set(dev.points)) != len(dev.points):
                 at((*base, "points"), f"device {dev.id!r}: a point is listed twice")
         _check_processing(dev, base, dev.points or list(profile.point_names), at)
@@ -664,6 +978,7 @@ def _cross_checks(
                     if isinstance(profile, SensorProfile)
                     else "a Modbus device: use transport type modbus_tcp or modbus_rtu"
                 ),
+                uses=((*base, "transport", "type"), (*base, "profile")),
             )
             continue
         if is_uart:
@@ -678,7 +993,7 @@ def _cross_checks(
             )
         except PlanError as exc:
             if dev.points is None or all(n in profile.point_names for n in dev.points):
-                at(base, f"device {dev.id!r}: {exc}")
+                at(base, f"device {dev.id!r}: {exc}", uses=_plan_inputs(base))
     _check_lines(cfg, at)
     st = cfg.status
     if st.enabled and st.host not in ("127.0.0.1", "localhost", "::1") and not st.token_file:
@@ -686,22 +1001,29 @@ def _cross_checks(
             ("status", "listen"),
             f"status.listen {st.listen} exposes the status page beyond this machine: "
             "set status.token_file (a file holding the token) too",
+            uses=(("status",),),
         )
     if st.token_file and not (base_dir / st.token_file).expanduser().is_file():
         at(("status", "token_file"), f"status.token_file {st.token_file} does not exist")
-    by_id = {d.id: d for d in cfg.devices}
+    by_id = {d.id: (i, d) for i, d in enumerate(cfg.devices)}
     for i, w in enumerate(cfg.commands.writable):
         where = ("commands", "writable", i)
-        dev = by_id.get(w.device)
-        if dev is None:
-            at((*where, "device"), f"commands.writable: no device {w.device!r}")
+        if w.device not in by_id:
+            at(
+                (*where, "device"),
+                f"commands.writable: no device {w.device!r}",
+                uses=((*where, "device"), ("devices", _DROPPED, w.device)),  # left out?
+            )
             continue
+        d, dev = by_id[w.device]
+        uses = ((*where, "point"), ("devices", d, "profile"))
         try:
             point = get_profile(dev.profile).point(w.point)
         except KeyError:
             at(
                 (*where, "point"),
                 f"commands.writable: profile {dev.profile} has no point {w.point!r}",
+                uses=uses,
             )
             continue
         if not point.writable:
@@ -709,13 +1031,22 @@ def _cross_checks(
                 (*where, "point"),
                 f"commands.writable: {dev.profile} point {w.point!r} is not writable "
                 "in its profile",
+                uses=uses,
             )
     tls = cfg.mqtt.tls
     if tls is not None and not cfg.mqtt.uses_tls:
-        at(("mqtt", "tls"), "mqtt.tls is set but mqtt.url is not mqtts://: the link would be plain")
+        at(
+            ("mqtt", "tls"),
+            "mqtt.tls is set but mqtt.url is not mqtts://: the link would be plain",
+            uses=(("mqtt", "tls"), ("mqtt", "url")),
+        )
     if tls is not None:
         if tls.key_file and not tls.cert_file:
-            at(("mqtt", "tls", "key_file"), "key_file without cert_file")
+            at(
+                ("mqtt", "tls", "key_file"),
+                "key_file without cert_file",
+                uses=(("mqtt", "tls", "key_file"), ("mqtt", "tls", "cert_file")),
+            )
         for name in ("ca_file", "cert_file", "key_file"):
             value = getattr(tls, name)
             if (
@@ -726,7 +1057,11 @@ def _cross_checks(
             ):
                 at(("mqtt", "tls", name), f"mqtt.tls.{name}: no such file {value!r}")
     if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
-        at(("mqtt", "reconnect_min_s"), "reconnect_min_s is larger than reconnect_max_s")
+        at(
+            ("mqtt", "reconnect_min_s"),
+            "reconnect_min_s is larger than reconnect_max_s",
+            uses=(("mqtt", "reconnect_min_s"), ("mqtt", "reconnect_max_s")),
+        )
     if cfg.mqtt.password is not None and cfg.mqtt.password_file is not None:
         at(("mqtt", "password_file"), "give either password or password_file, not both")
     if (cfg.mqtt.password is not None or cfg.mqtt.password_file) and cfg.mqtt.username is None:
@@ -763,6 +1098,9 @@ def _cross_checks(
     return plans, problems
 
 
+# --------------------------------------------------------------------------- loading
+
+
 def _check_storage(
     cfg: Config, pos: _Positions, source: str, base_dir: Path
 ) -> list[tuple[str, int, int, str]]:
@@ -797,14 +1135,18 @@ def _check_storage(
     return [] if problem is None else [(source, *where, problem)]
 
 
-def _check_secrets(loaded: LoadedConfig, pos: _Positions) -> list[tuple[str, int, int, str]]:
+def _check_secrets(
+    loaded: LoadedConfig, pos: _Positions, doubts: _Doubts | None = None
+) -> list[tuple[str, int, int, str]]:
     """This machine, for the secrets the config names: what ``edge run`` would refuse when it
-    reads them (the password and token files, the TLS files, the parking signing key)."""
+    reads them (the password and token files, the TLS files, the parking signing key). Silent on
+    a setting the field checks already refused (``doubts``: it holds a default now)."""
     cfg, source = loaded.config, loaded.source
     problems: list[tuple[str, int, int, str]] = []
 
     def at(path: tuple[Any, ...], msg: str) -> None:
-        problems.append((source, *pos.locate(path, prefer_key=False), msg))
+        if doubts is None or not doubts(path):
+            problems.append((source, *pos.locate(path, prefer_key=False), msg))
 
     m = cfg.mqtt
     if m.password_file:
@@ -840,33 +1182,57 @@ def parse_config(
     *,
     check_storage: bool = False,
 ) -> LoadedConfig:
-    """Validate config text; raise :class:`ConfigError` listing every problem found.
+    """Validate config text; raise :class:`ConfigError` listing every problem found: the YAML
+    reader's, the schema's and the cross-field checks', in one go (see :func:`_field_problems`).
     ``check_storage``: also check this machine's paths (see the module doc)."""
-    data, pos = _compose(text, source)
-    if not isinstance(data, dict):
-        raise ConfigError([(source, 1, 1, "the config must be a YAML mapping (key: value)")])
     try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, pos, source)) from None
-    base = base_dir or Path.cwd()
-    plans, problems = _cross_checks(cfg, pos, source, base)
-    if check_storage:
-        problems += _check_storage(cfg, pos, source, base)
-        problems += _check_secrets(LoadedConfig(cfg, source, plans, base), pos)
-    if problems:
+        read = read_yaml(text)
+    except YamlError as exc:
+        raise ConfigError([(source, *p) for p in exc.problems]) from None
+    problems = [(source, *p) for p in read.problems]
+    if not isinstance(read.data, dict):
+        if read.data is not None or not problems:
+            problems.append((source, 1, 1, "the config must be a YAML mapping (key: value)"))
         raise ConfigError(problems)
+    cfg, field_problems, doubts = _field_problems(read.data, read, source)
+    problems += field_problems
+    if cfg is None:
+        raise ConfigError(problems)
+    base = base_dir or Path.cwd()
+    plans, cross = _cross_checks(cfg, read.pos, source, base, doubts)
+    problems += cross
+    if check_storage and not doubts(("buffer",)):
+        problems += _check_storage(cfg, read.pos, source, base)
+    if check_storage:
+        problems += _check_secrets(LoadedConfig(cfg, source, plans, base), read.pos, doubts)
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p[1], p[2])))
     return LoadedConfig(cfg, source, plans, base)
 
 
 def load_config(path: str | Path, *, check_storage: bool = True) -> LoadedConfig:
     """Read and validate a config file, with this machine's paths unless ``check_storage`` is
-    False (a config written for another machine). :class:`ConfigError` lists every problem."""
+    False (a config written for another machine). :class:`ConfigError` lists every problem.
+    A file over :data:`edge.config_yaml.MAX_CONFIG_BYTES` is refused unread."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
         raise ConfigError([(str(p), 1, 1, f"cannot read config: {exc}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [(str(p), 1, 1, f"the config is over {MAX_CONFIG_BYTES:,} bytes, the most a config "
+              "may have (a cabinet's is a few KB): is this the right file?")]
+        )  # fmt: skip
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            [(str(p), line, col, "not UTF-8 text: save the config as UTF-8")]
+        ) from None
     return parse_config(text, str(p), p.resolve().parent, check_storage=check_storage)
 
 

@@ -39,6 +39,7 @@ TOP_MODULES = {
     "edge.plan": "shared",  # read plans: pure, imports nothing of edge
     "edge.config": "config",
     "edge.settings": "config",  # the config's plain records, what the running gateway reads
+    "edge.config_yaml": "config",  # the config's YAML reader, with its bounds
     "edge.cli": "top",
     "edge.demo": "top",
     "edge.__main__": "top",

@@ -90,7 +90,7 @@ def test_config__wrong_type_points_at_the_value():
     text = BASE.replace("unit: 1", "unit: one")
     [(line, col, msg)] = problems(text)
     assert (line, col) == (5, text.splitlines()[4].index("one") + 1)
-    assert "valid integer" in msg and "'one'" in msg
+    assert "must be a whole number from 0 to 255" in msg and "'one'" in msg
 
 
 def test_config__missing_key_points_at_its_mapping():
@@ -107,8 +107,8 @@ def test_config__duplicate_device_id_names_both_places():
 @pytest.mark.parametrize(
     ("change", "expect_line", "expect"),
     [
-        (("port: 5020", "port: 70000"), 5, "less than or equal to 65535"),
-        (("gw-1", "gw/1"), 1, "should match pattern"),
+        (("port: 5020", "port: 70000"), 5, "must be from 1 to 65535 (got 70000)"),
+        (("gw-1", "gw/1"), 1, "must be a name of 1 to 64 letters"),
         (("eastron_sdm630", "eastron_sdm999"), 4, "unknown device profile 'eastron_sdm999'"),
         (("modbus_tcp", "modbus_ascii"), 5, "unknown type 'modbus_ascii'"),
     ],
@@ -130,7 +130,7 @@ def test_config__unknown_point_and_duplicate_yaml_key_are_located():
     assert (line, col) == (6, text.splitlines()[5].index("volts") + 1)
     assert "no point 'volts'" in msg
     [(line, col, msg)] = problems("gateway: {id: a}\ngateway: {id: b}\n")
-    assert (line, col, msg) == (2, 1, "duplicate key 'gateway'")
+    assert (line, col, msg) == (2, 1, "duplicate key 'gateway' (first at line 1, column 1)")
 
 
 def test_config__several_errors_are_reported_together():
@@ -144,8 +144,9 @@ def test_config__broker_url_and_password_rules():
 
 
 def test_config__yaml_syntax_error_is_located():
-    [(line, _col, msg)] = problems("gateway: [id: a\n")
-    assert msg.startswith("YAML syntax") and line == 2
+    # The cause is the '[' that is never closed, not the end of the file where it shows.
+    [(line, col, msg)] = problems("gateway: [id: a\n")
+    assert msg.startswith("YAML syntax") and (line, col) == (1, 10) and "never closed" in msg
 
 
 def test_cli__a_reader_that_goes_away_early_gets_no_traceback():
