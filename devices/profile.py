@@ -411,6 +411,9 @@ class Profile(_PointsByName):
     #: The serial setting the device leaves the factory with (baud, parity, stop bits).
     default_line: LineTiming = field(default_factory=LineTiming)
     description: str = ""
+    #: Where the map comes from: the vendor document's title and version (a profile file's
+    #: required ``source:``, docs/profile-format.md §0.1).
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_registers_per_request <= MAX_READ_REGISTERS:
@@ -425,10 +428,11 @@ class Profile(_PointsByName):
             )
         for rtype, ranges in self.readable_ranges.items():
             for lo, hi in ranges:
-                if not 0 <= lo < hi <= 0x10000:
+                if not 0 <= lo <= hi <= 0x10000:
                     raise ProfileError(
                         f"{self.name}: readable range [{lo}, {hi}) of {rtype} registers must "
-                        "start before it ends, inside 0..65536 (the end is one past the last)",
+                        "not end before it starts, and lie in 0..65536 (the end is one past the "
+                        "last register)",
                         field="readable_ranges",
                     )
         seen: dict[str, Point] = {}
