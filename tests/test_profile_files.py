@@ -8,9 +8,13 @@ profile may extend a shipped one; a device can override byte order, addresses an
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -422,3 +426,134 @@ def test_sim_unit__a_data_profile_serves_steady_values_every_point_decodes_to(tm
     assert all(len(v) == 2 and v[0] == v[1] for v in served.values())  # steady
     assert len({str(v[0]) for v in served.values()}) > 15  # and not all alike
     assert sim_unit(profile, 3, seed="y").model_values() != unit.model_values()
+
+
+# --------------------------------------------------------------------------- onboarding
+
+
+def _start(*args: str, cwd: Path, out: Path) -> subprocess.Popen[str]:
+    """An ``edge`` subprocess started in ``cwd``, its output (both streams) into ``out``."""
+    with out.open("w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def _first_line(proc: subprocess.Popen[str], out: Path, within_s: float = 30) -> str:
+    deadline = time.monotonic() + within_s
+    while "\n" not in out.read_text():
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, f"no output from {proc.args}"
+        time.sleep(0.1)
+    return out.read_text().splitlines()[0]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _served(log: Path) -> dict[tuple[int, str], set[object]]:
+    out: dict[tuple[int, str], set[object]] = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        out.setdefault((entry["unit"], entry["point"]), set()).add(entry["value"])
+    return out
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_onboarding__a_new_device_from_files_alone_reaches_the_consumer_as_served(
+    tmp_path, mosquitto
+):
+    """Issue 19, must-show 1: a device the project has never seen, onboarded with files only (a
+    profile YAML, a gateway config, ``edge sim --profile-file``): the gateway delivers its values
+    through Mosquitto to ``edge consume``, equal to what the simulator served. A clone of it that
+    sends its floats low word first is read right with ``byte_order: CDAB`` on the device (and
+    wrong without it)."""
+    profile = profile_file(tmp_path / "profiles", "acme_pm10.yaml", GENERIC)
+    clone_hw = profile_file(  # what the clone really does: its floats low word first
+        tmp_path,
+        "clone-hardware.yaml",
+        GENERIC.replace("name: acme_pm10", "name: acme_pm10_clone").replace(
+            "defaults: {table: holding, data_type: float32}",
+            "defaults: {table: holding, data_type: float32, byte_order: CDAB}",
+        ),
+    )
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        ports = []
+        for path, units in ((profile, ["--unit", "1"]), (clone_hw, ["--unit", "2", "--unit", "3"])):
+            log = tmp_path / f"sim-{path.stem}.out"
+            proc = _start(
+                "sim", "--profile-file", str(path), "--port", "0", *units,
+                "--served-log", str(tmp_path / f"served-{path.stem}.jsonl"),
+                cwd=tmp_path, out=log,
+            )  # fmt: skip
+            procs.append(proc)
+            said = _first_line(proc, log)
+            assert " on 127.0.0.1:" in said, said
+            ports.append(int(said.split(" on 127.0.0.1:")[1].split()[0]))
+
+        def meter(name: str, port: int, unit: int, extra: str = "") -> str:
+            return (
+                f"  - id: {name}\n    profile: acme_pm10\n{extra}"
+                "    transport: {type: modbus_tcp, host: 127.0.0.1, "
+                f"port: {port}, unit: {unit}}}\n"
+                "    poll_interval_s: 0.5\n    timeout_ms: 200\n    retries: 0\n"
+            )
+
+        cfg = tmp_path / "gateway.yaml"  # profiles/ beside it: read by default
+        cfg.write_text(
+            f"gateway: {{id: gw-onboard, site: test}}\n"
+            f"buffer: {{path: {tmp_path / 'buffer.sqlite'}, commit_interval_ms: 100}}\n"
+            f"mqtt: {{url: '{mosquitto.url}', batch_max_delay_ms: 300}}\n"
+            "status: {enabled: false}\ndevices:\n"
+            + meter("meter-a", ports[0], 1)
+            + meter("clone-b", ports[1], 2, "    byte_order: CDAB\n")
+            + meter("clone-c", ports[1], 3)
+        )
+        readings = tmp_path / "consumed.jsonl"
+        with readings.open("w") as f:
+            consume = subprocess.Popen(
+                [sys.executable, "-m", "edge", "consume", "--broker", mosquitto.url,
+                 "--duration", "12"],
+                cwd=ROOT, stdout=f, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        procs.append(consume)
+        time.sleep(2)  # its subscription is in place
+        run = _start("run", "--config", str(cfg), cwd=tmp_path, out=tmp_path / "run.out")
+        procs.append(run)
+        assert consume.wait(timeout=60) == 0
+        _stop(run)
+        assert "Traceback" not in (tmp_path / "run.out").read_text()
+    finally:
+        for proc in procs:
+            _stop(proc)
+    served = _served(tmp_path / "served-acme_pm10.jsonl") | _served(
+        tmp_path / "served-clone-hardware.jsonl"
+    )
+    got: dict[tuple[str, str], list[object]] = {}
+    for line in readings.read_text().splitlines():
+        r = json.loads(line)
+        if not r["point"].startswith("_"):
+            got.setdefault((r["device"], r["point"]), []).append(r["value"])
+    points = [p.name for p in load_profile_file(profile).points]
+    for device_id, unit in (("meter-a", 1), ("clone-b", 2)):
+        for name in points:
+            values = got.get((device_id, name))
+            assert values, f"{device_id}.{name} never arrived"
+            assert set(values) <= served[(unit, name)], (device_id, name, values)
+    floats = [n for n in points if n not in ("serial", "state")]
+    assert all(got[("clone-c", n)][0] not in served[(3, n)] for n in floats)  # no override
+    assert got[("clone-c", "serial")] and set(got[("clone-c", "serial")]) <= served[(3, "serial")]
