@@ -182,9 +182,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if plan is None:  # a serial sensor: its protocol decides what it sends
             print(f"  {dev.id}: {dev.profile} at {t.describe()}, every {dev.poll_interval_s:g} s")
             continue
+        retry = "retry" if dev.retries == 1 else "retries"
+        tries = f"timeout {dev.timeout_ms} ms, {dev.retries} {retry}"
         print(
             f"  {dev.id}: {dev.profile} at {t.describe()}, every "
-            f"{dev.poll_interval_s:g} s: {plan.summary()}"
+            f"{dev.poll_interval_s:g} s ({tries}): {plan.summary()}"
         )
         for r in plan.requests:
             names = ", ".join(p.name for p in r.points)

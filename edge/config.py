@@ -22,7 +22,9 @@ and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the s
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -322,6 +324,9 @@ class DeviceConfig(_Model, settings.DeviceConfig):
     profile: str
     transport: Transport
     poll_interval_s: float = Field(5.0, ge=0.05, le=86_400)
+    #: How long one request waits for its answer, and how many times a request that got none is
+    #: tried again. Left out, they follow from the poll interval (see :func:`derive_timing`):
+    #: 1000 ms and 1 retry when the interval allows, less when it is short.
     timeout_ms: int = Field(1000, ge=10, le=60_000)
     retries: int = Field(1, ge=0, le=5)
     points: list[str] | None = Field(None, min_length=1)
@@ -571,6 +576,116 @@ def _check_lines(cfg: Config, at: Any) -> None:
                 )
 
 
+#: A timeout left out waits this long when the poll interval leaves room (ms), with this many
+#: retries.
+DEFAULT_TIMEOUT_MS = 1000
+DEFAULT_RETRIES = 1
+#: A derived timeout is at least twice the device's slowest answer (its turnaround plus, on
+#: RS-485, the request's and answer's wire time at the line's speed), and at least this (ms):
+#: a timeout as short as the answer itself gives up on a device that is merely slow.
+MIN_TIMEOUT_MS = 100
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A device's request timeout and retries, each as chosen or as derived; ``problem`` says
+    what is wrong with a choice (reported at ``problem_key``)."""
+
+    timeout_ms: int
+    retries: int
+    problem: str | None = None
+    problem_key: str = "timeout_ms"
+
+
+def derive_timing(dev: DeviceConfig, plan: ReadPlan | None) -> Timing:
+    """``timeout_ms`` and ``retries`` for ``dev``: what the config gives, and for what it leaves
+    out, the most that lets a dead device still keep its poll rate.
+
+    A dead device costs, per request, every try's timeout, and on RS-485 each timeout also holds
+    the line for the late-answer window (``late_answer_ms``, by default the timeout itself;
+    edge/fieldbus/rtu.py, "Late answers"): ``(timeout + window) × (retries + 1)`` must fit in
+    the poll interval. Left out, ``retries`` is 1, or 0 when a retry would leave a timeout
+    shorter than :data:`MIN_TIMEOUT_MS` / twice the slowest answer; ``timeout_ms`` is the
+    largest that fits, at most :data:`DEFAULT_TIMEOUT_MS`. Only a value the config gives is
+    ever refused: both given and too long for the interval; or an interval (or retries) given
+    that leaves no timeout the device could answer within.
+    """
+    chosen = dev.model_fields_set
+    t = dev.transport
+    budget_ms = dev.poll_interval_s * 1000
+    rtu = isinstance(t, ModbusRtuTransport)
+    fixed_window = t.late_answer_ms if rtu else None
+
+    def per_try(timeout: float) -> float:
+        if not rtu:
+            return timeout
+        return timeout + (timeout if fixed_window is None else fixed_window)
+
+    def largest(retries: int) -> int:
+        share = budget_ms / (retries + 1)
+        if rtu:
+            share = share / 2 if fixed_window is None else share - fixed_window
+        return min(DEFAULT_TIMEOUT_MS, math.floor(share))
+
+    need_ms = dev.turnaround_ms
+    if plan is not None and plan.cost is not None and plan.requests:
+        slowest = max(plan.cost.request_time_s(r.function_code, r.count) for r in plan.requests)
+        need_ms = max(need_ms, slowest * 1000)
+    floor_ms = max(MIN_TIMEOUT_MS, math.ceil(2 * need_ms))
+    formula = "(timeout_ms + late-answer window)" if rtu else "timeout_ms"
+    speed = f" at {t.baudrate} baud" if rtu else ""
+
+    if "timeout_ms" in chosen:
+        timeout = dev.timeout_ms
+        if "retries" in chosen:
+            options = [dev.retries]
+        else:
+            options = [DEFAULT_RETRIES, 0]
+        for retries in options:
+            if per_try(timeout) * (retries + 1) <= budget_ms:
+                return Timing(timeout, retries)
+        retries = options[-1]
+        return Timing(
+            timeout,
+            retries,
+            f"{formula} × (retries + 1) = {per_try(timeout) * (retries + 1):g} ms exceeds "
+            f"poll_interval_s = {dev.poll_interval_s:g} s; a dead device could never keep its "
+            "rate: shorten timeout_ms"
+            + (", lower retries" if "retries" in chosen and retries else "")
+            + " or lengthen poll_interval_s",
+        )
+    options = [dev.retries] if "retries" in chosen else [DEFAULT_RETRIES, 0]
+    for retries in options:
+        timeout = largest(retries)
+        if timeout >= floor_ms:
+            return Timing(timeout, retries)
+    retries = options[-1]
+    shortest_s = math.ceil(per_try(floor_ms) * (retries + 1) / 100) / 10
+    return Timing(
+        max(largest(retries), 10),
+        retries,
+        f"poll_interval_s = {dev.poll_interval_s:g} s leaves a timeout of at most "
+        f"{max(largest(retries), 0)} ms for {retries + 1} tr{'ies' if retries else 'y'}"
+        + (" (each timeout also holds the line as long again for a late answer)" if rtu else "")
+        + f", and this device needs about "
+        f"{floor_ms} ms (twice its slowest answer, {need_ms:.0f} ms{speed}): poll every "
+        f"{shortest_s:g} s or more"
+        + (", or lower retries" if retries else "")
+        + (", or raise the line's baud rate" if rtu else ""),
+        "retries" if "retries" in chosen and "poll_interval_s" not in chosen else "poll_interval_s",
+    )
+
+
+def _with_timing(cfg: Config, derived: dict[int, Timing]) -> Config:
+    """``cfg`` with each device's derived timeout and retries in place of the defaults."""
+    devices = list(cfg.devices)
+    for i, timing in derived.items():
+        devices[i] = devices[i].model_copy(
+            update={"timeout_ms": timing.timeout_ms, "retries": timing.retries}
+        )
+    return cfg.model_copy(update={"devices": devices})
+
+
 def _cross_checks(
     cfg: Config,
     pos: _Positions,
@@ -578,12 +693,13 @@ def _cross_checks(
     base_dir: Path,
     doubts: _Doubts | None = None,
     profiles: dict[str, AnyProfile] | None = None,
-) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]]]:
+) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]], dict[int, Timing]]:
     """Checks across fields; ``profiles``: each device's (:func:`_device_profiles`), a device
     without one (unknown or broken: reported there) is not checked further."""
     profiles = profiles or {}
     problems: list[tuple[str, int, int, str]] = []
     plans: dict[str, ReadPlan] = {}
+    derived: dict[int, Timing] = {}  # device index -> timing that differs from the defaults
 
     def at(
         path: tuple[Any, ...],
@@ -613,26 +729,6 @@ def _cross_checks(
         profile = profiles.get(dev.id)
         if profile is None:
             continue
-        # What a dead device costs per request: every try times out, and on RS-485 each timeout
-        # also holds the line for the late-answer window (edge/fieldbus/rtu.py, "Late answers").
-        t = dev.transport
-        if isinstance(t, ModbusRtuTransport):
-            window_ms = dev.timeout_ms if t.late_answer_ms is None else t.late_answer_ms
-            per_try, formula = dev.timeout_ms + window_ms, "(timeout_ms + late-answer window)"
-        else:
-            per_try, formula = dev.timeout_ms, "timeout_ms"
-        budget_ms = per_try * (dev.retries + 1)
-        if budget_ms > dev.poll_interval_s * 1000:
-            at(
-                (*base, "timeout_ms"),
-                f"device {dev.id!r}: {formula} × (retries + 1) = {budget_ms} ms exceeds "
-                f"poll_interval_s = {dev.poll_interval_s} s; "
-                "a dead device could never keep its rate",
-                uses=(
-                    *((*base, k) for k in ("timeout_ms", "retries", "poll_interval_s")),
-                    *((*base, "transport", k) for k in ("type", "late_answer_ms")),
-                ),
-            )
         if dev.points is not None:
             for j, name in enumerate(dev.points):
                 if name not in profile.point_names:
@@ -657,19 +753,30 @@ def _cross_checks(
                 uses=((*base, "transport", "type"), (*base, "profile")),
             )
             continue
-        if is_uart:
-            continue  # no register plan: the sensor's protocol says what it sends
-        try:
-            plans[dev.id] = compile_plan(
-                profile,
-                dev.points,
-                max_registers=dev.max_registers,
-                max_gap_registers=dev.max_gap_registers,
-                cost=link_cost(dev),
+        if not is_uart:  # a serial sensor's protocol says what it sends: no register plan
+            try:
+                plans[dev.id] = compile_plan(
+                    profile,
+                    dev.points,
+                    max_registers=dev.max_registers,
+                    max_gap_registers=dev.max_gap_registers,
+                    cost=link_cost(dev),
+                )
+            except PlanError as exc:
+                if dev.points is None or all(n in profile.point_names for n in dev.points):
+                    at(base, f"device {dev.id!r}: {exc}", uses=_plan_inputs(base))
+        timing = derive_timing(dev, plans.get(dev.id))
+        if timing.problem is not None:
+            at(
+                (*base, timing.problem_key),
+                f"device {dev.id!r}: {timing.problem}",
+                uses=(
+                    *((*base, k) for k in ("timeout_ms", "retries", "poll_interval_s")),
+                    *((*base, "transport", k) for k in ("type", "late_answer_ms", "baudrate")),
+                ),
             )
-        except PlanError as exc:
-            if dev.points is None or all(n in profile.point_names for n in dev.points):
-                at(base, f"device {dev.id!r}: {exc}", uses=_plan_inputs(base))
+        elif (timing.timeout_ms, timing.retries) != (dev.timeout_ms, dev.retries):
+            derived[i] = timing
     _check_lines(cfg, at)
     st = cfg.status
     if st.enabled and st.host not in ("127.0.0.1", "localhost", "::1") and not st.token_file:
@@ -773,7 +880,7 @@ def _cross_checks(
                     f"bus {bus.id!r}: two meters at address {meter.address}",
                 )
             addresses.add(meter.address)
-    return plans, problems
+    return plans, problems, derived
 
 
 # --------------------------------------------------------------------------- profiles
@@ -982,7 +1089,9 @@ def parse_config(
     problems += found
     profiles, found = _device_profiles(cfg, user, read.pos, source, doubts)
     problems += found
-    plans, cross = _cross_checks(cfg, read.pos, source, base, doubts, profiles)
+    plans, cross, derived = _cross_checks(cfg, read.pos, source, base, doubts, profiles)
+    if derived:
+        cfg = _with_timing(cfg, derived)
     problems += cross
     if check_storage and not doubts(("buffer",)):
         problems += _check_storage(cfg, read.pos, source, base)

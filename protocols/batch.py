@@ -42,6 +42,7 @@ type). The format does not need it to decode: the decoders return series ids.
 from __future__ import annotations
 
 import itertools
+import reprlib
 import struct
 import sys
 from array import array
@@ -56,6 +57,7 @@ __all__ = [
     "ERRORS",
     "FORMAT_VERSION",
     "MAX_BODY_BYTES",
+    "MAX_DEPTH",
     "MAX_POINTS",
     "TQ_CORRECTED",
     "TQ_GOOD",
@@ -633,8 +635,69 @@ def _plain(v: Any) -> Any:
     return v
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(v: Any) -> str:
+    """A value of a malformed batch for an error message: short, whatever its size."""
+    return _REPR.repr(_plain(v))
+
+
+#: The deepest nesting of arrays and maps a payload or a body may have (docs/batch-format-v1.md
+#: §0): the payload's map or the body's array is depth 1, an array or map in it depth 2, ...
+#: A gateway's header has depth 2 and its body 3; 32 is msgpack-c's default limit, so every
+#: msgpack library reads that deep, and a recursive reader stays far from its stack's end.
+MAX_DEPTH = 32
+
+
+def _ext(code: int, data: bytes) -> Any:
+    """An ext value (only an unknown header key may hold one): opaque, a reserved type code
+    (-128 to -2) included. Type -1, msgpack's timestamp, never gets here: msgpack checks it
+    (4, 8 or 12 bytes, nanoseconds below 10**9), as §0 requires."""
+    return msgpack.ExtType(code, data) if code >= 0 else (code, data)
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    """True when arrays and maps in ``doc`` nest deeper than ``limit`` (§0), found level by
+    level without recursion; a level of scalars only is seen at C speed (a body's million
+    layout entries cost one pass over their ints)."""
+    level = [doc] if type(doc) is list or type(doc) is _Pairs else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        kinds = set(map(type, _elements(level)))
+        if list not in kinds and _Pairs not in kinds:
+            return False
+        level = [x for x in _elements(level) if type(x) is list or type(x) is _Pairs]
+    return False
+
+
+def _elements(containers: list[Any]) -> Iterable[Any]:
+    """The elements of arrays and the keys and values of maps, one after the other."""
+    return itertools.chain.from_iterable(
+        itertools.chain.from_iterable(c) if type(c) is _Pairs else c for c in containers
+    )
+
+
+def _why(exc: Exception) -> str:
+    """Why msgpack refused bytes, in words (its StackError says nothing)."""
+    if isinstance(exc, msgpack.exceptions.StackError):
+        return f"arrays and maps nested more than {MAX_DEPTH} deep"
+    return str(exc) or type(exc).__name__
+
+
 def _unpack(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, object_pairs_hook=_Pairs)
+    """Exactly one msgpack value as §0 defines it (maps as :class:`_Pairs`); ValueError when
+    the bytes are not one, or nest deeper than :data:`MAX_DEPTH`."""
+    doc = msgpack.unpackb(
+        raw, raw=False, strict_map_key=False, object_pairs_hook=_Pairs, ext_hook=_ext
+    )
+    if _depth_over(doc, MAX_DEPTH):
+        raise ValueError(f"arrays and maps nested more than {MAX_DEPTH} deep")
+    return doc
 
 
 def _int_in(v: Any, lo: int, hi: int) -> bool:
@@ -672,7 +735,7 @@ def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
     try:
         doc = _unpack(payload)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise BatchDecodeError("not_msgpack", f"not one msgpack value: {exc}") from None
+        raise BatchDecodeError("not_msgpack", f"not one msgpack value: {_why(exc)}") from None
     if not isinstance(doc, _Pairs):
         raise BatchDecodeError("bad_header", f"batch is a {_kind(doc)}, not a map")
     # The batch's name, if the header gives it, goes with every error below.
@@ -700,9 +763,7 @@ def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
         and 1 <= len(part) <= 64
         and all(x in (1, 2) and type(x) is int for x in part)
     ):
-        raise fail(
-            "bad_header", f"header field 'part' is {_plain(part)!r}, not a path of 1s and 2s"
-        )
+        raise fail("bad_header", f"header field 'part' is {_show(part)}, not a path of 1s and 2s")
     why: dict[str, int] = {}
     if "dropped_why" in fields:
         raw = fields["dropped_why"]
@@ -712,7 +773,7 @@ def decode_header(payload: bytes) -> tuple[BatchHeader, bytes]:
             )
         why = _str_map(raw, "'dropped_why'", fail)
         if not all(_int_in(v, 0, _I64_MAX) for v in why.values()):
-            raise fail("bad_header", f"'dropped_why' counts are not ints from 0: {_plain(raw)!r}")
+            raise fail("bad_header", f"'dropped_why' counts are not ints from 0: {_show(raw)}")
         if sum(why.values()) > fields["dropped"]:
             raise fail("bad_header", "'dropped_why' counts more than 'dropped'")
     if fields["z"] != "zstd":
@@ -764,6 +825,8 @@ def _zstd_frame(body: bytes) -> tuple[int | None, int]:
     size = None
     if fcs_size:
         size = int.from_bytes(body[at : at + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+        if size == 0:
+            raise ValueError("the frame declares a content size of 0 (a body is never empty)")
     at += fcs_size
     while True:
         if len(body) < at + 3:
@@ -782,7 +845,9 @@ def _zstd_frame(body: bytes) -> tuple[int | None, int]:
 
 
 def _decompress(body: bytes, fail) -> bytes:
-    """§2.1: exactly one zstd frame, its content size declared and at most MAX_BODY_BYTES."""
+    """§2.1: exactly one zstd frame, its content size declared and at most MAX_BODY_BYTES.
+    Checked in the order of §6 stage 2: the frame's bytes (R10), R11, R12, R13, and only then
+    decompression (R10: without error, to exactly the declared size)."""
     try:
         size, length = _zstd_frame(body)
     except ValueError as exc:
@@ -794,9 +859,12 @@ def _decompress(body: bytes, fail) -> bytes:
     if length != len(body):
         raise fail("zstd_trailing_bytes", f"{len(body) - length} bytes after the zstd frame")
     try:
-        return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
+        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise fail("bad_zstd", f"the zstd frame does not decompress: {exc}") from None
+    if len(raw) != size:
+        raise fail("bad_zstd", f"the zstd frame gives {len(raw)} bytes, not the {size} declared")
+    return raw
 
 
 def decode_batch(payload: bytes) -> Batch:
@@ -838,7 +906,7 @@ def _decode(payload: bytes) -> tuple[BatchHeader, list[_Group]]:
     try:
         doc = _unpack(raw)
     except Exception as exc:
-        raise fail("bad_body", f"the body is not one msgpack value: {exc}") from None
+        raise fail("bad_body", f"the body is not one msgpack value: {_why(exc)}") from None
     return header, _decode_body(doc, header, fail)
 
 
@@ -881,7 +949,7 @@ def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
             and 1 <= entry[2] <= MAX_POINTS
             and entry[3] in (0, 1)
         ):
-            raise fail("bad_layout", f"bad layout entry {_plain(entry)!r}")
+            raise fail("bad_layout", f"bad layout entry {_show(entry)}")
         kind, rows, n, _ = entry
         n_series += rows
         n_ts += n
@@ -903,33 +971,35 @@ def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
             f"the time quality field tq holds {len(tq_raw)} bytes for {n_ts} timestamps, "
             "or a quality above 2",
         )
+    # §6 stages 5 and 6: within a stage, the rules in rule-number order, each over the whole
+    # batch (every column entry, every group) before the next; the first that fails names it.
     # §2.7 columns: [type, bin] entries in ascending type order, one per type used, no other
-    col: dict[int, bytes] = {}
-    last: int | None = None
-    for entry in columns:
+    for entry in columns:  # R25
         if not (
             type(entry) is list
             and len(entry) == 2
             and type(entry[0]) is int
             and type(entry[1]) is bytes
         ):
-            raise fail("bad_columns", f"a column entry is {_plain(entry)!r}, not [type, bin]")
-        kind = entry[0]
-        if kind == last:
-            raise fail("column_twice", f"two columns of type {TYPE_NAMES.get(kind, kind)}")
-        if last is not None and kind < last:
-            raise fail("column_order", f"column type {kind} after type {last}")
+            raise fail("bad_columns", f"a column entry is {_show(entry)}, not [type, bin]")
+    kinds = [entry[0] for entry in columns]
+    for a, b in itertools.pairwise(kinds):  # R26
+        if b < a:
+            raise fail("column_order", f"column type {b} after type {a}")
+    for a, b in itertools.pairwise(kinds):  # R27
+        if b == a:
+            raise fail("column_twice", f"two columns of type {TYPE_NAMES.get(b, b)}")
+    for kind in kinds:  # R28
         if kind not in cells:
             raise fail(
                 "column_unused",
                 f"a column of type {TYPE_NAMES.get(kind, kind)}, which no group has",
             )
-        col[kind] = entry[1]
-        last = kind
-    for kind in cells:
+    col: dict[int, bytes] = {entry[0]: entry[1] for entry in columns}
+    for kind in cells:  # R29
         if kind not in col:
             raise fail("column_missing", f"no column for type {TYPE_NAMES[kind]}")
-    for kind, count in cells.items():
+    for kind, count in cells.items():  # R30
         raw = col[kind]
         if kind == BOOL:
             need = (count + 7) // 8
@@ -941,63 +1011,72 @@ def _decode_body(doc: Any, header: BatchHeader, fail) -> list[_Group]:
             raise fail(
                 "column_size", f"the {TYPE_NAMES[kind]} column holds {len(raw)} bytes, not {need}"
             )
-    # §6 stage 6: the contents (after every size is known good)
-    firsts: dict[int, list[int]] = {}
-    flats: dict[int, list[int]] = {}
-    for kind, count in cells.items():
-        raw = col[kind]
-        if kind == BOOL:
-            if count % 8 and raw[-1] & (0xFF >> (count % 8)):
-                raise fail("bool_padding", "the bool column's padding bits are not 0")
-            flats[kind] = _unpackbits(raw, count)
-        elif kind == STR:
-            flats[kind] = idx = _unshuffle(raw, 4, count)
-            if idx and max(idx) >= len(strings):
-                raise fail(
-                    "string_index", f"str index {max(idx)} past a dictionary of {len(strings)}"
-                )
-        else:
-            width = _NUMERIC[kind] // 8
-            split = rows_of[kind] * width
-            firsts[kind] = _unshuffle(raw[:split], width, rows_of[kind])
-            flats[kind] = _unshuffle(raw[split:], width, count - rows_of[kind])
+    # Stage 6, the contents (every size is known good). R18: series ids, one running sum
+    # modulo 2**64 across groups (§2.4), strictly ascending within each group.
     sid_words = _unzigzag(_unshuffle(sid_raw, 8, n_series))
-    ts_words = _unshuffle(ts_raw, 8, n_ts)  # zigzag is undone below, modulo 2**64
-    quals_all = tq_raw if tq_raw is not None else bytes(n_ts)
-    out: list[_Group] = []
-    at_sid = at_ts = 0
-    at_col = dict.fromkeys(cells, 0)
-    at_first = dict.fromkeys(cells, 0)
-    acc = 0  # the previous series id, unsigned 64-bit (§2.4)
-    prev: list[int] | None = None  # the previous group's offsets, unsigned 64-bit (§2.5)
-    for i, (kind, rows, n, mode) in enumerate(layout):
+    group_sids: list[list[int]] = []
+    acc = 0
+    at = 0
+    for i, (_, rows, _, _) in enumerate(layout):
         sids = []
-        for d in sid_words[at_sid : at_sid + rows]:
+        for d in sid_words[at : at + rows]:
             acc = (acc + d) & _M64
             sids.append(_signed(acc, 64))
+        at += rows
         if any(b <= a for a, b in itertools.pairwise(sids)):
             raise fail(
                 "sids_not_ascending",
-                f"group {i + 1}'s series ids {sids} are not strictly ascending",
+                f"group {i + 1}'s series ids {_REPR.repr(sids)} are not strictly ascending",
             )
-        at_sid += rows
-        chunk = [(u >> 1) ^ -(u & 1) for u in ts_words[at_ts : at_ts + n]]
+        group_sids.append(sids)
+    # R21: a ts_mode 1 group follows a group of as many samples (§2.5); offsets modulo 2**64.
+    for i, (_, _, n, mode) in enumerate(layout):
+        if mode == 1 and (i == 0 or layout[i - 1][2] != n):
+            raise fail(
+                "bad_ts_mode",
+                f"group {i + 1} has ts_mode 1 but "
+                + (
+                    "is the first"
+                    if i == 0
+                    else f"the group before has {layout[i - 1][2]} samples, not {n}"
+                ),
+            )
+    ts_words = _unshuffle(ts_raw, 8, n_ts)  # zigzag is undone below, modulo 2**64
+    group_ts: list[list[int]] = []
+    prev: list[int] = []  # the previous group's offsets, unsigned 64-bit
+    at = 0
+    for _, _, n, mode in layout:
+        chunk = [(u >> 1) ^ -(u & 1) for u in ts_words[at : at + n]]
+        at += n
         if mode == 1:
-            if prev is None or len(prev) != n:
-                raise fail(
-                    "bad_ts_mode",
-                    f"group {i + 1} has ts_mode 1 but "
-                    + (
-                        "is the first"
-                        if prev is None
-                        else f"the group before has {len(prev)} samples, not {n}"
-                    ),
-                )
             a = [(x + y) & _M64 for x, y in zip(chunk, prev, strict=True)]
         else:
             a = _undd(chunk)
         prev = a
-        ts = [_signed((t0 + x) & _M64, 64) for x in a]
+        group_ts.append([_signed((t0 + x) & _M64, 64) for x in a])
+    # R32 bool padding, then R33 str indexes; the numeric words need no check.
+    flats: dict[int, list[int]] = {}
+    firsts: dict[int, list[int]] = {}
+    if BOOL in cells:
+        raw, count = col[BOOL], cells[BOOL]
+        if count % 8 and raw[-1] & (0xFF >> (count % 8)):
+            raise fail("bool_padding", "the bool column's padding bits are not 0")
+        flats[BOOL] = _unpackbits(raw, count)
+    if STR in cells:
+        flats[STR] = idx = _unshuffle(col[STR], 4, cells[STR])
+        if idx and max(idx) >= len(strings):
+            raise fail("string_index", f"str index {max(idx)} past a dictionary of {len(strings)}")
+    for kind in cells.keys() & _NUMERIC.keys():
+        width = _NUMERIC[kind] // 8
+        split = rows_of[kind] * width
+        firsts[kind] = _unshuffle(col[kind][:split], width, rows_of[kind])
+        flats[kind] = _unshuffle(col[kind][split:], width, cells[kind] - rows_of[kind])
+    quals_all = tq_raw if tq_raw is not None else bytes(n_ts)
+    out: list[_Group] = []
+    at_ts = 0
+    at_col = dict.fromkeys(cells, 0)
+    at_first = dict.fromkeys(cells, 0)
+    for (kind, rows, n, _), sids, ts in zip(layout, group_sids, group_ts, strict=True):
         quals = quals_all[at_ts : at_ts + n]
         at_ts += n
         if kind in _NUMERIC:

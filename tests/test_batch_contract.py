@@ -14,7 +14,9 @@ import re
 import struct
 from pathlib import Path
 
+import msgpack
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,3 +189,232 @@ def test_batch_codec__the_largest_batch_is_refused_by_the_encoder_one_point_beyo
         encode_batch(
             BatchHeader("gw", 1, 1, T), (Point(1, T + i, True) for i in range(MAX_POINTS + 1))
         )
+
+
+# --------------------------------------------------------------------------- malformed at random
+
+
+def _nested(arrays: int) -> bytes:
+    """``arrays`` msgpack arrays, each the one element of the one before, around a nil."""
+    return b"\x91" * arrays + b"\xc0"
+
+
+def _with_key(payload: bytes, key: bytes, value: bytes) -> bytes:
+    """A payload whose header (a fixmap) gets one more key, its value raw msgpack."""
+    assert 0x80 <= payload[0] < 0x8F
+    return bytes([payload[0] + 1]) + payload[1:] + msgpack.packb(key.decode()) + value
+
+
+def _body_zstd(payload: bytes, raw: bytes) -> bytes:
+    head = msgpack.unpackb(payload, raw=False)
+    head["body"] = zstandard.ZstdCompressor().compress(raw)
+    return msgpack.packb(head, use_bin_type=True)
+
+
+BASE_PAYLOAD = encode_batch(BatchHeader("gw-deep", 5, 1, T), [Point(1, T, 1.0), Point(2, T, 2.0)])
+
+
+@pytest.mark.parametrize("arrays", [31, 32, 33, 100, 500, 999, 1022, 1023, 1024, 5000, 100_000])
+def test_batch_decoder__nesting_deeper_than_32_gives_one_error_code_in_every_decoder(
+    arrays,
+):
+    """§0: arrays and maps nest at most 32 deep in the payload and in the body. An unknown header
+    key (R9) deeper is not_msgpack, a body deeper is bad_body (not bad_layout): never another
+    exception (500 deep once raised RecursionError out of the reference decoder)."""
+    header_deep = _with_key(BASE_PAYLOAD, b"zz", _nested(arrays))  # depth 1 + arrays
+    raw = msgpack.packb(
+        msgpack.unpackb(
+            zstandard.ZstdDecompressor().decompress(msgpack.unpackb(BASE_PAYLOAD)["body"])
+        )
+    )
+    entry = b"\x94\x01\x02\x01\x00"  # the layout entry [f32, 2 series, 1 sample, ts_mode 0]
+    assert raw.count(entry) == 1
+    body_deep = _body_zstd(BASE_PAYLOAD, raw.replace(entry, entry[:-1] + _nested(arrays - 2)))
+    map_deep = _with_key(BASE_PAYLOAD, b"zz", b"\x81\xa1k" * arrays + b"\xc0")
+    docs = {name: decoder([header_deep, body_deep, map_deep]) for name, decoder in DECODERS.items()}
+    named = {"gw": "gw-deep", "seq": 5}
+    if arrays < 32:  # depth 32 at most: an unknown header key is ignored, the entry is bad
+        want = [docs["python"][0], {"error": "bad_layout", **named}, docs["python"][2]]
+        assert "points" in docs["python"][0] and "points" in docs["python"][2]
+    else:
+        want = [{"error": "not_msgpack", "gw": None, "seq": None}, {"error": "bad_body", **named}]
+        want.append(want[0])
+    for name, got in docs.items():
+        assert got == want, name
+
+
+def _mutate_bytes(data: st.DataObject, payload: bytes) -> bytes:
+    out = bytearray(payload)
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, len(out)), label="at")
+        op = data.draw(st.sampled_from(["set", "delete", "insert", "cut"]), label="op")
+        if op == "set" and at < len(out):
+            out[at] = data.draw(st.integers(0, 255))
+        elif op == "delete":
+            del out[at : at + data.draw(st.integers(1, 8))]
+        elif op == "insert":
+            out[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+#: Raw msgpack values to plant anywhere in a header or a body: every family, ints at the edges
+#: of their widths, timestamps good and bad, reserved ext types, and nesting around depth 32.
+MSGPACK_VALUES = st.recursive(
+    st.one_of(
+        st.integers(-(2**63), 2**64 - 1).map(msgpack.packb),
+        st.sampled_from(
+            [0, 1, -1, 2, 7, 127, 255, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)]
+        ).map(msgpack.packb),
+        st.sampled_from([b"\xc0", b"\xc2", b"\xc3", b"\xca\x3f\x80\x00\x00", b"\xcb" + bytes(8)]),
+        st.text(max_size=6).map(msgpack.packb),
+        st.binary(max_size=9).map(lambda b: msgpack.packb(b, use_bin_type=True)),
+        st.sampled_from(
+            [
+                b"\xd6\xff\x00\x00\x00\x01",  # timestamp 32
+                b"\xd7\xff" + ((10**9) << 34).to_bytes(8, "big"),  # 10**9 ns: not a timestamp
+                b"\xd5\xff\x00\x01",  # a timestamp of 2 bytes: not one
+                b"\xd4\xee\x00",  # reserved type -18
+                b"\xd4\x05\x00",  # application type 5
+                b"\xa2\xc0\xaf",  # a str that is not UTF-8
+                b"\xc1",  # never msgpack
+            ]
+        ),
+        st.integers(28, 36).map(_nested),
+    ),
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=4).map(lambda xs: bytes([0x90 | len(xs)]) + b"".join(xs)),
+        st.lists(st.tuples(kids, kids), max_size=3).map(
+            lambda kv: bytes([0x80 | len(kv)]) + b"".join(k + v for k, v in kv)
+        ),
+    ),
+    max_leaves=8,
+)
+
+
+class _Raw(bytes):
+    """Bytes that are msgpack already."""
+
+
+def _ext_raw(code: int, data: bytes) -> _Raw:
+    """An ext value as it was on the wire (a reserved type code too)."""
+    n = len(data)
+    fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}
+    if n in fixed:
+        head = fixed[n]
+    else:
+        head = b"\xc7" + bytes([n]) if n < 256 else b"\xc8" + n.to_bytes(2, "big")
+    return _Raw(head + code.to_bytes(1, "big", signed=True) + data)
+
+
+def _unpack_tree(raw: bytes) -> object:
+    """msgpack as a tree: arrays as lists, maps as tuples of (key, value) pairs, ext as _Raw."""
+    return msgpack.unpackb(raw, raw=False, object_pairs_hook=tuple, ext_hook=_ext_raw)
+
+
+def _pack_tree(node: object) -> bytes:
+    if isinstance(node, _Raw):
+        return bytes(node)
+    if isinstance(node, list):
+        head = (
+            b"\xdc" + len(node).to_bytes(2, "big") if len(node) > 15 else bytes([0x90 | len(node)])
+        )
+        return head + b"".join(_pack_tree(x) for x in node)
+    if type(node) is tuple:  # a map, as its (key, value) pairs
+        head = (
+            b"\xde" + len(node).to_bytes(2, "big") if len(node) > 15 else bytes([0x80 | len(node)])
+        )
+        return head + b"".join(_pack_tree(k) + _pack_tree(v) for k, v in node)
+    return msgpack.packb(node, use_bin_type=True)
+
+
+def _plant(data: st.DataObject, tree: object) -> object:
+    """``tree`` with one node replaced, removed or added (a raw msgpack value from
+    MSGPACK_VALUES), somewhere along a random path from the root."""
+    if type(tree) in (list, tuple) and tree and data.draw(st.integers(0, 5), label="down"):
+        items = list(tree)
+        at = data.draw(st.integers(0, len(items) - 1), label="child")
+        if type(tree) is tuple:
+            k, v = items[at]
+            items[at] = (k, _plant(data, v))
+            return tuple(items)
+        op = data.draw(st.sampled_from(["descend"] * 4 + ["delete", "insert"]), label="edit")
+        if op == "descend":
+            items[at] = _plant(data, items[at])
+        elif op == "delete":
+            del items[at]
+        else:
+            items.insert(at, _Raw(data.draw(MSGPACK_VALUES)))
+        return items
+    if type(tree) is int and data.draw(st.booleans(), label="another int"):
+        return data.draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, -1, 2**32, 2**63, tree + 1]))
+    if type(tree) is bytes and tree and data.draw(st.booleans(), label="other bytes"):
+        return _mutate_bytes(data, tree)
+    return _Raw(data.draw(MSGPACK_VALUES))
+
+
+def _mutate_body_bytes(data: st.DataObject, payload: bytes) -> bytes:
+    """``payload`` with bytes of its body changed before it is compressed again."""
+    head = _unpack_tree(payload)
+    raw = _mutate_bytes(data, zstandard.ZstdDecompressor().decompress(dict(head)["body"]))
+    new = zstandard.ZstdCompressor().compress(raw)
+    return _pack_tree(tuple((k, new if k == "body" else v) for k, v in head))
+
+
+def _mutate_tree(data: st.DataObject, payload: bytes) -> bytes:
+    """The header or the body (then compressed again, with its content size) of ``payload``,
+    read as a msgpack tree, with a value planted somewhere in it."""
+    head = _unpack_tree(payload)
+    body = dict(head)["body"]
+    if data.draw(st.booleans(), label="in the body"):
+        tree = _unpack_tree(zstandard.ZstdDecompressor().decompress(body))
+        new = zstandard.ZstdCompressor().compress(_pack_tree(_plant(data, tree)))
+        head = tuple((k, new if k == "body" else v) for k, v in head)
+        return _pack_tree(head)
+    return _pack_tree(_plant(data, head))
+
+
+#: Payloads to mutate: the golden batches, valid and malformed, but those of 64 MiB bodies.
+SEEDS = [
+    p.read_bytes()
+    for p in sorted([*GOLDEN.glob("*.bin"), *MALFORMED.glob("*.bin")])
+    if p.stem not in ("largest", "body_too_large")
+]
+#: Batches whose header and body read as msgpack trees: the valid golden batches.
+TREES = [p.read_bytes() for p in sorted(GOLDEN.glob("*.bin")) if p.stem != "largest"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.data())
+def test_batch_decoder__random_and_mutated_payloads_give_the_same_error_code_in_every_decoder(data):
+    """Random bytes, valid and malformed golden batches with bytes of the payload or of the body
+    changed, and batches with a msgpack value planted anywhere in their header or body: the
+    reference decoder raises only BatchDecodeError (python_decoder lets any other exception
+    through), the JavaScript decoder answers every payload with a batch or an error code (its
+    CLI exits non-zero on any other exception), and both give the same answer: the same code,
+    gw and seq, or the same batch."""
+    payloads = []
+    for _ in range(24):
+        kind = data.draw(st.sampled_from(["random", "bytes", "body", "tree", "tree"]))
+        if kind == "random":
+            payloads.append(data.draw(st.binary(max_size=80)))
+        elif kind == "bytes":
+            seed = SEEDS[data.draw(st.integers(0, len(SEEDS) - 1), label="seed")]
+            payloads.append(_mutate_bytes(data, seed))
+        elif kind == "body":
+            seed = TREES[data.draw(st.integers(0, len(TREES) - 1), label="seed")]
+            payloads.append(_mutate_body_bytes(data, seed))
+        else:
+            seed = TREES[data.draw(st.integers(0, len(TREES) - 1), label="seed")]
+            payloads.append(_mutate_tree(data, seed))
+    docs = {name: decoder(payloads) for name, decoder in DECODERS.items()}
+    for i, payload in enumerate(payloads):
+        reference = docs["python"][i]
+        assert reference.get("error", "not_msgpack") in ERRORS
+        for name, got in docs.items():
+            assert got[i] == reference, (name, payload.hex())

@@ -65,7 +65,8 @@ def unzigzag(u: int) -> int:
 def spec_decode(payload: bytes) -> tuple[dict, list[tuple[int, int, str, int, int]]]:
     """Header and points ``(sid, ts_ms, type name, word or value, tq)``. A float is its IEEE
     word (f32: 32 bits, f64: 64 bits), so NaN payloads can be compared bit for bit."""
-    head = msgpack.unpackb(payload, raw=False)
+    # §0: an unknown header key may hold an ext of any type, the reserved ones (-128 to -2) too
+    head = msgpack.unpackb(payload, raw=False, ext_hook=lambda code, data: (code, data))
     if head.get("v") != 1 or head.get("z") != "zstd":
         raise Malformed("not a version-1 zstd batch")
     why = head.get("dropped_why", {})

@@ -216,3 +216,66 @@ devices:
         "t.yaml:7:17: device 'm': (timeout_ms + late-answer window) × (retries + 1) = 1200 ms"
         in str(err.value)
     )
+
+
+FIRST = (
+    "gateway: {id: gw-1}\n"
+    "devices:\n"
+    "  - id: m1\n"
+    "    profile: eastron_sdm630\n"
+    "    poll_interval_s: %s\n"
+    "    transport: %s\n"
+)
+TCP = "{type: modbus_tcp, host: 127.0.0.1, unit: 1}"
+RTU = "{type: modbus_rtu, port: /dev/ttyUSB0, unit: 1}"
+
+
+@pytest.mark.parametrize(
+    ("interval", "transport", "timeout_ms", "retries"),
+    [
+        (1, TCP, 500, 1),  # the technician's first config (issue 19, item 6)
+        (5, TCP, 1000, 1),  # room for the defaults: unchanged
+        (1, RTU, 500, 0),  # 80 registers at 9600 baud take 208 ms: no room for a retry
+        (2, RTU, 500, 1),
+        (0.5, TCP, 250, 1),
+    ],
+)
+def test_config__a_device_without_timing_settings_gets_a_timing_that_keeps_its_rate(
+    interval, transport, timeout_ms, retries
+):
+    """Left out, timeout_ms and retries follow from the poll interval, the line and the plan
+    (edge.config.derive_timing): a first config with poll_interval_s: 1 and no timing is taken,
+    not refused for a default the technician never wrote."""
+    dev = parse_config(FIRST % (interval, transport), "t.yaml").config.devices[0]
+    assert (dev.timeout_ms, dev.retries) == (timeout_ms, retries)
+
+
+def test_config__only_a_timing_the_technician_wrote_is_refused():
+    text = FIRST % (1, TCP)
+    # Both written and too long: refused at timeout_ms, as before.
+    [(line, _c, msg)] = problems(text + "    timeout_ms: 800\n    retries: 1\n")
+    assert line == 7 and "1600 ms exceeds poll_interval_s = 1 s" in msg
+    # Only the timeout written: the retry it leaves no room for is dropped, not refused.
+    dev = parse_config(text + "    timeout_ms: 800\n", "t.yaml").config.devices[0]
+    assert (dev.timeout_ms, dev.retries) == (800, 0)
+    # Only the retries written: the timeout shrinks to fit them.
+    dev = parse_config(text + "    retries: 3\n", "t.yaml").config.devices[0]
+    assert (dev.timeout_ms, dev.retries) == (250, 3)
+    # An interval no timeout the device could answer within fits in: refused at the interval,
+    # saying the shortest that works and what else helps.
+    [(line, _c, msg)] = problems(FIRST % (0.2, RTU))
+    assert line == 5 and "leaves a timeout of at most 100 ms for 1 try" in msg
+    assert "needs about 415 ms" in msg and "poll every 0.9 s or more" in msg
+    assert "raise the line's baud rate" in msg
+    [(line, _c, msg)] = problems(FIRST % (0.1, TCP) + "    retries: 3\n")
+    assert line == 5 and "poll every 0.4 s or more, or lower retries" in msg
+
+
+def test_check__prints_the_timing_each_device_got(tmp_path):
+    cfg = tmp_path / "first.yaml"
+    cfg.write_text(FIRST % (1, TCP) + f"buffer: {{path: {tmp_path / 'b.sqlite'}}}\n")
+    res = edge("check", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "m1: eastron_sdm630 at 127.0.0.1:502 unit 1, every 1 s (timeout 500 ms, 1 retry)" in (
+        res.stdout
+    )

@@ -468,7 +468,7 @@ def test_check__field_and_cross_field_problems_are_listed_in_one_run(tmp_path):
         "17:61: devices.3.transport.unit: must be from 1 to 247 (got 300)",
         "20:16: devices.4.transport: needs a type",
         "23:74: device 'm6': /dev/ttyUSB0 runs at 9600 N1 for 'm4'; one line has one setting",
-        "24:17: device 'm6': (timeout_ms + late-answer window) × (retries + 1) = 12000 ms",
+        "24:17: device 'm6': (timeout_ms + late-answer window) × (retries + 1) = 6000 ms",
         "27:35: device 'm7': serial port /dev/ttyUSB0 is taken by 'm4'; a serial sensor",
         "31:16: commands.writable: no device 'm9'",
     ]

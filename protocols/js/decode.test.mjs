@@ -174,13 +174,54 @@ describe("rules each decoder must keep, on batches built here", () => {
     assert.equal(points[0].value, "\ufeffđèn");
   });
 
-  test("an unknown header key holding values nested 100,000 deep is ignored (R9)", () => {
+  test("arrays and maps nest at most 32 deep, in the header and in the body (§0, R1, R14)", () => {
+    const nested = (arrays) => {
+      const deep = new Uint8Array(arrays + 1).fill(0x91);
+      deep[arrays] = 0xc0;
+      return deep;
+    };
+    // payload is a fixmap (depth 1): one more entry, "zz" -> [[[...nil...]]]
+    const grown = (arrays) => {
+      const payload = strBatch();
+      return Uint8Array.from([payload[0] + 1, ...payload.subarray(1), 0xa2, 0x7a, 0x7a, ...nested(arrays)]);
+    };
+    assert.equal(decodeBatch(grown(31)).points[0].value, "x"); // R9: ignored, at depth 32
+    for (const arrays of [32, 1000, 100_000]) {
+      assert.deepEqual(goldenDoc(grown(arrays)), { error: "not_msgpack", gw: null, seq: null });
+    }
+    // the body (depth 1) with a 30-deep array after strings: bad_body at 33, however deep
+    const body = (arrays) => {
+      const b = strBody();
+      return Uint8Array.from([b[0] + 1, ...b.subarray(1), ...nested(arrays)]);
+    };
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => rawFrame(body(31)) })), refused("bad_body")); // R14: 7th not a bin
+    for (const arrays of [32, 1000, 100_000]) {
+      assert.deepEqual(goldenDoc(strBatch({ frame: () => rawFrame(body(arrays)) })), refused("bad_body"));
+    }
+  });
+
+  test("an ext -1 must be a msgpack timestamp; reserved ext types are kept (§0, R9)", () => {
     const payload = strBatch();
-    const deep = new Uint8Array(100_001).fill(0x91);
-    deep[100_000] = 0xc0;
-    // payload is a fixmap: one more entry, "zz" -> [[[...nil...]]]
-    const grown = Uint8Array.from([payload[0] + 1, ...payload.subarray(1), 0xa2, 0x7a, 0x7a, ...deep]);
-    assert.equal(decodeBatch(grown).points[0].value, "x");
+    const withExt = (ext) => Uint8Array.from([payload[0] + 1, ...payload.subarray(1), 0xa2, 0x7a, 0x7a, ...ext]);
+    const ns = (n) => [(n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255];
+    const good = [
+      [0xd6, 0xff, 0, 0, 0, 1], // 32-bit seconds
+      [0xd7, 0xff, ...ns(999_999_999 << 2), 0, 0, 0, 5], // 64-bit, nanoseconds 999,999,999
+      [0xc7, 12, 0xff, ...ns(999_999_999), 255, 255, 255, 255, 255, 255, 255, 251], // 96-bit, -5 s
+      [0xc7, 4, 0xff, 0, 0, 0, 1], // 32-bit seconds in an ext 8
+      [0xd4, 0xee, 0], // reserved type -18
+      [0xc7, 0, 0x80], // reserved type -128, empty
+    ];
+    for (const ext of good) assert.equal(decodeBatch(withExt(ext)).points[0].value, "x", ext.join(" "));
+    const bad = [
+      [0xd5, 0xff, 0, 1], // 2 bytes
+      [0xc7, 0, 0xff], // 0 bytes
+      [0xd7, 0xff, ...ns(1_000_000_000 << 2 >>> 0), 0, 0, 0, 5], // 64-bit, 10^9 ns
+      [0xc7, 12, 0xff, ...ns(1_000_000_000), 0, 0, 0, 0, 0, 0, 0, 5], // 96-bit, 10^9 ns
+    ];
+    for (const ext of bad) {
+      assert.deepEqual(goldenDoc(withExt(ext)), { error: "not_msgpack", gw: null, seq: null }, ext.join(" "));
+    }
   });
 
   test("seq 2^63-1 and created -2^63 come back exactly, as BigInts", () => {
@@ -199,9 +240,9 @@ describe("rules each decoder must keep, on batches built here", () => {
     assert.deepEqual(goldenDoc(payload), { error: "bad_zstd", gw: "gw-js", seq: 1 });
   });
 
-  test("a frame of 0 bytes is a body that is no msgpack value: bad_body (R14)", () => {
+  test("a frame declaring 0 bytes is bad_zstd even when it holds none (R10: no body is empty)", () => {
     const payload = strBatch({ frame: () => rawFrame(new Uint8Array(0)) });
-    assert.deepEqual(goldenDoc(payload), { error: "bad_body", gw: "gw-js", seq: 1 });
+    assert.deepEqual(goldenDoc(payload), { error: "bad_zstd", gw: "gw-js", seq: 1 });
   });
 
   test("v 1.0 (a float) is bad_header, v 2 is unsupported_version whatever else is wrong", () => {
@@ -220,36 +261,41 @@ describe("rules each decoder must keep, on batches built here", () => {
     }
   });
 
-  test("choices of protocols/js/README.md 1: bad_header before z and n (stage 1)", () => {
+  test("stage 1 in rule-number order: R4 before R7 and R8, a v not an int is bad_header (§6)", () => {
     assert.deepEqual(goldenDoc(strBatch({ header: { z: "gzip", boot: undefined } })), refused("bad_header"));
     assert.deepEqual(goldenDoc(strBatch({ header: { z: "gzip", n: 2_000_000 } })), refused("unsupported_compression"));
     assert.deepEqual(goldenDoc(strBatch({ header: { v: "1" } })), refused("bad_header"));
   });
 
-  test("choices 2: the frame header's faults before R11-R12, the block walk before R13", () => {
+  test("stage 2: the frame's bytes (R10) before R11, R12 and R13, decompression last (§6)", () => {
     const body = strBody();
-    const noSize = rawFrame(body);
-    noSize[4] = 0x00; // no content size, not single segment: a window byte follows
-    const noSizeCut = Uint8Array.from([...noSize.subarray(0, 5), 0x00, 0x01 | (9 << 3), 0, 0]);
-    assert.deepEqual(goldenDoc(strBatch({ frame: () => noSizeCut })), refused("zstd_no_content_size"));
+    // no content size, not single segment (a window byte follows), one raw block
+    const bh = 0x01 | (body.length << 3);
+    const noSize = Uint8Array.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, bh & 255, (bh >> 8) & 255, bh >> 16, ...body]);
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => noSize })), refused("zstd_no_content_size"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => Uint8Array.from([...noSize, 0]) })), refused("zstd_no_content_size"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => noSize.subarray(0, noSize.length - 1) })), refused("bad_zstd"));
     const huge = rawFrame(body, { declare: 64 * 1024 * 1024 + 1 });
     assert.deepEqual(goldenDoc(strBatch({ frame: () => Uint8Array.from([...huge, 0]) })), refused("body_too_large"));
-    assert.deepEqual(goldenDoc(strBatch({ frame: () => rawFrame(body).subarray(0, 8) })), refused("bad_zstd"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => huge.subarray(0, huge.length - 1) })), refused("bad_zstd"));
+    const wrong = rawFrame(body, { declare: body.length + 1 }); // whole, but another size
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => Uint8Array.from([...wrong, 0]) })), refused("zstd_trailing_bytes"));
+    assert.deepEqual(goldenDoc(strBatch({ frame: () => wrong })), refused("bad_zstd"));
   });
 
-  test("choices 3: a frame naming a dictionary, or with its reserved bit set, is bad_zstd", () => {
+  test("a frame naming a dictionary, or with its reserved bit set, is bad_zstd (R10)", () => {
     assert.deepEqual(goldenDoc(strBatch({ frame: (b) => rawFrame(b, { dictId: 7 }) })), refused("bad_zstd"));
     assert.deepEqual(goldenDoc(strBatch({ frame: (b) => rawFrame(b, { fhd: 0x08 }) })), refused("bad_zstd"));
   });
 
-  test("choices 5: stage 6 rule by rule over the batch, R18 before R21 whatever the group", () => {
+  test("stage 6 rule by rule over the batch, R18 before R21 whatever the group (§6)", () => {
     const body = strBody({ groups: [[1, 1], [1, 0], [2, 0]], ids: [5, 6, 9, 7] });
     assert.deepEqual(goldenDoc(strBatch({ body, header: { n: 4 } })), refused("sids_not_ascending"));
     const ascending = strBody({ groups: [[1, 1], [1, 0], [2, 0]], ids: [5, 6, 7, 9] });
     assert.deepEqual(goldenDoc(strBatch({ body: ascending, header: { n: 4 } })), refused("bad_ts_mode"));
   });
 
-  test("choices 6: column types compare as integers of any sign", () => {
+  test("column types compare as integers of any sign (R25, R26, R28)", () => {
     const four = new Uint8Array(4);
     const order = strBody({ columns: [[6, four], [-5, four]] });
     assert.deepEqual(goldenDoc(strBatch({ body: order })), refused("column_order"));
@@ -257,7 +303,15 @@ describe("rules each decoder must keep, on batches built here", () => {
     assert.deepEqual(goldenDoc(strBatch({ body: unused })), refused("column_unused"));
   });
 
-  test("choices 7: a code point above U+10FFFF is not UTF-8, a noncharacter is", () => {
+  test("stage 5 rule by rule over the entries: R26 before R27, R27 before R28 (§6)", () => {
+    const four = new Uint8Array(4);
+    const twiceThenOrder = strBody({ columns: [[6, four], [6, four], [1, four]] });
+    assert.deepEqual(goldenDoc(strBatch({ body: twiceThenOrder })), refused("column_order"));
+    const unusedThenTwice = strBody({ columns: [[1, four], [6, four], [6, four]] });
+    assert.deepEqual(goldenDoc(strBatch({ body: unusedThenTwice })), refused("column_twice"));
+  });
+
+  test("a code point above U+10FFFF is not UTF-8, a noncharacter is (§0)", () => {
     const body = strBody({ strings: ["ab"] });
     const at = Buffer.from(body).indexOf("ab") - 1;
     const withStr = (bytes) => Uint8Array.from([...body.subarray(0, at), 0xa0 | bytes.length, ...bytes, ...body.subarray(at + 3)]);

@@ -12,16 +12,19 @@
 //   bin         a Uint8Array (a view of the input, not a copy)
 //   array       an Array
 //   map         a MsgMap: its keys and values in wire order, duplicates kept
-//   ext         a MsgExt
+//   ext         a MsgExt; type -1 (msgpack's timestamp) must be one: 4, 8 or 12 bytes,
+//               nanoseconds below 10^9; the reserved types -128 to -2 are kept as they are
 //   nil, bool   null, true, false
 //
-// Containers nested deeper than MAX_DEPTH are checked (every str in them is still UTF-8) and
-// read as a MsgDeep: a value the format never uses where it looks (only an unknown header
-// key may hold one), so the reader needs no deep recursion.
+// Arrays and maps nest at most MAX_DEPTH deep (§0: the outermost is depth 1): a deeper one is
+// not msgpack to the format, so the reader's recursion stays shallow.
 
 export const MAX_DEPTH = 32;
 
-/** The bytes are not exactly msgpack: truncated, a reserved byte (0xc1), or a str not UTF-8. */
+/**
+ * The bytes are not exactly msgpack as §0 defines it: truncated, a reserved byte (0xc1), a str
+ * not UTF-8, a timestamp that is not one, or arrays and maps nested deeper than MAX_DEPTH.
+ */
 export class MsgpackError extends Error {}
 
 export class MsgFloat {
@@ -44,11 +47,7 @@ export class MsgExt {
   }
 }
 
-/** A container nested deeper than MAX_DEPTH (checked, not kept). */
-export class MsgDeep {}
-
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-const DEEP = new MsgDeep();
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 function intValue(big) {
@@ -213,21 +212,31 @@ export class Reader {
   }
 
   ext(n) {
+    const at = this.pos; // the type byte
     const type = this.u8();
-    return new MsgExt(type > 127 ? type - 256 : type, this.take(n));
+    const data = this.take(n);
+    if (type === 0xff) checkTimestamp(data, at);
+    return new MsgExt(type > 127 ? type - 256 : type, data);
+  }
+
+  /** `depth` arrays and maps hold the one starting here (0 for the outermost). */
+  nest(depth) {
+    if (depth >= MAX_DEPTH) {
+      throw new MsgpackError(`arrays and maps nested more than ${MAX_DEPTH} deep at byte ${this.pos}`);
+    }
   }
 
   array(n, depth) {
+    this.nest(depth);
     this.count(n, 1);
-    if (depth >= MAX_DEPTH) return this.skipItems(n);
     const out = new Array(n);
     for (let i = 0; i < n; i++) out[i] = this.read(depth + 1);
     return out;
   }
 
   map(n, depth) {
+    this.nest(depth);
     this.count(n, 2);
-    if (depth >= MAX_DEPTH) return this.skipItems(2 * n);
     const keys = new Array(n);
     const values = new Array(n);
     for (let i = 0; i < n; i++) {
@@ -236,29 +245,22 @@ export class Reader {
     }
     return new MsgMap(keys, values);
   }
+}
 
-  /** Checks `n` values without keeping them, with no recursion. */
-  skipItems(n) {
-    let pending = n;
-    while (pending > 0) {
-      pending -= 1;
-      const b = this.bytes[this.pos];
-      if ((b >= 0x80 && b <= 0x9f) || b === 0xdc || b === 0xdd || b === 0xde || b === 0xdf) {
-        this.pos += 1;
-        let len;
-        if (b <= 0x8f) len = 2 * (b & 0x0f);
-        else if (b <= 0x9f) len = b & 0x0f;
-        else if (b === 0xdc) len = this.u16();
-        else if (b === 0xdd) len = this.u32();
-        else if (b === 0xde) len = 2 * this.u16();
-        else len = 2 * this.u32();
-        this.need(len);
-        pending += len;
-      } else {
-        this.read(MAX_DEPTH); // a scalar (or cut short: read says so)
-      }
-    }
-    return DEEP;
+/**
+ * An ext of type -1 is msgpack's timestamp: 4 bytes (seconds), 8 (30 bits of nanoseconds, 34
+ * of seconds) or 12 (4 of nanoseconds, 8 of seconds), nanoseconds at most 999,999,999.
+ */
+function checkTimestamp(data, at) {
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let nanos = 0;
+  if (data.length === 8) nanos = view.getUint32(0) >>> 2;
+  else if (data.length === 12) nanos = view.getUint32(0);
+  else if (data.length !== 4) {
+    throw new MsgpackError(`a timestamp (ext -1) of ${data.length} bytes at byte ${at}, not 4, 8 or 12`);
+  }
+  if (nanos > 999_999_999) {
+    throw new MsgpackError(`a timestamp (ext -1) at byte ${at} with ${nanos} nanoseconds`);
   }
 }
 

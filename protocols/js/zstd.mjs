@@ -24,10 +24,11 @@ export class FrameFault extends Error {
 
 /**
  * Reads the frame header and walks the blocks without decompressing (RFC 8878 §3.1.1).
- * Returns {contentSize, end, compressedBlocks}; throws FrameFault for R10-R13, in that order
- * of discovery: magic and header (bad_zstd), no content size (zstd_no_content_size), more
- * than 64 MiB (body_too_large), the blocks (bad_zstd), bytes after the frame
- * (zstd_trailing_bytes).
+ * Returns {contentSize, end}; throws FrameFault in the order of §6 stage 2: the frame's bytes
+ * (R10, bad_zstd: magic, reserved bit, header cut short, a declared size of 0, a block cut
+ * short or of the reserved type, the checksum cut short), then no content size
+ * (zstd_no_content_size, R11), more than 64 MiB (body_too_large, R12), bytes after the frame
+ * (zstd_trailing_bytes, R13). Decompression comes after all of them (decompressFrame).
  */
 export function frameInfo(body) {
   if (body.length < 5 || MAGIC.some((m, i) => body[i] !== m)) {
@@ -45,21 +46,16 @@ export function frameInfo(body) {
   if (pos + fcsBytes > body.length) {
     throw new FrameFault("bad_zstd", "the frame header is cut short");
   }
-  if (fcsBytes === 0) {
-    throw new FrameFault("zstd_no_content_size", "the frame header does not declare the content size");
+  let contentSize = null;
+  if (fcsBytes > 0) {
+    contentSize = 0;
+    for (let i = fcsBytes - 1; i >= 0; i--) contentSize = contentSize * 256 + body[pos + i];
+    if (fcsBytes === 2) contentSize += 256;
+    if (contentSize === 0) {
+      throw new FrameFault("bad_zstd", "the frame declares a content size of 0 (a body is never empty)");
+    }
   }
-  let contentSize = 0;
-  for (let i = fcsBytes - 1; i >= 0; i--) contentSize = contentSize * 256 + body[pos + i];
-  if (fcsBytes === 2) contentSize += 256;
   pos += fcsBytes;
-  if (contentSize > MAX_CONTENT_SIZE) {
-    throw new FrameFault(
-      "body_too_large",
-      `the frame declares ${contentSize} bytes, more than ${MAX_CONTENT_SIZE} (64 MiB)`,
-    );
-  }
-  let compressedBlocks = 0;
-  let rawBytes = 0;
   for (;;) {
     if (pos + 3 > body.length) throw new FrameFault("bad_zstd", "the frame is cut short (block header)");
     const bh = body[pos] | (body[pos + 1] << 8) | (body[pos + 2] << 16);
@@ -68,8 +64,6 @@ export function frameInfo(body) {
     const type = (bh >> 1) & 3;
     const size = bh >>> 3;
     if (type === 3) throw new FrameFault("bad_zstd", "a block of the reserved type 3");
-    if (type === 2) compressedBlocks += 1;
-    else rawBytes += size;
     pos += type === 1 ? 1 : size;
     if (pos > body.length) throw new FrameFault("bad_zstd", "the frame is cut short (block)");
     if (last) break;
@@ -78,13 +72,17 @@ export function frameInfo(body) {
     pos += 4;
     if (pos > body.length) throw new FrameFault("bad_zstd", "the frame is cut short (checksum)");
   }
+  if (contentSize === null) {
+    throw new FrameFault("zstd_no_content_size", "the frame header does not declare the content size");
+  }
+  if (contentSize > MAX_CONTENT_SIZE) {
+    throw new FrameFault(
+      "body_too_large",
+      `the frame declares ${contentSize} bytes, more than ${MAX_CONTENT_SIZE} (64 MiB)`,
+    );
+  }
   if (pos < body.length) {
     throw new FrameFault("zstd_trailing_bytes", `${body.length - pos} bytes after the zstd frame`);
-  }
-  // libzstd cannot tell this module an error when the output is 0 bytes long, so a frame that
-  // declares 0 bytes is judged here: raw and RLE blocks of 0 bytes only.
-  if (contentSize === 0 && (compressedBlocks > 0 || rawBytes > 0)) {
-    throw new FrameFault("bad_zstd", "a frame that declares 0 bytes has blocks with content");
   }
   return { contentSize, end: pos };
 }
@@ -92,7 +90,8 @@ export function frameInfo(body) {
 /** The frame's content: exactly its declared size, else FrameFault bad_zstd. */
 export function decompressFrame(body) {
   const { contentSize } = frameInfo(body);
-  if (contentSize === 0) return new Uint8Array(0);
+  // contentSize is at least 1: zstddec reports an error as an empty output, which only a
+  // non-empty declared size tells apart from success.
   const out = zstd.decode(body, contentSize);
   if (out.length !== contentSize) {
     throw new FrameFault(

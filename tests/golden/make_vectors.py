@@ -417,6 +417,36 @@ def _unknown_header_keys() -> tuple[bytes, dict[str, Any]]:
     return payload, got
 
 
+def nested(arrays: int) -> _Raw:
+    """``arrays`` arrays, each the one element of the one before, around a nil: depth ``arrays``."""
+    return _Raw(b"\x91" * arrays + b"\xc0")
+
+
+#: Ext values §0 allows in an unknown header key: msgpack timestamps (ext -1) of 4, 8 and 12
+#: bytes (the 64-bit one with 999,999,999 ns, the 96-bit one -5 s) and a reserved type (-18).
+EXT_VALUES = _Raw(
+    b"\x94"
+    + b"\xd6\xff\x00\x00\x00\x01"
+    + b"\xd7\xff"
+    + ((999_999_999 << 34) | 5).to_bytes(8, "big")
+    + b"\xc7\x0c\xff"
+    + (999_999_999).to_bytes(4, "big")
+    + (-5).to_bytes(8, "big", signed=True)
+    + b"\xd4\xee\x00"
+)
+
+
+def _unknown_header_keys_deep() -> tuple[bytes, dict[str, Any]]:
+    points = [Point(1, T, 1.0)]
+    plain = encode_batch(BatchHeader("gw-future", 19, 1, T), points)
+    payload = rebuild(
+        plain, pairs=[*header_pairs(plain), ("deep", nested(31)), ("ext", EXT_VALUES)]
+    )
+    [got] = python_decoder([payload])
+    assert got["points"] == [expected_point(*points[0])]
+    return payload, got
+
+
 def pack_wide(obj: Any) -> bytes:
     """msgpack with every int in its widest form (uint 64 or int 64), as some encoders write."""
     if isinstance(obj, bool) or obj is None or isinstance(obj, (str, bytes, float)):
@@ -494,6 +524,13 @@ HAND: dict[str, tuple[str, list[str], Callable[[], tuple[bytes, dict[str, Any]]]
         "Header keys the format does not know, with values of any msgpack type: ignored.",
         ["R9"],
         _unknown_header_keys,
+    ),
+    "unknown_header_keys_deep": (
+        "Unknown header keys at the limits of §0: arrays nested 31 deep in the header's map "
+        "(depth 32, the deepest allowed), msgpack timestamps of 4, 8 and 12 bytes and an ext of "
+        "the reserved type -18: ignored.",
+        ["R1", "R9"],
+        _unknown_header_keys_deep,
     ),
     "wide_ints": (
         "Every int in its widest msgpack form (uint 64 / int 64, 32-bit array and map "
@@ -885,7 +922,152 @@ BAD: dict[str, tuple[str, list[str], str, Callable[[], bytes]]] = {
         "string_index",
         lambda: rebuild(BASE, doc=edit(lambda d: d[4][3].__setitem__(1, shuffled([2, 0], 4)))),
     ),
+    # Contract v1.1, settled when the second decoder (protocols/js) was compared with ours:
+    # nesting (§0), a frame declaring 0 bytes (R10), and the order of checks within a stage (§6).
+    "header_nested_33_deep": (
+        "An unknown header key holding arrays nested 32 deep: with the header's map, depth 33 "
+        "(§0 allows 32), however the rest looks.",
+        ["R1", "R9"],
+        "not_msgpack",
+        lambda: rebuild(BASE, pairs=[*header_pairs(BASE), ("deep", nested(32))]),
+    ),
+    "header_timestamp_2_bytes": (
+        "An unknown header key holding an ext of type -1 (a msgpack timestamp) of 2 bytes, which "
+        "is no timestamp (§0).",
+        ["R1", "R9"],
+        "not_msgpack",
+        lambda: rebuild(BASE, pairs=[*header_pairs(BASE), ("ts", _Raw(b"\xd5\xff\x00\x01"))]),
+    ),
+    "body_nested_33_deep": (
+        "A layout entry whose ts_mode is arrays nested 30 deep: depth 33 in the body (§0), so "
+        "bad_body (R14), not bad_layout (R15).",
+        ["R14", "R15"],
+        "bad_body",
+        lambda: rebuild(
+            BASE,
+            raw=pack(body_doc(BASE)).replace(
+                b"\x94\x01\x03\x02\x00", b"\x94\x01\x03\x02" + nested(30), 1
+            ),
+        ),
+    ),
+    "zstd_declares_0_bytes_with_content": (
+        "A frame declaring 0 bytes whose raw block holds the body.",
+        ["R10"],
+        "bad_zstd",
+        lambda: rebuild(BASE, body=raw_frame(pack(body_doc(BASE)), declare=0)),
+    ),
+    "zstd_declares_0_bytes_empty": (
+        "A whole frame declaring 0 bytes, with one raw block of 0 bytes: no body is empty.",
+        ["R10"],
+        "bad_zstd",
+        lambda: rebuild(BASE, body=raw_frame(b"", size_bytes=1)),
+    ),
+    "zstd_no_content_size_cut_short": (
+        "A frame without its content size and without its last 3 bytes: the frame's bytes "
+        "(R10) are checked before R11.",
+        ["R10", "R11"],
+        "bad_zstd",
+        lambda: rebuild(BASE, body=zstd(pack(body_doc(BASE)), content_size=False)[:-3]),
+    ),
+    "zstd_too_large_cut_short": (
+        "A frame declaring 64 MiB + 1 byte whose raw block is cut short: R10 before R12.",
+        ["R10", "R12"],
+        "bad_zstd",
+        lambda: rebuild(
+            BASE,
+            body=raw_frame(pack(body_doc(BASE)), declare=MAX_BODY_BYTES + 1, size_bytes=4)[:-1],
+        ),
+    ),
+    "zstd_no_content_size_then_more": (
+        "A frame without its content size, then one byte: R11 before R13.",
+        ["R11", "R13"],
+        "zstd_no_content_size",
+        lambda: rebuild(BASE, body=zstd(pack(body_doc(BASE)), content_size=False) + b"\x00"),
+    ),
+    "columns_out_of_order_and_twice": (
+        "The f32 column twice, then an empty f64 column last: R26 (order) before R27 (twice), "
+        "over all the entries.",
+        ["R26", "R27"],
+        "column_order",
+        lambda: rebuild(
+            BASE, doc=edit(lambda d: (d[4].insert(1, list(d[4][0])), d[4].append([2, b""])))
+        ),
+    ),
+    "columns_twice_and_unused": (
+        "A column of type 0 first, and the str column twice at the end: R27 (twice) before "
+        "R28 (unused), over all the entries.",
+        ["R27", "R28"],
+        "column_twice",
+        lambda: rebuild(
+            BASE, doc=edit(lambda d: (d[4].insert(0, [0, b""]), d[4].append(list(d[4][-1]))))
+        ),
+    ),
+    "sids_descending_after_ts_mode_fault": (
+        "Group 1 in ts_mode 1 (R21), then ids 2, 4, 3 in group 2 (R18): within stage 6 the "
+        "rules go in rule-number order over all the groups, so R18.",
+        ["R18", "R21"],
+        "sids_not_ascending",
+        lambda: _stage6_sids_after_ts_mode(),
+    ),
+    "ts_mode_1_first_and_bool_padding": (
+        "The first group in ts_mode 1 (R21) and a bool padding bit set (R32): R21.",
+        ["R21", "R32"],
+        "bad_ts_mode",
+        lambda: rebuild(
+            BASE,
+            doc=edit(lambda d: (d[1][0].__setitem__(3, 1), d[4][2].__setitem__(1, b"\xb0"))),
+        ),
+    ),
+    "bool_padding_and_string_index": (
+        "A bool padding bit set (R32) and a str index past the dictionary (R33): R32.",
+        ["R32", "R33"],
+        "bool_padding",
+        lambda: rebuild(
+            BASE,
+            doc=edit(
+                lambda d: (
+                    d[4][2].__setitem__(1, b"\xb0"),
+                    d[4][3].__setitem__(1, shuffled([2, 0], 4)),
+                )
+            ),
+        ),
+    ),
 }
+
+
+def raw_frame(content: bytes, *, declare: int | None = None, size_bytes: int = 8) -> bytes:
+    """One zstd frame of one raw block (RFC 8878), single segment, declaring ``declare`` bytes
+    (the content's length by default) in a content size field of ``size_bytes`` (1, 4 or 8)."""
+    flag = {1: 0, 4: 2, 8: 3}[size_bytes]
+    declared = len(content) if declare is None else declare
+    block = (1 | len(content) << 3).to_bytes(3, "little")
+    return (
+        _ZSTD_MAGIC
+        + bytes([flag << 6 | 0x20])
+        + declared.to_bytes(size_bytes, "little")
+        + block
+        + content
+    )
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _stage6_sids_after_ts_mode() -> bytes:
+    """Group 1 (series 1) in ts_mode 1, so it breaks R21; group 2 (series 2-4) with ids 2, 4, 3,
+    so it breaks R18. Rule-number order: R18 first, whatever the group."""
+    base = encode_batch(
+        BatchHeader("gw-bad", 78, 5, T + 9000),
+        [
+            *(Point(1, T + k * 1000, 1.0 + k) for k in range(2)),
+            *(Point(sid, T + 5 + k * 1000, 230.0 + sid) for sid in (2, 3, 4) for k in range(2)),
+        ],
+    )
+    doc = body_doc(base)
+    assert [e[:3] for e in doc[1]] == [[1, 1, 2], [1, 3, 2]], doc[1]
+    doc[1][0][3] = 1
+    doc[2] = _sids([1, 2, 4, 3])
+    return rebuild(base, doc=doc)
 
 
 def _sids(ids: list[int]) -> bytes:
@@ -958,11 +1140,16 @@ def main() -> None:
             assert got.get("error") == code, f"{name}: {got} is not {code}"
             doc = {"about": about, "rules": rules, **got}
             write(MALFORMED, name, payload, doc, force)
-    sums = [
+    # SHA256SUMS only grows: its lines stay as they are, a new .bin is appended.
+    sums_path = HERE / "SHA256SUMS"
+    sums = sums_path.read_text().splitlines() if sums_path.exists() else []
+    listed = {line.split("  ", 1)[1] for line in sums}
+    sums += [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(HERE)}"
         for p in sorted([*HERE.glob("*.bin"), *MALFORMED.glob("*.bin")])
+        if str(p.relative_to(HERE)) not in listed
     ]
-    (HERE / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    sums_path.write_text("\n".join(sums) + "\n")
 
 
 if __name__ == "__main__":
