@@ -176,6 +176,17 @@ def test_protocols_imports__wire_formats_nothing_of_edge():
     assert {k: v for k, v in wrong.items() if v} == {}
 
 
+def test_devices_imports__profiles_and_their_model_import_nothing_of_edge():
+    """devices/ holds the profile files, their model and the serial sensors' Python profiles;
+    edge/profiles.py reads them. The model never reaches up into the gateway."""
+    known = set(EDGE_MODULES) | set(modules(ROOT / "devices"))
+    wrong = {
+        name: sorted(t for t in imports(name, path, known) if t.split(".")[0] == "edge")
+        for name, path in modules(ROOT / "devices").items()
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+
+
 def test_old_paths__consumer_and_ledger_reexport_the_platform():
     """Integrators' imports of edge.consumer / edge.ledger keep working until 0.2."""
     import edge.consumer
