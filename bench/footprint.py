@@ -141,7 +141,7 @@ def config(tmp: Path, broker_port: int, sim_ports: list[int], n_devices: int, po
     text = f"""gateway: {{id: bench-footprint}}
 buffer: {{path: {tmp}/buffer.sqlite}}
 mqtt: {{url: "mqtt://127.0.0.1:{broker_port}"}}
-status: {{listen: "127.0.0.1:0"}}
+status: {{listen: "127.0.0.1:{free_port()}"}}
 devices:
 """
     for d in range(1, n_devices + 1):

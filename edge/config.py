@@ -21,19 +21,35 @@ and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from devices import SensorProfile, get_profile
+from devices import AnyProfile, ProfileError, SensorProfile
 from edge import settings
-from edge.config_yaml import MAX_CONFIG_BYTES, YamlData, YamlError, read_yaml
+from edge.config_schema import BAUD_RATES as BAUD_RATES  # the baud rates a line may take
+from edge.config_schema import DROPPED as _DROPPED
+from edge.config_schema import TOPIC, ConfigError, Ident, check_baud
+from edge.config_schema import Doubts as _Doubts
+from edge.config_schema import StrictModel as _Model
+from edge.config_schema import field_problems as _schema_problems
+from edge.config_schema import models_in as _models_in  # noqa: F401 (tests sweep the schema)
+from edge.config_yaml import MAX_CONFIG_BYTES, YamlError, read_yaml
 from edge.config_yaml import Positions as _Positions
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
+from edge.profiles import (
+    MAX_PROFILE_FILES,
+    ProfileSet,
+    load_user_profiles,
+    profile_files,
+    with_overrides,
+)
 from edge.settings import LoadedConfig
 from edge.shared.clock import load_zone
 from edge.shared.secrets import secret_file_problem, url_secret_problem
@@ -59,28 +75,10 @@ __all__ = [
     "runtime_view",
 ]
 
-#: Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
-IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-Ident = Annotated[str, Field(pattern=IDENT)]
-#: MQTT topic levels: no wildcards.
-TOPIC = r"^[^#+]+$"
 #: A host name or address (RFC 1035: 253 characters at most).
 Host = Annotated[str, Field(min_length=1, max_length=253)]
 #: A TCP port to connect to or listen on: 0 would mean "any", which no peer answers on.
 Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class ConfigError(Exception):
-    """The configuration is invalid. Fatal: fix the file; nothing was started."""
-
-    def __init__(self, problems: list[tuple[str, int, int, str]]):
-        self.problems = problems
-        super().__init__("\n".join(f"{f}:{line}:{col}: {msg}" for f, line, col, msg in problems))
-
-
-class _Model(BaseModel):
-    # NaN and infinities are refused as numbers (a YAML .nan is never a setting).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class GatewayConfig(_Model, settings.GatewayConfig):
@@ -243,15 +241,6 @@ class ModbusTcpTransport(_Model, settings.ModbusTcpTransport):
     max_connections: int = Field(1, ge=1, le=8)
 
 
-BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-
-
-def _check_baud(v: int) -> int:
-    if v not in BAUD_RATES:
-        raise ValueError(f"baud rate must be one of {', '.join(map(str, BAUD_RATES))}")
-    return v
-
-
 class ModbusRtuTransport(_Model, settings.ModbusRtuTransport):
     """A device on an RS-485 line; every device on one port shares it (one owner)."""
 
@@ -267,7 +256,7 @@ class ModbusRtuTransport(_Model, settings.ModbusRtuTransport):
     #: every device on the port gives the same value (edge/fieldbus/rtu.py, "Late answers").
     late_answer_ms: int | None = Field(None, ge=0, le=60_000)
 
-    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: check_baud(v)))
 
 
 class UartTransport(_Model, settings.UartTransport):
@@ -278,7 +267,7 @@ class UartTransport(_Model, settings.UartTransport):
     baudrate: int = 9600
     unit: int = 0  # no addresses on a point-to-point link
 
-    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: check_baud(v)))
 
     @field_validator("unit")
     @classmethod
@@ -356,6 +345,10 @@ class DeviceConfig(_Model, settings.DeviceConfig):
     warmup_s: float | None = Field(None, ge=0, le=600)
     #: Edge processing of this device's readings (windows, deadbands); raw when absent.
     processing: list[ProcessingRule] = Field(default_factory=list)
+    #: Per-device overrides of the profile (docs/profile-format.md §0.5): every point read in
+    #: this byte order; every address of the profile moved by this many registers.
+    byte_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] | None = None
+    address_offset: int = Field(0, ge=-65535, le=65535)
 
 
 class WritablePoint(_Model, settings.WritablePoint):
@@ -416,7 +409,7 @@ class MeterLinkRs485(_Model, settings.MeterLinkRs485):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
 
-    _baud = field_validator("baudrate")(classmethod(lambda cls, v: _check_baud(v)))
+    _baud = field_validator("baudrate")(classmethod(lambda cls, v: check_baud(v)))
 
 
 MeterLink = Annotated[MeterLinkTcp | MeterLinkRs485, Field(discriminator="type")]
@@ -449,6 +442,9 @@ class Config(_Model, settings.Config):
     time: TimeConfig = TimeConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     parking: ParkingConfig = ParkingConfig()
+    #: User profile files and folders, relative to the config's folder (docs/profile-format.md
+    #: §0.4); None: the folder profiles/ beside the config, when there is one.
+    profiles: list[Annotated[str, Field(min_length=1)]] | None = None
 
 
 def _check_processing(dev: DeviceConfig, base: tuple[Any, ...], points: list[str], at: Any) -> None:
@@ -580,331 +576,6 @@ def _check_lines(cfg: Config, at: Any) -> None:
                 )
 
 
-# --------------------------------------------------------------------------- field problems
-
-_DROPPED = "<dropped>"  # a step after a list's path: an item of it was left out
-
-
-class _Doubts:
-    """What the schema phase could not vouch for, so cross-field checks stay silent about it.
-
-    ``bad``: values refused (left out, so a default stands in), and items left out of a list as
-    ``(*list, _DROPPED, id)`` (or ``(*list, _DROPPED)`` when the item had no id); ``loose``:
-    mappings with an unknown key, which may have been meant for any key they do not give (those
-    keys hold defaults the person did not choose).
-    """
-
-    def __init__(self, pos: _Positions) -> None:
-        self.pos = pos
-        self.bad: set[tuple[Any, ...]] = set()
-        self.loose: set[tuple[Any, ...]] = set()
-        self._covered: set[tuple[Any, ...]] = set()  # every prefix of a bad or loose path
-
-    def freeze(self) -> None:
-        for path in self.bad | self.loose:
-            self._covered.update(path[:n] for n in range(len(path) + 1))
-
-    def __call__(self, *paths: tuple[Any, ...]) -> bool:
-        """Whether a check that reads ``paths`` (values, or whole sections) may be misled."""
-        for path in paths:
-            if path in self._covered:  # the path holds a doubtful part
-                return True
-            for n in range(len(path)):
-                head = path[:n]
-                if head in self.bad:
-                    return True
-                if head in self.loose and (*head, path[n]) not in self.pos.key:
-                    return True  # a default, and the unknown key may have been meant for it
-        return False
-
-    def renumber(self, lst: tuple[Any, ...], gone: dict[int, Any]) -> None:
-        """Items ``gone`` (index: the item) were left out of the list at ``lst``."""
-        self.bad = _renumbered(self.bad, lst, set(gone))
-        self.loose = _renumbered(self.loose, lst, set(gone))
-        for item in gone.values():
-            name = item.get("id") if isinstance(item, dict) else None
-            if isinstance(name, str):
-                self.bad.add((*lst, _DROPPED, name))
-            else:
-                self.bad.add((*lst, _DROPPED))
-
-
-def _renumbered(
-    paths: set[tuple[Any, ...]], lst: tuple[Any, ...], gone: set[int]
-) -> set[tuple[Any, ...]]:
-    n, out = len(lst), set()
-    for path in paths:
-        if len(path) > n and path[:n] == lst and isinstance(path[n], int):
-            if path[n] in gone:
-                continue
-            path = (*lst, path[n] - sum(1 for g in gone if g < path[n]), *path[n + 1 :])
-        out.add(path)
-    return out
-
-
-def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
-    """The steps of pydantic's ``loc`` that are in ``data`` (union tags are not), and whether
-    the last one is there (not for a missing key)."""
-    path: tuple[Any, ...] = ()
-    cur = data
-    for i, step in enumerate(loc):
-        if isinstance(cur, dict) and step in cur:
-            cur = cur[step]
-        elif isinstance(cur, list) and isinstance(step, int) and 0 <= step < len(cur):
-            cur = cur[step]
-        elif i == len(loc) - 1:
-            return (*path, step), False
-        else:
-            continue
-        path = (*path, step)
-    return path, True
-
-
-def _container(data: Any, path: tuple[Any, ...]) -> Any:
-    for step in path:
-        try:
-            data = data[step]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _model_field(loc: tuple[Any, ...]) -> Any:
-    """The pydantic FieldInfo that ``loc`` ends in (None when it cannot be told)."""
-    model: Any = Config
-    info = None
-    for step in loc:
-        if isinstance(step, int):
-            continue
-        if isinstance(model, list):  # a union: the step is the tag
-            model = next((m for m in model if _tags_of(m) == [step]), None)
-            continue
-        fields = getattr(model, "model_fields", None)
-        if fields is None or step not in fields:
-            return None
-        info = fields[step]
-        models = _models_in(info.annotation)
-        model = models[0] if len(models) == 1 else models
-    return info
-
-
-def _models_in(annotation: Any) -> list[Any]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for a in get_args(annotation) for m in _models_in(a)]
-
-
-def _tags_of(model: Any) -> list[Any]:
-    field = getattr(model, "model_fields", {}).get("type")
-    return list(get_args(field.annotation)) if field is not None else []
-
-
-def _one_of(values: list[Any]) -> str:
-    shown = [str(v) for v in values]
-    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
-
-
-def _got(value: Any) -> str:
-    """What a refused value was, shortly ("got the text '1'")."""
-    if isinstance(value, bool):
-        return f"got {str(value).lower()}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "got .nan" if math.isnan(value) else f"got {'-' if value < 0 else ''}.inf"
-    if isinstance(value, int) and abs(value) >= 10**30:
-        return f"got a number of {len(str(abs(value)))} digits"
-    if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:40] + "..."
-        return f"got the text {text!r}"
-    if isinstance(value, dict):
-        return "got a mapping"
-    if isinstance(value, list):
-        return "got a list"
-    return f"got {value!r}"
-
-
-_TYPES = {
-    "int_type": "a whole number",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "string_type": "text",
-    "list_type": "a list (lines starting with '- ', or [a, b])",
-    "model_type": "a mapping (key: value lines, or {key: value})",
-    "dict_type": "a mapping (key: value lines, or {key: value})",
-}
-_PATTERNS = {
-    IDENT: "a name of 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
-    "(it goes into MQTT topics and file names)",
-    TOPIC: "text without '#' or '+' (MQTT wildcards)",
-}
-
-
-def _range(info: Any) -> str | None:
-    """The range a number field takes, in words ("from 1 to 65535")."""
-    low = high = None
-    for m in info.metadata if info is not None else ():
-        if getattr(m, "ge", None) is not None:
-            low = ("from", "at least", m.ge)
-        if getattr(m, "gt", None) is not None:
-            low = ("more than", "more than", m.gt)
-        if getattr(m, "le", None) is not None:
-            high = ("to", "at most", m.le)
-        if getattr(m, "lt", None) is not None:
-            high = ("below", "below", m.lt)
-    if low and high:
-        if low[0] == "from" and high[0] == "to":
-            return f"from {low[2]} to {high[2]}"
-        return f"{low[1]} {low[2]} and {high[1]} {high[2]}"
-    if low or high:
-        word, bound = (low or high)[1:]  # type: ignore[misc]
-        return f"{word} {bound}"
-    return None
-
-
-def _looks_like(kind: str, text: str) -> bool:
-    """Whether quoted ``text`` would be the value a field of this type wants, unquoted."""
-    if kind == "bool_type":
-        return text.lower() in ("true", "false")
-    try:
-        (int if kind == "int_type" else float)(text.replace("_", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def _explain(err: Any) -> str:
-    """A pydantic error in the project's words, naming what the field takes."""
-    kind, loc = err["type"], tuple(err["loc"])
-    value, ctx = err.get("input"), err.get("ctx", {})
-    info = _model_field(loc)
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return f"must be {_range(info) or err['msg'].lower()} ({_got(value)})"
-    if kind == "finite_number":
-        return f"must be a finite number ({_got(value)}; .nan and .inf are not settings)"
-    if kind in _TYPES:
-        msg = f"must be {_TYPES[kind]}"
-        if kind in ("int_type", "float_type") and _range(info):
-            msg += f" {_range(info)}"
-        hint = ""
-        if isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
-            hint = ": write it without quotes" if _looks_like(kind, value) else ""
-        elif kind == "string_type" and isinstance(value, int | float):
-            hint = ": put it in quotes if it is meant as text"
-        return f"{msg} ({_got(value)}{hint})"
-    if kind == "literal_error":
-        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        allowed = [v.strip("'") for v in expected.split(", ")]
-        hint = ""
-        if isinstance(value, str) and value in allowed:
-            hint = ": write it without quotes"
-        elif isinstance(value, bool):
-            hint = ": YAML reads yes, no, on and off as true or false; put the word in quotes"
-        choice = _one_of(allowed) if len(allowed) < 3 else f"one of {_one_of(allowed)}"
-        return f"must be {choice} ({_got(value)}{hint})"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "string_too_long":
-        return f"must be at most {ctx.get('max_length')} characters (got {len(value)})"
-    if kind == "too_short":
-        return f"needs at least {ctx.get('min_length')} item(s)"
-    if kind == "too_long":
-        return f"takes at most {ctx.get('max_length')} item(s) (got {ctx.get('actual_length')})"
-    if kind == "string_pattern_mismatch":
-        pattern = ctx.get("pattern")
-        return f"must be {_PATTERNS.get(pattern, f'text of the form {pattern}')} ({_got(value)})"
-    if kind in ("union_tag_not_found", "union_tag_invalid"):
-        members = _models_in(getattr(info, "annotation", None))
-        tags = _one_of([t for m in members for t in _tags_of(m)])
-        if kind == "union_tag_not_found":
-            return f"needs a type: one of {tags}"
-        return f"unknown type {ctx.get('tag')!r}: use {tags}"
-    if kind == "value_error":
-        return str(ctx.get("error", "")) or err["msg"]
-    return err["msg"]
-
-
-def _field_problems(
-    data: dict[str, Any], read: YamlData, source: str
-) -> tuple[Config | None, list[tuple[str, int, int, str]], _Doubts]:
-    """Validate ``data`` against the schema; every field problem, in one pass.
-
-    Then, so the cross-field checks can run in the same go, the data is repaired until it
-    validates: an unknown key is dropped, a refused value left out (its default stands in), and
-    what lacks a required key is left out of its list or section. Each repair is written down
-    in the returned :class:`_Doubts`, and the checks stay silent about what it touches. The
-    config is None when it cannot be repaired."""
-    pos = read.pos
-    doubts = _Doubts(pos)
-    doubts.bad |= read.left_out | read.doubtful
-    doubts.loose |= read.loose
-    silent = set(read.left_out)  # reported by the YAML reader already
-    problems: list[tuple[str, int, int, str]] = []
-    stand_in: dict[str, str] | None = None
-    for attempt in range(16):
-        try:
-            cfg = Config.model_validate(data)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-        else:
-            doubts.freeze()
-            return cfg, problems, doubts
-        drops: dict[tuple[Any, ...], set[int]] = {}
-        for err in errors:
-            loc = tuple(err["loc"])
-            path, present = _data_path(data, loc)
-            quiet = any(path[:n] in silent for n in range(len(path) + 1))
-            if attempt == 0 and not quiet:
-                problems.append(_field_problem(err, loc, pos, source))
-            if err["type"] == "extra_forbidden":
-                parent = _container(data, path[:-1])
-                if isinstance(parent, dict):
-                    parent.pop(path[-1], None)
-                doubts.loose.add(path[:-1])
-                continue
-            if not present:  # a required key is missing: what lacks it goes
-                path = path[:-1]
-            if not path:  # only the gateway section is required at the top
-                if loc != ("gateway",) or stand_in:
-                    return None, problems, doubts
-                data["gateway"] = stand_in = {"id": "gateway"}  # so the rest is checked
-                doubts.bad.add(("gateway",))
-                continue
-            parent = _container(data, path[:-1])
-            if isinstance(parent, dict):
-                parent.pop(path[-1], None)
-                doubts.bad.add(path)
-                if quiet:
-                    silent.add(path)
-            elif isinstance(parent, list) and isinstance(path[-1], int):
-                drops.setdefault(path[:-1], set()).add(path[-1])
-        for lst in sorted(drops, key=len, reverse=True):  # inner lists first: indices hold
-            items = _container(data, lst)
-            if not isinstance(items, list):
-                continue
-            gone = {i: items[i] for i in drops[lst]}
-            items[:] = [v for i, v in enumerate(items) if i not in gone]
-            pos.drop_items(lst, set(gone))
-            doubts.renumber(lst, gone)
-            silent = _renumbered(silent, lst, set(gone))
-    return None, problems, doubts
-
-
-def _field_problem(
-    err: Any, loc: tuple[Any, ...], pos: _Positions, source: str
-) -> tuple[str, int, int, str]:
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        line, col = pos.locate(loc, prefer_key=True)
-        parent = ".".join(str(x) for x in pos.known_path(loc[:-1])) or "top level"
-        return source, line, col, f"unknown key {loc[-1]!r} in {parent}"
-    if kind == "missing":
-        line, col = pos.locate(loc[:-1], prefer_key=False)
-        parent = ".".join(str(x) for x in pos.known_path(loc[:-1])) or "top level"
-        return source, line, col, f"missing required key {loc[-1]!r} in {parent}"
-    line, col = pos.locate(loc, prefer_key=False)
-    where = ".".join(str(x) for x in pos.known_path(loc)) or "(top level)"
-    return source, line, col, f"{where}: {_explain(err)}"
-
-
 #: A timeout left out waits this long when the poll interval leaves room (ms), with this many
 #: retries.
 DEFAULT_TIMEOUT_MS = 1000
@@ -1016,8 +687,16 @@ def _with_timing(cfg: Config, derived: dict[int, Timing]) -> Config:
 
 
 def _cross_checks(
-    cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts | None = None
+    cfg: Config,
+    pos: _Positions,
+    source: str,
+    base_dir: Path,
+    doubts: _Doubts | None = None,
+    profiles: dict[str, AnyProfile] | None = None,
 ) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]], dict[int, Timing]]:
+    """Checks across fields; ``profiles``: each device's (:func:`_device_profiles`), a device
+    without one (unknown or broken: reported there) is not checked further."""
+    profiles = profiles or {}
     problems: list[tuple[str, int, int, str]] = []
     plans: dict[str, ReadPlan] = {}
     derived: dict[int, Timing] = {}  # device index -> timing that differs from the defaults
@@ -1047,10 +726,8 @@ def _cross_checks(
             )
         else:
             seen[dev.id] = i
-        try:
-            profile = get_profile(dev.profile)
-        except KeyError as exc:
-            at((*base, "profile"), str(exc.args[0]))
+        profile = profiles.get(dev.id)
+        if profile is None:
             continue
         if dev.points is not None:
             for j, name in enumerate(dev.points):
@@ -1123,8 +800,10 @@ def _cross_checks(
             continue
         d, dev = by_id[w.device]
         uses = ((*where, "point"), ("devices", d, "profile"))
+        if dev.id not in profiles:
+            continue
         try:
-            point = get_profile(dev.profile).point(w.point)
+            point = profiles[dev.id].point(w.point)
         except KeyError:
             at(
                 (*where, "point"),
@@ -1202,6 +881,105 @@ def _cross_checks(
                 )
             addresses.add(meter.address)
     return plans, problems, derived
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _user_profiles(
+    cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts
+) -> tuple[ProfileSet, list[tuple[str, int, int, str]]]:
+    """The user profile files the config names (``profiles:``, default the folder profiles/
+    beside it), read beside the shipped ones; their problems at their own FILE:LINE:COL, the
+    config's (a path that does not exist) at its line."""
+    problems: list[tuple[str, int, int, str]] = []
+    files: list[Path] = []
+
+    def folder(path: Path, where: tuple[Any, ...]) -> None:
+        try:
+            files.extend(profile_files(path))
+        except OSError as exc:
+            problems.append(
+                (source, *pos.locate(where, prefer_key=False), f"profiles: cannot read {path}: "
+                 f"{exc.strerror or exc}")
+            )  # fmt: skip
+
+    if cfg.profiles is None:
+        if (base_dir / "profiles").is_dir():
+            folder(base_dir / "profiles", ())
+    else:
+        for j, entry in enumerate(cfg.profiles):
+            where = ("profiles", j)
+            path = Path(os.path.normpath(base_dir / Path(entry).expanduser()))
+            if doubts(where):
+                continue
+            if path.is_dir():
+                folder(path, where)
+            elif path.is_file():
+                files.append(path)
+            else:
+                problems.append(
+                    (source, *pos.locate(where, prefer_key=False), f"profiles: {entry} does not "
+                     "exist (a profile file or a folder of them, relative to the config's folder)")
+                )  # fmt: skip
+    unique = list({p.resolve(): p for p in files}.values())  # a file named twice is read once
+    if len(unique) > MAX_PROFILE_FILES:
+        problems.append(
+            (source, *pos.locate(("profiles",), prefer_key=True), f"profiles: {len(unique)} "
+             f"files, more than the {MAX_PROFILE_FILES} a gateway reads: is it the right folder?")
+        )  # fmt: skip
+        unique = []
+    user = load_user_profiles(unique)
+    return user, problems + user.problems
+
+
+def _device_profiles(
+    cfg: Config, user: ProfileSet, pos: _Positions, source: str, doubts: _Doubts
+) -> tuple[dict[str, AnyProfile], list[tuple[str, int, int, str]]]:
+    """Each device's profile, its overrides applied (``byte_order``, ``address_offset``,
+    ``max_registers``: docs/profile-format.md §0.5). A device naming an unknown profile is
+    reported at its ``profile``; one naming a broken profile file is not (the file is)."""
+    problems: list[tuple[str, int, int, str]] = []
+    out: dict[str, AnyProfile] = {}
+
+    def at(path: tuple[Any, ...], msg: str, *uses: tuple[Any, ...]) -> None:
+        if not doubts(*(uses or (path,))):
+            problems.append((source, *pos.locate(path, prefer_key=False), msg))
+
+    for i, dev in enumerate(cfg.devices):
+        base = ("devices", i)
+        profile = user.get(dev.profile)
+        if profile is None:
+            if dev.profile not in user.broken:
+                known = ", ".join(user.names())
+                at((*base, "profile"), f"unknown device profile {dev.profile!r} (known: {known})")
+            continue
+        if isinstance(profile, SensorProfile):
+            for key in ("byte_order", "address_offset"):
+                if (*base, key) in pos.key:
+                    at(
+                        (*base, key),
+                        f"device {dev.id!r}: {key} is for Modbus devices; {profile.name} is a "
+                        "serial sensor with its own protocol",
+                    )
+            out[dev.id] = profile
+            continue
+        try:
+            out[dev.id] = with_overrides(
+                profile,
+                byte_order=dev.byte_order,
+                address_offset=dev.address_offset,
+                max_registers=dev.max_registers,
+            )
+        except ProfileError as exc:
+            at(
+                (*base, "address_offset"),
+                f"device {dev.id!r}: address_offset {dev.address_offset} does not fit profile "
+                f"{profile.name}: {exc}",
+                (*base, "address_offset"),
+                (*base, "profile"),
+            )
+    return out, problems
 
 
 # --------------------------------------------------------------------------- loading
@@ -1300,12 +1078,18 @@ def parse_config(
         if read.data is not None or not problems:
             problems.append((source, 1, 1, "the config must be a YAML mapping (key: value)"))
         raise ConfigError(problems)
-    cfg, field_problems, doubts = _field_problems(read.data, read, source)
+    cfg, field_problems, doubts = _schema_problems(
+        Config, read.data, read, source, {"gateway": {"id": "gateway"}}
+    )
     problems += field_problems
     if cfg is None:
         raise ConfigError(problems)
     base = base_dir or Path.cwd()
-    plans, cross, derived = _cross_checks(cfg, read.pos, source, base, doubts)
+    user, found = _user_profiles(cfg, read.pos, source, base, doubts)
+    problems += found
+    profiles, found = _device_profiles(cfg, user, read.pos, source, doubts)
+    problems += found
+    plans, cross, derived = _cross_checks(cfg, read.pos, source, base, doubts, profiles)
     if derived:
         cfg = _with_timing(cfg, derived)
     problems += cross
@@ -1314,8 +1098,9 @@ def parse_config(
     if check_storage:
         problems += _check_secrets(LoadedConfig(cfg, source, plans, base), read.pos, doubts)
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p[1], p[2])))
-    return LoadedConfig(cfg, source, plans, base)
+        # The config's own first, then each profile file's.
+        raise ConfigError(sorted(problems, key=lambda p: (p[0] != source, p[0], p[1], p[2])))
+    return LoadedConfig(cfg, source, plans, base, profiles, user.files)
 
 
 def load_config(path: str | Path, *, check_storage: bool = True) -> LoadedConfig:
@@ -1348,7 +1133,7 @@ def runtime_view(loaded: LoadedConfig) -> LoadedConfig:
     """``loaded`` with its config as the plain records of :mod:`edge.settings`: the same fields
     and values, no pydantic model inside, so it pickles into a process that never imports
     pydantic (``edge run``, see :mod:`edge.settings`)."""
-    return LoadedConfig(_plain(loaded.config), loaded.source, loaded.plans, loaded.base_dir)
+    return dataclasses.replace(loaded, config=_plain(loaded.config))
 
 
 def _plain(value: Any) -> Any:

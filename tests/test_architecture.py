@@ -40,6 +40,8 @@ TOP_MODULES = {
     "edge.config": "config",
     "edge.settings": "config",  # the config's plain records, what the running gateway reads
     "edge.config_yaml": "config",  # the config's YAML reader, with its bounds
+    "edge.config_schema": "config",  # a schema's errors in our words, at FILE:LINE:COL
+    "edge.profiles": "config",  # device profile files (YAML): shipped, user, per device
     "edge.cli": "top",
     "edge.demo": "top",
     "edge.__main__": "top",
@@ -170,6 +172,17 @@ def test_protocols_imports__wire_formats_nothing_of_edge():
     wrong = {
         name: sorted(t for t in imports(name, path, known) if t.split(".")[0] == "edge")
         for name, path in modules(ROOT / "protocols").items()
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+
+
+def test_devices_imports__profiles_and_their_model_import_nothing_of_edge():
+    """devices/ holds the profile files, their model and the serial sensors' Python profiles;
+    edge/profiles.py reads them. The model never reaches up into the gateway."""
+    known = set(EDGE_MODULES) | set(modules(ROOT / "devices"))
+    wrong = {
+        name: sorted(t for t in imports(name, path, known) if t.split(".")[0] == "edge")
+        for name, path in modules(ROOT / "devices").items()
     }
     assert {k: v for k, v in wrong.items() if v} == {}
 

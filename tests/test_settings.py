@@ -126,3 +126,45 @@ def test_run__refuses_a_bad_config_with_the_same_lines_as_check(tmp_path):
     assert run.returncode == check.returncode == 2
     assert run.stderr == check.stderr and f"{bad}:5:10: unknown key 'listne'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.system
+def test_run__a_user_profile_reaches_the_gateway_without_the_validator_or_yaml(tmp_path):
+    """A user profile file is read, extended and overridden in the checking child; the gateway
+    gets the device's profile in its records and still imports neither pydantic, the YAML parser
+    nor the profile reader (edge.profiles)."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "clone.yaml").write_text(
+        "name: sdm630_clone\nextends: eastron_sdm630\nsource: a clone's data sheet\n"
+        "remove_points: [voltage_thd_l1]\n"
+    )
+    cfg = (
+        cabinet(tmp_path)
+        .read_text()
+        .replace("profile: eastron_sdm630,", "profile: sdm630_clone, byte_order: CDAB,")
+    )
+    (tmp_path / "cabinet.yaml").write_text(cfg)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge.cli import _load_plain\n"
+        "from edge.agent.gateway import Gateway\n"
+        "loaded = _load_plain(Path(sys.argv[1]))\n"
+        "gateway = Gateway(loaded)\n"
+        "profile = gateway.pollers[0].profile\n"
+        "assert profile is loaded.profiles['m'] and profile.name == 'sdm630_clone'\n"
+        "assert {str(p.byte_order) for p in profile.points} == {'CDAB'}\n"
+        "heavy = [m for m in ('pydantic', 'pydantic_core', 'yaml', 'edge.config',\n"
+        "         'edge.profiles', 'importlib.metadata') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print(len(profile.points))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cabinet.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "55"
