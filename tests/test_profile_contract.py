@@ -1,6 +1,8 @@
 """The contract every Modbus device profile keeps, shipped or in the library (issue 19).
 
-For each profile in devices/ (``devices.modbus_profiles()``: Python modules and YAML files):
+For each Modbus profile shipped in devices/ (``edge.profiles.modbus_profiles()``: the shipped
+maps and the profile library, every ``devices/*.yaml``; serial sensors with their own UART
+protocol are not Modbus and have their own tests):
 
 * its read plans, for a LAN and for its factory serial line, stay within the device's limits:
   registers (or bits) per request, even counts, and registers outside every point only inside one
@@ -27,12 +29,13 @@ import math
 import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from devices import Point, Profile, RegisterType, modbus_profiles
+from devices import Point, Profile, RegisterType
 from edge.agent.poller import DevicePoller
 from edge.config import parse_config
 from edge.fieldbus.modbus_tcp import ModbusTcpLink
 from edge.fieldbus.rtu import RtuLink
 from edge.plan import CycleDecoder, LinkCost, ReadPlan, ReadRequest, compile_plan
+from edge.profiles import SHIPPED_DIR, modbus_profiles
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.modbus import DataType
 from protocols.modbus_frame import LineTiming
@@ -108,6 +111,18 @@ def _plans(profile: Profile) -> dict[str, ReadPlan]:
         "tcp": compile_plan(profile, cost=LinkCost.tcp(TURNAROUND_S)),
         "rtu": compile_plan(profile, cost=LinkCost.rtu(profile.default_line, TURNAROUND_S)),
     }
+
+
+# ------------------------------------------------------------------ every file is a profile
+
+
+def test_profile_library__every_file_in_devices_is_a_profile_of_its_name_citing_its_source():
+    files = sorted(SHIPPED_DIR.glob("*.yaml"))
+    assert [f.stem for f in files] == PROFILES  # none left out of the contract
+    for f in files:
+        profile = modbus_profiles()[f.stem]
+        assert profile.source.strip(), f"{f.name} cites no source"
+        assert profile.vendor.strip() and profile.model.strip(), f.name
 
 
 # ------------------------------------------------------------------ the plan keeps the limits
