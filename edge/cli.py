@@ -672,7 +672,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             return 1
         print(f"{'unit':>4}  {'where':<16} profile (requests of its map answered)")
         for f in found:
-            detail = ", ".join(f"{n} {ok}/{tot}" for n, ok, tot in f.guesses[:3] if ok)
+            detail = ", ".join(f"{n} {ok}/{tot}" for n, ok, tot, _ in f.guesses[:3] if ok)
             print(f"{f.unit:>4}  {f.where:<16} {f.guess}   [{detail}]")
         return 0
 

@@ -546,10 +546,16 @@ async def test_birth__window_aggregates_keep_a_counters_kind_where_they_are_its_
 
 
 @pytest.mark.parametrize("name", sorted(shipped_profiles()))
-def test_shipped_profiles__energy_registers_are_counters_and_the_rest_gauges(name):
+def test_shipped_profiles__energy_registers_are_counters_and_counters_accumulate(name):
     energy = {"Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh", "VAh", "kVAh"}
+    # Besides energy, a counter is an amount that adds up: rain depth, pulses or bucket tips
+    # (no unit), running time, volume (docs/profile-format.md §11).
+    adds_up = energy | {"mm", "", "s", "min", "h", "d", "mL", "L", "m³"}
     for p in shipped_profiles()[name].points:
-        assert (p.kind is Kind.COUNTER) == (p.unit in energy), p.name
+        if p.unit in energy:
+            assert p.kind is Kind.COUNTER, p.name
+        if p.kind is Kind.COUNTER:
+            assert p.unit in adds_up, p.name
 
 
 def test_docs__the_unit_table_is_the_list_profiles_are_checked_against():

@@ -46,15 +46,23 @@ COMMON_SETTINGS: tuple[tuple[int, str, int], ...] = (
 class Found:
     unit: int
     where: str  # "9600 8N1" or "host:port"
-    guesses: list[tuple[str, int, int]]  # (profile, requests answered, requests tried), best first
+    #: (profile, requests answered, requests tried, points in the answered requests), best first
+    guesses: list[tuple[str, int, int, int]]
 
     @property
     def guess(self) -> str:
         if not self.guesses or self.guesses[0][1] == 0:
             return "unknown"
-        best = self.guesses[0]
-        ties = [g[0] for g in self.guesses if (g[1], g[2]) == (best[1], best[2])]
-        return " or ".join(ties)
+        best = _rank(self.guesses[0])
+        return " or ".join(g[0] for g in self.guesses if _rank(g) == best)
+
+
+def _rank(score: tuple[str, int, int, int]) -> tuple[float, int]:
+    """Best first: the largest share of its plan answered; among maps answered alike, the one
+    that explains the most points (a meter answers every request of a smaller map laid over its
+    own: an SDM630 answers all of the SDM230's)."""
+    _, answered, tried, points = score
+    return (-answered / tried, -points)
 
 
 def parse_units(text: str, lowest: int = 1, highest: int = 247, where: str = "") -> list[int]:
@@ -93,21 +101,22 @@ async def probe_unit(link, unit: int, timeout_s: float) -> bool:
     return True
 
 
-async def guess_profile(link, unit: int, timeout_s: float) -> list[tuple[str, int, int]]:
+async def guess_profile(link, unit: int, timeout_s: float) -> list[tuple[str, int, int, int]]:
     scores = []
     for name, profile in sorted(modbus_profiles().items()):
         plan = compile_plan(profile)
-        ok = 0
+        ok = points = 0
         for req in plan.requests:
             try:
                 await link.read(
                     unit, req.function_code, req.address, req.count, timeout_s=timeout_s, retries=1
                 )
                 ok += 1
+                points += len(req.points)
             except ModbusDeviceError:
                 pass
-        scores.append((name, ok, len(plan.requests)))
-    scores.sort(key=lambda s: (-s[1] / s[2], -s[1], s[0]))
+        scores.append((name, ok, len(plan.requests), points))
+    scores.sort(key=lambda s: (*_rank(s), s[0]))
     return scores
 
 
