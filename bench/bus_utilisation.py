@@ -103,7 +103,7 @@ def one_request_per_point(plan: ReadPlan) -> ReadPlan:
         for r in plan.requests
         for p in r.points
     )
-    return ReadPlan(plan.profile, requests, plan.cost)
+    return ReadPlan(plan.profile, requests, plan.cost, plan.source)
 
 
 async def measure(path: str, loaded, plans: dict[str, ReadPlan], seconds: float):

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sparkplug_b import ddata
 
-from devices import get_profile
 from edge.plan import compile_plan
+from edge.profiles import get_profile
 from protocols.batch import BatchHeader, Point, decode_batch, encode_batch
 from simulators import sim_unit
 

@@ -1,13 +1,17 @@
-"""Device profiles. Each module ``devices/<vendor>_<model>.py`` defines ``PROFILE``.
+"""Device profiles: the shipped register maps as data, and the model they are read into.
 
-Adding a device means adding one file here; nothing in ``edge/`` changes.
+* ``devices/<vendor>_<model>.yaml``: a Modbus device's profile, a YAML file
+  (docs/profile-format.md). Adding a device means adding one file; nothing in ``edge/`` changes.
+* ``devices/<vendor>_<model>.py`` defining ``PROFILE``: a serial sensor with its own protocol
+  (:class:`SensorProfile`); its codec lives in protocols/.
+* :mod:`devices.profile`: the frozen model (:class:`Point`, :class:`Profile`) every profile
+  becomes, with its rules; :mod:`devices.units`: the unit symbols a point may declare.
+
+The files are read by :mod:`edge.profiles` (``shipped_profiles()``, ``get_profile()``), which
+also reads a technician's own profile files. This package imports nothing of edge.
 """
 
 from __future__ import annotations
-
-import importlib
-import pkgutil
-from functools import cache
 
 from devices.profile import (
     Kind,
@@ -28,40 +32,7 @@ __all__ = [
     "RegisterType",
     "SensorPoint",
     "SensorProfile",
-    "get_profile",
-    "modbus_profiles",
-    "profiles",
 ]
 
 #: A Modbus device (register map) or a serial sensor with its own protocol.
 AnyProfile = Profile | SensorProfile
-
-_NOT_PROFILES = {"profile"}
-
-
-@cache
-def profiles() -> dict[str, AnyProfile]:
-    """All profiles shipped in this package, by name."""
-    found: dict[str, AnyProfile] = {}
-    for mod in pkgutil.iter_modules(__path__):
-        if mod.name in _NOT_PROFILES or mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
-        profile = getattr(module, "PROFILE", None)
-        if isinstance(profile, Profile | SensorProfile):
-            if profile.name in found:
-                raise ProfileError(f"profile name {profile.name!r} defined twice")
-            found[profile.name] = profile
-    return found
-
-
-def modbus_profiles() -> dict[str, Profile]:
-    return {k: v for k, v in profiles().items() if isinstance(v, Profile)}
-
-
-def get_profile(name: str) -> AnyProfile:
-    try:
-        return profiles()[name]
-    except KeyError:
-        known = ", ".join(sorted(profiles()))
-        raise KeyError(f"unknown device profile {name!r} (known: {known})") from None

@@ -41,7 +41,16 @@ __all__ = [
 
 
 class ProfileError(ValueError):
-    """A profile is inconsistent (a bug in the profile file, found at import)."""
+    """A profile is inconsistent (a bug in the profile file, found when it is read).
+
+    ``field``: the field the problem is about (a :class:`Point` or :class:`Profile` field name),
+    when it is one; ``points``: the names of the points concerned, the one to blame last (the
+    profile file reader reports the problem there)."""
+
+    def __init__(self, message: str, *, field: str | None = None, points: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.field = field
+        self.points = points
 
 
 class RegisterType(StrEnum):
@@ -135,7 +144,7 @@ class Point:
                     object.__setattr__(self, name, enum(value))
                 except ValueError:
                     choices = ", ".join(e.value for e in enum)
-                    self._bad(f"{name} {value!r} is not one of {choices}")
+                    self._bad(f"{name} {value!r} is not one of {choices}", field=name)
         if isinstance(self.labels, Mapping):
             object.__setattr__(self, "labels", tuple(sorted(self.labels.items())))
         if self.word_order is not None:
@@ -149,89 +158,112 @@ class Point:
         object.__setattr__(self, "word_order", self.byte_order.word_order)
         self._check()
 
-    def _bad(self, why: str) -> NoReturn:
-        raise ProfileError(f"point {self.name!r}: {why}")
+    def _bad(self, why: str, field: str | None = None) -> NoReturn:
+        raise ProfileError(f"point {self.name!r}: {why}", field=field, points=(self.name,))
 
     def _check(self) -> None:
         dtype, table = self.dtype, self.register_type
         if not 0 <= self.address <= 0xFFFF:
-            self._bad(f"address {self.address} is outside 0..65535")
+            self._bad(f"address {self.address} is outside 0..65535", field="address")
         if self.unit not in UNITS:
-            self._bad(f"unit {self.unit!r} is not a known symbol; {unit_hint(self.unit)}")
+            self._bad(
+                f"unit {self.unit!r} is not a known symbol; {unit_hint(self.unit)}", field="unit"
+            )
         if table.is_bits:
             if dtype is not DataType.BOOL:
-                self._bad("coils and discrete inputs are bool")
+                self._bad("coils and discrete inputs are bool", field="dtype")
             if self.bits is not None:
-                self._bad("a coil or discrete input is one bit already; bits are for registers")
+                self._bad(
+                    "a coil or discrete input is one bit already; bits are for registers",
+                    field="bits",
+                )
         elif dtype is DataType.BOOL and self.bits is None:
-            self._bad("a bool in a register is one of its bits: give bits (n, n)")
+            self._bad("a bool in a register is one of its bits: give bits (n, n)", field="bits")
         if not (math.isfinite(self.scale) and self.scale != 0):
-            self._bad(f"scale {self.scale!r} must be a finite number other than 0")
+            self._bad(f"scale {self.scale!r} must be a finite number other than 0", field="scale")
         if not math.isfinite(self.offset):
-            self._bad(f"offset {self.offset!r} must be a finite number")
+            self._bad(f"offset {self.offset!r} must be a finite number", field="offset")
         scaled = self.scale != 1 or self.offset != 0 or self.scale_register is not None
         if self.bits is not None:
             first, last = self.bits
             if not 0 <= first <= last <= 15:
                 self._bad(
                     f"bits {first}..{last}: a register has bits 0..15 (bit 0 the least "
-                    "significant), the first not after the last"
+                    "significant), the first not after the last",
+                    field="bits",
                 )
             if dtype is DataType.BOOL and first != last:
-                self._bad(f"a bool is one bit, not bits {first}..{last}: use uint16 for a field")
+                self._bad(
+                    f"a bool is one bit, not bits {first}..{last}: use uint16 for a field",
+                    field="bits",
+                )
             if dtype not in (DataType.BOOL, DataType.UINT16):
-                self._bad(f"bits of a register are a bool or a uint16, not {dtype}")
+                self._bad(f"bits of a register are a bool or a uint16, not {dtype}", field="dtype")
             if self.writable:
                 self._bad(
                     "bits of a register cannot be written: setting them needs a read-modify-"
                     "write of the whole register, which would undo what the device changed in "
-                    "between; map the register as uint16 to write it whole"
+                    "between; map the register as uint16 to write it whole",
+                    field="writable",
                 )
         if dtype is DataType.STRING:
             if self.length is None or not 1 <= self.length <= MAX_READ_REGISTERS:
-                self._bad(f"a string needs a length of 1..{MAX_READ_REGISTERS} registers")
+                self._bad(
+                    f"a string needs a length of 1..{MAX_READ_REGISTERS} registers", field="length"
+                )
             if scaled or self.labels or self.kind is not Kind.GAUGE or self.writable:
                 self._bad("a string takes no scale, offset, labels, counter kind or writes")
         elif self.length is not None:
-            self._bad(f"length is for strings; a {dtype} has {register_count(dtype)} registers")
+            self._bad(
+                f"length is for strings; a {dtype} has {register_count(dtype)} registers",
+                field="length",
+            )
         if dtype is DataType.BOOL and (scaled or self.kind is not Kind.GAUGE):
             self._bad("a bool takes no scale, offset or counter kind")
         if self.labels:
             self._check_labels(scaled)
         if self.scale_register is not None:
             if self.scale_register == self.name:
-                self._bad("scale_register names the point itself")
+                self._bad("scale_register names the point itself", field="scale_register")
             if self.writable:
                 self._bad(
                     "a point scaled by another register cannot be written (its scale could "
-                    "change between reading it and writing)"
+                    "change between reading it and writing)",
+                    field="writable",
                 )
         if self.wrap is not None:
             if self.kind is not Kind.COUNTER:
-                self._bad("wrap is for counters (kind: counter)")
+                self._bad("wrap is for counters (kind: counter)", field="wrap")
             if not (math.isfinite(self.wrap) and self.wrap > 0):
-                self._bad(f"wrap {self.wrap!r} must be a positive number")
+                self._bad(f"wrap {self.wrap!r} must be a positive number", field="wrap")
         if self.writable and not table.writable:
-            self._bad("is writable but not a coil or holding register")
+            self._bad("is writable but not a coil or holding register", field="writable")
         if self.limits is not None and not self.limits[0] <= self.limits[1]:
-            self._bad(f"limits {self.limits} run backwards")
+            self._bad(f"limits {self.limits} run backwards", field="limits")
 
     def _check_labels(self, scaled: bool) -> None:
         if not self.dtype.is_integer:
-            self._bad(f"labels name integer values; a {self.dtype} cannot carry them")
+            self._bad(
+                f"labels name integer values; a {self.dtype} cannot carry them", field="labels"
+            )
         if scaled:
-            self._bad("labels name raw values: a labelled point takes no scale or offset")
+            self._bad(
+                "labels name raw values: a labelled point takes no scale or offset", field="labels"
+            )
         if self.kind is not Kind.GAUGE:
-            self._bad("a labelled point is a state, not a counter")
+            self._bad("a labelled point is a state, not a counter", field="labels")
         lo, hi = _RANGE[self.dtype] if self.bits is None else (0, (1 << _width(self.bits)) - 1)
         seen = set()
         for value, label in self.labels:
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                self._bad(f"label value {value!r} is not a {self.dtype} value ({lo}..{hi})")
+                self._bad(
+                    f"label value {value!r} is not a {self.dtype} value ({lo}..{hi})",
+                    field="labels",
+                )
             if not isinstance(label, str) or not label.strip():
-                self._bad(f"label of {value} must be non-empty text")
+                self._bad(f"label of {value} must be non-empty text", field="labels")
             if value in seen:
-                self._bad(f"value {value} has two labels")
+                self._bad(f"value {value} has two labels", field="labels")
             seen.add(value)
 
     @property
@@ -379,20 +411,42 @@ class Profile(_PointsByName):
     #: The serial setting the device leaves the factory with (baud, parity, stop bits).
     default_line: LineTiming = field(default_factory=LineTiming)
     description: str = ""
+    #: Where the map comes from: the vendor document's title and version (a profile file's
+    #: required ``source:``, docs/profile-format.md §0.1).
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_registers_per_request <= MAX_READ_REGISTERS:
             raise ProfileError(
-                f"{self.name}: max_registers_per_request must be 1..{MAX_READ_REGISTERS}"
+                f"{self.name}: max_registers_per_request must be 1..{MAX_READ_REGISTERS}",
+                field="max_registers_per_request",
             )
         if not 1 <= self.max_bits_per_request <= MAX_READ_BITS:
-            raise ProfileError(f"{self.name}: max_bits_per_request must be 1..{MAX_READ_BITS}")
+            raise ProfileError(
+                f"{self.name}: max_bits_per_request must be 1..{MAX_READ_BITS}",
+                field="max_bits_per_request",
+            )
+        for rtype, ranges in self.readable_ranges.items():
+            for lo, hi in ranges:
+                if not 0 <= lo <= hi <= 0x10000:
+                    raise ProfileError(
+                        f"{self.name}: readable range [{lo}, {hi}) of {rtype} registers must "
+                        "not end before it starts, and lie in 0..65536 (the end is one past the "
+                        "last register)",
+                        field="readable_ranges",
+                    )
         seen: dict[str, Point] = {}
         for p in self.points:
             if p.name in seen:
-                raise ProfileError(f"{self.name}: point {p.name!r} declared twice")
+                raise ProfileError(
+                    f"{self.name}: point {p.name!r} declared twice", points=(p.name, p.name)
+                )
             if p.end > 0x10000:
-                raise ProfileError(f"{self.name}: point {p.name!r} runs past register 65535")
+                raise ProfileError(
+                    f"{self.name}: point {p.name!r} runs past register 65535",
+                    field="address",
+                    points=(p.name,),
+                )
             seen[p.name] = p
         for p in self.points:
             if p.scale_register is not None:
@@ -403,7 +457,9 @@ class Profile(_PointsByName):
     def _check_scale_register(self, p: Point, sf: Point | None) -> None:
         where = f"{self.name}: point {p.name!r}: scale_register {p.scale_register!r}"
         if sf is None:
-            raise ProfileError(f"{where} is not a point of this profile")
+            raise ProfileError(
+                f"{where} is not a point of this profile", field="scale_register", points=(p.name,)
+            )
         if (
             sf.dtype is not DataType.INT16
             or sf.bits is not None
@@ -413,7 +469,9 @@ class Profile(_PointsByName):
         ):
             raise ProfileError(
                 f"{where} must be a plain int16 point (no bits, scale, offset or scale "
-                "register of its own): a SunSpec scale factor"
+                "register of its own): a SunSpec scale factor",
+                field="scale_register",
+                points=(p.name,),
             )
 
     def _check_overlaps(self, rtype: RegisterType) -> None:
@@ -424,11 +482,17 @@ class Profile(_PointsByName):
         fields: dict[int, list[Point]] = {}  # register -> fields of bits in it
         for p in pts:
             if last is not None and p.address < last.end:
-                raise ProfileError(f"{self.name}: points {last.name!r} and {p.name!r} overlap")
+                raise ProfileError(
+                    f"{self.name}: points {last.name!r} and {p.name!r} overlap",
+                    points=(last.name, p.name),
+                )
             if p.bits is None:
                 if p.address in fields:
                     q = fields[p.address][0]
-                    raise ProfileError(f"{self.name}: points {q.name!r} and {p.name!r} overlap")
+                    raise ProfileError(
+                        f"{self.name}: points {q.name!r} and {p.name!r} overlap",
+                        points=(q.name, p.name),
+                    )
                 last = p if last is None or p.end > last.end else last
                 continue
             mask = bits_mask(p.bits)
@@ -437,12 +501,16 @@ class Profile(_PointsByName):
                 if bits_mask(q.bits) & mask:
                     raise ProfileError(
                         f"{self.name}: points {q.name!r} and {p.name!r} overlap: both take "
-                        f"bits of {rtype} register {p.address:#06x}"
+                        f"bits of {rtype} register {p.address:#06x}",
+                        field="bits",
+                        points=(q.name, p.name),
                     )
                 if q.byte_order.byte_swap != p.byte_order.byte_swap:
                     raise ProfileError(
                         f"{self.name}: points {q.name!r} and {p.name!r} share {rtype} register "
-                        f"{p.address:#06x} but read its bytes in different orders"
+                        f"{p.address:#06x} but read its bytes in different orders",
+                        field="byte_order",
+                        points=(q.name, p.name),
                     )
             fields[p.address].append(p)
 

@@ -301,14 +301,15 @@ def _symlink(link: Path, target: str | None) -> None:
 
 
 def _is_sensor(profile: str) -> bool:
-    from devices import SensorProfile, profiles
+    from devices import SensorProfile
+    from edge.profiles import shipped_profiles
 
-    return isinstance(profiles().get(profile), SensorProfile)
+    return isinstance(shipped_profiles().get(profile), SensorProfile)
 
 
 async def _serve_sensor(args: argparse.Namespace) -> int:
     """A PMS5003 / SDS011 on a pty whose slave is linked at --link (default /tmp/tty<profile>)."""
-    from devices import get_profile
+    from edge.profiles import get_profile
     from simulators.particulate import Pms5003Sim, Sds011Sim
 
     profile = get_profile(args.profile)

@@ -21,13 +21,15 @@ and whatever ``edge run`` refuses in the config, ``edge check`` refuses at the s
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
-from devices import SensorProfile, get_profile
+from devices import AnyProfile, ProfileError, SensorProfile
 from edge import settings
 from edge.config_schema import BAUD_RATES as BAUD_RATES  # the baud rates a line may take
 from edge.config_schema import DROPPED as _DROPPED
@@ -39,6 +41,13 @@ from edge.config_schema import models_in as _models_in  # noqa: F401 (tests swee
 from edge.config_yaml import MAX_CONFIG_BYTES, YamlError, read_yaml
 from edge.config_yaml import Positions as _Positions
 from edge.plan import LinkCost, PlanError, ReadPlan, compile_plan
+from edge.profiles import (
+    MAX_PROFILE_FILES,
+    ProfileSet,
+    load_user_profiles,
+    profile_files,
+    with_overrides,
+)
 from edge.settings import LoadedConfig
 from edge.shared.clock import load_zone
 from edge.shared.secrets import secret_file_problem, url_secret_problem
@@ -331,6 +340,10 @@ class DeviceConfig(_Model, settings.DeviceConfig):
     warmup_s: float | None = Field(None, ge=0, le=600)
     #: Edge processing of this device's readings (windows, deadbands); raw when absent.
     processing: list[ProcessingRule] = Field(default_factory=list)
+    #: Per-device overrides of the profile (docs/profile-format.md §0.5): every point read in
+    #: this byte order; every address of the profile moved by this many registers.
+    byte_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] | None = None
+    address_offset: int = Field(0, ge=-65535, le=65535)
 
 
 class WritablePoint(_Model, settings.WritablePoint):
@@ -424,6 +437,9 @@ class Config(_Model, settings.Config):
     time: TimeConfig = TimeConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     parking: ParkingConfig = ParkingConfig()
+    #: User profile files and folders, relative to the config's folder (docs/profile-format.md
+    #: §0.4); None: the folder profiles/ beside the config, when there is one.
+    profiles: list[Annotated[str, Field(min_length=1)]] | None = None
 
 
 def _check_processing(dev: DeviceConfig, base: tuple[Any, ...], points: list[str], at: Any) -> None:
@@ -556,8 +572,16 @@ def _check_lines(cfg: Config, at: Any) -> None:
 
 
 def _cross_checks(
-    cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts | None = None
+    cfg: Config,
+    pos: _Positions,
+    source: str,
+    base_dir: Path,
+    doubts: _Doubts | None = None,
+    profiles: dict[str, AnyProfile] | None = None,
 ) -> tuple[dict[str, ReadPlan], list[tuple[str, int, int, str]]]:
+    """Checks across fields; ``profiles``: each device's (:func:`_device_profiles`), a device
+    without one (unknown or broken: reported there) is not checked further."""
+    profiles = profiles or {}
     problems: list[tuple[str, int, int, str]] = []
     plans: dict[str, ReadPlan] = {}
 
@@ -586,10 +610,8 @@ def _cross_checks(
             )
         else:
             seen[dev.id] = i
-        try:
-            profile = get_profile(dev.profile)
-        except KeyError as exc:
-            at((*base, "profile"), str(exc.args[0]))
+        profile = profiles.get(dev.id)
+        if profile is None:
             continue
         # What a dead device costs per request: every try times out, and on RS-485 each timeout
         # also holds the line for the late-answer window (edge/fieldbus/rtu.py, "Late answers").
@@ -671,8 +693,10 @@ def _cross_checks(
             continue
         d, dev = by_id[w.device]
         uses = ((*where, "point"), ("devices", d, "profile"))
+        if dev.id not in profiles:
+            continue
         try:
-            point = get_profile(dev.profile).point(w.point)
+            point = profiles[dev.id].point(w.point)
         except KeyError:
             at(
                 (*where, "point"),
@@ -750,6 +774,113 @@ def _cross_checks(
                 )
             addresses.add(meter.address)
     return plans, problems
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _shown(path: Path) -> str:
+    """A file as problems name it: relative to the working folder when it is inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _user_profiles(
+    cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts
+) -> tuple[ProfileSet, list[tuple[str, int, int, str]]]:
+    """The user profile files the config names (``profiles:``, default the folder profiles/
+    beside it), read beside the shipped ones; their problems at their own FILE:LINE:COL, the
+    config's (a path that does not exist) at its line."""
+    problems: list[tuple[str, int, int, str]] = []
+    files: list[Path] = []
+
+    def folder(path: Path, where: tuple[Any, ...]) -> None:
+        try:
+            files.extend(profile_files(path))
+        except OSError as exc:
+            problems.append(
+                (source, *pos.locate(where, prefer_key=False), f"profiles: cannot read {path}: "
+                 f"{exc.strerror or exc}")
+            )  # fmt: skip
+
+    if cfg.profiles is None:
+        if (base_dir / "profiles").is_dir():
+            folder(base_dir / "profiles", ())
+    else:
+        for j, entry in enumerate(cfg.profiles):
+            where = ("profiles", j)
+            path = Path(os.path.normpath(base_dir / Path(entry).expanduser()))
+            if doubts(where):
+                continue
+            if path.is_dir():
+                folder(path, where)
+            elif path.is_file():
+                files.append(path)
+            else:
+                problems.append(
+                    (source, *pos.locate(where, prefer_key=False), f"profiles: {entry} does not "
+                     "exist (a profile file or a folder of them, relative to the config's folder)")
+                )  # fmt: skip
+    unique = list({p.resolve(): p for p in files}.values())  # a file named twice is read once
+    if len(unique) > MAX_PROFILE_FILES:
+        problems.append(
+            (source, *pos.locate(("profiles",), prefer_key=True), f"profiles: {len(unique)} "
+             f"files, more than the {MAX_PROFILE_FILES} a gateway reads: is it the right folder?")
+        )  # fmt: skip
+        unique = []
+    user = load_user_profiles([Path(_shown(p)) for p in unique])
+    return user, problems + user.problems
+
+
+def _device_profiles(
+    cfg: Config, user: ProfileSet, pos: _Positions, source: str, doubts: _Doubts
+) -> tuple[dict[str, AnyProfile], list[tuple[str, int, int, str]]]:
+    """Each device's profile, its overrides applied (``byte_order``, ``address_offset``,
+    ``max_registers``: docs/profile-format.md §0.5). A device naming an unknown profile is
+    reported at its ``profile``; one naming a broken profile file is not (the file is)."""
+    problems: list[tuple[str, int, int, str]] = []
+    out: dict[str, AnyProfile] = {}
+
+    def at(path: tuple[Any, ...], msg: str, *uses: tuple[Any, ...]) -> None:
+        if not doubts(*(uses or (path,))):
+            problems.append((source, *pos.locate(path, prefer_key=False), msg))
+
+    for i, dev in enumerate(cfg.devices):
+        base = ("devices", i)
+        profile = user.get(dev.profile)
+        if profile is None:
+            if dev.profile not in user.broken:
+                known = ", ".join(user.names())
+                at((*base, "profile"), f"unknown device profile {dev.profile!r} (known: {known})")
+            continue
+        if isinstance(profile, SensorProfile):
+            for key in ("byte_order", "address_offset"):
+                if (*base, key) in pos.key:
+                    at(
+                        (*base, key),
+                        f"device {dev.id!r}: {key} is for Modbus devices; {profile.name} is a "
+                        "serial sensor with its own protocol",
+                    )
+            out[dev.id] = profile
+            continue
+        try:
+            out[dev.id] = with_overrides(
+                profile,
+                byte_order=dev.byte_order,
+                address_offset=dev.address_offset,
+                max_registers=dev.max_registers,
+            )
+        except ProfileError as exc:
+            at(
+                (*base, "address_offset"),
+                f"device {dev.id!r}: address_offset {dev.address_offset} does not fit profile "
+                f"{profile.name}: {exc}",
+                (*base, "address_offset"),
+                (*base, "profile"),
+            )
+    return out, problems
 
 
 # --------------------------------------------------------------------------- loading
@@ -855,15 +986,20 @@ def parse_config(
     if cfg is None:
         raise ConfigError(problems)
     base = base_dir or Path.cwd()
-    plans, cross = _cross_checks(cfg, read.pos, source, base, doubts)
+    user, found = _user_profiles(cfg, read.pos, source, base, doubts)
+    problems += found
+    profiles, found = _device_profiles(cfg, user, read.pos, source, doubts)
+    problems += found
+    plans, cross = _cross_checks(cfg, read.pos, source, base, doubts, profiles)
     problems += cross
     if check_storage and not doubts(("buffer",)):
         problems += _check_storage(cfg, read.pos, source, base)
     if check_storage:
         problems += _check_secrets(LoadedConfig(cfg, source, plans, base), read.pos, doubts)
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p[1], p[2])))
-    return LoadedConfig(cfg, source, plans, base)
+        # The config's own first, then each profile file's.
+        raise ConfigError(sorted(problems, key=lambda p: (p[0] != source, p[0], p[1], p[2])))
+    return LoadedConfig(cfg, source, plans, base, profiles, user.files)
 
 
 def load_config(path: str | Path, *, check_storage: bool = True) -> LoadedConfig:
@@ -896,7 +1032,7 @@ def runtime_view(loaded: LoadedConfig) -> LoadedConfig:
     """``loaded`` with its config as the plain records of :mod:`edge.settings`: the same fields
     and values, no pydantic model inside, so it pickles into a process that never imports
     pydantic (``edge run``, see :mod:`edge.settings`)."""
-    return LoadedConfig(_plain(loaded.config), loaded.source, loaded.plans, loaded.base_dir)
+    return dataclasses.replace(loaded, config=_plain(loaded.config))
 
 
 def _plain(value: Any) -> Any:

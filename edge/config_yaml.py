@@ -198,7 +198,8 @@ class _Stop(Exception):
 
 
 class _Reader:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, number_keys: bool = False) -> None:
+        self.number_keys = number_keys
         loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         self.loader = loader_class(text)
         self.out = YamlData(None, Positions())
@@ -464,6 +465,8 @@ class _Reader:
         key = self.scalar(event)
         if key is _MERGE or isinstance(key, str):
             return key
+        if self.number_keys and isinstance(key, int) and not isinstance(key, bool):
+            return key
         if key is not _SKIP and len(self.out.problems) == mark:
             self.problem(
                 where,
@@ -626,8 +629,9 @@ def _char_at(text: str, mark: Any) -> str:
     return line[mark.column : mark.column + 1]
 
 
-def read_yaml(text: str) -> YamlData:
-    """Read one YAML document within the bounds above.
+def read_yaml(text: str, *, number_keys: bool = False) -> YamlData:
+    """Read one YAML document within the bounds above. ``number_keys``: a mapping key may be a
+    whole number too (a profile's ``labels: {0: stopped}``); otherwise every key is a name.
 
     Raises :class:`YamlError` when nothing can be read (syntax, a limit, a recursive alias);
     problems that leave the rest readable are in :attr:`YamlData.problems`."""
@@ -638,7 +642,7 @@ def read_yaml(text: str) -> YamlData:
         )  # fmt: skip
     reader = None
     try:
-        reader = _Reader(text)
+        reader = _Reader(text, number_keys)
         return reader.document()
     except _Stop as stop:  # with what was found before it
         raise YamlError([*reader.out.problems, stop.problem]) from None  # type: ignore[union-attr]

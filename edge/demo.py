@@ -21,7 +21,7 @@ import zlib
 from importlib import resources
 from pathlib import Path
 
-from devices import SensorProfile, get_profile
+from devices import Profile, SensorProfile
 from edge.agent.gateway import Gateway
 from edge.config import LoadedConfig, ModbusRtuTransport, UartTransport, load_config
 from edge.platform.consumer import BatchConsumer, Delivery, reading_json
@@ -105,7 +105,7 @@ class LiveView:
         self.jsonl = jsonl
         self.out = out
         self.units = {
-            d.id: {p.name: p.unit for p in get_profile(d.profile).points}
+            d.id: {p.name: p.unit for p in loaded.profiles[d.id].points}
             for d in loaded.config.devices
         }
         self.readings = 0
@@ -196,7 +196,9 @@ async def simulate_cabinet(
     for dev in cfg.devices:
         t = dev.transport
         if not isinstance(t, UartTransport):
-            lines.setdefault(t.line, []).append(sim_unit(dev.profile, t.unit, seed=dev.id))
+            profile = loaded.profiles[dev.id]  # as the gateway polls it (its overrides too)
+            assert isinstance(profile, Profile)
+            lines.setdefault(t.line, []).append(sim_unit(profile, t.unit, seed=dev.id))
     servers: list[SimServer | RtuSimLine | UartSim | MeterServer] = []
     moved: dict[str, dict[str, object]] = {}
     where: dict[str, str] = {}
@@ -206,10 +208,10 @@ async def simulate_cabinet(
         if t.line in moved:
             continue
         if isinstance(t, UartTransport):
-            profile = get_profile(dev.profile)
-            assert isinstance(profile, SensorProfile)
-            sim_cls = Pms5003Sim if profile.protocol == "pms5003" else Sds011Sim
-            warmup = profile.warmup_s if dev.warmup_s is None else dev.warmup_s
+            kind = loaded.profiles[dev.id]
+            assert isinstance(kind, SensorProfile)
+            sim_cls = Pms5003Sim if kind.protocol == "pms5003" else Sds011Sim
+            warmup = kind.warmup_s if dev.warmup_s is None else dev.warmup_s
             sensor = await sim_cls(
                 ttys / dev.id, seed=zlib.crc32(dev.id.encode()), warmup_s=warmup
             ).start()

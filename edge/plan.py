@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from devices.profile import Point, Profile, RegisterType
@@ -196,6 +196,9 @@ class ReadPlan:
     profile: str
     requests: tuple[ReadRequest, ...]
     cost: LinkCost | None = None
+    #: The profile the plan was compiled from (a device's, with its overrides): the poller
+    #: splits a refused request and writes points by it.
+    source: Profile | None = field(default=None, compare=False, repr=False)
 
     @property
     def point_count(self) -> int:
@@ -280,7 +283,7 @@ def compile_plan(
             group = [p]
         if group:
             requests.append(_seal(profile, rtype, group, limit))
-    return ReadPlan(profile.name, tuple(requests), cost)
+    return ReadPlan(profile.name, tuple(requests), cost, profile)
 
 
 def _fits(

@@ -16,7 +16,7 @@ Imports: :mod:`edge.shared`, :mod:`edge.plan`, protocols; never pydantic, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import ssl
     from zoneinfo import ZoneInfo
 
+    from devices import AnyProfile
     from edge.plan import ReadPlan
 
 __all__ = [
@@ -237,6 +238,12 @@ class LoadedConfig:
     source: str
     plans: dict[str, ReadPlan]  # device id -> plan
     base_dir: Path
+    #: device id -> the profile it is polled with: shipped or a user file's, its per-device
+    #: overrides applied (docs/profile-format.md §0.5). The running gateway reads profiles
+    #: only here: it never reads a profile file (edge.profiles brings pydantic and YAML).
+    profiles: dict[str, AnyProfile] = field(default_factory=dict)
+    #: user profile name -> the file it was read from (shown by ``edge check``).
+    profile_files: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()

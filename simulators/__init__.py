@@ -1,7 +1,9 @@
 """Device firmware simulators: each speaks its device's real protocol, from the device profile.
 
 :func:`sim_unit` builds one simulated unit for a profile; :func:`serve_modbus_tcp` serves units
-on a loopback Modbus TCP port (a device, or a TCP-to-RTU bridge with several unit ids).
+on a loopback Modbus TCP port (a device, or a TCP-to-RTU bridge with several unit ids). A shipped
+profile has its behaviour model; any other (a user's profile file) holds steady values
+(:class:`simulators.generic.SteadyModel`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import time
 import zlib
 from collections.abc import Callable
 
-from devices import Profile, get_profile
+from devices import Profile
 from simulators.energy_meter import EnergyMeterModel
 from simulators.environment import ThermoHygroModel, WaterLevelModel, WeatherStationModel
+from simulators.generic import SteadyModel
 from simulators.light_cabinet import LightCabinetModel
 from simulators.modbus_device import ProfileSimUnit
 from simulators.modbus_server import SimServer, serve_tcp
@@ -22,6 +25,7 @@ __all__ = [
     "LightCabinetModel",
     "ProfileSimUnit",
     "SimServer",
+    "SteadyModel",
     "serve_modbus_tcp",
     "sim_unit",
 ]
@@ -53,15 +57,22 @@ def sim_unit(
     seed: int | str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ProfileSimUnit:
-    """A simulated unit for ``profile``; a string seed (say a device id) is hashed stably."""
-    prof = get_profile(profile) if isinstance(profile, str) else profile
-    factory = _MODELS.get(prof.name)
-    if factory is None:
-        raise KeyError(f"no simulator model for profile {prof.name!r}")
+    """A simulated unit for ``profile`` (a shipped profile's name, or a profile); a string seed
+    (say a device id) is hashed stably. A profile no behaviour model is named for holds steady
+    values (:class:`SteadyModel`)."""
+    if isinstance(profile, str):
+        from edge.profiles import get_profile  # reads the profile files (pydantic, YAML)
+
+        found = get_profile(profile)
+        if not isinstance(found, Profile):
+            raise KeyError(f"{profile} is a serial sensor: it has no Modbus simulator")
+        profile = found
     if isinstance(seed, str):
         seed = zlib.crc32(seed.encode())
+    factory = _MODELS.get(profile.name)
     commanded: Commanded = {}
-    return ProfileSimUnit(prof, unit_id, factory(seed, clock, commanded), commanded=commanded)
+    model = factory(seed, clock, commanded) if factory is not None else SteadyModel(profile, seed)
+    return ProfileSimUnit(profile, unit_id, model, commanded=commanded)
 
 
 async def serve_modbus_tcp(

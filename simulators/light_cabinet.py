@@ -23,13 +23,14 @@ import random
 import time
 from collections.abc import Callable
 
-from devices.street_light_cabinet import SEGMENTS
-
 __all__ = ["FAULTS", "LightCabinetModel", "sun_elevation_deg"]
 
 HANOI_LAT, HANOI_LON = 21.0285, 105.8542
 _ICT = 7 * 3600  # Indochina Time, UTC+7
 FAULTS = ("door_open", "leakage_trip", "breaker_trip", "local_override")
+#: Lighting segments of the street_light_cabinet profile (devices/street_light_cabinet.yaml:
+#: relay_segment_1..4, dim_level_segment_1..4).
+SEGMENTS = 4
 
 
 def sun_elevation_deg(t_unix: float, lat: float = HANOI_LAT, lon: float = HANOI_LON) -> float:

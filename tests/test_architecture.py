@@ -41,6 +41,7 @@ TOP_MODULES = {
     "edge.settings": "config",  # the config's plain records, what the running gateway reads
     "edge.config_yaml": "config",  # the config's YAML reader, with its bounds
     "edge.config_schema": "config",  # a schema's errors in our words, at FILE:LINE:COL
+    "edge.profiles": "config",  # device profile files (YAML): shipped, user, per device
     "edge.cli": "top",
     "edge.demo": "top",
     "edge.__main__": "top",

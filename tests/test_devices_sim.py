@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from devices import get_profile, modbus_profiles
 from edge.agent.poller import DevicePoller
 from edge.config import parse_config
 from edge.fieldbus.modbus_tcp import ModbusExceptionResponse, ModbusTcpLink, ModbusTimeout
 from edge.fieldbus.rtu import RtuLink
 from edge.plan import compile_plan
+from edge.profiles import get_profile, modbus_profiles
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from simulators import serve_modbus_tcp, sim_unit
 from simulators.energy_meter import EnergyMeterModel

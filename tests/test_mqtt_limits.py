@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices import get_profile
 from edge.config import ConfigError, parse_config
 from edge.platform.consumer import BatchConsumer
+from edge.profiles import get_profile
 from edge.uplink.broker import EmbeddedBroker
 from edge.uplink.client import publish_overhead
 from protocols.batch import BatchHeader, Point, encode_batch

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices import Point, Profile, RegisterType, get_profile, modbus_profiles
+from devices import Point, Profile, RegisterType
 from edge.plan import PlanError, compile_plan
+from edge.profiles import get_profile, modbus_profiles
 from protocols.modbus import DataType, register_count
 
 

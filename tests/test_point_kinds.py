@@ -17,13 +17,14 @@ import math
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from devices import Point, Profile, ProfileError, RegisterType, profiles
+from devices import Point, Profile, ProfileError, RegisterType
 from devices.profile import Kind, bit
 from edge.agent.poller import DevicePoller
 from edge.config import parse_config
 from edge.fieldbus.modbus_tcp import ModbusTcpLink
 from edge.fieldbus.rtu import RtuLink
 from edge.plan import CycleDecoder, compile_plan
+from edge.profiles import shipped_profiles
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.birth import Birth, SeriesInfo
 from protocols.modbus import ByteOrder, DataType, WordOrder
@@ -146,7 +147,7 @@ VALUES: dict[str, float | int | bool | str] = {
 @pytest.fixture
 def kinds(monkeypatch):
     """KINDS as a profile the gateway knows (as a user profile will be)."""
-    monkeypatch.setitem(profiles(), KINDS.name, KINDS)
+    monkeypatch.setitem(shipped_profiles(), KINDS.name, KINDS)
     return KINDS
 
 
@@ -544,10 +545,10 @@ async def test_birth__window_aggregates_keep_a_counters_kind_where_they_are_its_
     assert by_point["energy.count"].entry()[3:] == ["", "int64", "gauge"]
 
 
-@pytest.mark.parametrize("name", sorted(profiles()))
+@pytest.mark.parametrize("name", sorted(shipped_profiles()))
 def test_shipped_profiles__energy_registers_are_counters_and_the_rest_gauges(name):
     energy = {"Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh", "VAh", "kVAh"}
-    for p in profiles()[name].points:
+    for p in shipped_profiles()[name].points:
         assert (p.kind is Kind.COUNTER) == (p.unit in energy), p.name
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from devices import Profile, modbus_profiles
+from devices import Profile
 from edge.plan import LinkCost, ReadPlan, compile_plan
+from edge.profiles import modbus_profiles
 from protocols.modbus import DataType
 from simulators import sim_unit
 from simulators.modbus_device import ProfileSimUnit

@@ -8,12 +8,13 @@ import time
 
 import pytest
 
-from devices import RegisterType, get_profile
+from devices import RegisterType
 from edge.agent.poller import DevicePoller
 from edge.config import ConfigError, parse_config
 from edge.fieldbus.link import ModbusExceptionResponse, ModbusTimeout
 from edge.fieldbus.rtu import RtuLink
 from edge.plan import LinkCost, compile_plan
+from edge.profiles import get_profile
 from edge.shared.health import BAD_POINTS, STATUS_POINT
 from protocols.modbus_frame import (
     Function,

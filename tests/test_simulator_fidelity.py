@@ -16,8 +16,8 @@ import tty
 
 import pytest
 
-from devices import get_profile, modbus_profiles
 from edge.plan import compile_plan
+from edge.profiles import get_profile, modbus_profiles
 from protocols.modbus_frame import (
     Function,
     LineTiming,

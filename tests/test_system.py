@@ -455,7 +455,7 @@ async def test_forwarder__broker_refusing_a_batch_size_leads_to_smaller_batches(
     connection on a bigger one. The batch is split (same seq), later ones are smaller, and the
     consumer gets every reading exactly once: no endless re-send of the same batch. (MQTT 3.1.1,
     where the broker cannot announce its limit; MQTT 5: tests/test_mqtt_limits.py.)"""
-    from devices import get_profile
+    from edge.profiles import get_profile
     from simulators import EnergyMeterModel, ProfileSimUnit, serve_modbus_tcp
 
     # Meters whose registers change on every read, so batches do not compress to nothing.

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from devices import get_profile
 from edge.config import parse_config
 from edge.fieldbus.uart_sensor import SensorPoller
+from edge.profiles import get_profile
 from edge.shared.health import STATUS_POINT
 from protocols import pms5003 as pms
 from protocols import sds011 as sds

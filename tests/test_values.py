@@ -27,13 +27,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices import get_profile, modbus_profiles
 from edge.agent.gateway import Gateway
 from edge.agent.processing import Processor, aggregate
 from edge.config import parse_config
 from edge.fieldbus.uart_sensor import PROTOCOLS
 from edge.plan import compile_plan
 from edge.platform.consumer import BatchConsumer, float_bits, reading_json
+from edge.profiles import get_profile, modbus_profiles
 from edge.store.buffer import Buffer
 from edge.uplink.broker import free_port
 from protocols import pms5003 as pms

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from devices import SensorProfile, get_profile
+from devices import Profile, SensorProfile
 from edge import __version__
 from edge.agent.commands import CommandHandler
 from edge.agent.poller import DevicePoller
@@ -90,9 +90,9 @@ class Gateway:
         for dev in cfg.devices:
             t = dev.transport
             if isinstance(t, UartTransport):
-                profile = get_profile(dev.profile)
-                assert isinstance(profile, SensorProfile)
-                self.pollers.append(SensorPoller(dev, profile, self.queue, self.clock))
+                sensor = loaded.profiles[dev.id]
+                assert isinstance(sensor, SensorProfile)
+                self.pollers.append(SensorPoller(dev, sensor, self.queue, self.clock))
                 continue
             links = self.links.get(t.line)
             if links is None:
@@ -107,8 +107,12 @@ class Gateway:
                 self.links[t.line] = links
             n = on_line[t.line] = on_line.get(t.line, -1) + 1
             link = links[n % len(links)]
+            profile = loaded.profiles[dev.id]  # the device's, its overrides applied
+            assert isinstance(profile, Profile)
             self.pollers.append(
-                DevicePoller(dev, loaded.plans[dev.id], link, self.queue, self.clock)
+                DevicePoller(
+                    dev, loaded.plans[dev.id], link, self.queue, self.clock, profile=profile
+                )
             )
         self.zone, zone_from = loaded.time_zone()
         self.processor = Processor(
@@ -180,7 +184,7 @@ class Gateway:
         meta: dict[tuple[str, str], tuple[Any, ...]] = {}  # SeriesInfo after (sid, dev, point)
         devices = []
         for dev in cfg.devices:
-            profile = get_profile(dev.profile)
+            profile = self.loaded.profiles[dev.id]
             for p in profile.points:
                 # How to aggregate it, a counter's modulus, an enumeration's labels.
                 how = (str(p.kind), p.wrap, dict(p.labels) or None)

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from devices import Point, RegisterType, get_profile
+from devices import Point, Profile, RegisterType
 from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import CycleDecoder, ReadPlan, ReadRequest, split_request
 from edge.settings import DeviceConfig
@@ -93,8 +93,16 @@ class DevicePoller:
         link: Link,
         out: asyncio.Queue[list[Reading]],
         clock: TimeKeeper | None = None,
+        *,
+        profile: Profile | None = None,
     ) -> None:
+        """``profile``: the device's profile, overrides applied (``LoadedConfig.profiles``);
+        by default the one ``plan`` was compiled from."""
         self.device = device
+        source = profile if profile is not None else plan.source
+        if source is None:
+            raise ValueError(f"device {device.id}: no profile to poll it with")
+        self.profile: Profile = source
         self.clock = clock or TimeKeeper(require_sync=False)
         self.plan = plan
         self.requests: list[ReadRequest] = list(plan.requests)  # learning may split them
@@ -236,7 +244,7 @@ class DevicePoller:
 
     def _learn(self, req: ReadRequest) -> list[ReadRequest]:
         """Exception 02 to ``req``: the requests to read instead (none if it is one point)."""
-        profile = get_profile(self.device.profile)
+        profile = self.profile
         at = self.requests.index(req) if req in self.requests else None
         if len(req.points) == 1:
             (p,) = req.points
@@ -277,7 +285,7 @@ class DevicePoller:
     def point_is_bit(self, point_name: str) -> bool:
         """True when the point is a coil or discrete input (its value is true / false)."""
         try:
-            return get_profile(self.device.profile).point(point_name).register_type.is_bits
+            return self.profile.point(point_name).register_type.is_bits
         except KeyError:
             return False
 
@@ -307,7 +315,7 @@ class DevicePoller:
     async def write(self, point_name: str, value: float | int | bool) -> float | int | bool:
         """Write one writable point (a coil with FC 05, registers with FC 16) and read it back;
         returns the value the device holds."""
-        profile = get_profile(self.device.profile)
+        profile = self.profile
         try:
             point = profile.point(point_name)
         except KeyError:

@@ -165,13 +165,15 @@ async def _devices(loaded: LoadedConfig) -> list[Check]:
 
 
 async def _serial_sensor(loaded: LoadedConfig, dev) -> Check:
-    from devices import get_profile
+    from devices import SensorProfile
     from edge.fieldbus.uart_sensor import SensorPoller
 
     t = dev.transport
     if not _exists(t.port):
         return Check(False, f"device {dev.id}: not tried, {t.port} is missing")
-    poller = SensorPoller(dev, get_profile(dev.profile), asyncio.Queue())
+    profile = loaded.profiles[dev.id]
+    assert isinstance(profile, SensorProfile)
+    poller = SensorPoller(dev, profile, asyncio.Queue())
     try:
         await poller._open()
         poller._send(poller.proto.wake())

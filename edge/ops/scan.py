@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from devices import modbus_profiles
 from devices.profile import Profile
 from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import compile_plan
+from edge.profiles import modbus_profiles
 from protocols.modbus_frame import LineTiming
 
 __all__ = ["COMMON_SETTINGS", "Found", "guess_profile", "parse_units", "probe_unit", "scan_rtu"]
