@@ -740,7 +740,7 @@ def _load_profile_arg(option: str, value: str):
     """A profile named on the command line: a profile file (its problems printed at
     FILE:LINE:COL) or a shipped profile's name; None after printing why not."""
     from edge.config_schema import ConfigError
-    from edge.profiles import get_profile, load_profile_file
+    from edge.profiles import SHIPPED_DIR, get_profile, load_profile_file, shipped_profiles
 
     path = Path(value)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -749,6 +749,8 @@ def _load_profile_arg(option: str, value: str):
             print(f"{option} {value} {what}: give a profile file", file=sys.stderr)
             return None
         try:
+            if path.resolve().parent == SHIPPED_DIR:  # one of ours: read with the others
+                return shipped_profiles()[path.stem]
             return load_profile_file(path)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
@@ -776,6 +778,8 @@ def _show_value(point, value) -> str:
 
 def _probe_profile(args: argparse.Namespace) -> int:
     """edge probe --profile FILE: every point of the profile, decoded, with hints."""
+    from collections import Counter
+
     from devices.profile import Profile
     from edge.ops.probe import probe_plan
     from edge.plan import LinkCost, PlanError, compile_plan
@@ -856,6 +860,15 @@ def _probe_profile(args: argparse.Namespace) -> int:
         doubtful = sum(1 for r in readings if r.hints)
         if doubtful:
             print(f"{doubtful} of {len(readings)} values look wrong: see the hints after them")
+            fixes = Counter(
+                h.split(":")[0][3:] for r in readings for h in r.hints if h.startswith("as ")
+            )
+            if fixes:
+                order, n = fixes.most_common(1)[0]
+                print(
+                    f"{n} of them read right as {order}: set byte_order: {order} in the "
+                    "profile, or on the device in the gateway config (docs/profile-format.md §0.5)"
+                )
         return 1 if failures else 0
 
     return _run(go())

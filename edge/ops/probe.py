@@ -5,7 +5,7 @@ A technician's new meter rarely reads right the first time: a clone sends its fl
 first, a map counts registers from 1, a register holds tenths. Each shows as a recognisable
 absurdity (docs/profile-format.md §4, §5), which :func:`value_hints` names:
 
-* a float that is NaN or infinite, larger than 1e30 in size, or tiny (below 1e-30, the
+* a float that is NaN or infinite, larger than 1e30 in size, or tiny (below 1e-20, the
   subnormal-like values a swapped float32 makes: 50.0 Hz read as CDAB is 2.4e-41);
 * a value its unit makes implausible (:data:`PLAUSIBLE`: a voltage of 0.023 V, a mains
   frequency of 12 Hz, a relative humidity of 700 %RH);
@@ -48,13 +48,13 @@ PLAUSIBLE: dict[str, tuple[float | None, float]] = {
     "kVA": (None, 1e5),
     "var": (None, 1e8),
     "kvar": (None, 1e5),
-    "Wh": (0.0, 1e14),
-    "kWh": (0.0, 1e11),
-    "MWh": (0.0, 1e8),
-    "VAh": (0.0, 1e14),
-    "kVAh": (0.0, 1e11),
-    "varh": (0.0, 1e14),
-    "kvarh": (0.0, 1e11),
+    "Wh": (0.0, 1e11),
+    "kWh": (0.0, 1e8),
+    "MWh": (0.0, 1e5),
+    "VAh": (0.0, 1e11),
+    "kVAh": (0.0, 1e8),
+    "varh": (0.0, 1e11),
+    "kvarh": (0.0, 1e8),
     "Hz": (40.0, 70.0),
     "°C": (-60.0, 200.0),
     "K": (200.0, 500.0),
@@ -75,7 +75,10 @@ PLAUSIBLE: dict[str, tuple[float | None, float]] = {
     "pH": (0.0, 14.0),
 }
 #: Floats larger than this, or smaller (not 0), are taken for a wrong byte order.
-HUGE, TINY = 1e30, 1e-30
+HUGE, TINY = 1e30, 1e-20
+#: Another byte order is offered as the fix only when it reads a number of a size devices
+#: report (a swapped float is easily 1e-29: that is no fix).
+FIX_RANGE = (1e-6, 1e15)
 
 
 @dataclass
@@ -116,6 +119,13 @@ def _problem(point: Point, value: Value) -> str | None:
     return f"{_show(x)} {point.unit} is outside what such a device reports ({where} {point.unit})"
 
 
+def _sized(x: Value) -> bool:
+    if isinstance(x, bool | str):
+        return True
+    lo, hi = FIX_RANGE
+    return x == 0 or lo <= abs(x) <= hi
+
+
 def _show(x: float | int) -> str:
     if isinstance(x, int):
         return str(x)
@@ -152,7 +162,7 @@ def value_hints(
             other = _as(point, order).decode(registers, sf)
         except (ModbusValueError, ValueError):
             continue
-        if _problem(point, other) is None and other != value:
+        if _problem(point, other) is None and other != value and _sized(other):
             unit = f" {point.unit}" if point.unit else ""
             shown = repr(other) if isinstance(other, str) else _show(other)
             fixes.append(f"as {order}: {shown}{unit} (byte_order: {order})")

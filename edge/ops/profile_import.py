@@ -192,7 +192,7 @@ def _choose(
     def listing(ds: list[_Device]) -> str:
         return "; ".join(
             f'{kind} "{d.hub}" unit {d.unit if d.unit is not None else "(not given)"}: '
-            f"{len(d.points)} points"
+            f"{len(d.points)} {'entry' if len(d.points) == 1 else 'entries'}"
             for d in ds
         )
 
@@ -680,56 +680,65 @@ class _HomeAssistant:
             return
         name, what, where, address = head
 
-        def skip(why: str) -> None:
-            dev.skipped.append(NotConverted(where, what, why))
+        def skip(why: str, key: str | None = None) -> None:
+            at = self.where((*loc, key), key=True) if key in entry else where
+            dev.skipped.append(NotConverted(at, what, why))
 
         table = _HA_TABLES.get(str(entry.get("input_type", "holding")))
         if table not in (RegisterType.HOLDING, RegisterType.INPUT):
-            return skip(f"input_type {entry.get('input_type')!r}: a sensor reads holding or input")
+            return skip(
+                f"input_type {entry.get('input_type')!r}: a sensor reads holding or input",
+                "input_type",
+            )
         raw_type = str(entry.get("data_type", "int16"))
         count = entry.get("count")
         swap = entry.get("swap")
         if swap not in _HA_SWAP:
-            return skip(f"swap {swap!r} is not none, byte, word or word_byte")
+            return skip(f"swap {swap!r} is not none, byte, word or word_byte", "swap")
         order = _HA_SWAP[swap]
         length = None
         if raw_type in _HA_TYPES:
             dtype = _HA_TYPES[raw_type]
             if dtype is DataType.STRING:
                 if not isinstance(count, int) or count < 1:
-                    return skip("a string needs count (its registers)")
+                    return skip("a string needs count (its registers)", "data_type")
                 length = count
                 if swap in ("word", "word_byte"):
-                    return skip(f"swap {swap} of a string (registers reversed) has no profile form")
+                    return skip(
+                        f"swap {swap} of a string (registers reversed) has no profile form", "swap"
+                    )
             elif count is not None and count != register_count(dtype):
-                return skip(
-                    f"count {count} does not fit {raw_type} ({register_count(dtype)} registers)"
-                )
+                n = register_count(dtype)
+                return skip(f"count {count} does not fit {raw_type} ({n} registers)", "count")
         elif raw_type in _HA_OLD:
             dtype = _HA_OLD[raw_type].get(count if isinstance(count, int) else 1)
             if dtype is None:
-                return skip(f"data_type {raw_type} with count {count} has no profile type")
+                return skip(
+                    f"data_type {raw_type} with count {count} has no profile type", "data_type"
+                )
             dev.notes.append(f"{what}: data_type {raw_type} (count {count or 1}) read as {dtype}")
         elif raw_type == "custom":
             got = self._custom(entry, count)
             if isinstance(got, str):
-                return skip(got)
+                return skip(got, "structure")
             dtype, order = got
         elif raw_type in ("float16", "int8", "uint8"):
-            return skip(
-                f"data_type {raw_type}: a profile has no {raw_type} (no half-precision "
-                "float, no byte-wide numbers)"
-            )
+            what_not = "half-precision float" if raw_type == "float16" else "byte-wide number"
+            return skip(f"data_type {raw_type}: a profile has no {what_not}", "data_type")
         else:
-            return skip(f"data_type {raw_type!r} is not a Home Assistant type the import knows")
+            return skip(
+                f"data_type {raw_type!r} is not a Home Assistant type the import knows", "data_type"
+            )
         if dtype.is_integer or dtype.is_float:
             if register_count(dtype) == 1 and swap in ("word", "word_byte"):
-                return skip(f"swap {swap} on a one-register {dtype}: Home Assistant refuses it too")
+                return skip(
+                    f"swap {swap} on a one-register {dtype}: Home Assistant refuses it too", "swap"
+                )
         scale, offset = entry.get("scale", 1), entry.get("offset", 0)
         if not _number(scale) or not _number(offset):
-            return skip("scale and offset must be numbers")
+            return skip("scale and offset must be numbers", "scale")
         if dtype is DataType.STRING and (scale != 1 or offset != 0):
-            return skip("a string takes no scale or offset")
+            return skip("a string takes no scale or offset", "scale")
         unit = ""
         if entry.get("unit_of_measurement") is not None:
             unit = _unit_symbol(str(entry["unit_of_measurement"]), what, where, dev)
