@@ -174,6 +174,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"bytes{in_use})"
     )
     _print_time(loaded)
+    for name, file in sorted(loaded.profile_files.items()):
+        print(f"  user profile {name}: {file}")
     for dev in cfg.devices:
         plan = loaded.plans.get(dev.id)
         t = dev.transport
@@ -334,6 +336,28 @@ async def _serve_sensor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_served(units: list[Any], path: Path) -> None:
+    """Append one JSON line per whole point each unit puts on the wire: ``{"ms", "unit",
+    "point", "value"}`` (the value as the registers carry it), so a test or a soak can compare
+    what a gateway delivered with what the device said."""
+    import json
+    import time
+
+    out = path.open("a", encoding="utf-8", buffering=1)  # a line at a time; closed at exit
+
+    def for_unit(unit_id: int) -> Callable[[str, object], None]:
+        def served(point: str, value: object) -> None:
+            if isinstance(value, float) and not math.isfinite(value):
+                value = repr(value)  # JSON has no NaN or infinity
+            line = {"ms": int(time.time() * 1000), "unit": unit_id, "point": point, "value": value}
+            out.write(json.dumps(line) + "\n")
+
+        return served
+
+    for unit in units:
+        unit.on_served = for_unit(unit.unit_id)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from protocols.modbus_frame import LineTiming
     from simulators import serve_modbus_tcp, sim_unit
@@ -342,6 +366,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
     async def go() -> int:
         if args.profile and _is_sensor(args.profile):
             return await _serve_sensor(args)
+        if args.profile_file is not None:
+            from edge.config_schema import ConfigError
+            from edge.profiles import load_profile_file
+
+            try:
+                args.profile = load_profile_file(args.profile_file)
+            except ConfigError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_CONFIG
         try:
             specs = [(args.profile, u) for u in (args.unit or [1])] if args.profile else []
             for d in args.device or []:
@@ -352,13 +385,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
             if not specs:
                 raise ValueError("give --profile (with --unit) or --device PROFILE:UNIT")
             units = [sim_unit(prof, u, seed=f"{args.seed}:{u}") for prof, u in specs]
+            if args.served_log is not None:
+                _log_served(units, args.served_log)
             exceptions = _pairs(args.exception, "--exception")
             slow = _pairs(args.slow, "--slow")
             timing = LineTiming(args.baud, args.parity, args.stopbits)
         except (KeyError, ValueError) as exc:
             print(f"edge sim: {exc.args[0]}", file=sys.stderr)
             return EXIT_CONFIG
-        names = ", ".join(f"{prof} unit {u}" for prof, u in specs)
+        names = ", ".join(f"{getattr(prof, 'name', prof)} unit {u}" for prof, u in specs)
         if args.rtu:
             sim = await serve_rtu(
                 units,
@@ -1131,7 +1166,20 @@ def build_parser() -> argparse.ArgumentParser:
         "sim",
         help="run device simulators: a Modbus TCP endpoint, or an RS-485 line on a pty (--rtu)",
     )
-    p.add_argument("--profile", help="the profile of every --unit")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--profile", help="the profile of every --unit")
+    which.add_argument(
+        "--profile-file",
+        type=Path,
+        metavar="FILE",
+        help="a profile file (YAML, docs/profile-format.md) to serve at every --unit",
+    )
+    p.add_argument(
+        "--served-log",
+        type=Path,
+        metavar="FILE",
+        help="append a JSON line per point value served (ms, unit, point, value)",
+    )
     p.add_argument("--unit", type=int, action="append", help="unit id (repeatable)")
     p.add_argument(
         "--device", action="append", metavar="PROFILE:UNIT", help="a device (repeatable; mixes)"

@@ -779,14 +779,6 @@ def _cross_checks(
 # --------------------------------------------------------------------------- profiles
 
 
-def _shown(path: Path) -> str:
-    """A file as problems name it: relative to the working folder when it is inside it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _user_profiles(
     cfg: Config, pos: _Positions, source: str, base_dir: Path, doubts: _Doubts
 ) -> tuple[ProfileSet, list[tuple[str, int, int, str]]]:
@@ -830,7 +822,7 @@ def _user_profiles(
              f"files, more than the {MAX_PROFILE_FILES} a gateway reads: is it the right folder?")
         )  # fmt: skip
         unique = []
-    user = load_user_profiles([Path(_shown(p)) for p in unique])
+    user = load_user_profiles(unique)
     return user, problems + user.problems
 
 

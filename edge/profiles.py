@@ -65,6 +65,7 @@ __all__ = [
     "load_user_profiles",
     "modbus_profiles",
     "shipped_profiles",
+    "shown",
     "with_overrides",
 ]
 
@@ -218,9 +219,17 @@ class _Draft:
         return self.pos.locate(path, prefer_key=False)[0]
 
 
+def shown(path: Path) -> str:
+    """A file as problems name it: relative to the working folder when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _read_draft(path: Path) -> _Draft:
     """Read one profile file and check it against the schema (:class:`ProfileSpec`)."""
-    source = str(path)
+    source = shown(path)
     empty = Positions()
 
     def fail(line: int, col: int, msg: str) -> _Draft:
@@ -382,7 +391,7 @@ def _build(
             continue
         points[ps.name] = point  # a base point of this name is replaced where it stood
         origins[ps.name] = (d.source, *d.pos.locate(("points", i), prefer_key=False))
-    if not ok or d.doubtful(("readable_ranges",)) or d.doubtful(("defaults",)):
+    if d.doubtful(("readable_ranges",)) or d.doubtful(("defaults",)):
         return None
     ranges = base.readable_ranges if base is not None else {}
     if spec.readable_ranges is not None:
@@ -414,9 +423,12 @@ def _build(
             source=_pick(spec, base, "source", ""),
         )
     except ProfileError as exc:
-        _report(d, exc, own, origins)
+        # Without the points refused above a scale register may be missing: not a problem.
+        if ok or exc.field != "scale_register":
+            _report(d, exc, own, origins)
         return None
-    return profile, origins
+    # The points that were refused are reported; the others were still checked together.
+    return (profile, origins) if ok else None
 
 
 def _report(d: _Draft, exc: ProfileError, own: dict[str, int], origins: Origins) -> None:
