@@ -279,6 +279,72 @@ def test_profile_import__unusable_ha_files_exit_2_in_our_words(capsys, tmp_path,
     assert says in err and "Traceback" not in err, err
 
 
+def test_profile_import__ha_variants_one_hub_virtual_counts_old_types_and_vietnamese_names(
+    tmp_path,
+):
+    """One hub given as a mapping, entries without a unit, HA's older spellings (float with
+    count 2, custom >i), virtual_count, and names written in Vietnamese."""
+    path = tmp_path / "pump.yaml"
+    path.write_text(
+        "modbus:\n  name: tram_bom\n  type: serial\n  port: /dev/ttyUSB0\n  baudrate: 4800\n"
+        "  bytesize: 8\n  method: rtu\n  parity: N\n  stopbits: 2\n  sensors:\n"
+        "    - {name: Điện áp pha A, address: 0, input_type: input, data_type: float, count: 2,"
+        " unit_of_measurement: V}\n"
+        "    - {name: Counter, address: 10, data_type: custom, structure: '>i', count: 2}\n"
+        "    - {name: Mực nước, address: 20, data_type: uint16, virtual_count: 2, "
+        "unit_of_measurement: mm}\n"
+    )
+    r = import_map(path, path.read_text(), unit=7)  # entries name no unit: any unit's
+    assert r.profile.point_names == (
+        "dien_ap_pha_a", "counter", "muc_nuoc", "muc_nuoc_1", "muc_nuoc_2"
+    )  # fmt: skip
+    v = r.profile.point("dien_ap_pha_a")
+    assert (v.dtype, v.description) == (DataType.FLOAT32, "Điện áp pha A")
+    assert r.profile.point("counter").dtype is DataType.INT32
+    assert [r.profile.point(f"muc_nuoc{s}").address for s in ("", "_1", "_2")] == [20, 21, 22]
+    line = r.profile.default_line
+    assert (line.baudrate, line.parity, line.stopbits) == (4800, "N", 2)
+    assert "type: modbus_rtu, port: /dev/ttyUSB0, unit: 7" in r.text
+
+
+def test_profile_import__ha_sensors_behind_an_include_are_reported_at_their_line(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("modbus:\n  - name: hub\n    type: tcp\n    host: h\n    port: 502\n"
+                    "    sensors: !include sensors.yaml\n")  # fmt: skip
+    code, out, err = run(["profile", "import", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert f"{path}:6:14: sensors: !include sensors.yaml" in err and "on its own" in err, err
+
+
+def test_profile_import__telegraf_metric_style_and_two_plugins_chosen_by_hub(capsys, tmp_path):
+    path = tmp_path / "t.conf"
+    path.write_text(
+        '[[inputs.modbus]]\n  name = "north"\n  controller = "tcp://192.0.2.1:502"\n'
+        '  configuration_type = "metric"\n  [[inputs.modbus.metric]]\n    slave_id = 1\n'
+        '    byte_order = "CDAB"\n    fields = [\n'
+        '      { register = "coil", address = 0, name = "door_open" },\n'
+        '      { register = "input", address = 0, name = "voltage", type = "FLOAT32" },\n'
+        '      { address = 8, name = "firmware", type = "STRING", length = 4 },\n'
+        '      { address = 12, name = "mode", type = "UINT8H" },\n    ]\n'
+        '[[inputs.modbus]]\n  name = "south"\n  slave_id = 1\n'
+        '  controller = "tcp://192.0.2.2:502"\n'
+        '  holding_registers = [{ name = "level", byte_order = "AB", data_type = "UINT16", '
+        "scale = 1.0, address = [0] }]\n"
+    )
+    code, _, err = run(["profile", "import", str(path), "--unit", "1"], capsys)
+    assert code == 2 and "--hub NAME" in err and 'plugin "north" unit 1' in err, err
+    r = import_map(path, path.read_text(), unit=1, hub="north")
+    p = {pt.name: pt for pt in r.profile.points}
+    assert p["door_open"].register_type is RegisterType.COIL
+    assert (p["voltage"].register_type, p["voltage"].byte_order) == (
+        RegisterType.INPUT, ByteOrder.CDAB
+    )  # fmt: skip
+    assert (p["firmware"].register_type, p["firmware"].length) == (RegisterType.HOLDING, 4)
+    assert p["mode"].bits == (8, 15)
+    assert any("no units" in n for n in r.notes)
+    assert import_map(path, path.read_text(), hub="south").profile.point_names == ("level",)
+
+
 def test_profile_import__broken_toml_exits_2_at_its_line(capsys, tmp_path):
     path = tmp_path / "t.conf"
     path.write_text('[[inputs.modbus]]\n  name = "x"\n  slave_id = = 1\n')

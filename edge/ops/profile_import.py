@@ -37,6 +37,7 @@ import json
 import math
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,9 @@ def import_map(
         raise ImportFailure([f"{path}: --format takes {' or '.join(FORMATS)}, not {fmt!r}"])
     reader = _HomeAssistant(path, text) if fmt == "ha" else _Telegraf(path, text)
     devices, skipped = reader.read()
-    dev = _choose(path, devices, unit, hub, reader.kind)
+    dev = _choose(path, devices, unit, hub, reader.kind, skipped)
+    if dev.unit is None and unit is not None:
+        dev.unit = unit  # the map names none: the one given
     prof_name = name or _profile_name(path.stem)
     if not _PROFILE_NAME_OK.match(prof_name):
         raise ImportFailure(
@@ -169,8 +172,14 @@ def _profile_name(stem: str) -> str:
     return (text or "imported")[:64]
 
 
+def _ascii(text: str) -> str:
+    """Letters without their marks (Vietnamese 'Điện áp pha' -> 'Dien ap pha')."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def _point_name(text: str) -> str:
-    out = re.sub(r"[^A-Za-z0-9_-]+", "_", text.strip()).strip("_").lower()
+    out = re.sub(r"[^A-Za-z0-9_-]+", "_", _ascii(text).strip()).strip("_").lower()
     if not out:
         out = "point"
     if not (out[0].isalpha() or out[0] == "_"):
@@ -179,12 +188,18 @@ def _point_name(text: str) -> str:
 
 
 def _choose(
-    path: Path, devices: list[_Device], unit: int | None, hub: str | None, kind: str
+    path: Path,
+    devices: list[_Device],
+    unit: int | None,
+    hub: str | None,
+    kind: str,
+    skipped: list[NotConverted],
 ) -> _Device:
     if hub is not None:
         devices = [d for d in devices if d.hub == hub]
     if unit is not None:
-        devices = [d for d in devices if d.unit == unit]
+        # entries that name no unit are any unit's (Home Assistant then asks unit 0)
+        devices = [d for d in devices if d.unit == unit] or [d for d in devices if d.unit is None]
     if len(devices) == 1:
         return devices[0]
     all_devices = devices
@@ -202,7 +217,10 @@ def _choose(
             for x in (f'hub "{hub}"' if hub else "", f"unit {unit}" if unit is not None else "")
             if x
         )
-        raise ImportFailure([f"{path}: no {wanted or 'Modbus device'} in this file"])
+        raise ImportFailure(
+            [f"{path}: no {wanted or 'Modbus device'} in this file"]
+            + [item.line() for item in sorted(skipped, key=_source_order)]
+        )
     many = {d.hub for d in all_devices}
     how = "--unit N" if len(many) == 1 else "--unit N and, where two have one unit, --hub NAME"
     raise ImportFailure(
@@ -1027,6 +1045,10 @@ class _Telegraf:
         def device(unit: int) -> _Device:
             if unit not in devices:
                 devices[unit] = _Device(name, unit, transport, line)
+                devices[unit].notes.append(
+                    "Telegraf maps carry no units or counter kinds: add unit: (and kind: "
+                    "counter for energy registers) to each point; the birth tells integrators"
+                )
             return devices[unit]
 
         if style == "register":
