@@ -788,6 +788,9 @@ def _load_profile_arg(option: str, value: str):
                 return shipped_profiles()[path.stem]
             return load_profile_file(path)
         except ConfigError as exc:
+            if any("extends" in p[3] and "no such profile" in p[3] for p in exc.problems):
+                # It builds on a profile beside it: read the folder, as a gateway would.
+                return _load_beside(path, exc)
             print(exc, file=sys.stderr)
             return None
     try:
@@ -795,6 +798,29 @@ def _load_profile_arg(option: str, value: str):
     except KeyError as exc:
         print(f"{option} {value}: {exc.args[0]}, and no such file", file=sys.stderr)
         return None
+
+
+def _load_beside(path: Path, first) -> Any:
+    """The profile of ``path``, read with the profile files of its folder (one it extends may
+    be there); None after printing this file's problems (``first``'s when none is found)."""
+    from edge.config_schema import ConfigError
+    from edge.profiles import MAX_PROFILE_FILES, load_user_profiles, profile_files
+
+    files = profile_files(path.parent)
+    if len(files) > MAX_PROFILE_FILES:
+        print(first, file=sys.stderr)
+        return None
+    found = load_user_profiles(files)
+    mine = path.resolve()
+    problems = [p for p in found.problems if Path(p[0]).resolve() == mine]
+    if problems:
+        print(ConfigError(problems), file=sys.stderr)
+        return None
+    for name, source in found.files.items():
+        if Path(source).resolve() == mine and name in found.user:
+            return found.user[name]
+    print(first, file=sys.stderr)
+    return None
 
 
 def _show_value(point, value) -> str:

@@ -372,6 +372,22 @@ def test_profile_check__a_valid_file_prints_its_plan_and_line_time(capsys, tmp_p
     assert code == 0 and "2400" not in text.splitlines()[1] and "9600 8N1" in text
 
 
+def test_profile_check__a_file_extending_one_beside_it_is_read_with_its_folder(capsys, tmp_path):
+    base = tmp_path / "acme_meter.yaml"
+    run(["profile", "import", str(HA), "-o", str(base)], capsys)
+    clone = tmp_path / "acme_clone.yaml"
+    clone.write_text(
+        "name: acme_clone\nextends: acme_meter\nmodel: clone\n"
+        "max_registers_per_request: 4\nremove_points: [contactor]\npoints: []\n"
+    )
+    code, out, err = run(["profile", "check", str(clone)], capsys)
+    assert code == 0, err
+    assert "profile acme_clone" in out and "9 points" in out and "at most 4 registers" in out
+    clone.write_text(clone.read_text().replace("[contactor]", "[no_such_point]"))
+    code, out, err = run(["profile", "check", str(clone)], capsys)
+    assert code == 2 and err.startswith(f"{clone}:5:"), err
+
+
 BROKEN = {
     "unknown_key": ("  - {name: a, address: 0, data_type: uint16, colour: red}\n", "colour"),
     "overlap": ("  - {name: a, address: 0, data_type: float32}\n"
