@@ -651,12 +651,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"edge scan: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    candidates = _scan_profiles(args.profiles or [])
+    if candidates is None:
+        return EXIT_CONFIG
+    user = {n for n, origin in candidates.items() if origin[1]}
+    profiles = {n: prof for n, (prof, _) in candidates.items()}
+
     def progress(msg: str) -> None:
         print(f"  {msg}", file=sys.stderr, flush=True)
 
     async def go() -> int:
+        if user:
+            progress(f"trying {len(profiles)} profiles, {len(user)} of them yours")
         if args.tcp:
-            found = await scan_tcp(host, port, units, progress=progress)
+            found = await scan_tcp(host, port, units, progress=progress, profiles=profiles)
         else:
             found = await scan_rtu(
                 args.port,
@@ -664,6 +672,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 turnaround_s=args.turnaround_ms / 1000,
                 all_settings=args.all_settings,
                 progress=progress,
+                profiles=profiles,
             )
         if not found:
             print("nothing answered (check wiring A/B, termination, power, and the unit range)")
@@ -677,11 +686,46 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def _scan_profiles(paths: list[Path]):
+    """The profiles a scan ranks: {name: (profile, user file or None)}: the shipped Modbus
+    profiles and those of ``--profiles`` files and folders; None after printing the problems of
+    a broken one (FILE:LINE:COL)."""
+    from edge.config_schema import ConfigError
+    from edge.profiles import load_user_profiles, modbus_profiles, profile_files
+
+    out: dict[str, tuple[Any, Path | None]] = {n: (p, None) for n, p in modbus_profiles().items()}
+    if not paths:
+        return out
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += profile_files(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"edge scan: --profiles {path} does not exist", file=sys.stderr)
+            return None
+    found = load_user_profiles(files)
+    if found.problems:
+        print(ConfigError(found.problems), file=sys.stderr)
+        return None
+    from devices.profile import Profile
+
+    for name, prof in found.user.items():
+        if isinstance(prof, Profile):
+            out[name] = (prof, Path(found.files[name]))
+    return out
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from edge.fieldbus.link import ModbusDeviceError
     from protocols.modbus import ByteOrder, DataType, WordOrder, decode_value, register_count
     from protocols.modbus_frame import LineTiming
 
+    if args.profile is not None:
+        return _probe_profile(args)
+    args.fc = 4 if args.fc is None else args.fc
+    args.address = 0 if args.address is None else args.address
     try:
         host, port = _host_port("--tcp", args.tcp, 502) if args.tcp else ("", 0)
         problem = _probe_problem(args) or (None if args.tcp else _serial_port_problem(args.port))
@@ -725,6 +769,274 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go())
+
+
+def _load_profile_arg(option: str, value: str):
+    """A profile named on the command line: a profile file (its problems printed at
+    FILE:LINE:COL) or a shipped profile's name; None after printing why not."""
+    from edge.config_schema import ConfigError
+    from edge.profiles import SHIPPED_DIR, get_profile, load_profile_file, shipped_profiles
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            print(f"{option} {value} {what}: give a profile file", file=sys.stderr)
+            return None
+        try:
+            if path.resolve().parent == SHIPPED_DIR:  # one of ours: read with the others
+                return shipped_profiles()[path.stem]
+            return load_profile_file(path)
+        except ConfigError as exc:
+            if any("extends" in p[3] and "no such profile" in p[3] for p in exc.problems):
+                # It builds on a profile beside it: read the folder, as a gateway would.
+                return _load_beside(path, exc)
+            print(exc, file=sys.stderr)
+            return None
+    try:
+        return get_profile(value)
+    except KeyError as exc:
+        print(f"{option} {value}: {exc.args[0]}, and no such file", file=sys.stderr)
+        return None
+
+
+def _load_beside(path: Path, first) -> Any:
+    """The profile of ``path``, read with the profile files of its folder (one it extends may
+    be there); None after printing this file's problems (``first``'s when none is found)."""
+    from edge.config_schema import ConfigError
+    from edge.profiles import MAX_PROFILE_FILES, load_user_profiles, profile_files
+
+    files = profile_files(path.parent)
+    if len(files) > MAX_PROFILE_FILES:
+        print(first, file=sys.stderr)
+        return None
+    found = load_user_profiles(files)
+    mine = path.resolve()
+    problems = [p for p in found.problems if Path(p[0]).resolve() == mine]
+    if problems:
+        print(ConfigError(problems), file=sys.stderr)
+        return None
+    for name, source in found.files.items():
+        if Path(source).resolve() == mine and name in found.user:
+            return found.user[name]
+    print(first, file=sys.stderr)
+    return None
+
+
+def _show_value(point, value) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, float):
+        text = f"{value:.7g}"
+    else:
+        text = str(value)
+    if point.labels and value in point.label_map:
+        text += f" ({point.label_map[value]})"
+    return f"{text} {point.unit}".rstrip()
+
+
+def _probe_profile(args: argparse.Namespace) -> int:
+    """edge probe --profile FILE: every point of the profile, decoded, with hints."""
+    from collections import Counter
+
+    from devices.profile import Profile
+    from edge.ops.probe import probe_plan
+    from edge.plan import LinkCost, PlanError, compile_plan
+    from protocols.modbus_frame import LineTiming
+
+    asked = {"--fc": args.fc, "--address": args.address, "--count": args.count}
+    given = [o for o, v in {**asked, "--type": args.type}.items() if v is not None]
+    problem = None
+    if given:
+        problem = f"{', '.join(given)}: the profile says what to read; give --profile alone"
+    lo, hi = TCP_UNITS if args.tcp else RTU_UNITS
+    if problem is None and not lo <= args.unit <= hi:
+        on = "behind TCP" if args.tcp else "on a serial line"
+        problem = f"--unit {args.unit}: unit ids {on} are {lo}..{hi}"
+    try:
+        host, port = _host_port("--tcp", args.tcp, 502) if args.tcp else ("", 0)
+        problem = problem or (None if args.tcp else _serial_port_problem(args.port))
+    except ValueError as exc:
+        problem = problem or str(exc)
+    if problem is not None:
+        print(f"edge probe: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    profile = _load_profile_arg("edge probe: --profile", args.profile)
+    if profile is None:
+        return EXIT_CONFIG
+    if not isinstance(profile, Profile):
+        print(f"edge probe: --profile {args.profile}: a serial sensor with its own protocol, "
+              "not a Modbus register map", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if args.byte_order:
+        from edge.profiles import with_overrides
+
+        profile = with_overrides(profile, byte_order=args.byte_order)
+    timing = LineTiming(args.baud, args.parity, args.stopbits)
+    cost = LinkCost.tcp(0.02) if args.tcp else LinkCost.rtu(timing, 0.02)
+    try:
+        plan = compile_plan(profile, cost=cost)
+    except PlanError as exc:
+        print(f"edge probe: --profile {args.profile}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    where = (
+        f"{host}:{port}"
+        if args.tcp
+        else f"{args.port} at {args.baud} 8{args.parity}{args.stopbits}"
+    )
+
+    async def go() -> int:
+        if args.tcp:
+            from edge.fieldbus.modbus_tcp import ModbusTcpLink
+
+            link = ModbusTcpLink(host, port)
+        else:
+            from edge.fieldbus.rtu import RtuLink
+
+            link = RtuLink(args.port, timing)
+        try:
+            readings, failures = await probe_plan(
+                link, args.unit, profile, plan, args.timeout_ms / 1000
+            )
+        finally:
+            await link.close()
+        print(f"{profile.name} at {where} unit {args.unit}: {plan.summary()}")
+        width = max(len(r.point.name) for r in readings) if readings else 0
+        for r in readings:
+            p = r.point
+            kind = str(p.dtype) + (
+                f" {p.byte_order}" if p.count > 1 or p.byte_order.byte_swap else ""
+            )
+            head = f"  {p.name:<{width}}  {p.register_type:<8} {p.address:#06x}  {kind:<13}"
+            if r.error is not None:
+                print(f"{head} {r.error}")
+            elif r.hints:
+                print(f"{head} {_show_value(p, r.value)}   <- looks wrong: {'; '.join(r.hints)}")
+            else:
+                print(f"{head} {_show_value(p, r.value)}")
+        for f in failures:
+            print(f"failed: {f}")
+        doubtful = sum(1 for r in readings if r.hints)
+        if doubtful:
+            print(f"{doubtful} of {len(readings)} values look wrong: see the hints after them")
+            fixes = Counter(
+                h.split(":")[0][3:] for r in readings for h in r.hints if h.startswith("as ")
+            )
+            if fixes:
+                order, n = fixes.most_common(1)[0]
+                print(
+                    f"{n} of them read right as {order}: set byte_order: {order} in the "
+                    "profile, or on the device in the gateway config (docs/profile-format.md §0.5)"
+                )
+        return 1 if failures else 0
+
+    return _run(go())
+
+
+def cmd_profile_check(args: argparse.Namespace) -> int:
+    """edge profile check FILE: validate, print the read plan and its line time per poll."""
+    from devices.profile import Profile
+    from edge.plan import LinkCost, PlanError, compile_plan
+    from protocols.modbus_frame import LineTiming
+
+    profile = _load_profile_arg("edge profile check:", str(args.file))
+    if profile is None:
+        return EXIT_CONFIG
+    if not isinstance(profile, Profile):
+        print(f"{args.file}: valid. serial sensor {profile.name} ({profile.protocol} protocol)")
+        return 0
+    factory = profile.default_line
+    timing = LineTiming(
+        args.baud or factory.baudrate,
+        args.parity or factory.parity,
+        args.stopbits or factory.stopbits,
+    )
+    asked = any(v is not None for v in (args.baud, args.parity, args.stopbits))
+    try:
+        plan = compile_plan(profile, cost=LinkCost.rtu(timing, args.turnaround_ms / 1000))
+        tcp = compile_plan(profile, cost=LinkCost.tcp(args.turnaround_ms / 1000))
+    except PlanError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    kinds = sum(1 for p in profile.points if p.kind.value == "counter")
+    print(
+        f"{args.file}: valid. profile {profile.name} ({profile.vendor} {profile.model}): "
+        f"{len(profile.points)} points ({kinds} counters), at most "
+        f"{profile.max_registers_per_request} registers per request"
+        + (", even counts" if profile.even_register_count else "")
+    )
+    setting = f"{timing.baudrate} 8{timing.parity}{timing.stopbits}"
+    whose = "as asked" if asked else "the profile's factory line"
+    print(
+        f"  on an RS-485 line at {setting} ({whose}), turnaround {args.turnaround_ms:g} ms: "
+        f"{plan.summary()}"
+    )
+    for r in plan.requests:
+        names = ", ".join(p.name for p in r.points)
+        ms = plan.cost.request_time_s(r.function_code, r.count) * 1000 if plan.cost else 0.0
+        print(f"    FC{r.function_code:02d} @{r.address:#06x} x{r.count:<3} {ms:6.1f} ms  {names}")
+    line_s = plan.line_time_s() or 0.0
+    print(
+        f"  a poll takes {line_s * 1000:.0f} ms of line time: at most {1 / line_s:.1f} polls per "
+        "second on a line of its own"
+        if line_s
+        else ""
+    )
+    print(f"  over Modbus TCP: {tcp.summary()}")
+    return 0
+
+
+def cmd_profile_import(args: argparse.Namespace) -> int:
+    """edge profile import FILE: a Home Assistant or Telegraf map as a profile file."""
+    from edge.config_yaml import MAX_CONFIG_BYTES
+    from edge.ops.profile_import import ImportFailure, import_map
+
+    path: Path = args.file
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"is over {MAX_CONFIG_BYTES:,} bytes: is this the right file?")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"edge profile import: {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ValueError, UnicodeDecodeError) as exc:
+        why = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        print(f"edge profile import: {path} {why}", file=sys.stderr)
+        return EXIT_CONFIG
+    out: Path | None = args.output
+    if out is not None and out.exists() and not args.force:
+        print(f"edge profile import: -o {out} exists: give --force to replace it", file=sys.stderr)
+        return EXIT_CONFIG
+    name = args.name or (out.stem if out is not None else None)
+    try:
+        result = import_map(path, text, args.format, unit=args.unit, hub=args.hub, name=name)
+    except ImportFailure as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    assert result.profile is not None
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        try:
+            out.write_text(result.text, encoding="utf-8")
+        except OSError as exc:
+            print(f"edge profile import: -o {out}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
+    err = sys.stderr
+    print(
+        f"{path}: {len(result.profile.points)} points of {result.device} converted into "
+        f"profile {result.profile.name}" + (f" in {out}" if out else ""),
+        file=err,
+    )
+    if result.skipped:
+        print(f"not converted ({len(result.skipped)}):", file=err)
+        for item in result.skipped:
+            print(f"  {item.line()}", file=err)
+    for note in result.notes:
+        print(f"  note: {note}", file=err)
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -956,9 +1268,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-settings", action="store_true", help="keep trying settings after one answers"
     )
+    p.add_argument(
+        "--profiles",
+        type=Path,
+        action="append",
+        metavar="DIR_OR_FILE",
+        help="rank your profile files too (a folder: its *.yaml files); repeatable",
+    )
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("probe", help="read and decode registers of one unit, for a quick look")
+    p = sub.add_parser(
+        "probe",
+        help="read and decode registers of one unit, for a quick look; with --profile, every "
+        "point of a profile, with hints where a value looks like a wrong byte order or scale",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="a profile file (or a shipped profile's name): read and decode all its points",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port")
     where.add_argument("--tcp", metavar="HOST[:PORT]")
@@ -971,8 +1299,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="unit id (1..247 on a serial line, 0..255 behind TCP)",
     )
-    p.add_argument("--fc", type=int, choices=[1, 2, 3, 4], default=4, help="function code")
-    p.add_argument("--address", type=_whole(0, LAST_ADDRESS), default=0, help="0x0046 or 70")
+    p.add_argument("--fc", type=int, choices=[1, 2, 3, 4], help="function code (default 4)")
+    p.add_argument("--address", type=_whole(0, LAST_ADDRESS), help="0x0046 or 70 (default 0)")
     p.add_argument(
         "--count",
         type=_whole(1, None),
@@ -987,7 +1315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--byte-order",
         choices=["ABCD", "CDAB", "BADC", "DCBA"],
-        help="ABCD CDAB BADC DCBA (docs/profile-format.md); overrides --word-order",
+        help="ABCD CDAB BADC DCBA (docs/profile-format.md); overrides --word-order; with "
+        "--profile, read every point in this order (a device's byte_order override)",
     )
     p.add_argument(
         "--timeout-ms",
@@ -996,6 +1325,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="10..60000",
     )
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("profile", help="device profile files: check one, import a map")
+    profile_sub = p.add_subparsers(dest="profile_command", required=True, parser_class=_ToolParser)
+    p = profile_sub.add_parser(
+        "check",
+        help="validate a profile file (exit 2 at FILE:LINE:COL), print its read plan and the "
+        "line time per poll",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument(
+        "--baud", type=_baud, help="the line's speed (default: the profile's factory line)"
+    )
+    p.add_argument("--parity", choices=["N", "E", "O"])
+    p.add_argument("--stopbits", type=int, choices=[1, 2])
+    p.add_argument(
+        "--turnaround-ms",
+        type=_ms(*TURNAROUND_MS),
+        default=20.0,
+        help="the device's turnaround (0..5000, default 20, as a device's turnaround_ms)",
+    )
+    p.set_defaults(func=cmd_profile_check)
+    p = profile_sub.add_parser(
+        "import",
+        help="convert a Home Assistant modbus: YAML or Telegraf inputs.modbus TOML map into a "
+        "profile file, listing what could not be converted",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", choices=["ha", "telegraf"], help="default: from the file")
+    p.add_argument("-o", "--output", type=Path, help="write the profile here (default: stdout)")
+    p.add_argument("--force", action="store_true", help="replace -o's file if it exists")
+    p.add_argument("--name", help="the profile's name (default: -o's file name, or the input's)")
+    p.add_argument(
+        "--unit", type=_whole(0, 255), help="the device's unit id, when the map has several"
+    )
+    p.add_argument("--hub", help="the HA hub / Telegraf plugin name, when two have the unit")
+    p.set_defaults(func=cmd_profile_import)
 
     p = sub.add_parser(
         "sim-meters", help="simulated parking meters with durable journals, on the meter link"

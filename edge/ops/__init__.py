@@ -7,4 +7,4 @@ May import: ``edge.shared``, ``edge.plan``, ``edge.store``, ``edge.config``, ``e
 ``edge.uplink``; never ``edge.agent``. Exposes its modules; importing the package loads none.
 """
 
-__all__ = ["doctor", "scan", "status", "systemd"]
+__all__ = ["doctor", "probe", "profile_import", "scan", "status", "systemd"]

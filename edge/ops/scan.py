@@ -5,6 +5,8 @@ A unit is *there* when it answers a small read with anything valid, an exception
 TCP-to-RTU gateway saying the unit is not there. For every unit found, each Modbus profile's
 read plan is tried and scored by how many of its requests the unit answers without an exception:
 a meter answers a meter's map, a lighting controller its coils. The best score is the guess.
+The candidates are the shipped profiles and, given ``profiles`` (``edge scan --profiles``), the
+technician's own profile files, ranked alike.
 
 On a serial line the common settings are tried in order of how often devices ship with them; the
 first setting at which a unit answers is kept and the line scanned fully at it (devices on one
@@ -14,9 +16,10 @@ line share a setting), unless ``all_settings`` asks to try every one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from devices.profile import Profile
 from edge.fieldbus.link import LinkDown, ModbusDeviceError, ModbusExceptionResponse
 from edge.plan import compile_plan
 from edge.profiles import modbus_profiles
@@ -101,9 +104,14 @@ async def probe_unit(link, unit: int, timeout_s: float) -> bool:
     return True
 
 
-async def guess_profile(link, unit: int, timeout_s: float) -> list[tuple[str, int, int, int]]:
+async def guess_profile(
+    link, unit: int, timeout_s: float, profiles: Mapping[str, Profile] | None = None
+) -> list[tuple[str, int, int, int]]:
+    """Every candidate profile's score at ``unit``, best first: (name, requests of its read plan
+    answered without an exception, requests, points those answers hold). ``profiles``: the
+    candidates (default the shipped Modbus profiles; ``edge scan --profiles`` adds the user's)."""
     scores = []
-    for name, profile in sorted(modbus_profiles().items()):
+    for name, profile in sorted((modbus_profiles() if profiles is None else profiles).items()):
         plan = compile_plan(profile)
         ok = points = 0
         for req in plan.requests:
@@ -128,6 +136,7 @@ async def scan_rtu(
     turnaround_s: float = 0.05,
     all_settings: bool = False,
     progress: Callable[[str], None] = lambda _: None,
+    profiles: Mapping[str, Profile] | None = None,
 ) -> list[Found]:
     from edge.fieldbus.rtu import RtuLink
 
@@ -151,7 +160,7 @@ async def scan_rtu(
                     progress(f"{label}: unit {unit} answers")
             link.late_answer_s = None
             for unit in here:
-                guesses = await guess_profile(link, unit, max(timeout_s, 0.3))
+                guesses = await guess_profile(link, unit, max(timeout_s, 0.3), profiles)
                 found.append(Found(unit, label, guesses))
         except LinkDown as exc:
             progress(f"{label}: skipped, the port does not take this setting ({exc})")
@@ -171,6 +180,7 @@ async def scan_tcp(
     *,
     timeout_s: float = 0.3,
     progress: Callable[[str], None] = lambda _: None,
+    profiles: Mapping[str, Profile] | None = None,
 ) -> list[Found]:
     from edge.fieldbus.modbus_tcp import ModbusTcpLink
 
@@ -182,7 +192,8 @@ async def scan_tcp(
                 progress(f"{host}:{port}: unit {unit}/{units[-1]}, {len(found)} found")
             if await probe_unit(link, unit, timeout_s):
                 progress(f"{host}:{port}: unit {unit} answers")
-                found.append(Found(unit, f"{host}:{port}", await guess_profile(link, unit, 1.0)))
+                guesses = await guess_profile(link, unit, 1.0, profiles)
+                found.append(Found(unit, f"{host}:{port}", guesses))
     finally:
         await link.close()
     return found
