@@ -60,6 +60,8 @@ _RAW_SHAPES: dict[str, Callable[[float], float]] = {
     "sun": lambda h: max(0.0, math.sin(math.pi * (h - 6.0) / 12.0)),
     "night": lambda h: 1.0 if h >= 18.0 or h < 6.0 else 0.0,
 }
+#: Shapes that switch a value off (daylight, lighting): while off it holds its low, noise-free.
+_ON_OFF = ("sun", "night")
 _MINUTES = [m / 60.0 for m in range(1441)]
 _SPAN = {
     k: (min(f(h) for h in _MINUTES), max(f(h) for h in _MINUTES)) for k, f in _RAW_SHAPES.items()
@@ -415,8 +417,8 @@ class HintedModel:
 
     def sample(self, names: Iterable[str] | None = None) -> dict[str, Value]:
         """The points' values now (``names``: only those), by point name."""
-        now = self._clock()
-        cycle = math.floor(now / self.cycle_s)
+        cycle = math.floor(self._clock() / self.cycle_s)
+        now = cycle * self.cycle_s  # one cycle, one set of values, whenever it is read
         if cycle != self._cycle:
             self._cycle = cycle
             self._values = {}
@@ -443,15 +445,18 @@ class HintedModel:
             return self.fit(p, plan.nominal)
         if plan.how == "counter":
             return self.fit(p, self._counter(name, plan, now), counter=True)
-        centre = plan.nominal
+        centre, noise = plan.nominal, plan.noise
         if plan.daily is not None:
-            centre = plan.lo + (plan.hi - plan.lo) * shape(plan.daily, now)
+            level = shape(plan.daily, now)
+            centre = plan.lo + (plan.hi - plan.lo) * level
+            if plan.daily in _ON_OFF:  # no daylight at night: the low, without noise
+                noise *= level
         slow = sum(
             math.sin(2 * math.pi * now / period + phase)
             for period, phase in zip(plan.periods, plan.phases, strict=True)
         ) * math.sqrt(2 / 3)  # unit variance
         white = _gauss(self.seed, name, cycle)
-        value = centre + plan.noise * (0.6 * white + 0.8 * slow)
+        value = centre + noise * (0.6 * white + 0.8 * slow)
         return self.fit(p, min(plan.hi, max(plan.lo, value)))
 
     def _counter(self, name: str, plan: _Plan, now: float, keep: bool = True) -> float:
