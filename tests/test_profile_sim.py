@@ -401,10 +401,10 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @pytest.mark.system
-async def test_edge_sim__exception_and_silence_faults_on_a_library_profile_over_tcp():
+async def test_edge_sim__exception_silence_and_slow_faults_on_a_library_profile_over_tcp():
     proc, first = await _edge_sim(
-        "--profile", "senseair_k30", "--unit", "1", "--unit", "2", "--unit", "3", "--port", "0",
-        "--exception", "2:4", "--silent", "3",
+        "--profile", "senseair_k30", "--unit", "1", "--unit", "2", "--unit", "3", "--unit", "4",
+        "--port", "0", "--exception", "2:4", "--silent", "3", "--slow", "4:600",
     )  # fmt: skip
     port = int(first.split(" on 127.0.0.1:")[1].split()[0])
     link = ModbusTcpLink("127.0.0.1", port)
@@ -417,6 +417,15 @@ async def test_edge_sim__exception_and_silence_faults_on_a_library_profile_over_
         with pytest.raises(ModbusTimeout):
             await link.read(3, 4, 0x0003, 1, timeout_s=0.5, retries=0)
         assert (await link.read(1, 4, 0x0000, 1, timeout_s=2, retries=0)) == [0]  # status: clear
+        with pytest.raises(ModbusTimeout):  # a slow unit behind the bridge misses a short timeout
+            await link.read(4, 4, 0x0003, 1, timeout_s=0.2, retries=0)
+    finally:
+        await link.close()
+    link = ModbusTcpLink("127.0.0.1", port)
+    try:
+        started = time.monotonic()
+        co2 = await link.read(4, 4, 0x0003, 1, timeout_s=3, retries=0)
+        assert time.monotonic() - started >= 0.5 and 400 <= co2[0] <= 1500
     finally:
         await link.close()
         await _stop(proc)
