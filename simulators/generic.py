@@ -139,7 +139,7 @@ def _d(unit: str, nominal: float | None, lo: float, hi: float, noise: float, dai
 #: default; a point of another unit of the same quantity takes it converted (kV from V).
 DEFAULTS: tuple[tuple[str, tuple[str, ...] | None, Default], ...] = (
     ("V", ("supply", "battery", "vbat", "vcc"), _d("V", 12.0, 10.5, 14.0, 0.05)),
-    ("V", ("l1_l2", "l2_l3", "l3_l1", "ll"), _d("V", 400.0, 370.0, 430.0, 0.6)),
+    ("V", ("l1_l2", "l2_l3", "l3_l1", "ll", "line"), _d("V", 400.0, 370.0, 430.0, 0.6)),
     ("V", None, _d("V", 230.0, 207.0, 253.0, 0.4)),
     ("A", None, _d("A", None, 0.5, 20.0, 0.05, "load")),
     ("W", None, _d("W", None, 100.0, 4600.0, 5.0, "load")),
@@ -154,13 +154,13 @@ DEFAULTS: tuple[tuple[str, tuple[str, ...] | None, Default], ...] = (
     ("%", ("thd",), _d("%", 3.0, 0.5, 10.0, 0.2)),
     ("%", None, _d("%", 50.0, 0.0, 100.0, 2.0)),
     ("‰", None, _d("‰", 5.0, 0.0, 10.0, 0.2)),
-    ("°", ("phase", "angle"), _d("°", 20.0, 0.0, 60.0, 2.0)),
+    ("°", ("phase",), _d("°", 20.0, 0.0, 60.0, 2.0)),
     ("°", None, _d("°", 45.0, 0.0, 359.9, 25.0)),
     ("°C", ("dew",), _d("°C", None, 14.0, 24.0, 0.2, "temperature")),
     ("°C", ("water", "soil"), _d("°C", None, 24.0, 30.0, 0.1, "temperature")),
     ("°C", None, _d("°C", None, 20.0, 35.0, 0.2, "temperature")),
     ("Pa", None, _d("Pa", 101_300.0, 99_500.0, 103_000.0, 20.0)),
-    ("mm", ("rain",), _d("mm", 2.0, 0.0, 20.0, 0.5)),
+    ("mm", ("rain", "rainfall", "precipitation"), _d("mm", 2.0, 0.0, 20.0, 0.5)),
     ("mm", None, _d("mm", 800.0, 100.0, 2000.0, 3.0)),
     ("m/s", None, _d("m/s", 3.0, 0.0, 25.0, 1.2)),
     ("mm/h", None, _d("mm/h", 2.0, 0.0, 60.0, 1.0)),
@@ -213,15 +213,22 @@ COUNTER_DEFAULTS: tuple[tuple[str, float, str | None], ...] = (
 _ALL_CLEAR = ("status", "error", "fault", "alarm", "event", "warning")
 
 
+def _says(name: str, words: Iterable[str]) -> bool:
+    """Whether a point's name holds one of ``words``: a word of it (``supply`` in
+    ``supply_voltage``, not ``rh`` in ``overhead``) or a run of words (``power_factor``)."""
+    name = name.lower()
+    tokens = set(name.replace("-", "_").split("_"))
+    return any(w in tokens or ("_" in w and w in name) for w in words)
+
+
 def _unit_default(p: Point) -> Default | None:
-    words = p.name.lower()
     if p.kind is Kind.COUNTER:
         for unit, rate, daily in COUNTER_DEFAULTS:
             if unit == p.unit or (p.unit and _convertible(unit, p.unit)):
                 return Default(unit, rate_per_h=rate, daily=daily)
         return Default(p.unit, rate_per_h=10.0)
     for unit, names, default in DEFAULTS:
-        if names is not None and not any(n in words for n in names):
+        if names is not None and not _says(p.name, names):
             continue
         if unit == p.unit or (unit and p.unit and _convertible(unit, p.unit)):
             return default
@@ -322,7 +329,7 @@ def _gauge(p: Point, h: SimHint, seed: object) -> _Plan:
         noise = h.noise if h.noise is not None else _in(base.unit, p.unit, base.noise, True)
         if daily is None and not p.writable:
             daily = base.daily
-    elif any(w in p.name.lower() for w in _ALL_CLEAR):  # a status or error code: all clear
+    elif _says(p.name, _ALL_CLEAR):  # a status or error code: all clear
         return _Plan("steady", nominal=0.0)
     else:  # a number without a unit we know: a steady whole number from the seed
         return _Plan("steady", nominal=float(1 + int(_u(seed, p.name, "steady") * 99)))
