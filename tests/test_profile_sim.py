@@ -286,6 +286,24 @@ def test_named_model__a_user_profile_extending_a_shipped_meter_follows_its_model
     assert all(a[k] == b[k] for k in a)
 
 
+def test_named_models__each_gives_exactly_the_quantities_profiles_may_name():
+    """devices/simulate.py lists each model's quantities (the profile check refuses others):
+    the models the simulators ship give exactly those."""
+    from devices.simulate import MODELS as DECLARED
+    from devices.simulate import SimModel
+    from simulators import MODELS
+
+    assert set(MODELS) == set(DECLARED)
+    t = [T0]
+    for name, factory in MODELS.items():
+        given: set[str] = set()
+        for phases in (1, 3) if name == "energy_meter" else (None,):
+            spec = SimModel(name, phases)
+            model = factory(spec, get_profile("eastron_sdm630"), 1, lambda: t[0], {})
+            given |= set(model.sample())
+        assert given == set(DECLARED[name]), name
+
+
 # --------------------------------------------------------------------------- broken hints
 
 BROKEN_HINTS = {
