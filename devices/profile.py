@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
 
+from devices.simulate import MODELS, SHAPES, SimHint, SimModel, compatible, model_unit
 from devices.units import UNITS, unit_hint
 from protocols.modbus import (
     MAX_READ_REGISTERS,
@@ -134,6 +135,8 @@ class Point:
     scale_register: str | None = None  # the int16 point holding this point's power of ten
     kind: Kind = Kind.GAUGE
     wrap: float | None = None  # a counter's modulus, in the point's unit (None: never wraps)
+    #: How a simulator makes its values (docs/profile-format.md §16); the gateway never reads it.
+    simulate: SimHint | None = None
 
     def __post_init__(self) -> None:
         # Plain strings (from a data file) become the enums; anything else is refused by name.
@@ -240,6 +243,91 @@ class Point:
             self._bad("is writable but not a coil or holding register", field="writable")
         if self.limits is not None and not self.limits[0] <= self.limits[1]:
             self._bad(f"limits {self.limits} run backwards", field="limits")
+        if self.simulate is not None:
+            self._check_hint(self.simulate)
+
+    def _check_hint(self, h: SimHint) -> None:
+        """A ``simulate:`` that fits the point: its keys for its kind, values it can hold."""
+
+        def bad(why: str) -> NoReturn:
+            self._bad(f"simulate: {why}", field="simulate")
+
+        numeric = [k for k in ("nominal", "range", "noise", "daily", "rate_per_h") if
+                   getattr(h, k) is not None]  # fmt: skip
+        if self.dtype is DataType.STRING:
+            if numeric or h.values or h.quantity is not None:
+                bad("a string takes text only")
+            if h.text is not None:
+                if len(h.text) > 2 * (self.length or 0):
+                    bad(f"text {h.text!r} is longer than {2 * (self.length or 0)} characters "
+                        f"({self.length} registers)")  # fmt: skip
+                if not all(" " <= c <= "~" for c in h.text):
+                    bad(f"text {h.text!r}: printable ASCII only")
+            return
+        if h.text is not None:
+            bad("text is for strings")
+        if h.quantity is not None and (numeric or h.values):
+            bad("quantity takes the model's values: give it or value hints, not both")
+        state = self.dtype is DataType.BOOL or bool(self.labels)
+        if h.values:
+            if numeric:
+                bad(f"values takes the place of {', '.join(numeric)}")
+            for v in h.values:
+                self._check_hint_value(v, bad)
+            return
+        if state and numeric:
+            bad(f"a {'flag' if self.dtype is DataType.BOOL else 'state'} takes values: [...], "
+                f"not {', '.join(numeric)}")  # fmt: skip
+        if self.kind is Kind.COUNTER:
+            if set(numeric) - {"rate_per_h", "daily"}:
+                bad(
+                    "a counter grows: give rate_per_h (and a daily shape), not "
+                    + ", ".join(k for k in numeric if k not in ("rate_per_h", "daily"))
+                )
+        elif h.rate_per_h is not None:
+            bad("rate_per_h is for counters (kind: counter)")
+        if h.rate_per_h is not None and not (math.isfinite(h.rate_per_h) and h.rate_per_h >= 0):
+            bad(f"rate_per_h {h.rate_per_h!r} must be a number >= 0")
+        if h.noise is not None and not (math.isfinite(h.noise) and h.noise >= 0):
+            bad(f"noise {h.noise!r} must be a number >= 0")
+        if h.daily is not None and h.daily not in SHAPES:
+            bad(f"daily {h.daily!r} is not one of {', '.join(SHAPES)}")
+        if h.range is not None:
+            lo, hi = h.range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                bad(f"range [{lo:g}, {hi:g}] must run from low to high")
+            if h.nominal is not None and not lo <= h.nominal <= hi:
+                bad(f"nominal {h.nominal:g} is outside range [{lo:g}, {hi:g}]")
+        for key, v in (("nominal", h.nominal), *zip(("range",) * 2, h.range or (), strict=False)):
+            if v is not None:
+                self._check_hint_value(v, bad, key)
+
+    def _check_hint_value(self, v: float | bool, bad: Any, key: str = "values") -> None:
+        """A value a hint names must be one the point's registers can hold."""
+        if self.dtype is DataType.BOOL:
+            if not isinstance(v, bool):
+                bad(f"{key}: a flag takes true or false, not {v!r}")
+            return
+        if isinstance(v, bool) or not math.isfinite(v):
+            bad(f"{key}: {v!r} is not a number")
+        span = self.value_span()
+        if span is not None and not span[0] <= v <= span[1]:
+            what = f"{self.dtype}" + (f" × {self.scale:g}" if self.scale != 1 else "")
+            what += f" + {self.offset:g}" if self.offset else ""
+            bad(f"{key} {v:g} does not fit a {what} ({span[0]:g}..{span[1]:g})")
+        if self.labels and v not in self.label_map:
+            bad(f"{key} {v:g} is not one of the labelled values")
+        if (self.labels or self.bits is not None) and v != int(v):
+            bad(f"{key} {v:g} is not a whole number")
+
+    def value_span(self) -> tuple[float, float] | None:
+        """The lowest and highest values the point's registers can hold (None: a float, a string
+        or a point scaled by another register, whose span depends on it)."""
+        if self.scale_register is not None or not (self.dtype.is_integer or self.bits):
+            return None
+        lo, hi = _RANGE[self.dtype] if self.bits is None else (0, (1 << _width(self.bits)) - 1)
+        a, b = lo * self.scale + self.offset, hi * self.scale + self.offset
+        return (a, b) if a <= b else (b, a)
 
     def _check_labels(self, scaled: bool) -> None:
         if not self.dtype.is_integer:
@@ -414,6 +502,9 @@ class Profile(_PointsByName):
     #: Where the map comes from: the vendor document's title and version (a profile file's
     #: required ``source:``, docs/profile-format.md §0.1).
     source: str = ""
+    #: The behaviour model its simulator follows (docs/profile-format.md §16); None: the points'
+    #: value hints alone. The gateway never reads it.
+    simulate: SimModel | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_registers_per_request <= MAX_READ_REGISTERS:
@@ -453,6 +544,68 @@ class Profile(_PointsByName):
                 self._check_scale_register(p, seen.get(p.scale_register))
         for rtype in RegisterType:
             self._check_overlaps(rtype)
+        self._check_simulate()
+
+    def _check_simulate(self) -> None:
+        """The named model exists and every point it gives a value can show that value."""
+        sim = self.simulate
+        for p in self.points:
+            q = p.simulate.quantity if p.simulate is not None else None
+            if q is not None and sim is None:
+                raise ProfileError(
+                    f"{self.name}: point {p.name!r}: simulate: quantity {q!r} names a quantity of "
+                    "a behaviour model: give the profile simulate: {model: ...}",
+                    field="simulate",
+                    points=(p.name,),
+                )
+        if sim is None:
+            return
+        if sim.model not in MODELS:
+            raise ProfileError(
+                f"{self.name}: simulate: model {sim.model!r} is not one the project ships "
+                f"({', '.join(MODELS)})",
+                field="simulate",
+            )
+        if (sim.phases is not None or sim.peak_kw is not None) and sim.model != "energy_meter":
+            raise ProfileError(
+                f"{self.name}: simulate: phases and peak_kw are the energy_meter model's, "
+                f"not the {sim.model} model's",
+                field="simulate",
+            )
+        if sim.phases not in (None, 1, 3):
+            raise ProfileError(
+                f"{self.name}: simulate: phases {sim.phases} is 1 or 3", field="simulate"
+            )
+        if sim.peak_kw is not None and not (math.isfinite(sim.peak_kw) and sim.peak_kw > 0):
+            raise ProfileError(
+                f"{self.name}: simulate: peak_kw {sim.peak_kw!r} must be above 0", field="simulate"
+            )
+        for p in self.points:
+            h = p.simulate
+            own = h is not None and h.quantity is None and h != SimHint()  # hints of its own
+            q = h.quantity if h is not None and h.quantity is not None else p.name
+            unit = model_unit(sim.model, q)
+            where = f"{self.name}: point {p.name!r}"
+            if unit is None:
+                if h is not None and h.quantity is not None:
+                    raise ProfileError(
+                        f"{where}: simulate: quantity {q!r} is not one of the {sim.model} "
+                        f"model's ({', '.join(sorted(MODELS[sim.model]))})",
+                        field="simulate",
+                        points=(p.name,),
+                    )
+                continue
+            if own:
+                continue
+            sector = bool(p.labels) and unit == "°"  # a compass sector of an angle
+            if p.dtype is DataType.STRING or not (sector or compatible(unit, p.unit)):
+                raise ProfileError(
+                    f"{where} shows the {sim.model} model's {q!r}, in {unit or 'no unit'}; a "
+                    f"{p.dtype} in {p.unit or 'no unit'!r} cannot: give the point a unit of "
+                    "that quantity, another quantity, or value hints of its own (simulate:)",
+                    field="simulate",
+                    points=(p.name,),
+                )
 
     def _check_scale_register(self, p: Point, sf: Point | None) -> None:
         where = f"{self.name}: point {p.name!r}: scale_register {p.scale_register!r}"

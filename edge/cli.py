@@ -420,6 +420,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             )
         else:
             sim = await serve_modbus_tcp(units, args.host, args.port)
+            sim.unit_delay_s = {u: ms / 1000 for u, ms in slow.items()}  # --slow behind a bridge
             print(f"simulating {names} on {sim.host}:{sim.port} (Modbus TCP)", flush=True)
         sim.silent_units |= set(args.silent or [])
         sim.exception_units |= exceptions
@@ -1231,7 +1232,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument(
         "--garbage", type=int, default=0, metavar="N", help="N random bytes before every answer"
     )
-    faults.add_argument("--slow", action="append", metavar="UNIT:MS", help="turnaround of UNIT")
+    faults.add_argument(
+        "--slow", action="append", metavar="UNIT:MS", help="turnaround of UNIT (TCP: its delay)"
+    )
     faults.add_argument(
         "--swap-words", type=int, action="append", metavar="UNIT", help="32-bit words swapped"
     )

@@ -55,6 +55,7 @@ HEADLINE = (
     "air_humidity",
     "wind_speed_avg",
     "light_intensity",
+    "co2",
     "pm2_5",
     "pm10",
     "pm2_5.mean",

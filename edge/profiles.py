@@ -41,6 +41,7 @@ from devices.profile import (
     RegisterType,
     SensorProfile,
 )
+from devices.simulate import SimHint, SimModel
 from edge.config_schema import (
     POINT_NAME,
     ConfigError,
@@ -74,7 +75,7 @@ __all__ = [
 MAX_PROFILE_FILES = 1000
 SHIPPED_DIR = Path(devices.__file__).resolve().parent
 #: Python modules of devices/ that are not profiles.
-_NOT_PROFILES = {"profile", "units"}
+_NOT_PROFILES = {"profile", "simulate", "units"}
 
 Problem = tuple[str, int, int, str]  # file, line, column, message
 Table = Literal["input", "holding", "coil", "discrete"]
@@ -83,6 +84,8 @@ DataTypeName = Literal[
 ]
 ByteOrderName = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 KindName = Literal["gauge", "counter"]
+ShapeName = Literal["load", "temperature", "humidity", "sun", "night"]  # devices.simulate.SHAPES
+ModelName = Literal["energy_meter", "lighting", "weather", "thermo_hygro", "water_level"]
 #: ``address_base`` -> the table it numbers (None: every table).
 ADDRESS_BASES: dict[int, RegisterType | None] = {
     0: None,
@@ -126,6 +129,47 @@ class PointDefaults(StrictModel):
     writable: bool | None = None
 
 
+class PointSimSpec(StrictModel):
+    """A point's ``simulate:``: value hints for its simulator (docs/profile-format.md §16)."""
+
+    nominal: float | None = None
+    range: list[float] | None = None
+    noise: float | None = Field(None, ge=0)
+    daily: ShapeName | None = None
+    rate_per_h: float | None = Field(None, ge=0)
+    values: list[bool | int | float] | None = Field(None, min_length=1, max_length=256)
+    text: str | None = Field(None, max_length=250)
+    quantity: str | None = Field(None, pattern=POINT_NAME)
+
+    @field_validator("range", mode="before")
+    @classmethod
+    def _range(cls, v: object) -> object:
+        return _pair(v, "[low, high]", "range: [207, 253]")
+
+    def hint(self) -> SimHint:
+        return SimHint(
+            nominal=self.nominal,
+            range=(self.range[0], self.range[1]) if self.range is not None else None,
+            noise=self.noise,
+            daily=self.daily,
+            rate_per_h=self.rate_per_h,
+            values=tuple(self.values or ()),
+            text=self.text,
+            quantity=self.quantity,
+        )
+
+
+class ProfileSimSpec(StrictModel):
+    """A profile's ``simulate:``: the behaviour model its simulator follows (§16)."""
+
+    model: ModelName
+    phases: Literal[1, 3] | None = None
+    peak_kw: float | None = Field(None, gt=0, le=100_000)
+
+    def spec(self) -> SimModel:
+        return SimModel(self.model, self.phases, self.peak_kw)
+
+
 class PointSpec(StrictModel):
     """One entry of ``points`` (docs/profile-format.md §0.2)."""
 
@@ -148,6 +192,7 @@ class PointSpec(StrictModel):
     writable: bool | None = None
     limits: list[float] | None = None
     description: str = ""
+    simulate: PointSimSpec | None = None
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -182,6 +227,7 @@ class ProfileSpec(StrictModel):
     defaults: PointDefaults | None = None
     points: list[PointSpec] | None = None
     remove_points: list[str] | None = None
+    simulate: ProfileSimSpec | None = None
 
     @field_validator("readable_ranges", mode="before")
     @classmethod
@@ -343,6 +389,7 @@ def _point(d: _Draft, i: int, ps: PointSpec, defaults: PointDefaults, base: int)
             scale_register=ps.scale_register,
             kind=ps.kind or defaults.kind or "gauge",  # type: ignore[arg-type]
             wrap=ps.wrap,
+            simulate=ps.simulate.hint() if ps.simulate is not None else None,
         )
     except ProfileError as exc:
         d.at(_key_path(d, i, exc.field), str(exc))
@@ -391,7 +438,7 @@ def _build(
             continue
         points[ps.name] = point  # a base point of this name is replaced where it stood
         origins[ps.name] = (d.source, *d.pos.locate(("points", i), prefer_key=False))
-    if d.doubtful(("readable_ranges",)) or d.doubtful(("defaults",)):
+    if d.doubtful(("readable_ranges",)) or d.doubtful(("defaults",)) or d.doubtful(("simulate",)):
         return None
     ranges = base.readable_ranges if base is not None else {}
     if spec.readable_ranges is not None:
@@ -421,6 +468,13 @@ def _build(
             ),
             description=_pick(spec, base, "description", ""),
             source=_pick(spec, base, "source", ""),
+            simulate=(
+                spec.simulate.spec()
+                if spec.simulate is not None
+                else base.simulate
+                if base is not None
+                else None
+            ),
         )
     except ProfileError as exc:
         # Without the points refused above a scale register may be missing: not a problem.

@@ -9,8 +9,10 @@
 * :class:`WaterLevelModel` (URM14 over a street drain): water gathers while it rains faster than
   the drain takes it and drains away after; the sensor reports distance from its mount to the
   surface in 0.1 mm with a millimetre of echo noise.
-* :class:`WeatherStationModel` (SenseCAP ONE S500): the weather in thousandths, wind statistics
-  over the station's averaging window.
+* :class:`WeatherStationModel` (SenseCAP ONE S500, and the ``weather`` model any profile may
+  name): the weather in thousandths, wind statistics over the station's averaging window; also
+  the wind now, the dew point (Magnus formula), irradiance, rain intensity and the rain fallen
+  since power-up (a counter), for stations that report them.
 
 Values change once per measurement cycle, as the devices refresh their registers.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 
 from simulators.light_cabinet import sun_elevation_deg
 
-__all__ = ["ThermoHygroModel", "WaterLevelModel", "Weather", "WeatherStationModel"]
+__all__ = ["ThermoHygroModel", "WaterLevelModel", "Weather", "WeatherStationModel", "dew_point"]
 
 _ICT = 7 * 3600
 #: Mean daily air temperature in Hanoi by month (°C), Jan..Dec.
@@ -174,6 +176,7 @@ class WeatherStationModel(_Cycled):
         super().__init__(Weather(seed, clock), 1.0)
         self._rng = random.Random(None if seed is None else seed + 3)
         self._window: list[tuple[float, float]] = []  # (speed, direction) over the last minute
+        self.rainfall_mm = 0.0  # since power-up
 
     def _measure(self, now: float, dt: float) -> dict[str, float]:
         w, rng = self.weather, self._rng
@@ -186,15 +189,34 @@ class WeatherStationModel(_Cycled):
         x = sum(math.cos(math.radians(d)) for d in dirs)
         y = sum(math.sin(math.radians(d)) for d in dirs)
         t = w.air_temperature(now) + rng.gauss(0, 0.05)
+        rh = round(min(100.0, max(0.0, w.humidity(t, now) + rng.gauss(0, 0.2))), 3)
+        pressure = round(w.pressure_pa + rng.gauss(0, 5), 3)
+        lux = round(max(0.0, w.light_lux(now) * (1 + rng.gauss(0, 0.01))), 3)
+        self.rainfall_mm += w.rain_mm_h * dt / 3600.0
         return {
             "air_temperature": round(t, 3),
-            "air_humidity": round(min(100.0, max(0.0, w.humidity(t, now) + rng.gauss(0, 0.2))), 3),
-            "barometric_pressure": round(w.pressure_pa + rng.gauss(0, 5), 3),
-            "light_intensity": round(max(0.0, w.light_lux(now) * (1 + rng.gauss(0, 0.01))), 3),
+            "air_humidity": rh,
+            "barometric_pressure": pressure,
+            "light_intensity": lux,
             "wind_direction_min": round(min(dirs), 3),
             "wind_direction_max": round(max(dirs), 3),
             "wind_direction_avg": round(math.degrees(math.atan2(y, x)) % 360.0, 3),
             "wind_speed_min": round(min(speeds), 3),
             "wind_speed_max": round(max(speeds), 3),
             "wind_speed_avg": round(sum(speeds) / len(speeds), 3),
+            # No more draws below: the quantities above stay what they were.
+            "wind_speed": round(speed, 3),
+            "wind_direction": round(direction, 3),
+            "dew_point": round(dew_point(t, max(1.0, rh)), 3),
+            "irradiance": round(lux / 110.0, 3),  # full sun: about 110 klx, 1000 W/m²
+            "rain_intensity": round(w.rain_mm_h, 3),
+            "rainfall": self.rainfall_mm,
         }
+
+
+def dew_point(temp_c: float, rh: float) -> float:
+    """Dew point (°C) of air at ``temp_c`` and ``rh`` %RH: the Magnus formula with Alduchov
+    and Eskridge's constants (1996), good to 0.4 °C from -40 to 50 °C."""
+    a, b = 17.625, 243.04
+    gamma = math.log(rh / 100.0) + a * temp_c / (b + temp_c)
+    return b * gamma / (a - gamma)

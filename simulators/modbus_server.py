@@ -4,8 +4,9 @@ One server is one device with a TCP port, or a TCP-to-RTU bridge with several un
 it. Every request is parsed and answered byte for byte as the Modbus spec says; the units decide
 the content (:class:`SimUnit`). Faults on demand: ``silent_units`` (a dead device behind a
 bridge: no answer at all), ``silent_all`` (the whole endpoint stalls), ``delay_s`` (a slow
-device). A unit id nobody serves gets exception 0x0B, as a bridge answers when its target does not
-respond. A connection that sends something that is not Modbus TCP is closed.
+device; ``unit_delay_s``: one slow unit behind a bridge). A unit id nobody serves gets exception
+0x0B, as a bridge answers when its target does not respond. A connection that sends something
+that is not Modbus TCP is closed.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class SimServer(ModbusSim):
     host: str = "127.0.0.1"
     port: int = 0
     delay_s: float = 0.0
+    unit_delay_s: dict[int, float] = field(default_factory=dict)  # unit -> its answers' delay
     _server: asyncio.Server | None = None
     _conns: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
@@ -151,8 +153,9 @@ class SimServer(ModbusSim):
             while data := await reader.read(4096):
                 for tid, unit, pdu in stream.feed(data):
                     reply = self.answer(unit, pdu)
-                    if self.delay_s:
-                        await asyncio.sleep(self.delay_s)
+                    delay = self.unit_delay_s.get(unit, self.delay_s)
+                    if delay:
+                        await asyncio.sleep(delay)
                     if reply is not None:
                         writer.write(encode_mbap(tid, unit, reply))
                 await writer.drain()

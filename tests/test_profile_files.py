@@ -404,14 +404,17 @@ def test_device_overrides__a_serial_sensor_takes_no_byte_order(tmp_path):
 # --------------------------------------------------------------------------- simulators
 
 
-def test_sim_unit__a_data_profile_serves_steady_values_every_point_decodes_to(tmp_path):
-    """A profile no behaviour model knows gets one: each point holds a steady value its
-    encoding carries, and what the plan reads decodes to what was served."""
+def test_sim_unit__a_data_profile_serves_values_every_point_decodes_to(tmp_path):
+    """A profile no behaviour model knows gets one from its units: each point holds a value its
+    encoding carries, what the plan reads decodes to what was served, and the values hold
+    through a measurement cycle (1 s) and differ from point to point."""
     profile = load_profile_file(profile_file(tmp_path, "kinds.yaml", KINDS_YAML))
-    unit = sim_unit(profile, 3, seed="x")
+    t = [1_763_800_000.0]
+    unit = sim_unit(profile, 3, seed="x", clock=lambda: t[0])
     assert isinstance(unit, ProfileSimUnit)
     plan = compile_plan(profile)
-    for _ in range(2):
+    for k in range(2):
+        t[0] += 0.4 * k  # the same measurement cycle
         cycle: CycleDecoder[None] = CycleDecoder(plan.scale_names)
         decoded = 0
         for r in plan.requests:
@@ -424,9 +427,10 @@ def test_sim_unit__a_data_profile_serves_steady_values_every_point_decodes_to(tm
                 decoded += 1
         assert decoded == len(profile.points) and cycle.unresolved() == []
     served = {p.name: unit.served(p.name) for p in profile.points}
-    assert all(len(v) == 2 and v[0] == v[1] for v in served.values())  # steady
+    assert all(len(v) == 2 and v[0] == v[1] for v in served.values())  # one cycle: held
     assert len({str(v[0]) for v in served.values()}) > 15  # and not all alike
-    assert sim_unit(profile, 3, seed="y").model_values() != unit.model_values()
+    other = sim_unit(profile, 3, seed="y", clock=lambda: t[0])
+    assert other.model_values() != unit.model_values()
 
 
 # --------------------------------------------------------------------------- onboarding

@@ -16,6 +16,7 @@ import tty
 
 import pytest
 
+from devices import Profile
 from edge.plan import compile_plan
 from edge.profiles import get_profile, modbus_profiles
 from protocols.modbus_frame import (
@@ -129,33 +130,45 @@ async def test_rtu_line__an_answer_unread_when_the_master_closed_is_not_given_to
 # --------------------------------------------------------------------------- d) meter physics
 
 
-def _has_behaviour_model(name: str) -> bool:
-    """Whether the profile's simulator follows a behaviour model (its values move with the
-    clock); a profile no model is named for holds steady values (simulators/generic.py) and
-    promises no physics."""
-    t = [1_763_805_600.0]
-    unit = sim_unit(name, 1, seed=1, clock=lambda: t[0])
-    first = unit.model_values()
-    t[0] += 3600.0
-    return unit.model_values() != first
+def _is_meter_model(name: str) -> bool:
+    """Whether the profile names the energy-meter behaviour model (devices/*.yaml ``simulate:``);
+    a profile naming none gets values from its hints, which promise no physics between points."""
+    profile = get_profile(name)
+    return (
+        getattr(profile, "simulate", None) is not None and profile.simulate.model == "energy_meter"
+    )
 
 
 METERS = sorted(
     n
     for n in modbus_profiles()
-    if any("energy" in p for p in get_profile(n).point_names) and _has_behaviour_model(n)
+    if any("energy" in p for p in get_profile(n).point_names) and _is_meter_model(n)
 )
 PHASES = ("l1", "l2", "l3")
 F32 = 2.0**-23  # float32 relative precision: the wire rounds every value to it
 
 
-def _close(a: float, b: float, *parts: float) -> bool:
+def _close(a: float, b: float, *parts: float, slack: float = 0.0) -> bool:
     scale = max(abs(a), abs(b), *(abs(p) for p in parts), 1e-9)
-    return abs(a - b) <= 4 * F32 * scale * (1 + len(parts))
+    return abs(a - b) <= 4 * F32 * scale * (1 + len(parts)) + slack
 
 
-def meter_invariant_violations(v: dict[str, float], before: dict[str, float] | None) -> list[str]:
-    """The physical rules a meter's points keep, found by their names in the profile:
+def register_steps(profile: Profile, values: dict[str, float]) -> dict[str, float]:
+    """Each integer point's step (its scale, times 10^sf for a SunSpec scale factor): the
+    resolution a meter rounds the register to."""
+    steps = {}
+    for p in profile.points:
+        if p.dtype.is_integer and p.bits is None:
+            sf = values.get(p.scale_register, 0) if p.scale_register else 0
+            steps[p.name] = abs(p.scale) * 10.0 ** int(sf)
+    return steps
+
+
+def meter_invariant_violations(
+    v: dict[str, float], before: dict[str, float] | None, steps: dict[str, float] | None = None
+) -> list[str]:
+    """The physical rules a meter's points keep, found by their names in the profile, each to
+    within float32 precision and half a register ``steps`` of each point it compares:
 
     * ``max_X`` >= ``X`` (a maximum demand is never below the demand), and never falls;
     * ``X_min`` <= ``X_avg`` <= ``X_max`` where all three exist;
@@ -167,6 +180,10 @@ def meter_invariant_violations(v: dict[str, float], before: dict[str, float] | N
     * |power factor| <= 1 and apparent power >= |active power|, phase by phase.
     """
     bad: list[str] = []
+
+    def half(*names: str) -> float:  # the rounding of these registers, at most
+        return sum((steps or {}).get(n, 0.0) for n in names) / 2
+
     for name, value in v.items():
         base = name.removeprefix("max_")
         if base != name and base in v:
@@ -183,11 +200,17 @@ def meter_invariant_violations(v: dict[str, float], before: dict[str, float] | N
         if name.startswith("total_") and "energy" in name:
             rest = name.removeprefix("total_")
             imp, exp_ = v.get(f"import_{rest}"), v.get(f"export_{rest}")
-            if imp is not None and exp_ is not None and not _close(value, imp + exp_, imp, exp_):
+            slack = half(name, f"import_{rest}", f"export_{rest}")
+            if (
+                imp is not None
+                and exp_ is not None
+                and not _close(value, imp + exp_, imp, exp_, slack=slack)
+            ):
                 bad.append(f"{name} {value} != import {imp} + export {exp_}")
     if {"total_power_demand", "import_power_demand", "export_power_demand"} <= set(v):
         imp, exp_ = v["import_power_demand"], v["export_power_demand"]
-        if not _close(v["total_power_demand"], imp - exp_, imp, exp_):
+        slack = half("total_power_demand", "import_power_demand", "export_power_demand")
+        if not _close(v["total_power_demand"], imp - exp_, imp, exp_, slack=slack):
             bad.append(f"total_power_demand {v['total_power_demand']} != {imp} - {exp_}")
     for name in v:
         if not name.endswith("_l1"):
@@ -202,16 +225,20 @@ def meter_invariant_violations(v: dict[str, float], before: dict[str, float] | N
             [quantity] if "energy" in quantity else []
         )
         for total in sums:
-            if additive and total in v and not _close(v[total], sum(parts), *parts):
+            slack = half(total, *(f"{quantity}_{ph}" for ph in PHASES))
+            if additive and total in v and not _close(v[total], sum(parts), *parts, slack=slack):
                 bad.append(f"{total} {v[total]} != sum of phases {sum(parts)}")
-        if f"{quantity}_avg" in v and not _close(v[f"{quantity}_avg"], sum(parts) / 3, *parts):
+        slack = half(f"{quantity}_avg") + half(*(f"{quantity}_{ph}" for ph in PHASES)) / 3
+        avg = v.get(f"{quantity}_avg")
+        if avg is not None and not _close(avg, sum(parts) / 3, *parts, slack=slack):
             bad.append(f"{quantity}_avg {v[f'{quantity}_avg']} != mean of phases")
     for suffix in ("", *(f"_{ph}" for ph in PHASES)):
         pf = v.get(f"power_factor{suffix}")
         if pf is not None and abs(pf) > 1.0:
             bad.append(f"power_factor{suffix} {pf}")
         p, s = v.get(f"power{suffix}"), v.get(f"apparent_power{suffix}")
-        if p is not None and s is not None and s < abs(p) * (1 - 4 * F32):
+        slack = half(f"power{suffix}", f"apparent_power{suffix}")
+        if p is not None and s is not None and s < abs(p) * (1 - 4 * F32) - slack:
             bad.append(f"apparent_power{suffix} {s} < |power{suffix}| {abs(p)}")
     return bad
 
@@ -232,7 +259,10 @@ def test_meter_contract__max_demand_totals_and_counters_keep_their_physics_over_
             regs = unit.read(req.function_code, req.address, req.count)
             assert not isinstance(regs, int), f"exception {regs} to {req}"
             values.update((p.name, v) for p, v in req.decode(regs))
-        bad = meter_invariant_violations(values, before)
+        for p in profile.points:  # a power factor in percent (SunSpec) as the ratio it is
+            if "power_factor" in p.name and p.unit == "%":
+                values[p.name] /= 100.0
+        bad = meter_invariant_violations(values, before, register_steps(profile, values))
         assert not bad, f"at +{t[0] - 1_763_805_600:.0f} s: {bad}"
         before = values
         t[0] += 10.0

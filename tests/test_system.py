@@ -396,6 +396,8 @@ def test_demo__runs_and_prints_plausible_values():
     hz = [r["value"] for r in rows if r["point"] == "frequency"]
     assert len(volts) >= 6 and all(215 < v < 245 for v in volts)
     assert len(hz) >= 6 and all(49.8 < f < 50.2 for f in hz)
+    co2 = [r["value"] for r in rows if r["device"] == "kiosk-co2" and r["point"] == "co2"]
+    assert co2 and all(400 <= v <= 1500 for v in co2)  # a library profile, simulated from data
     assert "missing: none" in res.stderr
 
 
