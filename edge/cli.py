@@ -921,6 +921,14 @@ def _probe_profile(args: argparse.Namespace) -> int:
                 print(f"{head} {_show_value(p, r.value)}")
         for f in failures:
             print(f"failed: {f}")
+        if failures and all("exception 0x02" in f for f in failures) and not any(
+            r.error is None for r in readings
+        ):
+            print(
+                "no register the profile names is served (exception 02 everywhere): a map that "
+                "counts from 1 or writes 30001 / 40001 reads one register off; set address_base "
+                "in the profile, or address_offset on the device (docs/profile-format.md)"
+            )
         doubtful = sum(1 for r in readings if r.hints)
         if doubtful:
             print(f"{doubtful} of {len(readings)} values look wrong: see the hints after them")

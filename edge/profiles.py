@@ -368,6 +368,15 @@ def _point(d: _Draft, i: int, ps: PointSpec, defaults: PointDefaults, base: int)
     if address > 0xFFFF:
         d.at(where, f"point {ps.name!r}: address {ps.address} is PDU address {address}, past 65535")
         return None
+    if ps.byte_order is not None and ps.word_order is not None:
+        # Point itself cannot tell an explicit ABCD from its default: refuse the pair here.
+        if ByteOrder(ps.byte_order).word_order.value != ps.word_order:
+            d.at(
+                ("points", i, "word_order"),
+                f"point {ps.name!r}: word_order {ps.word_order} contradicts byte_order "
+                f"{ps.byte_order}; give byte_order alone",
+            )
+            return None
     byte_order = ps.byte_order or (defaults.byte_order if ps.word_order is None else None)
     try:
         return Point(

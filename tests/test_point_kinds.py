@@ -622,3 +622,48 @@ def test_split_request__fields_of_one_register_stay_in_one_part():
     first, second = split_request(gappy, req)
     assert (first.address, first.count, [p.name for p in first.points]) == (0, 1, ["a", "b"])
     assert (second.address, second.count) == (5, 1)
+
+
+async def test_poller__a_device_serving_none_of_its_points_stays_degraded_and_says_why(caplog):
+    """A map read one register off (1-based, or 40001 written as an address) makes the device
+    answer exception 02 everywhere: every point leaves the plan. It used to go back to 'online'
+    and send nothing; now it stays degraded, all points bad, with one ERROR naming the likely
+    cause and the fix (address_base / address_offset)."""
+    served = Profile(
+        name="acme_two_floats",
+        vendor="Acme",
+        model="T2",
+        points=(
+            Point("a", 0, DataType.FLOAT32, register_type=RegisterType.HOLDING),
+            Point("b", 2, DataType.FLOAT32, register_type=RegisterType.HOLDING),
+        ),
+    )
+    one_off = Profile(  # the same map as a technician copied it from a 4xxxx table
+        name="acme_two_floats_40001",
+        vendor="Acme",
+        model="T2",
+        points=(
+            Point("a", 40001, DataType.FLOAT32, register_type=RegisterType.HOLDING),
+            Point("b", 40003, DataType.FLOAT32, register_type=RegisterType.HOLDING),
+        ),
+    )
+    unit = ProfileSimUnit(served, 3, lambda: {"a": 1.5, "b": 2.5})
+    server = await serve_modbus_tcp([unit])
+    loaded = parse_config(_config(server.port).replace(KINDS.name, "eastron_sdm120"))
+    dev = loaded.config.devices[0]
+    link = ModbusTcpLink("127.0.0.1", server.port)
+    poller = DevicePoller(dev, compile_plan(one_off), link, asyncio.Queue())
+    try:
+        with caplog.at_level(logging.INFO, logger="edge.agent.poller"):
+            sent: dict[str, object] = {}
+            for _ in range(4):
+                sent.update({r.point: r.value for r in await poller.poll_once()})
+    finally:
+        await link.close()
+        await server.close()
+    assert sent == {STATUS_POINT: "degraded", BAD_POINTS: "all"}
+    assert poller.status == "degraded" and poller.requests == []
+    [hint] = [r.getMessage() for r in caplog.records if "serves none" in r.getMessage()]
+    assert "serves none of the 2 points" in hint and "ERROR" in caplog.text
+    assert "address_base" in hint and "address_offset" in hint
+    assert "recovered" not in caplog.text  # nothing is read: it never recovered

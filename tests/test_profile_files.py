@@ -200,6 +200,12 @@ BASE = "name: acme_x\nvendor: ACME\nmodel: X\nsource: ACME X data sheet v1\n"
         (BASE + "points: !!python/object:os.system [ls]\n",
          5, "!!", "tag !!python/object:os.system"),
         ("- just\n- a list\n", 1, "-", "a profile is a YAML mapping"),
+        (BASE + "points:\n  - {name: a, address: 0, data_type: float32, byte_order: ABCD,"
+         " word_order: little}\n",
+         6, "little", "point 'a': word_order little contradicts byte_order ABCD"),
+        (BASE + "points:\n  - {name: a, address: 0, data_type: float32, byte_order: DCBA,"
+         " word_order: big}\n",
+         6, "big", "point 'a': word_order big contradicts byte_order DCBA"),
     ],
 )  # fmt: skip
 def test_check__a_broken_profile_file_is_refused_at_its_line(tmp_path, text, line, at, expect):

@@ -519,6 +519,30 @@ async def test_probe_profile__a_failed_request_names_its_registers(capsys, tmp_p
     assert "230.2 V" in out  # its neighbours were read
 
 
+async def test_probe_profile__a_map_one_register_off_everywhere_gets_the_address_base_hint(
+    capsys, tmp_path
+):
+    """Exception 02 at every register the profile names: the likeliest cause is a 4xxxx map
+    written as addresses (or 1-based); the probe says what to set (a new user's case)."""
+    served = tmp_path / "served.yaml"
+    served.write_text(imported(HA).text)
+    prof = load_profile_file(served)
+    asked = tmp_path / "asked.yaml"
+    asked.write_text(
+        "name: asked40001\nvendor: ACME\nmodel: X\nsource: a copied 4xxxx table\npoints:\n"
+        "  - {name: a, address: 40001, table: holding, data_type: float32}\n"
+        "  - {name: b, address: 40003, table: holding, data_type: float32}\n"
+    )
+    server = await serve_modbus_tcp([ProfileSimUnit(prof, 1, _realistic(prof))])
+    try:
+        code, out, err = await _probe(capsys, server.port, ["--profile", str(asked)])
+    finally:
+        await server.close()
+    assert code == 1, err
+    assert "no register the profile names is served" in out and "address_base" in out
+    # A profile the device serves in part gets no such hint (test above).
+
+
 def test_probe_profile__fc_or_address_with_a_profile_is_refused(capsys):
     code, _out, err = run(["probe", "--tcp", "127.0.0.1:1", "--unit", "1", "--profile",
                           "eastron_sdm630", "--address", "5"], capsys)  # fmt: skip

@@ -213,6 +213,8 @@ class DevicePoller:
         self._breaker(answered, now)
         stamp = self.clock.stamp()
         status = "online" if not errors else "degraded" if answered else "offline"
+        if not self.requests and self.unserved:
+            status = "degraded"  # it answers, but serves none of its points: nothing to send
         if status != self.status:
             # The platform sees health changes as readings, in order with the data.
             self.status = status
@@ -259,6 +261,16 @@ class DevicePoller:
                 p.address,
                 len(self.requests),
             )
+            if not self.requests:
+                log.error(
+                    "device %s serves none of the %d points its profile %s names (exception 02 "
+                    "at every address): it stays degraded and sends no data. A map that counts "
+                    "from 1 or writes 30001 / 40001 reads one register off: set address_base "
+                    "in the profile, or address_offset on the device (docs/profile-format.md)",
+                    self.device.id,
+                    len(self.unserved),
+                    profile.name,
+                )
             return []
         parts = split_request(profile, req)
         self.stats.splits += 1
@@ -362,7 +374,7 @@ class DevicePoller:
             else:
                 for exc in errors:
                     log.debug("device %s: still failing: %s", dev.id, exc)
-        elif self._failing_since is not None:
+        elif self._failing_since is not None and (self.requests or not self.unserved):
             log.info(
                 "device %s recovered after %.1f s (%d failed requests)",
                 dev.id,
