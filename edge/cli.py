@@ -921,8 +921,10 @@ def _probe_profile(args: argparse.Namespace) -> int:
                 print(f"{head} {_show_value(p, r.value)}")
         for f in failures:
             print(f"failed: {f}")
-        if failures and all("exception 0x02" in f for f in failures) and not any(
-            r.error is None for r in readings
+        if (
+            failures
+            and all("exception 0x02" in f for f in failures)
+            and not any(r.error is None for r in readings)
         ):
             print(
                 "no register the profile names is served (exception 02 everywhere): a map that "
