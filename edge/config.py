@@ -951,6 +951,13 @@ def _device_profiles(
         profile = user.get(dev.profile)
         if profile is None:
             if dev.profile not in user.broken:
+                if user.unnamed:  # it may be in a file that could not be read: say so first
+                    at(
+                        (*base, "profile"),
+                        f"unknown device profile {dev.profile!r}, unless it is in "
+                        f"{', '.join(user.unnamed)}, which could not be read (see its problem)",
+                    )
+                    continue
                 known = ", ".join(user.names())
                 at((*base, "profile"), f"unknown device profile {dev.profile!r} (known: {known})")
             continue

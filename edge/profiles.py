@@ -527,6 +527,9 @@ class ProfileSet:
     files: dict[str, str] = field(default_factory=dict)  # user profile name -> its file
     broken: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
+    #: Files that gave no profile name at all (not YAML, not a mapping, over a bound): any
+    #: device's profile may be in one of them.
+    unnamed: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> AnyProfile | None:
         return self.user.get(name) or self.shipped.get(name)
@@ -683,6 +686,7 @@ def load_user_profiles(files: Iterable[Path]) -> ProfileSet:
         {n: files_by_name[n] for n in user},
         broken,
         [p for d in drafts for p in d.problems],
+        [d.source for d in drafts if d.spec is None or not d.spec.name],
     )
 
 

@@ -568,3 +568,17 @@ def test_onboarding__a_new_device_from_files_alone_reaches_the_consumer_as_serve
     floats = [n for n in points if n not in ("serial", "state")]
     assert all(got[("clone-c", n)][0] not in served[(3, n)] for n in floats)  # no override
     assert got[("clone-c", "serial")] and set(got[("clone-c", "serial")]) <= served[(3, "serial")]
+
+
+def test_check__a_device_naming_a_profile_in_an_unreadable_file_points_at_that_file(tmp_path):
+    """A profile file that gives no name at all (two YAML documents, not a mapping): a device
+    naming its profile is not sent hunting through the list of known names, it is told the
+    profile may be in that file (a new user's case: the follow-on error came first and misled)."""
+    bad = profile_file(
+        tmp_path / "profiles", "bad.yaml", BASE.replace("acme_x", "bad") + "points: []\n---\n"
+    )
+    found = problems(gateway(tmp_path, device("bad")))
+    assert any(p.startswith(f"{bad}:") and "second YAML document" in p for p in found), found
+    [follow_on] = [p for p in found if "unknown device profile 'bad'" in p]
+    assert f"unless it is in {bad}, which could not be read" in follow_on
+    assert "known:" not in follow_on
