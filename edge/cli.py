@@ -822,6 +822,10 @@ def _load_beside(path: Path, first) -> Any:
     for name, source in found.files.items():
         if Path(source).resolve() == mine and name in found.user:
             return found.user[name]
+    if found.problems:  # fine itself, but what it extends is not: show that, at its own lines
+        print(f"{path}: a profile it extends has problems:", file=sys.stderr)
+        print(ConfigError(found.problems), file=sys.stderr)
+        return None
     print(first, file=sys.stderr)
     return None
 

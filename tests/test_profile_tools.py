@@ -388,6 +388,25 @@ def test_profile_check__a_file_extending_one_beside_it_is_read_with_its_folder(c
     assert code == 2 and err.startswith(f"{clone}:5:"), err
 
 
+def test_profile_check__a_broken_base_or_a_circle_is_shown_at_its_own_lines(capsys, tmp_path):
+    """The file checked is fine; what it extends is not (a circle, a base with a typo). The
+    cause is shown at its own file and line, not 'there is no such profile' (a new user's case;
+    edge check said it right, edge profile check did not)."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("name: a\nextends: b\npoints: []\n")
+    b.write_text("name: b\nextends: a\npoints: []\n")
+    code, out, err = run(["profile", "check", str(a)], capsys)
+    assert code == 2 and out == "" and "makes a circle" in err, err
+    assert "no such profile" not in err
+    b.write_text(
+        "name: b\nvendor: Acme\nmodel: B\nsource: written for the test\npoints:\n"
+        "  - {name: v, address: 0, data_type: flaot32}\n"
+    )
+    code, out, err = run(["profile", "check", str(a)], capsys)
+    assert code == 2 and f"{b}:6:" in err and "flaot32" in err, err
+    assert "no such profile" not in err
+
+
 BROKEN = {
     "unknown_key": ("  - {name: a, address: 0, data_type: uint16, colour: red}\n", "colour"),
     "overlap": ("  - {name: a, address: 0, data_type: float32}\n"
