@@ -247,3 +247,73 @@ async def test_status_page__refused_commands_never_push_device_problems_off_rece
         assert times == sorted(times, reverse=True)  # newest first, across both budgets
     finally:
         await stop(task)
+
+
+async def test_status__rs485_lines_offline_since_and_times_in_the_gateways_zone(tmp_path):
+    """/status.json gives each RS-485 line's busy share and error counters, an offline
+    device's "since", and times 24 h in time.zone (Hanoi here, the machine runs UTC), with the
+    date when it is not today there; the language is the browser's by q, or the setting's."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from edge.agent.gateway import Gateway
+    from edge.config import parse_config
+    from edge.ops.status import StatusServer
+    from protocols.modbus_frame import LineTiming
+    from simulators import sim_unit
+    from simulators.rtu_line import serve_rtu
+
+    sim = await serve_rtu([sim_unit("eastron_sdm630", 1, seed="page")], LineTiming(9600, "N", 1))
+    devices = "".join(
+        f"""
+  - id: m{u}
+    profile: eastron_sdm630
+    transport: {{type: modbus_rtu, port: {sim.path}, baudrate: 9600, unit: {u}}}
+    timeout_ms: 150
+    retries: 0
+    points: [voltage_l1, frequency]
+"""
+        for u in (1, 2)  # unit 2 is not on the line: offline
+    )
+    text = f"gateway: {{id: gw-page}}\ntime: {{zone: Asia/Ho_Chi_Minh}}\ndevices:{devices}"
+    gateway = Gateway(parse_config(text, "t.yaml", tmp_path))
+    [[link]] = gateway.links.values()
+    await gateway.buffer.open()
+    try:
+        server = StatusServer(gateway, "127.0.0.1", 0, None)
+        await server.snapshot()  # the busy share counts from here
+        for _ in range(2):
+            for poller in gateway.pollers:
+                await poller.poll_once()  # type: ignore[union-attr]
+        await asyncio.sleep(1.0)
+        state = await server.snapshot()
+    finally:
+        await gateway.buffer.close()
+        await link.close()
+        await sim.close()
+    [line] = state["lines"]
+    assert line["line"] == f"modbus_rtu://{sim.path}"
+    assert 0 < line["busy_share"] <= 1 and line["timeouts"] == 2, line
+    assert line["crc_errors"] == 0 and line["garbage_bytes"] == 0
+    hanoi = ZoneInfo("Asia/Ho_Chi_Minh")
+    now = state["time"]
+    assert state["now"] == {"time": datetime.fromtimestamp(now, hanoi).strftime("%H:%M:%S"),
+                            "date": None}  # fmt: skip
+    m1, m2 = state["devices"]
+    assert m1["status"] == "online" and m2["status"] == "offline"
+    went = gateway.pollers[1].status_since  # type: ignore[attr-defined]
+    assert 0 <= now - went < 30
+    assert m2["since"] == {"time": datetime.fromtimestamp(went, hanoi).strftime("%H:%M:%S"),
+                           "date": None}  # fmt: skip
+    yesterday = server.when(now - 86400, now)
+    assert yesterday == {
+        "time": datetime.fromtimestamp(now - 86400, hanoi).strftime("%H:%M:%S"),
+        "date": datetime.fromtimestamp(now - 86400, hanoi).date().isoformat(),
+    }
+    assert [v["unit"] for v in m1["values"]] == ["V", "Hz"]
+    assert server.language("vi-VN,vi;q=0.9,en;q=0.5") == "vi"
+    assert server.language("en;q=0.2, vi") == "vi"  # by q, not by place
+    assert server.language("fr-FR,fr;q=0.9") == "en"
+    assert server.language("") == "en"
+    fixed = Gateway(parse_config(text + "status: {language: vi}\n", "t.yaml", tmp_path))
+    assert StatusServer(fixed, "127.0.0.1", 0, None).language("en-US") == "vi"
