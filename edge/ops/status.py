@@ -45,7 +45,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: The page's languages; the first is the default when the browser asks for none of them.
 LANGUAGES = ("en", "vi")
 #: A key point's trend: one value every TREND_EVERY_S, the last TREND_SIZE of them (5 minutes),
-#: kept by the page's server whether or not anyone looks (bounded: 60 pairs per key point).
+#: kept by the page's server whether or not anyone looks (bounded: 60 floats, about 2 KiB, per
+#: key point).
 TREND_EVERY_S = 5.0
 TREND_SIZE = 60
 
@@ -128,8 +129,9 @@ class StatusServer:
         self.recent = _Recent()
         self._server: asyncio.Server | None = None
         self._sampler: asyncio.Task[None] | None = None
-        #: (device, series) -> (time s, value), the last TREND_SIZE samples of each key point.
-        self.trends: dict[tuple[str, str], collections.deque[tuple[float, float]]] = {}
+        #: (device, series) -> the last TREND_SIZE values of each key point, oldest first.
+        self.trends: dict[tuple[str, str], collections.deque[float]] = {}
+        self._sampled: dict[tuple[str, str], int] = {}  # the time (ms) of each newest sample
         #: line -> (monotonic s, busy s) at the previous look, for the busy share since then.
         self._busy: dict[str, tuple[float, float, float]] = {}
         self.zone = gateway.loaded.time_zone()[0]
@@ -253,11 +255,12 @@ class StatusServer:
             for name, (ts_ms, v) in list(p.last.items()):
                 if name.split(".")[0] not in keys or not _finite(v):
                     continue
-                ring = self.trends.setdefault(
-                    (p.device.id, name), collections.deque(maxlen=TREND_SIZE)
-                )
-                if not ring or ring[-1][0] < ts_ms / 1000:
-                    ring.append((ts_ms / 1000, float(v)))  # type: ignore[arg-type]
+                series = (p.device.id, name)
+                if self._sampled.get(series, -1) >= ts_ms:
+                    continue  # no new reading since the last sample
+                self._sampled[series] = ts_ms
+                ring = self.trends.setdefault(series, collections.deque(maxlen=TREND_SIZE))
+                ring.append(float(v))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ content
 
@@ -294,7 +297,7 @@ class StatusServer:
             }
             ring = self.trends.get((p.device.id, name))
             if key and ring is not None and len(ring) >= 2:
-                row["trend"] = [_show(x) for _, x in ring]
+                row["trend"] = [_show(x) for x in ring]
             rows.append((not key, order.get(name.split(".")[0], len(order)), name, row))
         rows.sort(key=lambda r: r[:3])
         return [r[3] for r in rows]
