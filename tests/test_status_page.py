@@ -310,7 +310,7 @@ async def test_status__rs485_lines_offline_since_and_times_in_the_gateways_zone(
     assert state["now"] == {"time": datetime.fromtimestamp(now, hanoi).strftime("%H:%M:%S"),
                             "date": None}  # fmt: skip
     m1, m2, climate = state["devices"]
-    assert [(v["name"], v["key"]) for v in climate["values"]] == [
+    assert [(v["name"], v["key"]) for v in climate["points"]] == [
         ("temperature", False), ("humidity", False),
         ("temperature_offset", False), ("humidity_offset", False),
     ]  # fmt: skip
@@ -324,7 +324,7 @@ async def test_status__rs485_lines_offline_since_and_times_in_the_gateways_zone(
         "time": datetime.fromtimestamp(now - 86400, hanoi).strftime("%H:%M:%S"),
         "date": datetime.fromtimestamp(now - 86400, hanoi).date().isoformat(),
     }
-    assert [v["unit"] for v in m1["values"]] == ["V", "Hz"]
+    assert [v["unit"] for v in m1["points"]] == ["V", "Hz"]
     assert server.language("vi-VN,vi;q=0.9,en;q=0.5") == "vi"
     assert server.language("en;q=0.2, vi") == "vi"  # by q, not by place
     assert server.language("fr-FR,fr;q=0.9") == "en"

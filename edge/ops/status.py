@@ -341,6 +341,7 @@ class StatusServer:
         for p in g.pollers:
             last = {k: v for k, v in p.last.items() if not k.startswith("_")}
             newest = max((ts for ts, _ in last.values()), default=None)
+            points = self._values(p)
             devices.append(
                 {
                     "id": p.device.id,
@@ -354,7 +355,9 @@ class StatusServer:
                     "last_error": getattr(p.stats, "last_error", None),
                     "age_s": None if newest is None else round(now - newest / 1000, 1),
                     "since": self.when(getattr(p, "status_since", None), now),
-                    "values": self._values(p),
+                    # name -> value, for scripts (as before); the page reads "points"
+                    "values": {v["name"]: v["value"] for v in points},
+                    "points": points,
                 }
             )
         oldest = b.oldest_pending_ms
