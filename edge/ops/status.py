@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import json
 import logging
@@ -150,6 +151,8 @@ class StatusServer:
         logging.getLogger().removeHandler(self.recent)
         if self._sampler is not None:
             self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
