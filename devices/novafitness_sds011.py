@@ -18,7 +18,7 @@ PROFILE = SensorProfile(
     default_line=LineTiming(9600, "N", 1),
     warmup_s=30.0,
     points=(
-        SensorPoint("pm2_5", "µg/m³", DataType.FLOAT64),
+        SensorPoint("pm2_5", "µg/m³", DataType.FLOAT64, key=True),
         SensorPoint("pm10", "µg/m³", DataType.FLOAT64),
     ),
 )

@@ -26,7 +26,7 @@ PROFILE = SensorProfile(
     warmup_s=30.0,
     points=(
         SensorPoint("pm1_0", _UG, description="PM1.0, atmospheric environment"),
-        SensorPoint("pm2_5", _UG, description="PM2.5, atmospheric environment"),
+        SensorPoint("pm2_5", _UG, description="PM2.5, atmospheric environment", key=True),
         SensorPoint("pm10", _UG, description="PM10, atmospheric environment"),
         SensorPoint("pm1_0_cf1", _UG, description="PM1.0, CF=1 (standard particle)"),
         SensorPoint("pm2_5_cf1", _UG),

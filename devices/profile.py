@@ -137,6 +137,8 @@ class Point:
     wrap: float | None = None  # a counter's modulus, in the point's unit (None: never wraps)
     #: How a simulator makes its values (docs/profile-format.md §16); the gateway never reads it.
     simulate: SimHint | None = None
+    #: A key point: the status page shows it first, with a trend; the rest fold behind a tap.
+    key: bool = False
 
     def __post_init__(self) -> None:
         # Plain strings (from a data file) become the enums; anything else is refused by name.
@@ -717,6 +719,7 @@ class SensorPoint:
     kind: Kind = Kind.GAUGE  # as for a register point (Point.kind, Point.wrap, Point.labels)
     wrap: float | None = None
     labels: tuple[tuple[int, str], ...] = ()
+    key: bool = False  # as Point.key
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

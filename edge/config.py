@@ -375,6 +375,8 @@ class StatusConfig(_Model, settings.StatusConfig):
     #: host:port; loopback by default. Any other address exposes the page and needs a token.
     listen: str = "127.0.0.1:8080"
     token_file: str | None = None  # a secret asked for as ?token= or "Authorization: Bearer"
+    #: The page's language: vi or en, or auto (the browser's Accept-Language; English else).
+    language: Literal["auto", "vi", "en"] = "auto"
 
     @field_validator("listen")
     @classmethod

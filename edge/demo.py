@@ -16,8 +16,8 @@ import math
 import shutil
 import sys
 import tempfile
-import time
 import zlib
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +37,7 @@ __all__ = ["SimulatedCabinet", "default_demo_config", "run_demo", "simulate_cabi
 
 log = logging.getLogger(__name__)
 
+#: Series shown besides the profile's key points (by point name: ``pm2_5`` covers ``pm2_5.mean``).
 HEADLINE = (
     "voltage_l1",
     "voltage",
@@ -58,8 +59,6 @@ HEADLINE = (
     "co2",
     "pm2_5",
     "pm10",
-    "pm2_5.mean",
-    "pm2_5.max",
 )
 
 
@@ -105,10 +104,12 @@ class LiveView:
     def __init__(self, loaded: LoadedConfig, *, jsonl: bool, out=sys.stdout) -> None:
         self.jsonl = jsonl
         self.out = out
-        self.units = {
-            d.id: {p.name: p.unit for p in loaded.profiles[d.id].points}
+        #: device -> its profile's points, in profile order: name -> (unit, key)
+        self.points = {
+            d.id: {p.name: (p.unit, p.key) for p in loaded.profiles[d.id].points}
             for d in loaded.config.devices
         }
+        self.zone = loaded.time_zone()[0]
         self.readings = 0
         self.batches = 0
         self.entries = 0
@@ -127,15 +128,9 @@ class LiveView:
         for r in batch.readings:
             latest.setdefault(r.device, {})[r.point] = r.value
             counts[r.device] = counts.get(r.device, 0) + 1
-        clock = time.strftime("%H:%M:%S", time.localtime(header.created_ms / 1000))
+        clock = datetime.fromtimestamp(header.created_ms / 1000, self.zone).strftime("%H:%M:%S")
         for device, values in latest.items():
-            units = self.units.get(device, {})
-            shown = [
-                f"{name}={_fmt(values[name])}{(' ' + units[name]) if units.get(name) else ''}"
-                for name in HEADLINE
-                if name in values
-            ]
-            shown += _lighting(values)
+            shown = self.headline(device, values)
             print(
                 f"{clock} batch {header.seq:<4} {device:<19} {counts[device]:>3} readings  "
                 + "  ".join(shown),
@@ -147,6 +142,32 @@ class LiveView:
                 file=self.out,
             )
         self.out.flush()
+
+    def headline(self, device: str, values: dict[str, object]) -> list[str]:
+        """What one line shows of a device's batch, never nothing: its key points and the
+        usual headline series, each window aggregate (``pm2_5.mean``) with its point's unit, in
+        profile order; else its first values; else its health (``_status`` ...)."""
+        points = self.points.get(device, {})
+        order = {name: i for i, name in enumerate(points)}
+
+        def base(name: str) -> str:
+            return name.split(".")[0]
+
+        def show(name: str) -> str:
+            unit = "" if name.endswith(".count") else points.get(base(name), ("", False))[0]
+            return f"{name}={_fmt(values[name])}{(' ' + unit) if unit else ''}"
+
+        data = sorted(
+            (n for n in values if not n.startswith("_")),
+            key=lambda n: (order.get(base(n), len(order)), n),
+        )
+        chosen = [
+            n for n in data if points.get(base(n), ("", False))[1] or base(n) in HEADLINE
+        ] or data[:6]
+        shown = [show(n) for n in chosen] + _lighting(values)
+        if not shown:  # health only (a window not yet closed, a device offline)
+            shown = [f"{n.lstrip('_')}={_fmt(v)}" for n, v in sorted(values.items())]
+        return shown
 
     def entry(self, gateway: str, site: str, o: EntryOutcome) -> None:
         """A parking meter entry the ledger accepted (signature verified, first time seen)."""
@@ -160,7 +181,7 @@ class LiveView:
                 method = Method(msg.method).name.lower()
             except ValueError:
                 method = str(msg.method)
-            clock = time.strftime("%H:%M:%S")
+            clock = datetime.now(self.zone).strftime("%H:%M:%S")
             print(
                 f"{clock} parking  {o.entry.meter:<12} #{o.entry.seq:<5} paid "
                 f"{msg.amount_vnd:>9,} VND by {method:<15} {msg.transaction_id} (signed)",

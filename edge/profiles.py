@@ -193,6 +193,7 @@ class PointSpec(StrictModel):
     limits: list[float] | None = None
     description: str = ""
     simulate: PointSimSpec | None = None
+    key: bool = False
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -399,6 +400,7 @@ def _point(d: _Draft, i: int, ps: PointSpec, defaults: PointDefaults, base: int)
             kind=ps.kind or defaults.kind or "gauge",  # type: ignore[arg-type]
             wrap=ps.wrap,
             simulate=ps.simulate.hint() if ps.simulate is not None else None,
+            key=ps.key,
         )
     except ProfileError as exc:
         d.at(_key_path(d, i, exc.field), str(exc))

@@ -70,11 +70,19 @@ class Chromium:
                 raise RuntimeError("chromium exited")
             self._buf += chunk
 
-    def open(self, url: str) -> None:
-        target = self.call("Target.createTarget", url=url)["targetId"]
+    def open(self, url: str, accept_language: str | None = None) -> None:
+        """Open ``url`` in a new tab; ``accept_language`` (e.g. ``"vi,en;q=0.5"``) is what the
+        tab's requests send, as a browser set to that language does."""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
             "sessionId"
         ]
+        if accept_language is not None:
+            agent = self.call("Browser.getVersion")["userAgent"]
+            self.call(
+                "Emulation.setUserAgentOverride", userAgent=agent, acceptLanguage=accept_language
+            )
+        self.call("Page.navigate", url=url)
 
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)

@@ -582,3 +582,34 @@ def test_check__a_device_naming_a_profile_in_an_unreadable_file_points_at_that_f
     [follow_on] = [p for p in found if "unknown device profile 'bad'" in p]
     assert f"unless it is in {bad}, which could not be read" in follow_on
     assert "known:" not in follow_on
+
+
+# --------------------------------------------------------------------------- key points
+
+
+def test_profile_file__key_marks_the_points_a_technician_reads_first(tmp_path):
+    """``key: true`` (docs/profile-format.md §0.2) marks the points the status page shows first;
+    a wrong value is refused at its line; every shipped meter marks voltage, current, total
+    power, frequency and import energy, the water and air sensors their level and PM2.5."""
+    text = (
+        BASE
+        + "readable_ranges: {holding: [[0, 2]]}\n"
+        + "defaults: {table: holding, data_type: uint16}\npoints:\n"
+        + "  - {name: a, address: 0}\n  - {name: b, address: 1, key: true}\n"
+    )
+    got = load_profile_file(profile_file(tmp_path, "k.yaml", text))
+    assert [(p.name, p.key) for p in got.points] == [("a", False), ("b", True)]
+    with pytest.raises(ConfigError, match="key"):
+        load_profile_file(profile_file(tmp_path, "bad.yaml", text.replace("key: true", "key: 7")))
+    shipped = shipped_profiles()
+    names = {n: {q.name for q in p.points} for n, p in shipped.items()}
+    meters = [p for n, p in shipped.items() if {"frequency", "voltage_l1"} <= names[n]]
+    assert len(meters) >= 10
+    for meter in meters:
+        keys = {p.name for p in meter.points if p.key}
+        assert {"voltage_l1", "current_l3", "total_power", "frequency"} <= keys, meter.name
+    single = {p.name for p in shipped["eastron_sdm120"].points if p.key}
+    assert single == {"voltage", "current", "power", "frequency", "import_energy"}
+    assert [p.name for p in shipped["dfrobot_urm14"].points if p.key] == ["distance"]
+    for air in ("plantower_pms5003", "novafitness_sds011"):
+        assert [p.name for p in shipped[air].points if p.key] == ["pm2_5"]

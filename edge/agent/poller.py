@@ -111,6 +111,7 @@ class DevicePoller:
         self.stats = PollStats()
         self.interval_s = device.poll_interval_s  # a platform command may change it
         self.status: str | None = None  # online / degraded / offline, once known
+        self.status_since: float | None = None  # wall-clock time of its last change, for the page
         self.bad_points: str | None = None  # last value sent on BAD_POINTS
         self.unserved: set[str] = set()  # points the device refused one by one (exception 02)
         self.undecodable: dict[str, str] = {}  # point -> why its registers gave no value
@@ -218,6 +219,7 @@ class DevicePoller:
         if status != self.status:
             # The platform sees health changes as readings, in order with the data.
             self.status = status
+            self.status_since = time.time()
             readings.append(stamp.reading(dev.id, STATUS_POINT, status))
         n_points = sum(len(r.points) for r in self.requests) + len(self.unserved)
         bad_value = (

@@ -205,6 +205,7 @@ class SensorPoller:
         self.warmup_s = profile.warmup_s if device.warmup_s is None else device.warmup_s
         self.stats = SensorStats()
         self.status: str | None = None
+        self.status_since: float | None = None  # wall-clock time of its last change, for the page
         self.bad_points: str | None = None
         self.last: dict[str, tuple[int, object]] = {}
         self._port: _Port | None = None
@@ -518,6 +519,7 @@ class SensorPoller:
             elif self.status == "offline":
                 log.info("sensor %s answers again", self.device.id)
             self.status = status
+            self.status_since = time.time()
             out.append(stamp.reading(self.device.id, STATUS_POINT, status))
         bad = "" if status == "online" else "all"
         if bad != self.bad_points:

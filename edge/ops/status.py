@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import json
 import logging
 import math
 import time
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +43,13 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: The page's languages; the first is the default when the browser asks for none of them.
+LANGUAGES = ("en", "vi")
+#: A key point's trend: one value every TREND_EVERY_S, the last TREND_SIZE of them (5 minutes),
+#: kept by the page's server whether or not anyone looks (bounded: 60 floats, about 2 KiB, per
+#: key point).
+TREND_EVERY_S = 5.0
+TREND_SIZE = 60
 
 
 #: Loggers whose warnings come from outside the gateway's own work, each kept in a budget of
@@ -120,6 +129,13 @@ class StatusServer:
         self.token = token
         self.recent = _Recent()
         self._server: asyncio.Server | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        #: (device, series) -> the last TREND_SIZE values of each key point, oldest first.
+        self.trends: dict[tuple[str, str], collections.deque[float]] = {}
+        self._sampled: dict[tuple[str, str], int] = {}  # the time (ms) of each newest sample
+        #: line -> (monotonic s, busy s) at the previous look, for the busy share since then.
+        self._busy: dict[str, tuple[float, float, float]] = {}
+        self.zone = gateway.loaded.time_zone()[0]
 
     @property
     def url(self) -> str:
@@ -129,9 +145,14 @@ class StatusServer:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         logging.getLogger().addHandler(self.recent)
+        self._sampler = asyncio.create_task(self._sample_forever(), name="status-trends")
 
     async def close(self) -> None:
         logging.getLogger().removeHandler(self.recent)
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -190,13 +211,128 @@ class StatusServer:
         if url.path == "/":
             return 200, "text/html; charset=utf-8", PAGE.encode()
         if url.path == "/status.json":
-            body = json.dumps(await self.snapshot(), allow_nan=False)  # strict JSON for scripts
+            state = await self.snapshot()
+            state["language"] = self.language(headers.get("accept-language", ""))
+            body = json.dumps(state, allow_nan=False)  # strict JSON for scripts
             return 200, "application/json", body.encode()
         if url.path == "/metrics":
             return 200, "text/plain; version=0.0.4", (await self.metrics()).encode()
         return 404, "text/plain", b"not found\n"
 
+    def language(self, accept: str) -> str:
+        """The page's language: ``status.language``, or the first of the browser's
+        ``Accept-Language`` (RFC 9110 §12.5.4, by q) the page speaks, or English."""
+        chosen = getattr(self.gateway.loaded.config.status, "language", "auto")
+        if chosen in LANGUAGES:
+            return chosen
+        ranked = []
+        for i, part in enumerate(accept.split(",")):
+            tag, _, params = part.strip().partition(";")
+            q = 1.0
+            if params.strip().startswith("q="):
+                try:
+                    q = float(params.strip()[2:])
+                except ValueError:
+                    q = 0.0
+            ranked.append((-q, i, tag.strip().lower().split("-")[0]))
+        for neg_q, _, tag in sorted(ranked):
+            if tag in LANGUAGES and neg_q < 0:
+                return tag
+        return LANGUAGES[0]
+
+    # ------------------------------------------------------------------ trends
+
+    async def _sample_forever(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except Exception:  # never let the page stop the gateway
+                log.debug("status trends: sampling failed", exc_info=True)
+            await asyncio.sleep(TREND_EVERY_S)
+
+    def sample(self) -> None:
+        """Keep each key point's newest value in its trend (once per new reading)."""
+        for p in self.gateway.pollers:
+            profile = self.gateway.loaded.profiles.get(p.device.id)
+            keys = {pt.name for pt in getattr(profile, "points", ()) if pt.key}
+            for name, (ts_ms, v) in list(p.last.items()):
+                if name.split(".")[0] not in keys or not _finite(v):
+                    continue
+                series = (p.device.id, name)
+                if self._sampled.get(series, -1) >= ts_ms:
+                    continue  # no new reading since the last sample
+                self._sampled[series] = ts_ms
+                ring = self.trends.setdefault(series, collections.deque(maxlen=TREND_SIZE))
+                ring.append(float(v))  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ content
+
+    def when(self, ts: float | None, now: float) -> dict[str, str | None] | None:
+        """A moment in the gateway's zone (LoadedConfig.time_zone): 24 h ``time``, and the
+        ``date`` (ISO) when it is not today there; the page writes the date its language's way."""
+        if ts is None:
+            return None
+        at = datetime.fromtimestamp(ts, self.zone)
+        today = datetime.fromtimestamp(now, self.zone).date()
+        return {
+            "time": at.strftime("%H:%M:%S"),
+            "date": None if at.date() == today else at.date().isoformat(),
+        }
+
+    def _values(self, p: Any) -> list[dict[str, Any]]:
+        """The device's last values with their units: the profile's key points first, then
+        the rest, each group in profile order (a series ``x.mean`` where its point ``x`` is)."""
+        profile = self.gateway.loaded.profiles.get(p.device.id)
+        points = list(getattr(profile, "points", ()))
+        order = {pt.name: i for i, pt in enumerate(points)}
+        by_name = {pt.name: pt for pt in points}
+        rows = []
+        for name, (_, v) in p.last.items():
+            if name.startswith("_"):
+                continue
+            pt = by_name.get(name.split(".")[0])
+            key = bool(pt is not None and pt.key)
+            row: dict[str, Any] = {
+                "name": name,
+                "value": _show(v),
+                "unit": pt.unit if pt is not None else "",
+                "key": key,
+            }
+            ring = self.trends.get((p.device.id, name))
+            if key and ring is not None and len(ring) >= 2:
+                row["trend"] = [_show(x) for x in ring]
+            rows.append((not key, order.get(name.split(".")[0], len(order)), name, row))
+        rows.sort(key=lambda r: r[:3])
+        return [r[3] for r in rows]
+
+    def _lines(self) -> list[dict[str, Any]]:
+        """Each RS-485 line's share of time busy since the page last looked (or since it
+        started), and its error counters (edge/fieldbus/rtu.py LineStats)."""
+        out = []
+        mono = time.monotonic()
+        for name, links in self.gateway.links.items():
+            for i, link in enumerate(links):
+                st = getattr(link, "stats", None)
+                if st is None or not hasattr(st, "busy_s"):
+                    continue
+                label = name if len(links) == 1 else f"{name}#{i}"
+                then, busy_then, share = self._busy.get(label, (mono, 0.0, 0.0))
+                if mono - then >= 1.0:
+                    share = min(1.0, max(0.0, (st.busy_s - busy_then) / (mono - then)))
+                    self._busy[label] = (mono, st.busy_s, share)
+                elif label not in self._busy:
+                    self._busy[label] = (mono, st.busy_s, 0.0)
+                out.append(
+                    {
+                        "line": label,
+                        "busy_share": round(share, 3),
+                        "transactions": st.transactions,
+                        "timeouts": st.timeouts,
+                        "crc_errors": st.crc_errors,
+                        "garbage_bytes": st.garbage_bytes,
+                    }
+                )
+        return out
 
     async def snapshot(self) -> dict[str, Any]:
         g = self.gateway
@@ -208,6 +344,7 @@ class StatusServer:
         for p in g.pollers:
             last = {k: v for k, v in p.last.items() if not k.startswith("_")}
             newest = max((ts for ts, _ in last.values()), default=None)
+            points = self._values(p)
             devices.append(
                 {
                     "id": p.device.id,
@@ -220,7 +357,10 @@ class StatusServer:
                     "errors": sum(p.stats.errors_by_kind.values()),
                     "last_error": getattr(p.stats, "last_error", None),
                     "age_s": None if newest is None else round(now - newest / 1000, 1),
-                    "values": {k: _show(v) for k, (_, v) in sorted(last.items())[:12]},
+                    "since": self.when(getattr(p, "status_since", None), now),
+                    # name -> value, for scripts (as before); the page reads "points"
+                    "values": {v["name"]: v["value"] for v in points},
+                    "points": points,
                 }
             )
         oldest = b.oldest_pending_ms
@@ -228,6 +368,9 @@ class StatusServer:
             "gateway": cfg.gateway.id,
             "site": cfg.gateway.site,
             "time": now,
+            "now": self.when(now, now),
+            "zone": str(self.zone),
+            "lines": self._lines(),
             "uplink": {
                 "broker": cfg.mqtt.url,
                 "connected": f.connected,
@@ -255,7 +398,9 @@ class StatusServer:
                 "uncertain_total": g.time_stats.uncertain,
             },
             "devices": devices,
-            "recent": self.recent.newest_first(),
+            "recent": [
+                {**e, "when": self.when(e["time"], now)} for e in self.recent.newest_first()
+            ],
         }
 
     async def metrics(self) -> str:
@@ -503,6 +648,12 @@ class StatusServer:
 
 def _esc(v: str) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _finite(v: object) -> bool:
+    return (
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # type: ignore[arg-type]
+    )
 
 
 def _show(v: object) -> object:
