@@ -369,13 +369,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.profile and _is_sensor(args.profile):
             return await _serve_sensor(args)
         if args.profile_file is not None:
-            from edge.config_schema import ConfigError
-            from edge.profiles import load_profile_file
-
-            try:
-                args.profile = load_profile_file(args.profile_file)
-            except ConfigError as exc:
-                print(exc, file=sys.stderr)
+            # As `edge profile check` reads it: a file extending one beside it is read with its
+            # folder, a shipped file (devices/*.yaml) as the shipped profile it is.
+            args.profile = _load_profile_arg("--profile-file", str(args.profile_file))
+            if args.profile is None:
                 return EXIT_CONFIG
         try:
             specs = [(args.profile, u) for u in (args.unit or [1])] if args.profile else []

@@ -613,3 +613,33 @@ def test_profile_file__key_marks_the_points_a_technician_reads_first(tmp_path):
     assert [p.name for p in shipped["dfrobot_urm14"].points if p.key] == ["distance"]
     for air in ("plantower_pms5003", "novafitness_sds011"):
         assert [p.name for p in shipped[air].points if p.key] == ["pm2_5"]
+
+
+def test_sim_profile_file__reads_a_file_as_profile_check_does(tmp_path):
+    """`edge sim --profile-file` takes what `edge profile check` takes: a file extending a broken
+    one beside it is refused at the base's own line (it said 'no such profile'), and a shipped
+    or library file serves as the shipped profile it is (it was refused for its name)."""
+    base = profile_file(
+        tmp_path,
+        "base.yaml",
+        BASE.replace("acme_x", "base") + "points:\n  - {name: v, address: 0, data_type: flaot32}\n",
+    )
+    child = profile_file(tmp_path, "child.yaml", "name: child\nextends: base\npoints: []\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "edge", "sim", "--profile-file", str(child), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and f"{base}:6:" in res.stderr and "flaot32" in res.stderr
+    assert "no such profile" not in res.stderr and "Traceback" not in res.stderr
+    out = tmp_path / "sim.out"
+    proc = _start(
+        "sim", "--profile-file", str(ROOT / "devices" / "senseair_k30.yaml"), "--port", "0",
+        cwd=ROOT, out=out,
+    )  # fmt: skip
+    try:
+        assert "senseair_k30" in _first_line(proc, out)
+    finally:
+        _stop(proc)
