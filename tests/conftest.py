@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, simulators, config writing."""
+"""Shared fixtures: a real Mosquitto on a free loopback port, a real PostgreSQL server (one per
+session, a database per test), simulators, config writing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from edge.uplink.broker import free_port
 from tests.batch_decoders import ensure_js_decoder
+from tests.engines import Postgres, postgres_bindir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -129,6 +131,36 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (Debian's ``postgresql``; started in ~2 s)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        if os.environ.get("EDGE_REQUIRE_POSTGRES"):
+            pytest.fail("EDGE_REQUIRE_POSTGRES is set but no PostgreSQL server was found")
+        pytest.skip("no PostgreSQL server on this machine (apt-get install postgresql; CI does)")
+    server = Postgres(bindir)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres(postgres_server: Postgres) -> Iterator[Postgres]:
+    """The session's PostgreSQL server, running when the test starts (a test may stop it)."""
+    if not postgres_server.running():
+        postgres_server.start()
+    yield postgres_server
+    if not postgres_server.running():
+        postgres_server.start()
+
+
+@pytest.fixture
+def pg_dsn(postgres: Postgres) -> str:
+    """The DSN of a new, empty database on the session's server: tests never share tables."""
+    return postgres.new_database()
 
 
 @pytest.fixture
