@@ -1,4 +1,4 @@
-"""The ``edge`` command: run, check, sim, consume, demo."""
+"""The ``edge`` command: run, check, sim, consume, broker-setup, demo."""
 
 from __future__ import annotations
 
@@ -1075,6 +1075,19 @@ def cmd_consume(args: argparse.Namespace) -> int:
     )
     from edge.platform.ledger import EntryOutcome, TxLedger, entry_json
 
+    if args.amqp and not getattr(args, "store", None):
+        # Competing consumers each get some of the births: only a shared store names them all.
+        print(
+            "edge consume: --amqp needs --store postgresql://…: consumers sharing a queue each "
+            "see only some births, so readings are named in the shared store",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if args.broker is None and not args.amqp:
+        print(
+            "edge consume: give --broker mqtt://HOST:PORT (or --amqp with --store)", file=sys.stderr
+        )
+        return EXIT_CONFIG
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
         writer.writerow(CSV_COLUMNS)
@@ -1145,6 +1158,54 @@ def cmd_consume(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go())
+
+
+def _amqp_url(text: str) -> str:
+    """An argparse type: an amqp:// or amqps:// URL (the message never repeats a password)."""
+    from edge.platform.amqp import check_amqp_url
+
+    try:
+        return check_amqp_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _topic_prefix(text: str) -> str:
+    """An argparse type: an MQTT topic prefix as mqtt.topic_prefix takes it."""
+    if not text.strip("/") or "#" in text or "+" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a topic prefix: give mqtt.topic_prefix of the gateways, "
+            "e.g. city/v1 (no '#' or '+')"
+        )
+    return text
+
+
+def cmd_broker_setup(args: argparse.Namespace) -> int:
+    """Declare the RabbitMQ topology (edge/platform/amqp.py) on the first node that answers."""
+    from edge.platform.amqp import AmqpError, ExtraMissing, declare_topology, redact
+
+    async def go() -> int:
+        problems = []
+        for url in args.amqp:
+            try:
+                lines, alternate = await declare_topology(url, args.topic_prefix)
+            except AmqpError as exc:
+                print(f"edge broker-setup: {exc}", file=sys.stderr)
+                problems.append(str(exc))
+                continue
+            print(f"broker {redact(url)}: topology for topics {args.topic_prefix.strip('/')}/…")
+            for line in lines:
+                print(line)
+            sys.stdout.flush()
+            return 0 if alternate else 1
+        print(f"edge broker-setup: no node answered ({len(problems)} tried)", file=sys.stderr)
+        return 1
+
+    try:
+        return _run(go())
+    except ExtraMissing as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -1404,7 +1465,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sim_meters)
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    p.add_argument("--broker", help="mqtt://HOST:PORT")
+    p.add_argument(
+        "--amqp",
+        action="append",
+        type=_amqp_url,
+        metavar="URL",
+        help="consume the RabbitMQ queue edge.platform instead (amqp://USER:PASSWORD@HOST:PORT/; "
+        "repeat for each node of a cluster); needs --store",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=_whole(1, 65535),
+        default=100,
+        help="with --amqp: messages held unacknowledged at once (default 100)",
+    )
     p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
     p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument(
@@ -1440,6 +1515,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconcile-json", type=Path, help="write the parking reconciliation here on exit"
     )
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser(
+        "broker-setup",
+        help="declare the RabbitMQ queues and bindings gateways and consumers need (before "
+        "gateways connect)",
+    )
+    p.add_argument(
+        "--amqp",
+        action="append",
+        required=True,
+        type=_amqp_url,
+        metavar="URL",
+        help="a node (amqp://USER:PASSWORD@HOST:PORT/); repeat: the first that answers is used",
+    )
+    p.add_argument(
+        "--topic-prefix",
+        type=_topic_prefix,
+        default="city/v1",
+        help="the gateways' mqtt.topic_prefix (default city/v1)",
+    )
+    p.set_defaults(func=cmd_broker_setup)
 
     p = sub.add_parser(
         "reconcile", help="the parking reconciliation per meter and day, from a consumer's ledger"

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -104,6 +106,8 @@ def _aio_pika(command: str = "edge consume --amqp") -> Any:
         import aio_pika
     except ImportError:
         raise ExtraMissing(command) from None
+    # aiormq logs a refused connection at ERROR with its own words; the caller reports it.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
     return aio_pika
 
 
@@ -208,8 +212,11 @@ def _describe(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "no answer (timed out)"
-    if isinstance(exc, ConnectionRefusedError):
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
         return "connection refused (is RabbitMQ running there, on this port?)"
+    if code is not None and len(exc.args) > 1:
+        return f"{os.strerror(code).lower()} ({code})"
     text = str(exc).strip()
     if "ACCESS_REFUSED" in text or name == "ProbableAuthenticationError":
         return "the broker refused the user or password (ACCESS_REFUSED)"
