@@ -173,6 +173,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} "
         f"bytes{in_use})"
     )
+    if cfg.mqtt.failover_urls:
+        print(
+            f"  broker failover, in turn after {cfg.mqtt.url}: {', '.join(cfg.mqtt.failover_urls)}"
+        )
     _print_time(loaded)
     for name, file in sorted(loaded.profile_files.items()):
         print(f"  user profile {name}: {file}")

@@ -12,6 +12,8 @@ waited ``batch_max_delay_ms``. Everything waits on events or timers; nothing pol
 Reconnects use tenacity: exponential backoff from ``reconnect_min_s`` (the floor) to
 ``reconnect_max_s`` (the cap) with jitter; the attempt count resets only after a session stayed
 up ``stable_after_s``. An outage is logged once at ERROR, then DEBUG, and INFO on recovery.
+With ``mqtt.failover_urls`` (other nodes of one broker cluster), each attempt after a failed
+connect or a lost session goes to the next node, round robin, with the same backoff.
 
 Broker limits (edge/uplink/client.py has what Mosquitto was measured to do). The forwarder speaks
 MQTT 5 and falls back to 3.1.1, with one WARNING, when the broker refuses 5
@@ -109,6 +111,7 @@ class ForwarderStats:
     last_seq_acked: int | None = None
     entries_sent: int = 0  # parking meter entries acknowledged by the broker
     protocol: str = ""  # "5" or "3.1.1" once connected
+    broker: str = ""  # the node of mqtt.url / mqtt.failover_urls of the last session
     max_packet_bytes: int | None = None  # the limit messages are kept under (None: no limit)
     birth_parts: int = 0  # parts the last birth went out in (1: whole)
     #: Messages the broker acknowledged with a reason code >= 0x80 (not delivered, kept), by
@@ -234,6 +237,10 @@ class Forwarder:
         # Refusals in a row, by topic: reason code -> monotonic time it was first seen.
         self._refusing: dict[str, dict[int, float]] = {}
         self._refusals_in_row: dict[str, int] = {}
+        #: mqtt.url, then mqtt.failover_urls: the nodes of one broker cluster, tried in turn.
+        self._urls: list[str] = list(cfg.urls)
+        self._url_index = 0
+        self._last_url = self._urls[0]  # the node the last session tried
 
     # The writer calls this after every commit.
     def notify_appended(self) -> None:
@@ -242,16 +249,28 @@ class Forwarder:
         self._wakes += 1
         self._wake.set()
 
+    @property
+    def broker_url(self) -> str:
+        """The broker node this session uses (or the next one tries)."""
+        return self._urls[self._url_index]
+
+    def _next_broker(self) -> None:
+        """The next attempt goes to the next node of mqtt.failover_urls (round robin)."""
+        if len(self._urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self._urls)
+            log.debug("uplink: the next attempt goes to %s", self.broker_url)
+
     def _client(self, boot: int, *, v5: bool) -> UplinkClient:
         cfg = self.cfg
+        host, port = cfg.endpoint(self.broker_url)
         session: dict[str, object] = (
             {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True}
             if v5
             else {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": True}
         )
         return UplinkClient(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=cfg.client_id or self.gateway_id,
             username=cfg.username,
             password=self.password,
@@ -290,9 +309,11 @@ class Forwarder:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.error(
-                "uplink to %s down: %s; retrying with backoff (logged at DEBUG until it recovers)",
-                self.cfg.url,
+                "uplink to %s down: %s; retrying with backoff%s (logged at DEBUG until it "
+                "recovers)",
+                self._last_url,
                 exc,
+                f", node after node of {len(self._urls)}" if len(self._urls) > 1 else "",
             )
         else:
             log.debug(
@@ -327,7 +348,9 @@ class Forwarder:
             if silent:
                 self._retry_v5_at = time.monotonic() + RETRY_V5_AFTER_SILENCE_S
             if self._fallback_logged:
-                log.debug("broker at %s: MQTT 5 still unanswered; MQTT 3.1.1 again", self.cfg.url)
+                log.debug(
+                    "broker at %s: MQTT 5 still unanswered; MQTT 3.1.1 again", self.broker_url
+                )
                 return client
             self._fallback_logged = True
             cap = self.cfg.max_packet_bytes
@@ -335,7 +358,7 @@ class Forwarder:
                 "broker at %s does not speak MQTT 5 (%s); using MQTT 3.1.1%s. "
                 "Under 3.1.1 a broker cannot refuse a message: one it drops for its size or "
                 "its ACL is acknowledged like a delivered one, and lost. %s",
-                self.cfg.url,
+                self.broker_url,
                 self._describe(exc),
                 f" (MQTT 5 is tried again every {RETRY_V5_AFTER_SILENCE_S / 60:g} min, in case "
                 "the broker was only slow)"
@@ -378,15 +401,18 @@ class Forwarder:
     async def _session(self) -> None:
         started = time.monotonic()
         boot = await self.buffer.boot()
+        self._last_url = self.broker_url
         try:
             try:
                 client = await self._connect(boot)
             except aiomqtt.MqttError as exc:
                 self.stats.connect_failures += 1
+                self._next_broker()
                 raise _SessionFailed(self._describe(exc)) from None
             try:
                 self.stats.sessions += 1
                 self.stats.connected = True
+                self.stats.broker = self.broker_url
                 self._session_limits(client)
                 self._birth_inflight = None
                 await self._publish_birth(client)
@@ -399,7 +425,7 @@ class Forwarder:
                 if self._outage_since is not None:
                     log.info(
                         "uplink to %s restored after %.1f s",
-                        self.cfg.url,
+                        self.broker_url,
                         time.monotonic() - self._outage_since,
                     )
                     self._outage_since = None
@@ -407,7 +433,7 @@ class Forwarder:
                     limit = self._packet_limit
                     log.info(
                         "uplink to %s connected (MQTT %s, %s)",
-                        self.cfg.url,
+                        self.broker_url,
                         self.stats.protocol,
                         f"messages kept under {limit} bytes from {self._describe_limit()}"
                         if limit
@@ -443,6 +469,7 @@ class Forwarder:
                     pass
         except aiomqtt.MqttError as exc:
             self.stats.publish_failures += 1
+            self._next_broker()
             await self._after_failed_session()
             if time.monotonic() - started >= self.cfg.stable_after_s:
                 log.error("uplink lost after a stable session: %s", self._describe(exc))
