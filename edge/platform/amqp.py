@@ -225,17 +225,17 @@ def _describe(exc: BaseException) -> str:
     return text or name
 
 
-async def _declare_queues(channel: Any, topic_prefix: str) -> list[str]:
+async def _declare_queues(channel: Any, topic_prefix: str, name: str = QUEUE) -> list[str]:
     """Declare the topology on ``channel``; return one line per thing declared."""
     aio_pika = _aio_pika()
     lines = []
-    queue = await channel.declare_queue(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
     lines.append(
-        f"quorum queue {QUEUE}: declared ({queue.declaration_result.message_count} messages)"
+        f"quorum queue {name}: declared ({queue.declaration_result.message_count} messages)"
     )
     for key in bindings(topic_prefix):
         await queue.bind("amq.topic", routing_key=key)
-        lines.append(f"binding amq.topic -> {QUEUE}: {key}")
+        lines.append(f"binding amq.topic -> {name}: {key}")
     ae = await channel.declare_exchange(UNROUTABLE, aio_pika.ExchangeType.FANOUT, durable=True)
     lines.append(f"fanout exchange {UNROUTABLE}: declared")
     dead = await channel.declare_queue(
@@ -270,8 +270,12 @@ async def _alternate_exchange_set(connection: Any) -> bool:
             await channel.close()
 
 
-async def declare_topology(url: str, topic_prefix: str = "city/v1") -> tuple[list[str], bool]:
-    """Declare the queues, exchange and bindings on the broker at ``url`` (idempotent).
+async def declare_topology(
+    url: str, topic_prefix: str = "city/v1", queue: str = QUEUE
+) -> tuple[list[str], bool]:
+    """Declare the queues, exchange and bindings on the broker at ``url`` (idempotent): the
+    quorum queue ``queue`` bound for the gateways under ``topic_prefix``, the alternate
+    exchange's queue, and a check of the policy that makes it amq.topic's alternate exchange.
 
     Returns the lines to show (one per thing declared) and whether amq.topic's alternate
     exchange is in place. Raises :class:`AmqpError` (the broker's refusal in our words; e.g. a
@@ -282,7 +286,7 @@ async def declare_topology(url: str, topic_prefix: str = "city/v1") -> tuple[lis
     try:
         channel = await connection.channel()
         try:
-            lines = await _declare_queues(channel, topic_prefix)
+            lines = await _declare_queues(channel, topic_prefix, queue)
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             raise AmqpError(
                 f"the broker refused a declaration: {exc}. A queue or exchange of that name "
@@ -451,7 +455,7 @@ class AmqpSource:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         if self.declare:
-            await _declare_queues(channel, self.topic_prefix)
+            await _declare_queues(channel, self.topic_prefix, self.queue)
             queue = await channel.get_queue(self.queue, ensure=False)
         else:
             queue = await channel.get_queue(self.queue, ensure=True)
