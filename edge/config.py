@@ -841,7 +841,7 @@ def _cross_checks(
         if urlsplit(other).scheme != urlsplit(cfg.mqtt.url).scheme:
             at(
                 ("mqtt", "failover_urls", i),
-                f"mqtt.failover_urls.{i} is {urlsplit(other).scheme}:// but mqtt.url is "
+                f"mqtt.failover_urls: {other} is {urlsplit(other).scheme}:// but mqtt.url is "
                 f"{urlsplit(cfg.mqtt.url).scheme}://: every node is reached with mqtt.url's TLS "
                 "and credentials, so give the same scheme",
                 uses=(("mqtt", "failover_urls", i), ("mqtt", "url")),
