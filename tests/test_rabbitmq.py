@@ -211,16 +211,27 @@ async def _ensure_all_running(cluster) -> None:
 
 @pytest.mark.system
 async def test_rabbitmq__qos1_over_mqtt_reaches_the_amqp_consumer_and_unroutable_is_counted(
-    rabbit_cluster, capsys
+    rabbit_cluster,
 ):
     c = rabbit_cluster
     await _ensure_all_running(c)
     assert c.ctl(1, *POLICY, POLICY_DEF).returncode == 0
     urls = [n.amqp_url for n in c.nodes]
-    code = await asyncio.to_thread(
-        main, ["broker-setup", "--amqp", urls[1], "--topic-prefix", "ta/v1"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge",
+        "broker-setup",
+        "--amqp",
+        urls[1],
+        "--topic-prefix",
+        "ta/v1",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = capsys.readouterr()
+    raw_out, raw_err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err, code = raw_out.decode(), raw_err.decode(), proc.returncode
     assert code == 0, err
     assert "guest:guest" not in out
     assert "quorum queue edge.platform: declared" in out
@@ -353,6 +364,7 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
             stderr=subprocess.PIPE,
             cwd=ROOT,
         )
+        failed = None
         try:
             await wait_until(lambda: len(set(seqs)) >= 10, 30, what="batches via node 1")
             c.kill(1)
@@ -362,6 +374,8 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
                 lambda: max(seqs) >= killed_at + 10, 60, what="batches after node 1 died"
             )
             failover_s = time.monotonic() - began
+        except AssertionError as exc:
+            failed = exc
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -371,6 +385,8 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
                 await asyncio.to_thread(proc.wait)
             stderr = proc.stderr.read().decode()
             proc.stderr.close()
+        if failed is not None:
+            raise AssertionError(f"{failed}; the gateway said:\n{stderr[-4000:]}")
         # What the gateway holds as acknowledged: every number below next_seq not in the outbox.
         db = sqlite3.connect(buffer)
         next_seq = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]

@@ -128,6 +128,13 @@ BIRTH_SIZE_ATTEMPTS = 8
 #: After falling back to 3.1.1 because a v5 CONNECT got no answer, MQTT 5 is tried again after
 #: this long (amqtt, which never answers our v5 CONNECT, costs one connect timeout per period).
 RETRY_V5_AFTER_SILENCE_S = 600.0
+#: Sessions in a row that broke while the command subscription waited for its SUBACK before the
+#: gateway goes on without commands for COMMANDS_RETRY_S. RabbitMQ 3.10 closes the connection on
+#: that SUBSCRIBE while the node holding the gateway's subscription queue
+#: (``mqtt-subscription-<client id>qos1``, durable, on the node of its first connection) is
+#: down: with it, telemetry would stop with the node that failed over (tests/test_rabbitmq.py).
+SUBSCRIBE_BREAKS = 2
+COMMANDS_RETRY_S = 300.0
 #: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 code 1 and its MQTT 5 name 0x84).
 _UNSUPPORTED_VERSION = (1, 0x84)
 
@@ -241,6 +248,10 @@ class Forwarder:
         self._urls: list[str] = list(cfg.urls)
         self._url_index = 0
         self._last_url = self._urls[0]  # the node the last session tried
+        self._subscribing = False  # the command SUBSCRIBE waits for its SUBACK
+        self._subscribe_breaks = 0  # sessions in a row that broke meanwhile
+        self._commands_off_until: float | None = None  # monotonic time commands are tried again
+        self._commands_off_logged = False
 
     # The writer calls this after every commit.
     def notify_appended(self) -> None:
@@ -470,7 +481,10 @@ class Forwarder:
         except aiomqtt.MqttError as exc:
             self.stats.publish_failures += 1
             self._next_broker()
-            await self._after_failed_session()
+            broke_at_subscribe, self._subscribing = self._subscribing, False
+            if broke_at_subscribe:
+                self._subscribe_broke()
+            await self._after_failed_session(count_inflight=not broke_at_subscribe)
             if time.monotonic() - started >= self.cfg.stable_after_s:
                 log.error("uplink lost after a stable session: %s", self._describe(exc))
                 self._outage_since = time.monotonic()
@@ -494,12 +508,18 @@ class Forwarder:
     async def _listen(self, client: UplinkClient) -> None:
         """Answer platform commands for as long as the session lasts; without commands, only
         wait for the connection to end (the message iterator raises MqttError then)."""
-        if self._commands is None:
+        if self._commands is None or self._commands_paused():
             async for _ in client.messages:
                 pass
             return
         self._commands.topic = self.topics["cmd"]
+        self._subscribing = True
         await client.subscribe(self.topics["cmd"], qos=1)
+        self._subscribing = False
+        self._subscribe_breaks = 0
+        if self._commands_off_logged:
+            self._commands_off_logged = False
+            log.info("platform commands on %s are taken again", self.topics["cmd"])
         self.stats.commands_subscribed = True
 
         async def rebirth() -> int:
@@ -522,13 +542,47 @@ class Forwarder:
                 self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
             )
 
-    async def _after_failed_session(self) -> None:
+    def _commands_paused(self) -> bool:
+        """Whether this session goes without the command subscription (see SUBSCRIBE_BREAKS)."""
+        if self._commands_off_until is None:
+            return False
+        if time.monotonic() < self._commands_off_until:
+            return True
+        self._commands_off_until = None  # try the subscription again
+        return False
+
+    def _subscribe_broke(self) -> None:
+        """The session broke while the command SUBSCRIBE waited for its SUBACK."""
+        self._subscribe_breaks += 1
+        if self._subscribe_breaks < SUBSCRIBE_BREAKS:
+            return
+        self._subscribe_breaks = 0
+        self._commands_off_until = time.monotonic() + COMMANDS_RETRY_S
+        log.log(
+            logging.DEBUG if self._commands_off_logged else logging.ERROR,
+            "the broker at %s closed the connection %d times in a row when the gateway "
+            "subscribed to its commands (%s): telemetry goes on without platform commands, "
+            "which are tried again every %g s. RabbitMQ 3.10 does this while the node holding "
+            "the gateway's subscription queue is down",
+            self._last_url,
+            SUBSCRIBE_BREAKS,
+            self.topics["cmd"],
+            COMMANDS_RETRY_S,
+        )
+        self._commands_off_logged = True
+
+    async def _after_failed_session(self, *, count_inflight: bool = True) -> None:
         """A broker that refuses a packet's size (MQTT 3.1.1) just drops the connection, and the
         same batch would fail on every reconnect. A batch that was in flight when
         ``SPLIT_AFTER_FAILED_SESSIONS`` sessions in a row broke is split in halves that keep
         its seq, and later batches are capped at half its size: smaller batches, no retry loop.
         (Were it a stall instead, consumers still de-duplicate the parts against the whole.)
-        A birth in flight at as many breaks in a row is sent in parts of half its size."""
+        A birth in flight at as many breaks in a row is sent in parts of half its size.
+        A session that broke on the command SUBSCRIBE (``count_inflight`` False) says nothing
+        about the size of what was in flight: it is not counted."""
+        if not count_inflight:
+            self._birth_inflight, self._inflight = None, {}
+            return
         birth, self._birth_inflight = self._birth_inflight, None
         if birth is not None:
             self._birth_failures += 1
