@@ -130,6 +130,8 @@ class RabbitCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         dist_iface = "-kernel inet_dist_use_interface {127,0,0,1}"
         env.update(
+            # Marks every process of this cluster (.ci/run's exit trap kills what carries it).
+            EDGE_TEST_RABBITMQ=str(self.dir),
             HOME=str(self.home),
             ERL_EPMD_ADDRESS="127.0.0.1",
             ERL_EPMD_PORT=str(self.epmd_port),
