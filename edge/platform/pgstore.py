@@ -38,7 +38,7 @@ partition ``readings`` by month later; the views do not change.
 **Exactly once.** One transaction per batch: an advisory lock on (gateway, seq), the batch row
 (a part whose ancestor or descendant path is already stored for that seq is a duplicate: spec
 §4), the series ids it carries, then its readings by COPY (binary: measured faster than text,
-see :func:`copy_rows`). A redelivered batch finds its row and writes nothing. The source
+see :func:`copy_tuples`). A redelivered batch finds its row and writes nothing. The source
 acknowledges the message only after the commit returned.
 
 Migrations: ``edge.schema_version`` holds a version per component (``store`` here, ``ledger``
@@ -71,7 +71,7 @@ __all__ = [
     "BatchResult",
     "PgStore",
     "StoreSchemaError",
-    "copy_rows",
+    "copy_tuples",
     "is_transient",
     "migrate",
     "pg_text",
@@ -317,76 +317,51 @@ async def migrate(conn: psycopg.AsyncConnection) -> int:
 
 # ----------------------------------------------------------------------------- COPY rows
 
-_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_TRAILER = struct.pack(">h", -1)
-_NULL = struct.pack(">i", -1)
-# Field count, gateway_id, tq, type, sid, ts: then f, i, s, sb, ts_ms.
-_FIXED = struct.Struct(">h ii ih ih iq iq")
-_F_ONLY = struct.Struct(">id iiii")  # f, then i s sb ts_ms NULL
-_F_NAN = struct.Struct(">id iq iii")  # f NaN, i = the IEEE word, s sb ts_ms NULL
-_I_ONLY = struct.Struct(">i iq iii")  # f NULL, i, s sb ts_ms NULL
 _F32 = struct.Struct(">f")
 _W32 = struct.Struct(">I")
 _D = struct.Struct(">d")
 _Q = struct.Struct(">Q")
-_LEN = struct.Struct(">i")
-_TS_MS = struct.Struct(">iq")
-_NAN = float("nan")
 _TYPE = TYPE_CODES
 
 
-def _ts_us(ts_ms: int) -> tuple[int, bool]:
-    """A binary timestamptz (µs since 2000) for ``ts_ms``, and whether it was out of range
-    (then ±infinity, and the exact ms goes in ``ts_ms``)."""
-    if ts_ms < TS_MIN_MS:
-        return -(2**63), True
-    if ts_ms >= TS_END_MS:
-        return 2**63 - 1, True
-    return (ts_ms - _PG_EPOCH_MS) * 1000, False
+#: psycopg's binary dumpers for the readings' columns. ``ts`` goes as int8: a binary
+#: timestamptz is an int64 of µs since 2000-01-01 (±2**63-1 the infinities), byte for byte.
+COPY_TYPES = ["int4", "int2", "int2", "int8", "int8", "float8", "int8", "text", "bytea", "int8"]
 
 
-def copy_rows(gateway_id: int, points: Iterable[WirePoint]) -> bytes:
-    """The readings of a batch as one PostgreSQL binary COPY stream (header to trailer) for
-    ``COPY edge.readings (gateway_id, tq, type, sid, ts, f, i, s, sb, ts_ms)``.
-
-    Binary, built with ``struct`` here: for a 10,000-reading batch it is the fastest of the
-    four ways measured (bench: ``python -m edge.platform.pgstore --bench DSN``), since neither
-    side formats or parses text for floats and timestamps.
-    """
-    out = [_HEADER]
-    fixed, f_only, f_nan, i_only = _FIXED.pack, _F_ONLY.pack, _F_NAN.pack, _I_ONLY.pack
+def copy_tuples(gateway_id: int, points: Iterable[WirePoint]) -> Iterable[tuple]:
+    """The readings of a batch as rows for ``write_row`` with :data:`COPY_TYPES` (binary
+    COPY): the fastest way measured (bench/pg_copy_format.py)."""
+    unpack_f32, pack_w32 = _F32.unpack, _W32.pack
+    unpack_d, pack_q = _D.unpack, _Q.pack
     for p in points:
         code = _TYPE[p.type]
-        ts, beyond = _ts_us(p.ts_ms)
-        head = fixed(10, 4, gateway_id, 2, p.tq, 2, code, 8, p.sid, 8, ts)
-        v = p.value
-        if code == 1:  # f32: its word, widened exactly to a double
-            f = _F32.unpack(_W32.pack(v))[0]
-            tail = f_only(8, f, -1, -1, -1, -1) if f == f else f_nan(8, _NAN, 8, v, -1, -1, -1)
-        elif code == 2:  # f64: its word is the double's bits
-            f = _D.unpack(_Q.pack(v))[0]
-            if f == f:
-                tail = f_only(8, f, -1, -1, -1, -1)
-            else:
-                tail = f_nan(8, _NAN, 8, v - (1 << 64) if v >> 63 else v, -1, -1, -1)
-        elif code == 3:
-            tail = i_only(-1, 8, v, -1, -1, -1)
-        elif code == 4:
-            tail = i_only(-1, 8, v - (1 << 64) if v >> 63 else v, -1, -1, -1)
-        elif code == 5:
-            tail = i_only(-1, 8, 1 if v else 0, -1, -1, -1)
+        ts_ms = p.ts_ms
+        if TS_MIN_MS <= ts_ms < TS_END_MS:
+            ts, beyond = (ts_ms - _PG_EPOCH_MS) * 1000, None
         else:
-            raw = v.encode("utf-8")
-            if b"\x00" in raw:  # text cannot hold U+0000: the bytes instead
-                tail = _NULL + _NULL + _NULL + _LEN.pack(len(raw)) + raw + _NULL
-            else:
-                tail = _NULL + _NULL + _LEN.pack(len(raw)) + raw + _NULL + _NULL
-        if beyond:
-            tail = tail[:-4] + _TS_MS.pack(8, p.ts_ms)
-        out.append(head)
-        out.append(tail)
-    out.append(_TRAILER)
-    return b"".join(out)
+            ts, beyond = (-(2**63) if ts_ms < 0 else 2**63 - 1), ts_ms
+        v = p.value
+        f = i = s = sb = None
+        if code == 1:
+            f = unpack_f32(pack_w32(v))[0]
+            if f != f:
+                i = v
+        elif code == 2:
+            f = unpack_d(pack_q(v))[0]
+            if f != f:
+                i = v - (1 << 64) if v >> 63 else v
+        elif code == 3:
+            i = v
+        elif code == 4:
+            i = v - (1 << 64) if v >> 63 else v
+        elif code == 5:
+            i = 1 if v else 0
+        elif "\x00" in v:
+            sb = v.encode("utf-8")
+        else:
+            s = v
+        yield (gateway_id, p.tq, code, p.sid, ts, f, i, s, sb, beyond)
 
 
 COPY_READINGS = (
@@ -456,7 +431,8 @@ class PgStore:
             return conn
         await self.close()
         conn = await psycopg.AsyncConnection.connect(
-            self.dsn, connect_timeout=max(1, int(self.connect_timeout_s)),
+            self.dsn,
+            connect_timeout=max(1, int(self.connect_timeout_s)),
             application_name="edge consume",
         )
         try:
@@ -476,24 +452,28 @@ class PgStore:
             except psycopg.Error:
                 pass
 
-    async def _gateway_id(self, conn: psycopg.AsyncConnection, gateway: str,
-                          site: str | None = None) -> int:
+    async def _gateway_id(
+        self, conn: psycopg.AsyncConnection, gateway: str, site: str | None = None
+    ) -> int:
         gid = self._gateway_ids.get(gateway)
         if gid is not None:
             return gid
         async with conn.transaction():
-            row = await (await conn.execute(
-                "INSERT INTO edge.gateways (gateway, site) VALUES (%s, %s) "
-                "ON CONFLICT (gateway) DO UPDATE SET site = coalesce(edge.gateways.site, "
-                "excluded.site) RETURNING id",
-                (pg_text(gateway), None if site is None else pg_text(site)),
-            )).fetchone()
+            row = await (
+                await conn.execute(
+                    "INSERT INTO edge.gateways (gateway, site) VALUES (%s, %s) "
+                    "ON CONFLICT (gateway) DO UPDATE SET site = coalesce(edge.gateways.site, "
+                    "excluded.site) RETURNING id",
+                    (pg_text(gateway), None if site is None else pg_text(site)),
+                )
+            ).fetchone()
         assert row is not None
         self._gateway_ids[gateway] = row[0]
         return row[0]
 
-    async def store_batch(self, topic: str, header: BatchHeader,
-                          points: Sequence[WirePoint]) -> BatchResult:
+    async def store_batch(
+        self, topic: str, header: BatchHeader, points: Sequence[WirePoint]
+    ) -> BatchResult:
         """Store one decoded batch (or split part) once: see the module docstring."""
         conn = await self.connect()
         gid = await self._gateway_id(conn, header.gateway)
@@ -515,7 +495,12 @@ class PgStore:
                 "INSERT INTO edge.batches (gateway_id, seq, part, boot, created_ms, n, dropped,"
                 " dropped_why, topic) VALUES (%s, %s, %s::smallint[], %s, %s, %s, %s, %s, %s)",
                 (
-                    gid, header.seq, part, header.boot, header.created_ms, header.points,
+                    gid,
+                    header.seq,
+                    part,
+                    header.boot,
+                    header.created_ms,
+                    header.points,
                     header.dropped,
                     Jsonb(_json_safe(header.dropped_why)) if header.dropped_why else None,
                     pg_text(topic),
@@ -530,7 +515,9 @@ class PgStore:
                     (gid, sids),
                 )
                 async with cur.copy(COPY_READINGS) as copy:
-                    await copy.write(copy_rows(gid, points))
+                    copy.set_types(COPY_TYPES)
+                    for row in copy_tuples(gid, points):
+                        await copy.write_row(row)
                 await cur.execute(
                     "SELECT sid FROM edge.series WHERE gateway_id = %s "
                     "AND sid = ANY(%s::bigint[]) AND device IS NULL ORDER BY sid",
@@ -539,8 +526,9 @@ class PgStore:
                 unnamed = tuple(r[0] for r in await cur.fetchall())
         return BatchResult(True, len(points), unnamed)
 
-    async def store_birth_part(self, birth: Birth, index: int, count: int, pid: str,
-                               payload: bytes) -> list[bytes] | None:
+    async def store_birth_part(
+        self, birth: Birth, index: int, count: int, pid: str, payload: bytes
+    ) -> list[bytes] | None:
         """Keep one part of a split birth; returns every part's payload (in index order) once
         all ``count`` are stored, else None. Any consumer may hold the last part: the check
         runs under a lock per birth, so one of them always sees the whole."""
@@ -556,11 +544,13 @@ class PgStore:
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (gid, pg_text(pid), index, count, payload),
             )
-            rows = await (await conn.execute(
-                "SELECT index, payload FROM edge.birth_parts WHERE gateway_id = %s AND "
-                "birth = %s AND count = %s ORDER BY index",
-                (gid, pg_text(pid), count),
-            )).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT index, payload FROM edge.birth_parts WHERE gateway_id = %s AND "
+                    "birth = %s AND count = %s ORDER BY index",
+                    (gid, pg_text(pid), count),
+                )
+            ).fetchall()
         if [r[0] for r in rows] != list(range(1, count + 1)):
             return None
         return [bytes(r[1]) for r in rows]
@@ -577,20 +567,27 @@ class PgStore:
         tz = birth.extra.get("time_zone")
         series = sorted(birth.series, key=lambda s: s.sid)
         async with conn.transaction():
-            row = await (await conn.execute(
-                "INSERT INTO edge.births (gateway_id, boot, site, software, started_ms, "
-                "next_seq, time_zone, signing_key, digest, doc) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (gateway_id, boot, digest) DO UPDATE SET last_received = now() "
-                "RETURNING id",
-                (
-                    gid, birth.boot, pg_text(birth.site), pg_text(birth.software),
-                    birth.started_ms, birth.next_seq,
-                    pg_text(tz) if isinstance(tz, str) else None,
-                    pg_text(public) if isinstance(public, str) else None,
-                    _digest(encoded), Jsonb(safe),
-                ),
-            )).fetchone()
+            row = await (
+                await conn.execute(
+                    "INSERT INTO edge.births (gateway_id, boot, site, software, started_ms, "
+                    "next_seq, time_zone, signing_key, digest, doc) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (gateway_id, boot, digest) DO UPDATE SET last_received = now() "
+                    "RETURNING id",
+                    (
+                        gid,
+                        birth.boot,
+                        pg_text(birth.site),
+                        pg_text(birth.software),
+                        birth.started_ms,
+                        birth.next_seq,
+                        pg_text(tz) if isinstance(tz, str) else None,
+                        pg_text(public) if isinstance(public, str) else None,
+                        _digest(encoded),
+                        Jsonb(safe),
+                    ),
+                )
+            ).fetchone()
             assert row is not None
             birth_id = row[0]
             await conn.execute(
@@ -599,11 +596,13 @@ class PgStore:
             )
             if not series:
                 return []
-            named = await (await conn.execute(
-                "SELECT sid FROM edge.series WHERE gateway_id = %s AND device IS NULL "
-                "AND sid = ANY(%s::bigint[])",
-                (gid, [s.sid for s in series]),
-            )).fetchall()
+            named = await (
+                await conn.execute(
+                    "SELECT sid FROM edge.series WHERE gateway_id = %s AND device IS NULL "
+                    "AND sid = ANY(%s::bigint[])",
+                    (gid, [s.sid for s in series]),
+                )
+            ).fetchall()
             await conn.execute(
                 """
                 INSERT INTO edge.series AS o (gateway_id, sid, device, point, unit, type, kind,
@@ -624,7 +623,9 @@ class PgStore:
                 WHERE o.boot IS NULL OR o.boot <= excluded.boot
                 """,
                 (
-                    gid, birth.boot, birth_id,
+                    gid,
+                    birth.boot,
+                    birth_id,
                     [s.sid for s in series],
                     [pg_text(s.device) for s in series],
                     [pg_text(s.point) for s in series],
@@ -633,7 +634,8 @@ class PgStore:
                     [pg_text(s.kind) for s in series],
                     [s.wrap for s in series],
                     [
-                        None if not s.labels
+                        None
+                        if not s.labels
                         else json.dumps({str(k): pg_text(v) for k, v in s.labels.items()})
                         for s in series
                     ],
@@ -656,15 +658,25 @@ class PgStore:
                 (
                     gid,
                     pg_text(state) if isinstance(state, str) else None,
-                    boot if isinstance(boot, int) and not isinstance(boot, bool)
-                    and -(2**63) <= boot < 2**63 else None,
+                    boot
+                    if isinstance(boot, int)
+                    and not isinstance(boot, bool)
+                    and -(2**63) <= boot < 2**63
+                    else None,
                     Jsonb(_json_safe(doc)),
                     pg_text(topic),
                 ),
             )
 
-    async def store_malformed(self, topic: str, payload: bytes, code: str, message: str,
-                              gateway: str | None, seq: int | None) -> bool:
+    async def store_malformed(
+        self,
+        topic: str,
+        payload: bytes,
+        code: str,
+        message: str,
+        gateway: str | None,
+        seq: int | None,
+    ) -> bool:
         """Keep a batch that could not be stored as readings; False if this very message
         (topic and bytes) was kept before (a redelivery)."""
         conn = await self.connect()
@@ -673,8 +685,13 @@ class PgStore:
                 "INSERT INTO edge.malformed (topic, gateway, seq, code, message, payload, "
                 "digest) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
                 (
-                    pg_text(topic), None if gateway is None else pg_text(gateway), seq, code,
-                    pg_text(message), payload, _digest(topic.encode(), payload),
+                    pg_text(topic),
+                    None if gateway is None else pg_text(gateway),
+                    seq,
+                    code,
+                    pg_text(message),
+                    payload,
+                    _digest(topic.encode(), payload),
                 ),
             )
             return cur.rowcount == 1
@@ -683,10 +700,12 @@ class PgStore:
         """Missing seq ranges (gateway, first, last), from ``edge.batch_gaps``."""
         conn = await self.connect()
         async with conn.transaction():
-            rows = await (await conn.execute(
-                "SELECT gateway, first_missing, last_missing FROM edge.batch_gaps "
-                "ORDER BY gateway, first_missing"
-            )).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT gateway, first_missing, last_missing FROM edge.batch_gaps "
+                    "ORDER BY gateway, first_missing"
+                )
+            ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
 

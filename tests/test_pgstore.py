@@ -1,0 +1,404 @@
+"""The PostgreSQL readings store (edge/platform/pgstore.py, store_consumer.py) on a real
+PostgreSQL server (tests/engines.py), a database per test; the consumer process against a real
+Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from edge.platform.ledger import TxLedger
+from edge.platform.pgstore import STORE_VERSION, PgStore, StoreSchemaError
+from edge.platform.store_consumer import StoreConsumer
+from protocols.batch import BatchHeader, Point, decode_batch_wire, encode_batch
+from protocols.birth import Birth, SeriesInfo, split_birth
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.system
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+PREFIX = "city/v1"
+
+
+def data_topic(gateway: str, site: str = "hk") -> str:
+    return f"{PREFIX}/{site}/{gateway}/data"
+
+
+def consumer(dsn: str, report: io.StringIO | None = None, **kw) -> StoreConsumer:
+    return StoreConsumer(PgStore(dsn), TxLedger(), report=report or io.StringIO(), **kw)
+
+
+def query(dsn: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def stored_points(dsn: str, gateway: str) -> list[tuple]:
+    """The readings of ``gateway`` through edge.readings_named, in the golden vectors' form
+    (docs/batch-format-v1.md §7): [sid, ts_ms, type, value, tq] with a float as its IEEE word."""
+    rows = query(
+        dsn,
+        "SELECT sid, ts_ms, type, bits, value_int, value_bool, value_text, value_utf8, "
+        "time_quality FROM edge.readings_named WHERE gateway = %s",
+        gateway,
+    )
+    out = []
+    for sid, ts_ms, typ, bits, vint, vbool, vtext, vutf8, tq in rows:
+        if typ in ("f32", "f64"):
+            value = bits
+        elif typ in ("i64", "u64"):
+            value = str(vint)
+        elif typ == "bool":
+            value = vbool
+        else:
+            value = bytes(vutf8).decode("utf-8")
+            assert vtext is None or vtext == value
+        tq_code = ["good", "corrected", "uncertain"].index(tq)
+        out.append((str(sid), str(ts_ms), typ, value, tq_code))
+    return sorted(out, key=repr)
+
+
+def wire_points(payload: bytes) -> list[tuple]:
+    """What protocols.batch decodes from ``payload``, in the same form."""
+    out = []
+    for p in decode_batch_wire(payload).points:
+        if p.type == "f32":
+            value = f"{p.value:08x}"
+        elif p.type == "f64":
+            value = f"{p.value:016x}"
+        elif p.type in ("i64", "u64"):
+            value = str(p.value)
+        else:
+            value = p.value
+        out.append((str(p.sid), str(p.ts_ms), p.type, value, p.tq))
+    return out
+
+
+def f64(word: int) -> float:
+    return struct.unpack(">d", word.to_bytes(8, "big"))[0]
+
+
+def special_batch(gateway: str = "gw-special", seq: int = 1) -> bytes:
+    """Every value type at its edges: NaN payloads (f32 and f64, either sign), ±inf, -0.0,
+    subnormals, u64 max, i64 min, bools, strings with U+0000 and none, times beyond
+    PostgreSQL's range, every time quality."""
+    t = 1_763_800_000_000
+    pts = [
+        Point(1, t, f64(0x7FF8000000000001)),  # f64 NaN with a payload
+        Point(2, t, f64(0xFFF0000000000001)),  # f64 signalling NaN, sign set
+        Point(3, t, struct.unpack(">f", bytes.fromhex("7fc00001"))[0]),  # f32 NaN payload
+        Point(4, t, float("inf")),
+        Point(5, t, float("-inf")),
+        Point(6, t, -0.0),
+        Point(7, t, 5e-324),  # the smallest f64 subnormal
+        Point(8, t, struct.unpack(">f", bytes.fromhex("00000001"))[0]),  # f32 subnormal
+        Point(9, t, 2**64 - 1),  # u64 max
+        Point(10, t, 2**63),  # u64 just above int64
+        Point(11, t, -(2**63)),  # i64 min
+        Point(12, t, 2**63 - 1),
+        Point(13, t, True),
+        Point(14, t, False),
+        Point(15, t, "a\x00b"),  # U+0000: PostgreSQL text cannot hold it
+        Point(16, t, ""),
+        Point(17, t, "Hà Nội \U0001f600"),
+        Point(18, -(2**63), 1.5),  # before PostgreSQL's first day
+        Point(19, 2**63 - 1, 2.5),  # after its last
+        Point(20, t + 1, 0.1, 1),  # corrected time
+        Point(21, t + 2, 0.2, 2),  # uncertain time
+    ]
+    return encode_batch(BatchHeader(gateway, seq, 1, t), pts)
+
+
+async def test_pgstore__every_golden_vector_and_edge_value_reads_back_bit_for_bit(pg_dsn):
+    c = consumer(pg_dsn)
+    await c.start()
+    expected: dict[str, list[tuple]] = {}
+    for path in sorted(GOLDEN.glob("*.bin")):
+        if path.stem == "largest":
+            continue  # a million points: the same code path, minutes of Python here
+        payload = path.read_bytes()
+        gw = decode_batch_wire(payload).header.gateway
+        await c.handle(data_topic(gw), payload)
+        expected.setdefault(gw, []).extend(wire_points(payload))
+    special = special_batch()
+    await c.handle(data_topic("gw-special"), special)
+    expected["gw-special"] = wire_points(special)
+    await c.close()
+    assert len(expected) > 10
+    for gw, points in expected.items():
+        assert stored_points(pg_dsn, gw) == sorted(points, key=repr), gw
+    # The same values straight from readings_named's typed columns.
+    rows = dict(
+        (r[0], r[1:])
+        for r in query(
+            pg_dsn,
+            "SELECT sid, type, value_float, value_int, bits, ts::text, ts_ms, value_text, value "
+            "FROM edge.readings_named WHERE gateway = 'gw-special'",
+        )
+    )
+    assert rows[1][0] == "f64" and rows[1][3] == "7ff8000000000001"
+    assert rows[2][3] == "fff0000000000001"
+    assert rows[3][0] == "f32" and rows[3][3] == "7fc00001"
+    assert rows[4][1] == float("inf") and rows[5][1] == float("-inf")
+    assert rows[6][3] == "80000000" and str(rows[6][1]) == "-0.0"
+    assert rows[7][1] == 5e-324
+    assert rows[9][2] == 2**64 - 1 and rows[10][2] == 2**63 and rows[11][2] == -(2**63)
+    assert rows[15][6] is None  # U+0000: in value_utf8 only
+    assert rows[17][6] == "Hà Nội \U0001f600"
+    assert rows[18][5] == -(2**63) and rows[19][5] == 2**63 - 1  # exact beyond ±infinity
+    assert rows[18][4] == "-infinity" and rows[19][4] == "infinity"
+    assert rows[20][4].startswith("2025-11-22")
+    assert rows[9][7] == float(2**64 - 1) and rows[13][7] == 1.0 and rows[17][7] is None
+
+
+async def test_pgstore__redelivered_batch_and_split_parts_stored_once(pg_dsn):
+    c = consumer(pg_dsn)
+    await c.start()
+    whole = (GOLDEN / "meter_two_polls.bin").read_bytes()
+    for _ in range(3):
+        await c.handle(data_topic("hk-cab-0142"), whole)
+    parts = [(GOLDEN / f"split_part_{p}.bin").read_bytes() for p in ("1", "2_1", "2_2")]
+    # Part [2] whole (what the gateway sent before it split [2] again): covers [2,1] and [2,2].
+    h = decode_batch_wire(parts[1]).header
+    p21, p22 = (decode_batch_wire(p).points for p in parts[1:])
+    part2 = encode_batch(
+        BatchHeader(h.gateway, h.seq, h.boot, h.created_ms, part=(2,)),
+        [Point(p.sid, p.ts_ms, struct.unpack(">f", p.value.to_bytes(4, "big"))[0]) for p in
+         p21 + p22],
+    )
+    for payload in [parts[0], parts[1], parts[0], parts[2], part2, parts[2], parts[1]]:
+        await c.handle(data_topic("gw-split"), payload)
+    await c.close()
+    assert c.counts.batches == 4 and c.counts.duplicates == 2 + 4
+    assert stored_points(pg_dsn, "hk-cab-0142") == sorted(wire_points(whole), key=repr)
+    want = sorted((pt for p in parts for pt in wire_points(p)), key=repr)
+    assert stored_points(pg_dsn, "gw-split") == want
+    assert query(pg_dsn, "SELECT part FROM edge.batches WHERE seq = 20 ORDER BY part") == [
+        ([1],), ([2, 1],), ([2, 2],)
+    ]
+
+
+def meter_birth(gateway: str, boot: int, series: list[SeriesInfo], **extra) -> Birth:
+    return Birth(gateway, "hk", boot, "0.1", 1_763_800_000_000, 1, (), tuple(series), extra)
+
+
+async def test_pgstore__births_after_data_still_name_the_series(pg_dsn, caplog):
+    gw = "hk-cab-0142"
+    report = io.StringIO()
+    c = consumer(pg_dsn, report)
+    await c.start()
+    caplog.set_level(logging.WARNING, logger="edge.platform.store_consumer")
+    await c.handle(data_topic(gw), (GOLDEN / "meter_two_polls.bin").read_bytes())
+    await c.handle(data_topic(gw), (GOLDEN / "late_group.bin").read_bytes())
+    warned = [r.getMessage() for r in caplog.records if "no birth has named" in r.getMessage()]
+    assert len(warned) == 2, warned  # once per series: the second batch adds only 11
+    assert "batch 41 refers to series [1, 2, 3, 10]" in warned[0]
+    assert "batch 42 refers to series [11]" in warned[1]
+    assert query(pg_dsn, "SELECT sid FROM edge.unnamed_series ORDER BY sid") == [
+        (1,), (2,), (3,), (10,), (11,)
+    ]
+    old = [
+        SeriesInfo(1, "meter-1", "voltage_l1", "V", "float32", "gauge"),
+        SeriesInfo(10, "meter-1", "import_energy", "kWh", "float32", "counter"),
+    ]
+    new = [
+        SeriesInfo(1, "meter-1", "voltage_l1", "V", "", ""),  # an entry without a type
+        SeriesInfo(2, "meter-1", "voltage_l2", "V", "float32", "gauge"),
+        SeriesInfo(3, "meter-1", "voltage_l3", "V", "float32", "gauge"),
+        SeriesInfo(10, "meter-1", "import_energy", "kWh", "float32", "counter", 1e9),
+        SeriesInfo(11, "meter-1", "power", "W", "float32", "gauge"),
+    ]
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 2, old).encode())
+    # The newer birth is large: it comes in parts, one to each of two competing consumers.
+    big = meter_birth(
+        gw, 3, new, time_zone="Asia/Ho_Chi_Minh",
+        signing_key={"alg": "ed25519", "public": "A" * 43 + "="},
+    )
+    parts = split_birth(big, 400)
+    assert len(parts) >= 2
+    other = consumer(pg_dsn)
+    for i, payload in enumerate(parts):
+        await (c if i % 2 else other).handle(f"{PREFIX}/hk/{gw}/birth/{i + 1}", payload)
+    # An older birth delivered late changes nothing.
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [
+        SeriesInfo(1, "old-meter", "v1", "V", "uint16", "gauge")
+    ]).encode())
+    await c.handle(
+        f"{PREFIX}/hk/{gw}/status", b'{"state":"online","gateway":"hk-cab-0142","boot":3}'
+    )
+    await c.close()
+    await other.close()
+    assert query(pg_dsn, "SELECT count(*) FROM edge.unnamed_series") == [(0,)]
+    named = query(
+        pg_dsn,
+        "SELECT sid, device, point, unit, type, kind, wrap FROM edge.series ORDER BY sid",
+    )
+    assert named == [
+        (1, "meter-1", "voltage_l1", "V", "float32", "gauge", None),  # type kept
+        (2, "meter-1", "voltage_l2", "V", "float32", "gauge", None),
+        (3, "meter-1", "voltage_l3", "V", "float32", "gauge", None),
+        (10, "meter-1", "import_energy", "kWh", "float32", "counter", 1e9),
+        (11, "meter-1", "power", "W", "float32", "gauge", None),
+    ]
+    day = query(
+        pg_dsn,
+        "SELECT point, count(*) FROM edge.readings_named WHERE gateway = %s "
+        "AND device = 'meter-1' AND ts >= '2025-11-22 00:00+07' AND ts < '2025-11-23 00:00+07' "
+        "GROUP BY point ORDER BY point",
+        gw,
+    )
+    assert day == [
+        ("import_energy", 4), ("power", 3), ("voltage_l1", 5), ("voltage_l2", 2),
+        ("voltage_l3", 2),
+    ]
+    births = query(
+        pg_dsn, "SELECT boot, time_zone, signing_key FROM edge.births ORDER BY boot"
+    )
+    assert births == [(1, None, None), (2, None, None), (3, "Asia/Ho_Chi_Minh", "A" * 43 + "=")]
+    assert query(pg_dsn, "SELECT state, boot FROM edge.gateway_status") == [("online", 3)]
+
+
+async def test_pgstore__concurrent_writers_leave_each_batch_once(pg_dsn):
+    """Four consumers, each on its own connection, start together (the schema is created
+    once) and store overlapping redeliveries of 40 batches, split parts among them."""
+    rng = random.Random(7)
+    t = 1_763_800_000_000
+    payloads = []
+    for seq in range(1, 41):
+        pts = [Point(sid, t + seq * 10_000 + k * 1000, rng.random()) for sid in range(1, 21)
+               for k in range(10)]
+        if seq % 5 == 0:  # split in halves, and the first half split again
+            h1, h2 = pts[:100], pts[100:]
+            for part, chunk in (((1, 1), h1[:50]), ((1, 2), h1[50:]), ((2,), h2), ((1,), h1)):
+                payloads.append(encode_batch(BatchHeader("gw-c", seq, 1, t, part=part), chunk))
+        else:
+            payloads.append(encode_batch(BatchHeader("gw-c", seq, 1, t), pts))
+    consumers = [consumer(pg_dsn) for _ in range(4)]
+    await asyncio.gather(*(c.start() for c in consumers))
+
+    async def feed(c: StoreConsumer, seed: int) -> None:
+        order = payloads * 2
+        random.Random(seed).shuffle(order)
+        for p in order:
+            await c.handle(data_topic("gw-c"), p)
+
+    await asyncio.gather(*(feed(c, i) for i, c in enumerate(consumers)))
+    for c in consumers:
+        await c.close()
+    assert query(pg_dsn, "SELECT version FROM edge.schema_version") == [(STORE_VERSION,)]
+    dupes = query(
+        pg_dsn,
+        "SELECT sid, ts, count(*) FROM edge.readings GROUP BY sid, ts HAVING count(*) > 1",
+    )
+    assert dupes == []
+    assert query(pg_dsn, "SELECT count(*) FROM edge.readings") == [(40 * 200,)]
+    assert query(pg_dsn, "SELECT count(DISTINCT seq) FROM edge.batches") == [(40,)]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.batch_gaps") == [(0,)]
+    assert sum(c.counts.readings for c in consumers) == 40 * 200
+
+
+async def test_pgstore__malformed_batch_stored_and_reported_with_gateway_and_seq(pg_dsn):
+    report = io.StringIO()
+    c = consumer(pg_dsn, report)
+    await c.start()
+    bad = (GOLDEN / "malformed").glob("*.json")
+    named = next(
+        p for p in sorted(bad) if json.loads(p.read_text()).get("gw") and
+        json.loads(p.read_text()).get("seq") is not None
+    )
+    want = json.loads(named.read_text())
+    payload = named.with_suffix(".bin").read_bytes()
+    topic = data_topic(want["gw"])
+    await c.handle(topic, payload)
+    await c.handle(topic, payload)  # redelivered: kept once
+    # The batch after it arrives: the malformed one's seq is not a gap.
+    t = 1_763_800_000_000
+    nxt = encode_batch(BatchHeader(want["gw"], want["seq"] + 1, 1, t), [Point(1, t, 1.0)])
+    await c.handle(topic, nxt)
+    await c.close()
+    rows = query(pg_dsn, "SELECT topic, gateway, seq, code, payload FROM edge.malformed")
+    assert rows == [(topic, want["gw"], want["seq"], want["error"], payload)]
+    lines = report.getvalue().splitlines()
+    assert lines[0].startswith(
+        f"bad batch on {topic} (gateway {want['gw']}, batch {want['seq']}): {want['error']}: "
+    )
+    assert lines[0].endswith("stored in edge.malformed")
+    assert query(pg_dsn, "SELECT count(*) FROM edge.batch_gaps") == [(0,)]
+    assert c.counts.malformed == 2
+
+
+async def test_pgstore__newer_database_refused_in_one_line(pg_dsn, mosquitto):
+    c = consumer(pg_dsn)
+    await c.start()
+    await c.close()
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE edge.schema_version SET version = 99 WHERE component = 'store'")
+    with pytest.raises(StoreSchemaError, match="version 99, newer than this consumer"):
+        await consumer(pg_dsn).start()
+    r = run_cli("consume", "--broker", mosquitto.url, "--store", pg_dsn, "--duration", "5")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "edge consume: the database's store schema is version 99, newer than this consumer "
+        f"knows ({STORE_VERSION}): upgrade the consumer"
+    ]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def test_consume_store__password_in_dsn_refused_at_its_argument():
+    secret = "s3cr3t-pw"
+    for dsn in (
+        f"postgresql://edge:{secret}@127.0.0.1:5432/city",
+        f"host=127.0.0.1 user=edge password={secret} dbname=city",
+    ):
+        r = run_cli("consume", "--broker", "mqtt://127.0.0.1:1883", "--store", dsn)
+        assert r.returncode == 2
+        assert secret not in r.stdout + r.stderr
+        assert r.stderr.startswith("edge consume: --store carries a password")
+        assert "PGPASSWORD" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("consume", "--broker", "mqtt://127.0.0.1:1883", "--store", "not a dsn")
+    assert r.returncode == 2 and r.stderr.startswith("edge consume: --store must be")
+
+
+def test_consume_store__with_format_refused_in_one_line():
+    r = run_cli(
+        "consume", "--broker", "mqtt://127.0.0.1:1883", "--store",
+        "postgresql://edge@127.0.0.1/city", "--format", "csv",
+    )
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "--format" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_consume_store__without_the_platform_extra_says_how_to_install(capsys, monkeypatch):
+    from edge import cli
+
+    for name in ("psycopg", "edge.platform.pgstore", "edge.platform.store_consumer"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if psycopg were not installed
+    code = cli.main(
+        ["consume", "--broker", "mqtt://127.0.0.1:1883", "--store", "postgresql://e@h/d"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err.strip() == cli.PLATFORM_EXTRA
