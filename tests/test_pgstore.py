@@ -14,7 +14,6 @@ import signal
 import struct
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -176,8 +175,10 @@ async def test_pgstore__redelivered_batch_and_split_parts_stored_once(pg_dsn):
     p21, p22 = (decode_batch_wire(p).points for p in parts[1:])
     part2 = encode_batch(
         BatchHeader(h.gateway, h.seq, h.boot, h.created_ms, part=(2,)),
-        [Point(p.sid, p.ts_ms, struct.unpack(">f", p.value.to_bytes(4, "big"))[0]) for p in
-         p21 + p22],
+        [
+            Point(p.sid, p.ts_ms, struct.unpack(">f", p.value.to_bytes(4, "big"))[0])
+            for p in p21 + p22
+        ],
     )
     for payload in [parts[0], parts[1], parts[0], parts[2], part2, parts[2], parts[1]]:
         await c.handle(data_topic("gw-split"), payload)
@@ -187,7 +188,9 @@ async def test_pgstore__redelivered_batch_and_split_parts_stored_once(pg_dsn):
     want = sorted((pt for p in parts for pt in wire_points(p)), key=repr)
     assert stored_points(pg_dsn, "gw-split") == want
     assert query(pg_dsn, "SELECT part FROM edge.batches WHERE seq = 20 ORDER BY part") == [
-        ([1],), ([2, 1],), ([2, 2],)
+        ([1],),
+        ([2, 1],),
+        ([2, 2],),
     ]
 
 
@@ -208,7 +211,11 @@ async def test_pgstore__births_after_data_still_name_the_series(pg_dsn, caplog):
     assert "batch 41 refers to series [1, 2, 3, 10]" in warned[0]
     assert "batch 42 refers to series [11]" in warned[1]
     assert query(pg_dsn, "SELECT sid FROM edge.unnamed_series ORDER BY sid") == [
-        (1,), (2,), (3,), (10,), (11,)
+        (1,),
+        (2,),
+        (3,),
+        (10,),
+        (11,),
     ]
     old = [
         SeriesInfo(1, "meter-1", "voltage_l1", "V", "float32", "gauge"),
@@ -224,7 +231,10 @@ async def test_pgstore__births_after_data_still_name_the_series(pg_dsn, caplog):
     await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 2, old).encode())
     # The newer birth is large: it comes in parts, one to each of two competing consumers.
     big = meter_birth(
-        gw, 3, new, time_zone="Asia/Ho_Chi_Minh",
+        gw,
+        3,
+        new,
+        time_zone="Asia/Ho_Chi_Minh",
         signing_key={"alg": "ed25519", "public": "A" * 43 + "="},
     )
     parts = split_birth(big, 400)
@@ -233,9 +243,10 @@ async def test_pgstore__births_after_data_still_name_the_series(pg_dsn, caplog):
     for i, payload in enumerate(parts):
         await (c if i % 2 else other).handle(f"{PREFIX}/hk/{gw}/birth/{i + 1}", payload)
     # An older birth delivered late changes nothing.
-    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [
-        SeriesInfo(1, "old-meter", "v1", "V", "uint16", "gauge")
-    ]).encode())
+    await c.handle(
+        f"{PREFIX}/hk/{gw}/birth",
+        meter_birth(gw, 1, [SeriesInfo(1, "old-meter", "v1", "V", "uint16", "gauge")]).encode(),
+    )
     await c.handle(
         f"{PREFIX}/hk/{gw}/status", b'{"state":"online","gateway":"hk-cab-0142","boot":3}'
     )
@@ -261,12 +272,13 @@ async def test_pgstore__births_after_data_still_name_the_series(pg_dsn, caplog):
         gw,
     )
     assert day == [
-        ("import_energy", 4), ("power", 3), ("voltage_l1", 5), ("voltage_l2", 2),
+        ("import_energy", 4),
+        ("power", 3),
+        ("voltage_l1", 5),
+        ("voltage_l2", 2),
         ("voltage_l3", 2),
     ]
-    births = query(
-        pg_dsn, "SELECT boot, time_zone, signing_key FROM edge.births ORDER BY boot"
-    )
+    births = query(pg_dsn, "SELECT boot, time_zone, signing_key FROM edge.births ORDER BY boot")
     assert births == [(1, None, None), (2, None, None), (3, "Asia/Ho_Chi_Minh", "A" * 43 + "=")]
     assert query(pg_dsn, "SELECT state, boot FROM edge.gateway_status") == [("online", 3)]
 
@@ -278,8 +290,11 @@ async def test_pgstore__concurrent_writers_leave_each_batch_once(pg_dsn):
     t = 1_763_800_000_000
     payloads = []
     for seq in range(1, 41):
-        pts = [Point(sid, t + seq * 10_000 + k * 1000, rng.random()) for sid in range(1, 21)
-               for k in range(10)]
+        pts = [
+            Point(sid, t + seq * 10_000 + k * 1000, rng.random())
+            for sid in range(1, 21)
+            for k in range(10)
+        ]
         if seq % 5 == 0:  # split in halves, and the first half split again
             h1, h2 = pts[:100], pts[100:]
             for part, chunk in (((1, 1), h1[:50]), ((1, 2), h1[50:]), ((2,), h2), ((1,), h1)):
@@ -316,8 +331,9 @@ async def test_pgstore__malformed_batch_stored_and_reported_with_gateway_and_seq
     await c.start()
     bad = (GOLDEN / "malformed").glob("*.json")
     named = next(
-        p for p in sorted(bad) if json.loads(p.read_text()).get("gw") and
-        json.loads(p.read_text()).get("seq") is not None
+        p
+        for p in sorted(bad)
+        if json.loads(p.read_text()).get("gw") and json.loads(p.read_text()).get("seq") is not None
     )
     want = json.loads(named.read_text())
     payload = named.with_suffix(".bin").read_bytes()
@@ -384,8 +400,13 @@ def test_consume_store__password_in_dsn_refused_at_its_argument():
 
 def test_consume_store__with_format_refused_in_one_line():
     r = run_cli(
-        "consume", "--broker", "mqtt://127.0.0.1:1883", "--store",
-        "postgresql://edge@127.0.0.1/city", "--format", "csv",
+        "consume",
+        "--broker",
+        "mqtt://127.0.0.1:1883",
+        "--store",
+        "postgresql://edge@127.0.0.1/city",
+        "--format",
+        "csv",
     )
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1
@@ -402,3 +423,276 @@ def test_consume_store__without_the_platform_extra_says_how_to_install(capsys, m
     )
     assert code == 2
     assert capsys.readouterr().err.strip() == cli.PLATFORM_EXTRA
+
+
+# ------------------------------------------------------------------ the consumer process
+
+
+class StoreProc:
+    """``edge consume --store`` as a process, restartable under its client id."""
+
+    def __init__(self, broker: str, dsn: str, workdir: Path, client_id: str = "store-1"):
+        self.broker, self.dsn, self.dir, self.client_id = broker, dsn, workdir, client_id
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        with open(self.dir / f"consume.{self.runs}.err", "wb") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge",
+                    "consume",
+                    "--broker",
+                    self.broker,
+                    "--store",
+                    self.dsn,
+                    "--client-id",
+                    self.client_id,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def stderr(self, run: int | None = None) -> str:
+        return (self.dir / f"consume.{run or self.runs}.err").read_text()
+
+
+class Publisher:
+    """A gateway's uplink as far as the broker sees it: real encoded batches, QoS 1."""
+
+    def __init__(self, url: str, gateway: str = "gw-kill") -> None:
+        import aiomqtt
+
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.client = aiomqtt.Client(host, int(port), identifier=f"pub-{gateway}")
+        self.gateway = gateway
+        self.expected: list[tuple] = []
+
+    def batch(self, seq: int, n: int = 200) -> bytes:
+        t = 1_763_800_000_000 + seq * 100_000
+        pts = [
+            Point(sid, t + k * 1000, seq + sid / 1000 + k)
+            for sid in range(1, 11)
+            for k in range(n // 10)
+        ]
+        payload = encode_batch(BatchHeader(self.gateway, seq, 1, t), pts)
+        self.expected += wire_points(payload)
+        return payload
+
+    async def publish(self, seq: int, n: int = 200) -> None:
+        await self.client.publish(data_topic(self.gateway), self.batch(seq, n), qos=1)
+
+
+def count(dsn: str, sql: str, *args) -> int:
+    try:
+        return query(dsn, sql, *args)[0][0]
+    except psycopg.OperationalError:
+        return -1  # the database is down
+
+
+async def until_stored(dsn: str, batches: int, within_s: float = 60) -> None:
+    await wait_until(
+        lambda: count(dsn, "SELECT count(*) FROM edge.batches") >= batches,
+        within_s,
+        interval=0.3,
+        what=f"{batches} batches in the store",
+    )
+
+
+async def subscribed(pub: Publisher, dsn: str) -> None:
+    """Batch 1 again and again until the consumer stored it: its session is in place."""
+
+    async def stored() -> bool:
+        return count(dsn, "SELECT count(*) FROM edge.batches WHERE seq = 1") == 1
+
+    payload = pub.batch(1)
+    for _ in range(60):
+        await pub.client.publish(data_topic(pub.gateway), payload, qos=1)
+        await asyncio.sleep(0.5)
+        if await stored():
+            return
+    raise AssertionError("the consumer never stored batch 1")
+
+
+def assert_exactly_once(dsn: str, pub: Publisher) -> None:
+    assert count(dsn, "SELECT count(*) FROM edge.batch_gaps") == 0
+    assert stored_points(dsn, pub.gateway) == sorted(pub.expected, key=repr)
+
+
+@pytest.mark.slow
+async def test_consume_store__sigkilled_at_random_moments_every_reading_once(
+    mosquitto, pg_dsn, tmp_path
+):
+    proc = StoreProc(mosquitto.url, pg_dsn, tmp_path)
+    proc.start()
+    pub = Publisher(mosquitto.url)
+    rng = random.Random(20)
+    try:
+        async with pub.client:
+            await subscribed(pub, pg_dsn)
+            total = 120
+
+            async def feed() -> None:
+                for seq in range(2, total + 1):
+                    await pub.publish(seq)
+                    await asyncio.sleep(0.03)
+
+            feeder = asyncio.create_task(feed())
+            for _ in range(5):  # killed mid-batch, mid-commit, mid-ack: wherever it is
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
+                proc.kill()
+                await asyncio.sleep(rng.uniform(0, 0.5))
+                proc.start()
+            await feeder
+            await pub.publish(total + 1)  # to the last run, which is then surely consuming
+            await until_stored(pg_dsn, total + 1, 90)
+        assert proc.stop() == 0
+    finally:
+        if proc.proc and proc.proc.poll() is None:
+            proc.kill()
+    assert proc.runs == 6
+    assert_exactly_once(pg_dsn, pub)
+    summary = proc.stderr()
+    assert "stored " in summary and "gaps: none" in summary and "Traceback" not in summary
+
+
+@pytest.mark.slow
+async def test_consume_store__database_stopped_mid_stream_no_ack_nothing_lost(
+    mosquitto, postgres, pg_dsn, tmp_path
+):
+    proc = StoreProc(mosquitto.url, pg_dsn, tmp_path)
+    proc.start()
+    pub = Publisher(mosquitto.url, "gw-down")
+    try:
+        async with pub.client:
+            await subscribed(pub, pg_dsn)
+            for seq in range(2, 11):
+                await pub.publish(seq)
+            await until_stored(pg_dsn, 10)
+            postgres.stop()
+            for seq in range(11, 21):  # the broker takes them; the consumer cannot store them
+                await pub.publish(seq)
+            await asyncio.sleep(3)
+            errors = [x for x in proc.stderr().splitlines() if " ERROR " in x]
+            assert len(errors) == 1, errors  # once, then DEBUG while it lasts
+            assert "cannot store batch 11 of gateway gw-down" in errors[0]
+            assert "unacknowledged" in errors[0]
+            proc.kill()  # while the database is down: what it had not stored was not acked
+            postgres.start()
+            proc.start()
+            for seq in range(21, 31):
+                await pub.publish(seq)
+            await until_stored(pg_dsn, 30)
+            # Down again, and back, under the same process: it resumes by itself.
+            postgres.stop()
+            for seq in range(31, 41):
+                await pub.publish(seq)
+            await asyncio.sleep(2)
+            postgres.start()
+            await until_stored(pg_dsn, 40)
+        assert proc.stop() == 0
+    finally:
+        if proc.proc and proc.proc.poll() is None:
+            proc.kill()
+        if not postgres.running():
+            postgres.start()
+    assert_exactly_once(pg_dsn, pub)
+    second = proc.stderr().splitlines()
+    assert len([x for x in second if " ERROR " in x]) == 1
+    assert any(" INFO " in x and "takes messages again" in x for x in second)
+
+
+@pytest.fixture
+def small_tablespace(postgres, pg_dsn):
+    """edge.readings and its indexes on an 8 MiB tmpfs (a tablespace), to fill; ``grow()``
+    makes room. Needs root (mount)."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for a full disk needs root")
+    where = Path(tempfile.mkdtemp(prefix="edge-pgfull-"))
+    os.chmod(where, 0o755)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    import pwd
+
+    pw = pwd.getpwnam("postgres")
+    os.chown(where, pw.pw_uid, pw.pw_gid)
+    os.chmod(where, 0o700)
+    name = f"full_{pg_dsn.rsplit('/', 1)[1]}"
+
+    class Space:
+        def grow(self) -> None:
+            subprocess.run(["mount", "-o", "remount,size=256m", str(where)], check=True)
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE {name} LOCATION '{where}'")
+    yield name, Space()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS edge CASCADE")
+        conn.execute(f"DROP TABLESPACE IF EXISTS {name}")
+    subprocess.run(["umount", str(where)], check=False)
+    where.rmdir()
+
+
+@pytest.mark.slow
+async def test_pgstore__database_full_reported_retried_nothing_lost(
+    pg_dsn, small_tablespace, caplog
+):
+    name, space = small_tablespace
+    c = consumer(pg_dsn, retry_max_s=0.5)
+    await c.start()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for what in (
+            "TABLE edge.readings",
+            "INDEX edge.readings_series_ts",
+            "INDEX edge.readings_ts_brin",
+        ):
+            conn.execute(f"ALTER {what} SET TABLESPACE {name}")
+    caplog.set_level(logging.DEBUG, logger="edge.platform.store_consumer")
+    pub = Publisher("mqtt://127.0.0.1:1", "gw-full")  # only its batches: no broker here
+    payloads = [pub.batch(seq, 5000) for seq in range(1, 41)]  # ~20 MB of rows and index
+
+    async def feed() -> None:
+        for p in payloads:
+            await c.handle(data_topic("gw-full"), p)
+
+    feeder = asyncio.create_task(feed())
+
+    def erred() -> bool:
+        return any(r.levelno == logging.ERROR for r in caplog.records)
+
+    await wait_until(erred, 120, what="the disk to fill")
+    stuck = count(pg_dsn, "SELECT count(*) FROM edge.batches")
+    await asyncio.sleep(2)
+    assert not feeder.done()  # the batch in hand is held, not acknowledged, not dropped
+    assert count(pg_dsn, "SELECT count(*) FROM edge.batches") == stuck < 40
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and f"batch {stuck + 1} of gateway gw-full" in errors[0]
+    assert "No space left on device" in errors[0] or "could not extend" in errors[0]
+    space.grow()
+    await asyncio.wait_for(feeder, 120)
+    await c.close()
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("takes messages again" in m for m in infos)
+    assert_exactly_once(pg_dsn, pub)
