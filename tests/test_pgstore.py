@@ -5,6 +5,7 @@ Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -696,3 +697,67 @@ async def test_pgstore__database_full_reported_retried_nothing_lost(
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("takes messages again" in m for m in infos)
     assert_exactly_once(pg_dsn, pub)
+
+
+@pytest.mark.slow
+async def test_consume_store__real_gateway_births_status_and_readings_named(
+    mosquitto, sim_sdm630, pg_dsn, tmp_path
+):
+    """The agent with two simulated meters publishes to Mosquitto; the store consumer (the
+    MQTT source, manual acks) names every reading through the gateway's own birth."""
+    from edge.platform.store_consumer import MqttStoreSource
+    from tests.conftest import gateway_yaml
+    from tests.test_system import start_gateway, stop
+
+    c = consumer(pg_dsn)
+    await c.start()
+    source = MqttStoreSource(mosquitto.url, c, client_id="store-gw")
+    task = asyncio.create_task(source.run())
+    await asyncio.wait_for(source.subscribed.wait(), 10)
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite",
+        broker_port=mosquitto.port,
+        sim_port=sim_sdm630.port,
+        poll_interval_s=0.2,
+    )
+    gateway, gw_task = await start_gateway(tmp_path, text)
+    await asyncio.sleep(3)
+    gateway.stop_polling()
+
+    def drained() -> bool:
+        s = gateway.buffer.sync.stats()
+        return gateway.queue.empty() and s.pending_readings == 0 and s.outbox_batches == 0
+
+    await wait_until(drained, 30, what="the gateway to drain")
+    accepted = gateway.writer_stats.accepted
+    batches = gateway.forwarder.stats.last_seq_acked
+    await wait_until(
+        lambda: count(pg_dsn, "SELECT count(*) FROM edge.readings") >= accepted,
+        30,
+        what="the store to catch up",
+    )
+    await stop(gw_task)
+    await wait_until(
+        lambda: query(pg_dsn, "SELECT state FROM edge.gateway_status") == [("offline",)],
+        10,
+        what="the gateway's offline status",
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await c.close()
+    assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == accepted
+    assert count(pg_dsn, "SELECT count(DISTINCT seq) FROM edge.batches") == batches
+    assert count(pg_dsn, "SELECT count(*) FROM edge.unnamed_series") == 0
+    named = query(
+        pg_dsn,
+        "SELECT device, point, unit, kind, type, count(*) FROM edge.readings_named "
+        "WHERE device LIKE 'meter-%%' GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2",
+    )
+    points = {(d, p) for d, p, *_ in named}
+    assert ("meter-1", "voltage_l1") in points and ("meter-2", "import_energy") in points
+    energy = next(r for r in named if r[:2] == ("meter-1", "import_energy"))
+    assert energy[2] == "kWh" and energy[3] == "counter"
+    tz = query(pg_dsn, "SELECT time_zone FROM edge.births")[0][0]
+    assert tz
+    assert source.acked >= batches
