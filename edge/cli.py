@@ -1223,12 +1223,22 @@ def _consume_store(args: argparse.Namespace) -> int:
             reason = " ".join(str(exc).split())
             print(f"edge consume: cannot open the store: {reason}", file=err)
             return 1
+        code = 0
         try:
             if args.duration is None:
                 await source.run()
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(source.run(), args.duration)
+        except (psycopg.Error, StoreSchemaError) as exc:
+            # Not an outage (those are retried): the schema or the server refuses us.
+            reason = " ".join(str(exc).split())
+            print(
+                f"edge consume: the store failed: {reason}; stopping (the message in hand "
+                "was not acknowledged: the broker keeps it)",
+                file=err,
+            )
+            code = 1
         finally:
             for line in await consumer.summary():
                 print(line, file=err, flush=True)
@@ -1239,7 +1249,7 @@ def _consume_store(args: argparse.Namespace) -> int:
             if args.reconcile_json is not None:
                 args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
             await consumer.close()
-        return 0
+        return code
 
     return _run(go())
 

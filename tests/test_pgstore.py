@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -432,14 +433,17 @@ def test_consume_store__without_the_platform_extra_says_how_to_install(capsys, m
 class StoreProc:
     """``edge consume --store`` as a process, restartable under its client id."""
 
-    def __init__(self, broker: str, dsn: str, workdir: Path, client_id: str = "store-1"):
+    def __init__(
+        self, broker: str, dsn: str, workdir: Path, client_id: str = "store-1", *extra: str
+    ):
         self.broker, self.dsn, self.dir, self.client_id = broker, dsn, workdir, client_id
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
         self.runs = 0
 
     def start(self) -> None:
         self.runs += 1
-        with open(self.dir / f"consume.{self.runs}.err", "wb") as err:
+        with open(self.dir / f"{self.client_id}.{self.runs}.err", "wb") as err:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -452,6 +456,7 @@ class StoreProc:
                     self.dsn,
                     "--client-id",
                     self.client_id,
+                    *self.extra,
                 ],
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
@@ -470,7 +475,7 @@ class StoreProc:
         return self.proc.wait(30)
 
     def stderr(self, run: int | None = None) -> str:
-        return (self.dir / f"consume.{run or self.runs}.err").read_text()
+        return (self.dir / f"{self.client_id}.{run or self.runs}.err").read_text()
 
 
 class Publisher:
@@ -761,3 +766,43 @@ async def test_consume_store__real_gateway_births_status_and_readings_named(
     tz = query(pg_dsn, "SELECT time_zone FROM edge.births")[0][0]
     assert tz
     assert source.acked >= batches
+
+
+@pytest.mark.slow
+async def test_consume_store__shared_group_one_killed_every_reading_once(
+    mosquitto, pg_dsn, tmp_path
+):
+    """Two consumers in an MQTT 5 shared subscription split the batches; one is killed and
+    restarted; the store holds every reading once and both took a share."""
+    procs = [
+        StoreProc(mosquitto.url, pg_dsn, tmp_path, f"store-{i}", "--share", "city")
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    pub = Publisher(mosquitto.url, "gw-shared")
+    try:
+        async with pub.client:
+            await subscribed(pub, pg_dsn)
+            await asyncio.sleep(2)  # both sessions in the group
+            for seq in range(2, 61):
+                await pub.publish(seq)
+                if seq == 30:
+                    procs[0].kill()
+                    procs[0].start()
+            await pub.publish(61)
+            await until_stored(pg_dsn, 61)
+        for p in procs:
+            assert p.stop() == 0
+    finally:
+        for p in procs:
+            if p.proc and p.proc.poll() is None:
+                p.kill()
+    assert_exactly_once(pg_dsn, pub)
+    took = [
+        int(m.group(1))
+        for p in procs
+        for r in range(1, p.runs + 1)
+        if (m := re.search(r"^stored (\d+) batches", p.stderr(r), re.M))
+    ]
+    assert len([n for n in took if n > 0]) >= 2, took

@@ -223,12 +223,14 @@ class StoreConsumer:
             result = await self._retrying(
                 what, lambda: self.store.store_batch(topic, h, batch.points)
             )
-        except psycopg.DataError as exc:  # values the database cannot hold: keep the bytes
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # Values the database cannot hold: keep the bytes, say so, go on.
+            reason = " ".join(str(exc).split())
             await self._malformed(
                 topic,
                 payload,
                 "not_storable",
-                f"the database refused it: {exc}",
+                f"the database refused it: {reason}",
                 h.gateway,
                 h.seq,
             )
