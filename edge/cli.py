@@ -1230,8 +1230,9 @@ def _consume_store(args: argparse.Namespace) -> int:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(source.run(), args.duration)
-        except (psycopg.Error, StoreSchemaError) as exc:
-            # Not an outage (those are retried): the schema or the server refuses us.
+        except (psycopg.Error, StoreSchemaError, sqlite3.Error) as exc:
+            # Not an outage (those are retried): the schema, the server or the ledger file
+            # refuses us.
             reason = " ".join(str(exc).split())
             print(
                 f"edge consume: the store failed: {reason}; stopping (the message in hand "

@@ -103,6 +103,13 @@ class StoreCounts:
     gateways: set[str] = field(default_factory=set)
 
 
+def _ids(sids: list[int], shown: int = 20) -> str:
+    """Series ids for a log line: all of a few, the first ``shown`` of many."""
+    if len(sids) <= shown:
+        return str(sids)
+    return f"{str(sids[:shown])[:-1]}, … ({len(sids) - shown} more)]"
+
+
 def _gateway_of(topic: str) -> str:
     parts = topic.split("/")
     return parts[-2] if len(parts) >= 3 else "?"
@@ -254,7 +261,7 @@ class StoreConsumer:
                 "readings are stored (listed in edge.unnamed_series until a birth names them)",
                 h.gateway,
                 h.seq,
-                fresh,
+                _ids(fresh),
             )
         if h.dropped:
             why = ", ".join(f"{n} {k}" for k, n in sorted(h.dropped_why.items()))
