@@ -1219,7 +1219,7 @@ def _consume_store(args: argparse.Namespace) -> int:
         except StoreSchemaError as exc:
             print(f"edge consume: {exc}", file=err)
             return EXIT_CONFIG
-        except psycopg.Error as exc:
+        except psycopg.Error as exc:  # not an outage (those are retried): a refusal
             reason = " ".join(str(exc).split())
             print(f"edge consume: cannot open the store: {reason}", file=err)
             return 1

@@ -806,3 +806,24 @@ async def test_consume_store__shared_group_one_killed_every_reading_once(
         if (m := re.search(r"^stored (\d+) batches", p.stderr(r), re.M))
     ]
     assert len([n for n in took if n > 0]) >= 2, took
+
+
+@pytest.mark.slow
+async def test_pgstore__database_down_at_start_waited_for(postgres, pg_dsn, caplog):
+    caplog.set_level(logging.DEBUG, logger="edge.platform.store_consumer")
+    postgres.stop()
+    try:
+        c = consumer(pg_dsn, retry_max_s=0.5)
+        starting = asyncio.create_task(c.start())
+        await asyncio.sleep(2)
+        assert not starting.done()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and errors[0].startswith("store: cannot open the database: ")
+    finally:
+        postgres.start()
+    await asyncio.wait_for(starting, 30)
+    assert any("takes messages again (opened" in r.getMessage() for r in caplog.records)
+    payload = (GOLDEN / "meter_two_polls.bin").read_bytes()
+    await c.handle(data_topic("hk-cab-0142"), payload)
+    await c.close()
+    assert stored_points(pg_dsn, "hk-cab-0142") == sorted(wire_points(payload), key=repr)

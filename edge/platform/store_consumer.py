@@ -146,9 +146,13 @@ class StoreConsumer:
         print(msg, file=self.report, flush=True)
 
     async def start(self) -> None:
-        """Connect and migrate the schema now (so a bad DSN or a newer database is said at
-        start, not at the first message). Raises what the connection raises."""
-        await self.store.connect()
+        """Connect and migrate the schema before the first message. A database that cannot
+        be reached (down, starting, refusing the login) is retried as an outage is (ERROR
+        once with the reason, INFO when it opens): start the source after this returns, so
+        messages wait at the broker meanwhile. Raises
+        :class:`~edge.platform.pgstore.StoreSchemaError` for a newer database and what the
+        database raises for any other refusal (e.g. no right to create schema ``edge``)."""
+        await self._retrying("", self.store.connect)
 
     async def close(self) -> None:
         await self.store.close()
@@ -191,13 +195,16 @@ class StoreConsumer:
                 reason = " ".join(str(exc).split()) or type(exc).__name__
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
-                    log.error(
-                        "store: cannot store %s: %s; keeping it unacknowledged and retrying",
-                        what,
-                        reason,
-                    )
+                    if what:
+                        log.error(
+                            "store: cannot store %s: %s; keeping it unacknowledged and retrying",
+                            what,
+                            reason,
+                        )
+                    else:
+                        log.error("store: cannot open the database: %s; retrying", reason)
                 else:
-                    log.debug("store: %s still not stored: %s", what, reason)
+                    log.debug("store: %s still not stored: %s", what or "nothing", reason)
                 if self.give_up_s is not None and time.monotonic() - started > self.give_up_s:
                     raise StoreUnavailable(f"the store did not take {what}: {reason}") from None
                 await asyncio.sleep(delay)
@@ -205,9 +212,8 @@ class StoreConsumer:
                 continue
             if self._outage_since is not None:
                 log.info(
-                    "store: the database takes messages again (%s stored after %.1f s, "
-                    "%d attempts)",
-                    what,
+                    "store: the database takes messages again (%s after %.1f s, %d attempts)",
+                    f"{what} stored" if what else "opened",
                     time.monotonic() - self._outage_since,
                     self._outage_attempts,
                 )
