@@ -827,3 +827,26 @@ async def test_pgstore__database_down_at_start_waited_for(postgres, pg_dsn, capl
     await c.handle(data_topic("hk-cab-0142"), payload)
     await c.close()
     assert stored_points(pg_dsn, "hk-cab-0142") == sorted(wire_points(payload), key=repr)
+
+
+async def test_pgstore__seq_reused_by_another_batch_kept_in_malformed_and_reported(pg_dsn):
+    """A gateway that numbers from 1 again (its buffer lost) sends other batches under seqs
+    already stored: they are not readings of those batches, and not dropped either."""
+    report = io.StringIO()
+    c = consumer(pg_dsn, report)
+    await c.start()
+    t = 1_763_800_000_000
+    first = encode_batch(BatchHeader("gw-reset", 5, 1, t), [Point(1, t, 1.0)])
+    again = encode_batch(BatchHeader("gw-reset", 5, 2, t + 60_000), [Point(1, t + 60_000, 2.0)])
+    topic = data_topic("gw-reset")
+    await c.handle(topic, first)
+    await c.handle(topic, again)
+    await c.handle(topic, first)  # the first one redelivered: a plain duplicate
+    await c.close()
+    assert stored_points(pg_dsn, "gw-reset") == wire_points(first)
+    assert query(pg_dsn, "SELECT gateway, seq, code, payload FROM edge.malformed") == [
+        ("gw-reset", 5, "seq_reused", again)
+    ]
+    line = report.getvalue().splitlines()[0]
+    assert line.startswith(f"bad batch on {topic} (gateway gw-reset, batch 5): seq_reused: ")
+    assert c.counts.duplicates == 1 and c.counts.malformed == 1

@@ -19,7 +19,9 @@ Schema ``edge`` (docs/platform-store.md describes every table and view):
   ms, and a timestamp beyond PostgreSQL's range (an int64 ms may be) is stored as ±infinity
   with the exact ms in ``ts_ms``;
 * ``malformed`` — batches that failed to decode (docs/batch-format-v1.md §6): topic, gateway
-  and seq when the header gives them, the error code, the message, the payload;
+  and seq when the header gives them, the error code, the message, the payload; also those
+  the database refused (``not_storable``) and other batches under a seq already stored
+  (``seq_reused``: another boot or sealing time than the stored one);
 * ``gateway_status`` — each gateway's last ``status`` message (online / offline, its will).
 
 Views: ``readings_named`` (readings with gateway, device, point, unit and the value in its SQL
@@ -382,6 +384,9 @@ class BatchResult:
     stored: bool
     readings: int
     unnamed: tuple[int, ...] = ()
+    #: Set when the seq is already stored from another batch (another ``boot`` or
+    #: ``created``): the (boot, created_ms) stored. Nothing of this batch was written.
+    reused_from: tuple[int, int] | None = None
 
 
 def _covers(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -485,10 +490,17 @@ class PgStore:
                 (f"{pg_text(header.gateway)}/{header.seq}", _BATCH_LOCK_SEED),
             )
             await cur.execute(
-                "SELECT part FROM edge.batches WHERE gateway_id = %s AND seq = %s",
+                "SELECT part, boot, created_ms FROM edge.batches "
+                "WHERE gateway_id = %s AND seq = %s",
                 (gid, header.seq),
             )
-            for (stored_part,) in await cur.fetchall():
+            stored = await cur.fetchall()
+            for _, boot, created_ms in stored:
+                # A batch keeps its bytes when re-sent, its parts the whole's boot and
+                # created (spec §1, §4): other ones are another batch under this seq.
+                if (boot, created_ms) != (header.boot, header.created_ms):
+                    return BatchResult(False, len(points), reused_from=(boot, created_ms))
+            for stored_part, _, _ in stored:
                 if _covers(stored_part, part):
                     return BatchResult(False, len(points))
             await cur.execute(

@@ -249,6 +249,19 @@ class StoreConsumer:
             )
             return
         self.counts.gateways.add(h.gateway)
+        if result.reused_from is not None:
+            boot, created = result.reused_from
+            await self._malformed(
+                topic,
+                payload,
+                "seq_reused",
+                f"batch {h.seq} is already stored from another batch (boot {boot}, created "
+                f"{created}; this one: boot {h.boot}, created {h.created_ms}): did the gateway "
+                "lose its buffer and number again? not stored as readings",
+                h.gateway,
+                h.seq,
+            )
+            return
         if not result.stored:
             self.counts.duplicates += 1
             log.info(
