@@ -551,17 +551,19 @@ async def test_consume_store__sigkilled_at_random_moments_every_reading_once(
     try:
         async with pub.client:
             await subscribed(pub, pg_dsn)
-            total = 120
+            total = 200
 
-            async def feed() -> None:
+            async def feed() -> None:  # ~10 s of batches of 1000 readings
                 for seq in range(2, total + 1):
-                    await pub.publish(seq)
-                    await asyncio.sleep(0.03)
+                    await pub.publish(seq, 1000)
+                    await asyncio.sleep(0.04)
 
             feeder = asyncio.create_task(feed())
-            for _ in range(5):  # killed mid-batch, mid-commit, mid-ack: wherever it is
-                await asyncio.sleep(rng.uniform(0.2, 1.5))
+            kills = []
+            for _ in range(5):  # mid-batch, mid-commit, mid-ack: wherever it is
+                await asyncio.sleep(rng.uniform(0.8, 1.8))  # a restart replays a backlog
                 proc.kill()
+                kills.append(count(pg_dsn, "SELECT count(*) FROM edge.batches"))
                 await asyncio.sleep(rng.uniform(0, 0.5))
                 proc.start()
             await feeder
@@ -572,6 +574,7 @@ async def test_consume_store__sigkilled_at_random_moments_every_reading_once(
         if proc.proc and proc.proc.poll() is None:
             proc.kill()
     assert proc.runs == 6
+    assert kills[-1] < total, kills  # every kill fell within the stream
     assert_exactly_once(pg_dsn, pub)
     summary = proc.stderr()
     assert "stored " in summary and "gaps: none" in summary and "Traceback" not in summary
