@@ -5,6 +5,7 @@ Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -853,3 +854,30 @@ async def test_pgstore__seq_reused_by_another_batch_kept_in_malformed_and_report
     line = report.getvalue().splitlines()[0]
     assert line.startswith(f"bad batch on {topic} (gateway gw-reset, batch 5): seq_reused: ")
     assert c.counts.duplicates == 1 and c.counts.malformed == 1
+
+
+async def test_store_consumer__tx_to_the_ledger_with_the_births_key_forged_held(pg_dsn):
+    from protocols.meterlink import encode_tx_message
+    from tests.test_ledger import DAY1, Gateway, pay
+
+    gw, forger = Gateway(), Gateway()
+    ledger = TxLedger()
+    report = io.StringIO()
+    c = StoreConsumer(PgStore(pg_dsn), ledger, report=report)
+    await c.start()
+    good = encode_tx_message(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    forged = encode_tx_message(gw.name, "hk", [forger.entry("HK-01", 2, pay("T2", 90_000, DAY1))])
+    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", good)  # before the birth: held for its key
+    await c.handle(f"{PREFIX}/hk/{gw.name}/birth", gw.birth())  # the key releases it
+    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", good)  # redelivered: counted once
+    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", forged)
+    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", b"\xc1 not msgpack")
+    await c.close()
+    rec = ledger.reconcile()
+    assert rec.total_vnd == 30_000
+    lines = report.getvalue().splitlines()
+    assert f"gateway {gw.name}: meter HK-01 entry 2 held (bad_signature); not counted" in lines
+    assert any(x.startswith(f"bad tx message on {PREFIX}/hk/{gw.name}/tx: ") for x in lines)
+    assert query(pg_dsn, "SELECT signing_key FROM edge.births") == [
+        (base64.b64encode(gw.public).decode(),)
+    ]
