@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -183,8 +184,14 @@ async def test_pgstore__redelivered_batch_and_split_parts_stored_once(pg_dsn):
             for p in p21 + p22
         ],
     )
-    for payload in [parts[0], parts[1], parts[0], parts[2], part2, parts[2], parts[1]]:
+    for payload in [parts[0], parts[1], parts[0]]:
         await c.handle(data_topic("gw-split"), payload)
+    assert query(pg_dsn, "SELECT gateway, seq, parts, covered FROM edge.incomplete_batches") == [
+        ("gw-split", 20, "1, 2.1", Decimal("0.75"))
+    ]
+    for payload in [parts[2], part2, parts[2], parts[1]]:
+        await c.handle(data_topic("gw-split"), payload)
+    assert query(pg_dsn, "SELECT count(*) FROM edge.incomplete_batches") == [(0,)]
     await c.close()
     assert c.counts.batches == 4 and c.counts.duplicates == 2 + 4
     assert stored_points(pg_dsn, "hk-cab-0142") == sorted(wire_points(whole), key=repr)

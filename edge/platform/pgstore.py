@@ -25,8 +25,9 @@ Schema ``edge`` (docs/platform-store.md describes every table and view):
 * ``gateway_status`` — each gateway's last ``status`` message (online / offline, its will).
 
 Views: ``readings_named`` (readings with gateway, device, point, unit and the value in its SQL
-type), ``batch_gaps`` (missing seq ranges), ``evictions`` (batches reporting readings lost at
-the gateway), ``unnamed_series``.
+type), ``batch_gaps`` (missing seq ranges), ``incomplete_batches`` (split batches with parts
+still missing), ``evictions`` (batches reporting readings lost at the gateway),
+``unnamed_series``.
 
 **Time index: BRIN, not partitions.** Readings arrive in about the order they were taken (a
 gateway sends its buffer oldest first), so a BRIN index on ``ts`` (a few kB per GB) prunes a
@@ -65,7 +66,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from protocols.batch import BatchDecodeError, BatchHeader, WirePoint
+from protocols.batch import BatchHeader, WirePoint
 from protocols.birth import Birth
 
 __all__ = [
@@ -256,6 +257,15 @@ SELECT g.gateway, o.seq + 1 AS first_missing, o.next - 1 AS last_missing,
        o.next - o.seq - 1 AS missing
 FROM ordered o JOIN edge.gateways g ON g.id = o.gateway_id
 WHERE o.next > o.seq + 1;
+
+CREATE VIEW edge.incomplete_batches AS
+SELECT g.gateway, b.seq,
+       string_agg(array_to_string(b.part, '.'), ', ' ORDER BY b.part) AS parts,
+       sum(power(2::numeric, -cardinality(b.part))) AS covered
+FROM edge.batches b JOIN edge.gateways g ON g.id = b.gateway_id
+WHERE cardinality(b.part) > 0
+GROUP BY g.gateway, b.seq
+HAVING sum(power(2::numeric, -cardinality(b.part))) < 1;
 
 CREATE VIEW edge.evictions AS
 SELECT g.gateway, b.seq, b.part, b.boot, edge.ms_time(b.created_ms) AS created, b.dropped,
@@ -719,8 +729,3 @@ class PgStore:
                 )
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
-
-
-def malformed_of(exc: BatchDecodeError) -> tuple[str | None, int | None]:
-    """The gateway and seq a malformed batch's header gives (None where it does not)."""
-    return exc.gateway, exc.seq
