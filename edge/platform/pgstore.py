@@ -666,7 +666,8 @@ class PgStore:
         return sorted(r[0] for r in named)
 
     async def store_status(self, gateway: str, topic: str, doc: dict[str, Any]) -> None:
-        """The gateway's last status message (the newest replaces the one before)."""
+        """The gateway's last status message (a different one replaces it; ``received`` is
+        when the current one first arrived)."""
         conn = await self.connect()
         gid = await self._gateway_id(conn, gateway)
         state = doc.get("state")
@@ -676,7 +677,10 @@ class PgStore:
                 "INSERT INTO edge.gateway_status (gateway_id, state, boot, doc, topic) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (gateway_id) DO UPDATE SET "
                 "state = excluded.state, boot = excluded.boot, doc = excluded.doc, "
-                "topic = excluded.topic, received = now()",
+                "topic = excluded.topic, received = now() "
+                # The same status again (retained: every consumer start gets it) keeps the
+                # time it first came: "offline since".
+                "WHERE edge.gateway_status.doc IS DISTINCT FROM excluded.doc",
                 (
                     gid,
                     pg_text(state) if isinstance(state, str) else None,
