@@ -1197,9 +1197,9 @@ def _pg_dsn(text: str) -> str:
     """argparse type for --store: a postgresql:// DSN with no password in it."""
     from edge.shared.secrets import dsn_secret_problem
 
-    problem = dsn_secret_problem(text, "the DSN")
+    problem = dsn_secret_problem(text, "")
     if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
+        raise argparse.ArgumentTypeError(problem.strip())
     return text
 
 

@@ -346,6 +346,12 @@ class LedgerRules:
         if have is not None:
             if (have[0], bytes(have[1])) == (e.type, e.payload):
                 self._count("duplicates")
+                # The same entry relayed by two gateways: it is listed under the first by name.
+                self._x(
+                    "UPDATE {entries} SET gateway = ?, site = ?, sig = ?, received_ms = ? "
+                    "WHERE meter = ? AND seq = ? AND gateway > ?",
+                    (gateway, site, e.sig, e.received_ms, e.meter, e.seq, gateway),
+                )
                 return EntryOutcome(gateway, e, "duplicate")
             # A second version of a seq already taken: the first is withdrawn, both are held.
             typ, payload, first_gw, first_site, sig, received_ms, tx = have
