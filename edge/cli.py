@@ -1186,6 +1186,10 @@ def _reconcile_store(args: argparse.Namespace) -> int:
     except pgledger.LedgerUnavailable as exc:
         print(f"edge reconcile: {exc}", file=sys.stderr)
         return 1
+    except pgledger.psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"edge reconcile: the ledger cannot be read: {first}", file=sys.stderr)
+        return 1
     except pgledger.LedgerSchemaError as exc:
         print(f"edge reconcile: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -276,3 +276,51 @@ def test_cli__reconcile_store_names_a_database_that_is_down_in_one_line(postgres
         f"edge reconcile: cannot reach PostgreSQL at 127.0.0.1:{postgres.port}"
     )
     assert r.stderr.count("\n") == 1 and "s3cret" not in r.stderr
+
+
+def test_cli__reconcile_store_works_for_a_role_that_may_only_read_and_says_what_it_cannot_do(
+    pg_dsn,
+):
+    import psycopg
+
+    from edge.platform.pgledger import PgLedger
+
+    db_name = pg_dsn.rsplit("/", 1)[1]
+    reader = f"reader_{db_name}"
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        db.execute(f'CREATE ROLE "{reader}" LOGIN')
+    as_reader = pg_dsn.replace("postgres@", f"{reader}@")
+    # a fresh database: the reader may not create the tables, and is told so in one line
+    r = edge("reconcile", "--store", as_reader)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "cannot create the ledger tables" in r.stderr and "Traceback" not in r.stderr
+    gw = Gateway()
+    led = PgLedger(pg_dsn)
+    led.key_announced(gw.name, gw.public)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    led.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        db.execute(f'GRANT USAGE ON SCHEMA edge TO "{reader}"')
+        db.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA edge TO "{reader}"')
+    r = edge("reconcile", "--store", as_reader, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["total_vnd"] == 30_000
+
+
+def test_cli__reconcile_store_without_the_platform_extra_says_how_to_install_it():
+    blocked = (
+        "import sys; sys.modules['psycopg'] = None; from edge.cli import main; "
+        "sys.exit(main(['reconcile', '--store', 'postgresql://edge@127.0.0.1/city']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", blocked],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 2
+    assert r.stderr == (
+        "edge reconcile --store needs the platform extra: pip install 'hanoi-edge[platform]'\n"
+    )

@@ -162,10 +162,30 @@ class PgLedger(LedgerRules):
         if self._db is not None:
             self._db.close()
 
+    def _version(self, db: psycopg.Connection[Any]) -> int:
+        """The ledger's schema version in the database (0: none yet)."""
+        exists = db.execute("SELECT to_regclass('edge.schema_version') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = db.execute(
+            "SELECT version FROM edge.schema_version WHERE component = 'ledger'"
+        ).fetchone()
+        have = int(row[0]) if row else 0
+        if have > SCHEMA_VERSION:
+            raise LedgerSchemaError(
+                f"the ledger in {dsn_where(self.dsn)} is schema version {have}, newer than "
+                f"this edge knows ({SCHEMA_VERSION}): upgrade edge"
+            )
+        return have
+
     def _migrate(self) -> None:
         """Bring the ledger tables to :data:`SCHEMA_VERSION`, under an advisory lock so that
-        consumers starting together migrate once. The readings store may create schema
-        ``edge`` at the same moment: a lost race to create it is tried again."""
+        consumers starting together migrate once. A ledger already up to date is only read (a
+        role that may only read can reconcile). The readings store may create schema ``edge``
+        at the same moment: a lost race to create it is tried again."""
+        with self._guard():
+            if self._version(self._connect()) == SCHEMA_VERSION:
+                return
         for attempt in range(5):
             try:
                 with self._guard(), self._db_tx(MIGRATE_LOCK) as db:
@@ -174,15 +194,7 @@ class PgLedger(LedgerRules):
                         "CREATE TABLE IF NOT EXISTS edge.schema_version "
                         "(component text PRIMARY KEY, version int NOT NULL)"
                     )
-                    row = db.execute(
-                        "SELECT version FROM edge.schema_version WHERE component = 'ledger'"
-                    ).fetchone()
-                    have = row[0] if row else 0
-                    if have > SCHEMA_VERSION:
-                        raise LedgerSchemaError(
-                            f"the ledger in {dsn_where(self.dsn)} is schema version {have}, newer "
-                            f"than this edge knows ({SCHEMA_VERSION}): upgrade edge"
-                        )
+                    have = self._version(db)
                     for steps in _STEPS[have:]:
                         for sql in steps:
                             db.execute(sql)
@@ -195,7 +207,15 @@ class PgLedger(LedgerRules):
                 return
             except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
                 if attempt == 4:
-                    raise
+                    raise LedgerSchemaError(
+                        f"cannot create the ledger tables in {dsn_where(self.dsn)}: another "
+                        "program keeps creating schema edge at the same moment"
+                    ) from None
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise LedgerSchemaError(
+                    f"cannot create the ledger tables in {dsn_where(self.dsn)}: {_reason(exc)} "
+                    "(run a consumer once with a role that may create them)"
+                ) from None
 
     @contextmanager
     def _db_tx(self, lock: int) -> Iterator[psycopg.Connection[Any]]:
