@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def city(seed: int = 7) -> tuple[list[Gateway], list[tuple[str, str, list[SignedEntry]]]]:
-    """Two gateways, four meters, ~140 entries shuffled into tx messages of 1-4 entries: per
+    """Two gateways, five meters, ~210 entries shuffled into tx messages of 1-4 entries: per
     meter payments, their receipts (one with another amount) and statuses over two Hanoi days;
     on each gateway's first meter a transaction paid twice alike (counted once), one paid with
-    two amounts (counted never), two versions of one seq (neither counted); and six forged
-    copies per gateway (never counted)."""
+    two amounts (counted never), two versions of one seq (neither counted); the same across
+    the two gateways, and a meter both relay; six forged copies per gateway (never counted)."""
     rnd = random.Random(seed)
     gws = [Gateway("gw-1"), Gateway("gw-2")]
     messages: list[tuple[str, str, list[SignedEntry]]] = []
@@ -63,7 +63,16 @@ def city(seed: int = 7) -> tuple[list[Gateway], list[tuple[str, str, list[Signed
             gw.entry(m0, 42, pay(f"{m0}-DUP", 7_000_000, DAY1)),  # same id, another amount
             gw.entry(m0, 43, pay(f"{m0}-A", 10_000, DAY1)),
             gw.entry(m0, 43, SessionEnd("S", DAY1)),  # a second version of seq 43
+            # across the two gateways: one transaction paid alike at two meters (counted once),
+            # one paid with two amounts (never), a meter both relay (a cabinet moved), with
+            # two versions of one seq
+            gw.entry(m0, 44, pay("X-SHARED", 50_000, DAY1)),
+            gw.entry(m0, 45, pay("X-CLASH", 20_000 if gw is gws[0] else 25_000, DAY1)),
+            gw.entry(
+                "XM-01", 31, pay("XM-31", 5_000, DAY1) if gw is gws[0] else SessionEnd("S", 0)
+            ),
         ]
+        entries += [gw.entry("XM-01", s, pay(f"XM-{s}", 1_000 * s, DAY1)) for s in range(1, 31)]
         big = encode_message(pay("X", 9_999_000, DAY1))
         forged = [SignedEntry(e.meter, e.seq, e.type, big, 0, e.sig) for e in entries[:6]]
         everything = entries + forged
@@ -87,13 +96,18 @@ def comparable(rec) -> tuple:
     )
 
 
-def _consumer(dsn: str, births: list[tuple[str, bytes]], messages: list, seed: int) -> None:
-    """One consumer process: the births and the messages in its own order."""
+def _consumer(
+    dsn: str, births: list[tuple[str, bytes]], messages: list, seed: int, start=None
+) -> None:
+    """One consumer process: the births and the messages in its own order, from the moment
+    every consumer is connected (``start``, a barrier)."""
     from edge.platform.pgledger import PgLedger
 
     work: list = [("birth", b) for b in births] + [("tx", m) for m in messages]
     random.Random(seed).shuffle(work)
     led = PgLedger(dsn)
+    if start is not None:
+        start.wait(60)
     for kind, item in work:
         if kind == "birth":
             led.key_announced(*item)
@@ -114,8 +128,9 @@ def test_pgledger__consumers_adding_overlapping_conflicting_and_forged_copies_at
     shares = [messages + rnd.sample(messages, len(messages) // 4) for _ in range(4)]
     PgLedger(pg_dsn).close()  # the tables exist; the consumers race on the entries alone
     ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(len(shares))
     procs = [
-        ctx.Process(target=_consumer, args=(pg_dsn, births, share, i))
+        ctx.Process(target=_consumer, args=(pg_dsn, births, share, i, start))
         for i, share in enumerate(shares)
     ]
     for p in procs:
@@ -136,7 +151,9 @@ def test_pgledger__consumers_adding_overlapping_conflicting_and_forged_copies_at
     # the rules did bite: counted once, never counted, held
     assert want.total_vnd > 0 and want.bad_signatures == 12
     hk = next(m for m in want.meters if m.meter == "HK-01")
-    assert (hk.duplicate_transactions, hk.conflicts) == (1, 4)
+    assert (hk.duplicate_transactions, hk.conflicts) == (2, 5)
+    xm = next(m for m in want.meters if m.meter == "XM-01")
+    assert (xm.gateways, xm.entries, xm.conflicts) == (["gw-1"], 30, 2)
     assert not any(d.total_vnd >= 7_000_000 for d in want.days)
     shared.close()
 
@@ -170,6 +187,49 @@ def test_pgledger__a_birth_and_its_entries_on_two_connections_at_once_leave_noth
     assert rec.total_vnd == rounds * per * 1_000
     births.close()
     adds.close()
+
+
+def test_pgledger__one_meter_and_one_transaction_from_two_gateways_at_once_are_judged_in_turn(
+    pg_dsn,
+):
+    from edge.platform.pgledger import PgLedger
+
+    gws = [Gateway("gw-1"), Gateway("gw-2")]
+    one, leds = TxLedger(), [PgLedger(pg_dsn), PgLedger(pg_dsn)]
+    for g in gws:
+        one.key_announced(g.name, g.public)
+        leds[0].key_announced(g.name, g.public)
+    errors: list[BaseException] = []
+    for r in range(1, 41):
+        same = pay(f"XM-{r}", 1_000 * r, DAY1)
+        msgs = []
+        for i, g in enumerate(gws):
+            relayed = same if i == 0 or r % 2 else SessionEnd(f"S{r}", DAY1)  # a second version
+            own = ("HK-01", "BD-01")[i]
+            shared = pay(f"SH-{r}", 500 if i == 0 or r % 3 else 700, DAY1)  # paid at two meters
+            msgs.append((g.name, "hk", [g.entry("XM-01", r, relayed), g.entry(own, r, shared)]))
+        go = threading.Barrier(2)
+
+        def send(led, msg, go=go):
+            try:
+                go.wait()
+                led.add(*msg)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=send, args=(led, m)) for led, m in zip(leds, msgs, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for m in msgs:
+            one.add(*m)
+    assert errors == []
+    assert comparable(leds[0].reconcile()) == comparable(one.reconcile())
+    for led in leds:
+        led.close()
 
 
 def test_pgledger__consumers_starting_together_create_the_tables_once(pg_dsn):

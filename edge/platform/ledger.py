@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -199,7 +199,8 @@ class LedgerRules:
     """The ledger's rules, written once for every database that keeps them (:class:`TxLedger`
     in SQLite, :class:`edge.platform.pgledger.PgLedger` in PostgreSQL), so the two can never
     disagree. A subclass gives the connection: :meth:`_x` runs one statement (SQL written with
-    ``?`` parameters and ``{table}`` names), :meth:`_tx` one locked write transaction,
+    ``?`` parameters and ``{table}`` names), :meth:`_write` one write transaction holding the
+    locks of a gateway, meters and transaction ids (:meth:`_lock` takes more on the way),
     :meth:`_read` one consistent read.
 
     The end state depends on the set of copies received, not on their order: whichever consumer
@@ -216,8 +217,20 @@ class LedgerRules:
     def _x(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         raise NotImplementedError
 
-    def _tx(self) -> AbstractContextManager[None]:
+    def _write(
+        self,
+        work: Callable[[], list[EntryOutcome]],
+        gateway: str,
+        meters: Iterable[str] = (),
+        txs: Iterable[str] = (),
+    ) -> list[EntryOutcome]:
+        """Run ``work`` in one transaction, committed on return, that first holds what it
+        reads and writes: ``gateway`` (its keys and the entries held for want of one), the
+        ``meters`` (their seqs) and the transaction ids ``txs``."""
         raise NotImplementedError
+
+    def _lock(self, meters: Iterable[str] = (), txs: Iterable[str] = ()) -> None:
+        """Inside :meth:`_write`: hold these too (found only once the work began)."""
 
     def _read(self) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -231,48 +244,52 @@ class LedgerRules:
     def key_announced(self, gateway: str, public: bytes) -> list[EntryOutcome]:
         """A birth announced ``public`` for ``gateway``. Entries held for want of a key are
         checked again; their outcomes are returned."""
-        with self._tx():
-            known = self._x(
-                "SELECT trusted FROM {keys} WHERE gateway = ? AND public = ?", (gateway, public)
-            ).fetchone()
-            if known is None:
-                others = self._x(
-                    "SELECT count(*) FROM {keys} WHERE gateway = ?", (gateway,)
-                ).fetchone()[0]
-                pin = self.pinned.get(gateway)
-                if pin is not None:
-                    trusted = public == pin
-                    if not trusted:
-                        self._anomaly(
-                            "unpinned_key", gateway, None, None, "announced a key not pinned for it"
-                        )
-                else:
-                    trusted = others == 0  # trust on first use
-                    if not trusted:
-                        self._anomaly(
-                            "key_changed",
-                            gateway,
-                            None,
-                            None,
-                            "announced a new signing key; entries signed with it are held until "
-                            "an operator trusts it",
-                        )
-                self._x(
-                    "INSERT INTO {keys} (gateway, public, trusted, first_ms) VALUES (?, ?, ?, ?)",
-                    (gateway, public, trusted, _now_ms()),
-                )
-            return self._recheck(gateway, (NO_KEY,))
+        return self._write(lambda: self._key_announced(gateway, public), gateway)
+
+    def _key_announced(self, gateway: str, public: bytes) -> list[EntryOutcome]:
+        known = self._x(
+            "SELECT trusted FROM {keys} WHERE gateway = ? AND public = ?", (gateway, public)
+        ).fetchone()
+        if known is None:
+            others = self._x(
+                "SELECT count(*) FROM {keys} WHERE gateway = ?", (gateway,)
+            ).fetchone()[0]
+            pin = self.pinned.get(gateway)
+            if pin is not None:
+                trusted = public == pin
+                if not trusted:
+                    self._anomaly(
+                        "unpinned_key", gateway, None, None, "announced a key not pinned for it"
+                    )
+            else:
+                trusted = others == 0  # trust on first use
+                if not trusted:
+                    self._anomaly(
+                        "key_changed",
+                        gateway,
+                        None,
+                        None,
+                        "announced a new signing key; entries signed with it are held until "
+                        "an operator trusts it",
+                    )
+            self._x(
+                "INSERT INTO {keys} (gateway, public, trusted, first_ms) VALUES (?, ?, ?, ?)",
+                (gateway, public, trusted, _now_ms()),
+            )
+        return self._recheck(gateway, (NO_KEY,))
 
     def trust(self, gateway: str, public: bytes) -> list[EntryOutcome]:
         """An operator trusts ``public`` for ``gateway`` (a key rotated on purpose): entries held
         under it are checked again."""
-        with self._tx():
-            self._x(
-                "INSERT INTO {keys} (gateway, public, trusted, first_ms) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (gateway, public) DO UPDATE SET trusted = excluded.trusted",
-                (gateway, public, True, _now_ms()),
-            )
-            return self._recheck(gateway, (NO_KEY, UNTRUSTED_KEY))
+        return self._write(lambda: self._trust(gateway, public), gateway)
+
+    def _trust(self, gateway: str, public: bytes) -> list[EntryOutcome]:
+        self._x(
+            "INSERT INTO {keys} (gateway, public, trusted, first_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (gateway, public) DO UPDATE SET trusted = excluded.trusted",
+            (gateway, public, True, _now_ms()),
+        )
+        return self._recheck(gateway, (NO_KEY, UNTRUSTED_KEY))
 
     def _recheck(self, gateway: str, reasons: tuple[str, ...]) -> list[EntryOutcome]:
         rows = self._x(
@@ -280,10 +297,14 @@ class LedgerRules:
             f"WHERE gateway = ? AND reason IN ({', '.join('?' * len(reasons))}) ORDER BY id",
             (gateway, *reasons),
         ).fetchall()
+        held = [
+            (rid, site, SignedEntry(meter, seq, typ, bytes(payload), received_ms, bytes(sig)))
+            for rid, site, meter, seq, typ, payload, received_ms, sig in rows
+        ]
+        self._lock({e.meter for _, _, e in held}, _transaction_ids(e for _, _, e in held))
         out = []
-        for rid, site, meter, seq, typ, payload, received_ms, sig in rows:
+        for rid, site, entry in held:
             self._x("DELETE FROM {held} WHERE id = ?", (rid,))
-            entry = SignedEntry(meter, seq, typ, bytes(payload), received_ms, bytes(sig))
             out.append(self._add_one(gateway, site, entry))
         return out
 
@@ -291,8 +312,13 @@ class LedgerRules:
 
     def add(self, gateway: str, site: str, entries: Iterable[SignedEntry]) -> list[EntryOutcome]:
         """Take one ``tx`` message's entries, all in one transaction, committed on return."""
-        with self._tx():
-            return [self._add_one(gateway, site, e) for e in entries]
+        batch = list(entries)
+        return self._write(
+            lambda: [self._add_one(gateway, site, e) for e in batch],
+            gateway,
+            {e.meter for e in batch},
+            _transaction_ids(batch),
+        )
 
     def _hold(self, reason: str, gateway: str, site: str, e: SignedEntry) -> bool:
         """Keep ``e`` aside for ``reason``; False if that very copy is held already."""
@@ -326,7 +352,7 @@ class LedgerRules:
                 status = UNTRUSTED_KEY
         if status is not None:
             if not self._hold(status, gateway, site, e):
-                self._count("duplicates")  # the same copy again: a re-delivery
+                self._count("duplicates", e.meter)  # the same copy again: a re-delivery
             elif status != NO_KEY:
                 self._anomaly(
                     status,
@@ -345,7 +371,7 @@ class LedgerRules:
         ).fetchone()
         if have is not None:
             if (have[0], bytes(have[1])) == (e.type, e.payload):
-                self._count("duplicates")
+                self._count("duplicates", e.meter)
                 # The same entry relayed by two gateways: it is listed under the first by name.
                 self._x(
                     "UPDATE {entries} SET gateway = ?, site = ?, sig = ?, received_ms = ? "
@@ -355,6 +381,8 @@ class LedgerRules:
                 return EntryOutcome(gateway, e, "duplicate")
             # A second version of a seq already taken: the first is withdrawn, both are held.
             typ, payload, first_gw, first_site, sig, received_ms, tx = have
+            if tx is not None:
+                self._lock(txs=[tx])
             self._x("DELETE FROM {entries} WHERE meter = ? AND seq = ?", (e.meter, e.seq))
             first = SignedEntry(e.meter, e.seq, typ, bytes(payload), received_ms, bytes(sig))
             if self._hold(CONFLICT, first_gw, first_site, first):
@@ -377,7 +405,7 @@ class LedgerRules:
             ).fetchone()
             is not None
         ):
-            self._count("duplicates")  # a version already held, again
+            self._count("duplicates", e.meter)  # a version already held, again
         elif self._hold(CONFLICT, gateway, site, e):
             self._anomaly(CONFLICT, gateway, e.meter, e.seq, _CONFLICT_DETAIL)
         return EntryOutcome(gateway, e, CONFLICT)
@@ -486,7 +514,9 @@ class LedgerRules:
             (kind, gateway, meter, seq, detail, _now_ms()),
         )
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def _count(self, name: str, shard: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``; PostgreSQL keeps a row per ``shard`` (a meter), so
+        consumers counting at once do not wait on one row."""
         self._x(
             "INSERT INTO {counters} AS c (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",
@@ -606,14 +636,14 @@ class LedgerRules:
                     dup_tx.get(meter, 0),
                 )
             )
-        dups = self._x("SELECT value FROM {counters} WHERE name = 'duplicates'").fetchone()
+        dups = self._x("SELECT sum(value) FROM {counters} WHERE name = 'duplicates'").fetchone()
         anomalies = [
             {"kind": k, "gateway": g, "meter": m, "seq": s, "detail": d}
             for k, g, m, s, d in self._x(
                 "SELECT kind, gateway, meter, seq, detail FROM {anomalies} ORDER BY id"
             ).fetchall()
         ]
-        return Reconciliation(days, meters, int(dups[0]) if dups else 0, anomalies)
+        return Reconciliation(days, meters, int(dups[0] or 0) if dups else 0, anomalies)
 
     def reconcile_json(self) -> str:
         return json.dumps(self.reconcile().as_dict(), ensure_ascii=False, indent=1)
@@ -682,8 +712,15 @@ class TxLedger(LedgerRules):
             text = self._sql[sql] = sql.format(**self.TABLES)
         return self._db.execute(text, params)
 
-    def _tx(self) -> AbstractContextManager[None]:
-        return _tx(self._db)
+    def _write(
+        self,
+        work: Callable[[], list[EntryOutcome]],
+        gateway: str,
+        meters: Iterable[str] = (),
+        txs: Iterable[str] = (),
+    ) -> list[EntryOutcome]:
+        with _tx(self._db):  # BEGIN IMMEDIATE: one writer at a time holds the whole file
+            return work()
 
     def _read(self) -> AbstractContextManager[None]:
         return _tx(self._db, "BEGIN")
@@ -701,6 +738,20 @@ class _tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _transaction_ids(entries: Iterable[SignedEntry]) -> set[str]:
+    """The transaction ids the payments and receipts among ``entries`` carry."""
+    out = set()
+    for e in entries:
+        if e.type in (MsgType.PAYMENT, MsgType.RECEIPT):
+            try:
+                msg = decode_message(e.type, e.payload)
+            except PayloadError:
+                continue
+            if isinstance(msg, Payment | Receipt):
+                out.add(msg.transaction_id)
+    return out
 
 
 def _now_ms() -> int:

@@ -10,11 +10,12 @@ consumers on any number of machines add to one ledger:
   (primary key), a counted payment or receipt by transaction id (primary key, referring to the
   entry it comes from), a held copy by its bytes.
 * Every write (a ``tx`` message's entries, a birth's key and the entries it releases, an
-  operator's trust) is one transaction that first takes one advisory transaction lock. Writes
-  are therefore applied one after another: an entry and the birth that announces its key,
-  handled by two consumers at the same moment, cannot miss each other (the entry is either
-  checked with the key or held and then released by the birth). A ``tx`` message takes a few
-  milliseconds; the city's parking payments are far fewer than the writes this allows.
+  operator's trust) is one transaction that first takes advisory transaction locks: its
+  gateway's, then its meters' and its transaction ids'. Writes that touch the same gateway,
+  meter or transaction are applied one after another, the others side by side: an entry and
+  the birth that announces its key, handled by two consumers at the same moment, cannot miss
+  each other (the entry is either checked with the key, or held and then released by the
+  birth), and two copies of one seq or of one transaction id are judged one after the other.
 * The end state depends on the copies received, not on who saw which first (see
   :class:`~edge.platform.ledger.LedgerRules`).
 
@@ -28,14 +29,17 @@ psycopg 3 is needed (the ``platform`` extra); this module is loaded only by the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from typing import Any, ClassVar
 
 import psycopg
 
-from edge.platform.ledger import LedgerRules, local_day
+from edge.platform.ledger import EntryOutcome, LedgerRules, local_day
 from edge.shared.secrets import dsn_where
 
 __all__ = [
@@ -49,9 +53,17 @@ __all__ = [
 #: ``ledger``).
 SCHEMA_VERSION = 1
 
-#: Advisory lock keys ("edge-ldm", "edge-ldw" as big-endian integers): migrations; writes.
+#: Advisory lock key of the ledger's migrations ("edge-ldm" as a big-endian integer).
 MIGRATE_LOCK = int.from_bytes(b"edge-ldm", "big")
-WRITE_LOCK = int.from_bytes(b"edge-ldw", "big")
+#: How often a write rolled back by a deadlock or a serialization failure is run again.
+_RETRIES = 8
+
+
+def _lock_key(kind: str, name: str) -> int:
+    """The advisory lock (a signed 64-bit key) of a gateway, meter or transaction id."""
+    digest = hashlib.blake2b(f"edge-ledger/{kind}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
 
 _STEPS: list[list[str]] = [
     # version 1
@@ -92,7 +104,8 @@ _STEPS: list[list[str]] = [
             id bigserial PRIMARY KEY, kind text NOT NULL, gateway text NOT NULL, meter text,
             seq bigint, detail text NOT NULL, at_ms bigint NOT NULL)""",
         """CREATE TABLE edge.ledger_counters (
-            name text PRIMARY KEY, value bigint NOT NULL)""",
+            name text NOT NULL, shard text NOT NULL, value bigint NOT NULL,
+            PRIMARY KEY (name, shard))""",
     ],
 ]
 assert len(_STEPS) == SCHEMA_VERSION
@@ -230,9 +243,13 @@ class PgLedger(LedgerRules):
         back: nothing of the call is kept)."""
         try:
             yield
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            raise  # rolled back; _write runs it again
         except psycopg.OperationalError as exc:
+            state = getattr(exc, "sqlstate", None) or ""
+            what = "is out of resources" if state.startswith("53") else "was lost"
             raise LedgerUnavailable(
-                f"lost PostgreSQL at {dsn_where(self.dsn)}: {_reason(exc)}"
+                f"PostgreSQL at {dsn_where(self.dsn)} {what}: {_reason(exc)}"
             ) from None
 
     # ------------------------------------------------------------------ LedgerRules
@@ -244,13 +261,52 @@ class PgLedger(LedgerRules):
         with self._guard():
             return self._connect().execute(text, params)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._guard(), self._db_tx(WRITE_LOCK):
-            yield
+    def _write(
+        self,
+        work: Callable[[], list[EntryOutcome]],
+        gateway: str,
+        meters: Iterable[str] = (),
+        txs: Iterable[str] = (),
+    ) -> list[EntryOutcome]:
+        """One transaction holding the gateway's lock, then the meters' and transaction ids'
+        in a fixed order (no two writers wait on each other in a circle). A lock found only on
+        the way (a withdrawn entry's transaction) can still meet another writer's: PostgreSQL
+        then rolls one back, and it is run again."""
+        first = _lock_key("gateway", gateway)
+        rest = sorted(
+            {_lock_key("meter", m) for m in meters} | {_lock_key("transaction", t) for t in txs}
+        )
+        for attempt in range(_RETRIES):
+            try:
+                with self._guard():
+                    db = self._connect()
+                    with db.transaction():
+                        db.execute("SELECT pg_advisory_xact_lock(%s)", (first,))
+                        self._hold_locks(rest)
+                        return work()
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
 
-    def _tx(self) -> AbstractContextManager[None]:
-        return self._locked()
+    def _lock(self, meters: Iterable[str] = (), txs: Iterable[str] = ()) -> None:
+        self._hold_locks(
+            sorted(
+                {_lock_key("meter", m) for m in meters} | {_lock_key("transaction", t) for t in txs}
+            )
+        )
+
+    def _hold_locks(self, keys: list[int]) -> None:
+        if keys:
+            self._x("SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) AS u(k)", (keys,))
+
+    def _count(self, name: str, shard: str, n: int = 1) -> None:
+        self._x(
+            "INSERT INTO {counters} AS c (name, shard, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (name, shard) DO UPDATE SET value = c.value + excluded.value",
+            (name, shard, n),
+        )
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
