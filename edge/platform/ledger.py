@@ -12,11 +12,18 @@ again). The ledger makes that exactly once:
   that arrives before any birth of its gateway is held as ``no_key`` and checked when the birth
   comes.
 * **Then de-duplication by (meter, seq)**, the meter's own numbering: the same bytes again are
-  a duplicate (counted); different signed bytes under a seq already taken are a ``conflict``
-  (reported, the first kept). A payment is also keyed by its transaction id, so one paid twice
-  under two seqs is counted once and reported (``duplicate_transaction``).
+  a re-delivery (ignored, counted); different signed bytes under one seq are a ``conflict``:
+  every version is held and none counted (the one taken first is withdrawn), reported. A
+  payment is also keyed by its transaction id: one paid alike under two seqs is counted once,
+  at the lower (meter, seq), and reported (``duplicate_transaction``); one paid with different
+  contents is counted never (``transaction_conflict``).
 
-Everything one ``tx`` message changes is one SQLite transaction. With a file (``path``) the
+The end state depends on the copies received, not on their order, so consumers that share the
+load reach the same reconciliation whichever of them saw which copy first. The rules are
+written once (:class:`LedgerRules`) for two databases: :class:`TxLedger` in SQLite here, for a
+single consumer, and :class:`edge.platform.pgledger.PgLedger` in PostgreSQL, shared by many.
+
+Everything one ``tx`` message changes is one transaction. With a file (``path``) the SQLite
 ledger survives a consumer restart: a consumer that acknowledges a message to the broker only
 after :meth:`TxLedger.add` returned never loses or double-counts an entry. The default is in
 memory, for a consumer whose run is the report.
