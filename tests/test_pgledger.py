@@ -280,6 +280,26 @@ def test_pgledger__a_database_that_goes_down_is_reported_and_used_again_when_bac
     led.close()
 
 
+def test_pgledger__a_connection_cut_between_messages_is_replaced_without_losing_one(pg_dsn):
+    import psycopg
+
+    from edge.platform.pgledger import PgLedger
+
+    gw = Gateway()
+    led = PgLedger(pg_dsn)
+    led.key_announced(gw.name, gw.public)
+    for s in (1, 2, 3):
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:  # e.g. a restarted pgbouncer
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        out = led.add(gw.name, "hk", [gw.entry("HK-01", s, pay(f"T{s}", 10_000, DAY1))])
+        assert [o.status for o in out] == ["accepted"]
+    assert led.reconcile().total_vnd == 30_000
+    led.close()
+
+
 # ---------------------------------------------------------------------- edge reconcile --store
 
 

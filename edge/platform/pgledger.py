@@ -153,6 +153,7 @@ class PgLedger(LedgerRules):
         self.connect_timeout_s = connect_timeout_s
         self._sql: dict[str, str] = {}
         self._db: psycopg.Connection[Any] | None = None
+        self._in_tx = False  # inside a transaction: never connect anew halfway
         self._connect()
         self._migrate()
 
@@ -259,7 +260,8 @@ class PgLedger(LedgerRules):
         if text is None:
             text = self._sql[sql] = sql.format(**self.TABLES).replace("?", "%s")
         with self._guard():
-            return self._connect().execute(text, params)
+            db = self._db if self._in_tx and self._db is not None else self._connect()
+            return db.execute(text, params)
 
     def _write(
         self,
@@ -276,19 +278,37 @@ class PgLedger(LedgerRules):
         rest = sorted(
             {_lock_key("meter", m) for m in meters} | {_lock_key("transaction", t) for t in txs}
         )
+        reconnected = False
         for attempt in range(_RETRIES):
             try:
-                with self._guard():
-                    db = self._connect()
-                    with db.transaction():
-                        db.execute("SELECT pg_advisory_xact_lock(%s)", (first,))
-                        self._hold_locks(rest)
-                        return work()
+                with self._guard(), self._inside() as db:
+                    db.execute("SELECT pg_advisory_xact_lock(%s)", (first,))
+                    self._hold_locks(rest)
+                    return work()
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                if attempt == _RETRIES - 1:
-                    raise
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise AssertionError("unreachable")
+            except LedgerUnavailable:
+                # A connection found dead (the server restarted, an idle connection cut): its
+                # transaction was rolled back, so it is run once more on a new one. Were it the
+                # COMMIT's answer that was lost, the rules take the work again as a re-delivery.
+                if reconnected or self._db is None or not self._db.broken:
+                    raise
+                reconnected = True
+        raise LedgerUnavailable(
+            f"PostgreSQL at {dsn_where(self.dsn)}: the write met other writers' locks "
+            f"{_RETRIES} times in a row; nothing of it is kept"
+        )
+
+    @contextmanager
+    def _inside(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on the connection (opened anew if it was lost before it began)."""
+        db = self._connect()
+        self._in_tx = True
+        try:
+            with db.transaction():
+                yield db
+        finally:
+            self._in_tx = False
 
     def _lock(self, meters: Iterable[str] = (), txs: Iterable[str] = ()) -> None:
         self._hold_locks(
@@ -310,11 +330,9 @@ class PgLedger(LedgerRules):
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
-        with self._guard():
-            db = self._connect()
-            with db.transaction():
-                db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield
+        with self._guard(), self._inside() as db:
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
 
     def _read(self) -> AbstractContextManager[None]:
         return self._snapshot()
