@@ -214,6 +214,9 @@ class LedgerRules:
     sees which copy first, the reconciliation is the same. That is why a conflict holds every
     version (the one taken first is withdrawn), why a transaction paid under two seqs is counted
     at the lower (meter, seq), and why a re-delivered held copy counts as re-delivered too.
+    The anomalies are the exception, by nature: a log of what was seen when (a
+    ``duplicate_transaction`` names the copy that did not count at that moment, even if a later
+    conflict withdrew the one that did); each held copy is reported once, whatever the order.
     """
 
     #: logical table name -> the name in this database
