@@ -232,6 +232,29 @@ def test_pgledger__one_meter_and_one_transaction_from_two_gateways_at_once_are_j
         led.close()
 
 
+def test_pgledger__random_streams_of_colliding_copies_give_the_sqlite_ledgers_report(postgres):
+    """The shared case table of tests/test_ledger.py (every kind of collision, births anywhere)
+    in random orders: PostgreSQL and SQLite give the same report, anomalies and their order
+    included."""
+    from edge.platform.pgledger import PgLedger
+    from tests.test_ledger import _GW, _POOL, _RELAY
+
+    for seed in range(12):
+        rnd = random.Random(seed)
+        order = [rnd.randrange(len(_POOL)) for _ in range(rnd.randint(5, 25))]
+        births = [(rnd.randint(0, len(order)), gw) for gw in (_GW, _RELAY)]
+        reports = []
+        for led in (TxLedger(), PgLedger(postgres.new_database())):
+            for n, i in enumerate([*order, None]):
+                for gw in (gw for at, gw in births if at == n):
+                    led.key_announced(gw.name, gw.public)
+                if i is not None:
+                    led.add(_POOL[i][0], "hk", [_POOL[i][1]])
+            reports.append(led.reconcile().as_dict())
+            led.close()
+        assert reports[0] == reports[1], f"seed {seed}"
+
+
 def test_pgledger__consumers_starting_together_create_the_tables_once(pg_dsn):
     import psycopg
 
