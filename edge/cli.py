@@ -1256,6 +1256,8 @@ def _consume_store(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        return _reconcile_store(args)
     from edge.platform.ledger import TxLedger
 
     if not args.ledger.exists():
@@ -1271,6 +1273,46 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"edge reconcile: {args.ledger} is not a readable ledger: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _reconcile_store(args: argparse.Namespace) -> int:
+    """edge reconcile --store postgresql://...: the shared ledger in PostgreSQL."""
+    try:
+        from edge.platform import pgledger
+    except ImportError:
+        print(
+            "edge reconcile --store needs the platform extra: pip install 'hanoi-edge[platform]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        ledger = pgledger.PgLedger(args.store)
+        try:
+            out = ledger.reconcile_json() if args.json else "\n".join(ledger.reconcile().lines())
+        finally:
+            ledger.close()
+    except pgledger.LedgerUnavailable as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return 1
+    except pgledger.psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"edge reconcile: the ledger cannot be read: {first}", file=sys.stderr)
+        return 1
+    except pgledger.LedgerSchemaError as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(out)
+    return 0
+
+
+def _pg_dsn(text: str) -> str:
+    """argparse type for --store: a postgresql:// DSN with no password in it."""
+    from edge.shared.secrets import dsn_secret_problem
+
+    problem = dsn_secret_problem(text, "")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.strip())
+    return text
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1561,7 +1603,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reconcile", help="the parking reconciliation per meter and day, from a consumer's ledger"
     )
-    p.add_argument("--ledger", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ledger", type=Path, help="a consumer's SQLite ledger file")
+    src.add_argument(
+        "--store",
+        type=_pg_dsn,
+        metavar="postgresql://USER@HOST:PORT/DB",
+        help="the consumers' shared ledger in PostgreSQL (password in PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reconcile)
 
