@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -1167,15 +1168,22 @@ def _consume_store(args: argparse.Namespace) -> int:
     if args.keep_duplicates:
         print("edge consume: --keep-duplicates prints readings; not with --store", file=err)
         return EXIT_CONFIG
+    if args.ledger is not None:
+        print(
+            "edge consume: with --store the parking ledger is in the same database (tables "
+            "edge.ledger_*, shared by every consumer): --ledger FILE is for a consumer without "
+            "--store",
+            file=err,
+        )
+        return EXIT_CONFIG
     try:
+        from edge.platform.pgledger import LedgerSchemaError, LedgerUnavailable, PgLedger
         from edge.platform.pgstore import PgStore, StoreSchemaError
         from edge.platform.store_consumer import MqttStoreSource, StoreConsumer, dsn_problem
     except ImportError:
         print(PLATFORM_EXTRA, file=err)
         return EXIT_CONFIG
     import psycopg
-
-    from edge.platform.ledger import TxLedger
 
     problem = dsn_problem(args.store)
     if problem is not None:
@@ -1199,8 +1207,10 @@ def _consume_store(args: argparse.Namespace) -> int:
                     f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
                 )
             pinned[gw] = raw
-        ledger = TxLedger(args.ledger or ":memory:", pinned=pinned)
-        consumer = StoreConsumer(PgStore(args.store), ledger)
+        consumer = StoreConsumer(
+            PgStore(args.store),
+            ledger_factory=functools.partial(PgLedger, args.store, pinned=pinned),
+        )
         source = MqttStoreSource(
             args.broker,
             consumer,
@@ -1216,7 +1226,7 @@ def _consume_store(args: argparse.Namespace) -> int:
     async def go() -> int:
         try:
             await consumer.start()
-        except StoreSchemaError as exc:
+        except (StoreSchemaError, LedgerSchemaError) as exc:
             print(f"edge consume: {exc}", file=err)
             return EXIT_CONFIG
         except psycopg.Error as exc:  # not an outage (those are retried): a refusal
@@ -1243,12 +1253,17 @@ def _consume_store(args: argparse.Namespace) -> int:
         finally:
             for line in await consumer.summary():
                 print(line, file=err, flush=True)
-            rec = ledger.reconcile()
-            if rec.days or rec.meters:
-                for line in rec.lines():
-                    print(line, file=err, flush=True)
-            if args.reconcile_json is not None:
-                args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
+            ledger = consumer.ledger
+            if ledger is not None:
+                with contextlib.suppress(LedgerUnavailable):
+                    rec = await asyncio.to_thread(ledger.reconcile)
+                    if rec.days or rec.meters:
+                        for line in rec.lines():
+                            print(line, file=err, flush=True)
+                    if args.reconcile_json is not None:
+                        text = await asyncio.to_thread(ledger.reconcile_json)
+                        args.reconcile_json.write_text(text + "\n")
+                ledger.close()
             await consumer.close()
         return code
 
