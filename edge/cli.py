@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -1067,7 +1068,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return _run(run_doctor(args.config, sys.stdout))
 
 
+PLATFORM_EXTRA = "edge consume --store needs the platform extra: pip install 'hanoi-edge[platform]'"
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
+    if args.amqp and args.store is None:
+        # Competing consumers each get some of the births: only a shared store names them all.
+        print(
+            "edge consume: --amqp needs --store postgresql://…: consumers sharing a queue each "
+            "see only some births, so readings are named in the shared store",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if (args.broker is None) == (not args.amqp):
+        print(
+            "edge consume: give --broker mqtt://HOST:PORT or --amqp amqp://… (with --store), "
+            "one or the other",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if args.store is not None:
+        return _consume_store(args)
     import csv
 
     from edge.platform.consumer import (
@@ -1079,19 +1100,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     )
     from edge.platform.ledger import EntryOutcome, TxLedger, entry_json
 
-    if args.amqp and not getattr(args, "store", None):
-        # Competing consumers each get some of the births: only a shared store names them all.
-        print(
-            "edge consume: --amqp needs --store postgresql://…: consumers sharing a queue each "
-            "see only some births, so readings are named in the shared store",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    if args.broker is None and not args.amqp:
-        print(
-            "edge consume: give --broker mqtt://HOST:PORT (or --amqp with --store)", file=sys.stderr
-        )
-        return EXIT_CONFIG
+    args.format = args.format or "jsonl"
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
         writer.writerow(CSV_COLUMNS)
@@ -1212,7 +1221,138 @@ def cmd_broker_setup(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def _consume_store(args: argparse.Namespace) -> int:
+    """``edge consume --store postgresql://…``: batches, births, statuses into PostgreSQL,
+    acknowledged after the commit (edge/platform/store_consumer.py)."""
+    err = sys.stderr
+    if args.format is not None:
+        print(
+            "edge consume: --format prints readings; with --store they go to the database "
+            "(query edge.readings_named): give one or the other",
+            file=err,
+        )
+        return EXIT_CONFIG
+    if args.keep_duplicates:
+        print("edge consume: --keep-duplicates prints readings; not with --store", file=err)
+        return EXIT_CONFIG
+    if args.ledger is not None:
+        print(
+            "edge consume: with --store the parking ledger is in the same database (tables "
+            "edge.ledger_*, shared by every consumer): --ledger FILE is for a consumer without "
+            "--store",
+            file=err,
+        )
+        return EXIT_CONFIG
+    try:
+        from edge.platform.pgledger import LedgerSchemaError, LedgerUnavailable, PgLedger
+        from edge.platform.pgstore import PgStore, StoreSchemaError
+        from edge.platform.store_consumer import MqttStoreSource, StoreConsumer, dsn_problem
+    except ImportError:
+        print(PLATFORM_EXTRA, file=err)
+        return EXIT_CONFIG
+    import psycopg
+
+    problem = dsn_problem(args.store)
+    if problem is not None:
+        print(f"edge consume: {problem}", file=err)
+        return EXIT_CONFIG
+    try:
+        tls = None
+        if args.ca_file or args.cert_file:
+            from edge.shared.tls import client_context
+
+            tls = client_context(args.ca_file, args.cert_file, args.key_file)
+        pinned = {}
+        for spec in args.trust_key or []:
+            gw, sep, b64 = spec.partition("=")
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raw = b""
+            if not sep or not gw or len(raw) != 32:
+                raise ValueError(
+                    f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
+                )
+            pinned[gw] = raw
+        consumer = StoreConsumer(
+            PgStore(args.store),
+            ledger_factory=functools.partial(PgLedger, args.store, pinned=pinned),
+        )
+        if args.amqp:
+            from edge.platform.amqp import AmqpSource
+
+            # The store retries an outage itself; what still escapes it stops the consumer,
+            # the message unacknowledged (as the MQTT source does).
+            source = AmqpSource(
+                args.amqp,
+                handler=consumer.handle,
+                prefetch=args.prefetch,
+                topic_prefix=args.prefix,
+                stop_on=(Exception,),
+            )
+        else:
+            source = MqttStoreSource(
+                args.broker,
+                consumer,
+                tls_context=tls,
+                prefix=args.prefix,
+                share=args.share,
+                client_id=args.client_id,
+            )
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        print(f"edge consume: {exc}", file=err)
+        return EXIT_CONFIG
+
+    async def go() -> int:
+        try:
+            await consumer.start()
+        except (StoreSchemaError, LedgerSchemaError) as exc:
+            print(f"edge consume: {exc}", file=err)
+            return EXIT_CONFIG
+        except psycopg.Error as exc:  # not an outage (those are retried): a refusal
+            reason = " ".join(str(exc).split())
+            print(f"edge consume: cannot open the store: {reason}", file=err)
+            return 1
+        code = 0
+        try:
+            if args.duration is None:
+                await source.run()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(source.run(), args.duration)
+        except (psycopg.Error, StoreSchemaError, sqlite3.Error) as exc:
+            # Not an outage (those are retried): the schema, the server or the ledger file
+            # refuses us.
+            reason = " ".join(str(exc).split())
+            print(
+                f"edge consume: the store failed: {reason}; stopping (the message in hand "
+                "was not acknowledged: the broker keeps it)",
+                file=err,
+            )
+            code = 1
+        finally:
+            for line in await consumer.summary():
+                print(line, file=err, flush=True)
+            ledger = consumer.ledger
+            if ledger is not None:
+                with contextlib.suppress(LedgerUnavailable):
+                    rec = await asyncio.to_thread(ledger.reconcile)
+                    if rec.days or rec.meters:
+                        for line in rec.lines():
+                            print(line, file=err, flush=True)
+                    if args.reconcile_json is not None:
+                        text = await asyncio.to_thread(ledger.reconcile_json)
+                        args.reconcile_json.write_text(text + "\n")
+                ledger.close()
+            await consumer.close()
+        return code
+
+    return _run(go())
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        return _reconcile_store(args)
     from edge.platform.ledger import TxLedger
 
     if not args.ledger.exists():
@@ -1228,6 +1368,46 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"edge reconcile: {args.ledger} is not a readable ledger: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _reconcile_store(args: argparse.Namespace) -> int:
+    """edge reconcile --store postgresql://...: the shared ledger in PostgreSQL."""
+    try:
+        from edge.platform import pgledger
+    except ImportError:
+        print(
+            "edge reconcile --store needs the platform extra: pip install 'hanoi-edge[platform]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        ledger = pgledger.PgLedger(args.store)
+        try:
+            out = ledger.reconcile_json() if args.json else "\n".join(ledger.reconcile().lines())
+        finally:
+            ledger.close()
+    except pgledger.LedgerUnavailable as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return 1
+    except pgledger.psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"edge reconcile: the ledger cannot be read: {first}", file=sys.stderr)
+        return 1
+    except pgledger.LedgerSchemaError as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(out)
+    return 0
+
+
+def _pg_dsn(text: str) -> str:
+    """argparse type for --store: a postgresql:// DSN with no password in it."""
+    from edge.shared.secrets import dsn_secret_problem
+
+    problem = dsn_secret_problem(text, "")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.strip())
+    return text
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1484,7 +1664,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="with --amqp: messages held unacknowledged at once (default 100)",
     )
-    p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv", "text"], help="how readings are printed (jsonl)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="POSTGRESQL_URL",
+        help="write batches, births and statuses into this PostgreSQL database (schema edge, "
+        "docs/platform-store.md) instead of printing; the password comes from PGPASSWORD, "
+        "PGPASSFILE or ~/.pgpass, never the URL",
+    )
     p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument(
         "--share",
@@ -1544,7 +1733,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reconcile", help="the parking reconciliation per meter and day, from a consumer's ledger"
     )
-    p.add_argument("--ledger", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ledger", type=Path, help="a consumer's SQLite ledger file")
+    src.add_argument(
+        "--store",
+        type=_pg_dsn,
+        metavar="postgresql://USER@HOST:PORT/DB",
+        help="the consumers' shared ledger in PostgreSQL (password in PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reconcile)
 

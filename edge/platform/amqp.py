@@ -311,6 +311,14 @@ async def declare_topology(
 Handler = Callable[[str, bytes], Awaitable[None]]
 
 
+class _Stop(Exception):
+    """Carries a handler's exception listed in ``stop_on`` out of the consume loop."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 @dataclass
 class AmqpStats:
     """What an :class:`AmqpSource` did (counts since it started)."""
@@ -336,7 +344,10 @@ class AmqpSource:
     must make its effect durable before it returns (a database commit) and must be idempotent:
     a message whose ack was lost (a connection loss, a consumer killed) comes again. When the
     handler raises, the message is returned to the queue (nack, requeue), logged at ERROR once
-    (DEBUG while it goes on), and the source waits ``retry_s`` seconds before taking more.
+    (DEBUG while it goes on), and the source waits ``retry_s`` seconds before taking more;
+    an exception of a type in ``stop_on`` is raised from :meth:`run` instead, once the message
+    is back in the queue (for a handler that retries outages itself and raises only when it
+    gives up).
 
     ``declare``: declare the topology first (idempotent; ``topic_prefix`` names the
     bindings). Messages are handled one at a time, in the order the queue delivers them.
@@ -359,6 +370,7 @@ class AmqpSource:
         reconnect_max_s: float = 10.0,
         retry_s: float = 1.0,
         give_up_s: float | None = None,
+        stop_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         if not urls:
             raise ValueError("give at least one AMQP URL (--amqp amqp://USER:PASSWORD@HOST:PORT/)")
@@ -375,6 +387,7 @@ class AmqpSource:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.retry_s = retry_s
         self.give_up_s = give_up_s
+        self.stop_on = stop_on
         self.stats = AmqpStats()
         self._next = 0  # index of the node to try next
         self._down_since: float | None = None
@@ -405,6 +418,8 @@ class AmqpSource:
                 await self._consume(connection)
             except asyncio.CancelledError:
                 raise
+            except _Stop as stop:
+                raise stop.exc from None
             except Exception as exc:  # the connection or channel ended: go on with another node
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -481,6 +496,10 @@ class AmqpSource:
             raise
         except Exception as exc:
             self.stats.handler_failures += 1
+            if isinstance(exc, self.stop_on):
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                raise _Stop(exc) from exc
             level = logging.DEBUG if self._handler_failing else logging.ERROR
             self._handler_failing = True
             log.log(
