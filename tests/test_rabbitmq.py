@@ -401,3 +401,68 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
         f"acknowledged, {len(seqs) - len(set(seqs))} duplicates"
     )
     await asyncio.to_thread(c.start, 1)
+
+
+@pytest.mark.system
+async def test_consume_amqp__real_gateway_through_the_cluster_into_postgresql_named_once(
+    rabbit_cluster, sim_sdm630, pg_dsn, tmp_path
+):
+    """``edge consume --amqp … --store …`` (a process) stores what a gateway publishes to
+    another node: every reading once, named through the birth that came the same way."""
+    from tests.test_pgstore import count
+    from tests.test_system import start_gateway, stop
+
+    c = rabbit_cluster
+    await _ensure_all_running(c)
+    prefix = "td/v1"
+    await declare_topology(c.node(1).amqp_url, prefix)  # before the gateway publishes
+    consume = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge",
+        "consume",
+        "--amqp",
+        c.node(2).amqp_url,
+        "--amqp",
+        c.node(3).amqp_url,
+        "--store",
+        pg_dsn,
+        "--prefix",
+        prefix,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        text = gateway_yaml(
+            buffer=tmp_path / "b.sqlite",
+            broker_port=c.node(1).mqtt_port,
+            sim_port=sim_sdm630.port,
+            poll_interval_s=0.2,
+            extra_mqtt=f"  topic_prefix: {prefix}\nstatus: {{listen: '127.0.0.1:{free_port()}'}}\n",
+        )
+        gateway, gw_task = await start_gateway(tmp_path, text)
+        await asyncio.sleep(3)
+        gateway.stop_polling()
+
+        def drained() -> bool:
+            s = gateway.buffer.sync.stats()
+            return gateway.queue.empty() and s.pending_readings == 0 and s.outbox_batches == 0
+
+        await wait_until(drained, 30, what="the gateway to drain")
+        accepted = gateway.writer_stats.accepted
+        await stop(gw_task)
+        await wait_until(
+            lambda: count(pg_dsn, "SELECT count(*) FROM edge.readings") >= accepted,
+            30,
+            what="the store to catch up",
+        )
+    finally:
+        if consume.returncode is None:
+            consume.send_signal(signal.SIGTERM)
+        _, raw_err = await asyncio.wait_for(consume.communicate(), 30)
+    err = raw_err.decode()
+    assert consume.returncode == 0, err
+    assert "Traceback" not in err and "guest:guest" not in err, err
+    assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == accepted
+    assert count(pg_dsn, "SELECT count(*) FROM edge.unnamed_series") == 0
+    assert count(pg_dsn, "SELECT count(*) FROM edge.readings_named WHERE device = 'meter-2'") > 0
