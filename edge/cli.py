@@ -1333,6 +1333,15 @@ def _consume_store(args: argparse.Namespace) -> int:
         finally:
             for line in await consumer.summary():
                 print(line, file=err, flush=True)
+            amqp = getattr(source, "stats", None) if args.amqp else None
+            if amqp is not None:
+                print(
+                    f"amqp: {amqp.acked} messages acknowledged ({amqp.redelivered} redelivered) "
+                    f"over {amqp.connections} connection(s); {amqp.unroutable or 0} in "
+                    "edge.unroutable (published on topics no binding takes)",
+                    file=err,
+                    flush=True,
+                )
             ledger = consumer.ledger
             if ledger is not None:
                 with contextlib.suppress(LedgerUnavailable):

@@ -463,6 +463,7 @@ async def test_consume_amqp__real_gateway_through_the_cluster_into_postgresql_na
     err = raw_err.decode()
     assert consume.returncode == 0, err
     assert "Traceback" not in err and "guest:guest" not in err, err
+    assert "amqp: " in err and " messages acknowledged" in err, err
     assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == accepted
     assert count(pg_dsn, "SELECT count(*) FROM edge.unnamed_series") == 0
     assert count(pg_dsn, "SELECT count(*) FROM edge.readings_named WHERE device = 'meter-2'") > 0
