@@ -467,3 +467,24 @@ async def test_consume_amqp__real_gateway_through_the_cluster_into_postgresql_na
     assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == accepted
     assert count(pg_dsn, "SELECT count(*) FROM edge.unnamed_series") == 0
     assert count(pg_dsn, "SELECT count(*) FROM edge.readings_named WHERE device = 'meter-2'") > 0
+
+
+@pytest.mark.system
+async def test_doctor__each_failover_node_checked_a_dead_one_fails_by_its_url(
+    mosquitto, sim_sdm630, tmp_path
+):
+    from tests.test_doctor import doctor, fails
+
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    text = gateway_yaml(
+        buffer=tmp_path / "b.sqlite",
+        broker_port=mosquitto.port,
+        sim_port=sim_sdm630.port,
+        extra_mqtt=f"  failover_urls: [{mosquitto.url}, {dead}]\n",
+    )
+    code, out = await doctor(tmp_path, text)
+    assert code != 0, out
+    assert out.count(f"PASS  broker {mosquitto.url} accepts this gateway") == 2, out
+    assert [line for line in fails(out) if "broker" in line] == [
+        next(line for line in fails(out) if line.startswith(f"FAIL  broker {dead}:"))
+    ], out
