@@ -1279,8 +1279,13 @@ def _consume_store(args: argparse.Namespace) -> int:
             ledger_factory=functools.partial(PgLedger, args.store, pinned=pinned),
         )
         if args.amqp:
-            from edge.platform.amqp import AmqpSource
+            from edge.platform.amqp import AmqpSource, ExtraMissing, require_extra
 
+            try:
+                require_extra()
+            except ExtraMissing as exc:
+                print(exc, file=err)
+                return EXIT_CONFIG
             # The store retries an outage itself; what still escapes it stops the consumer,
             # the message unacknowledged (as the MQTT source does).
             source = AmqpSource(

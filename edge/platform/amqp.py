@@ -57,6 +57,7 @@ __all__ = [
     "check_amqp_url",
     "declare_topology",
     "redact",
+    "require_extra",
     "routing_key_to_topic",
     "topic_to_routing_key",
 ]
@@ -99,6 +100,11 @@ class ExtraMissing(Exception):
 
 class AmqpError(Exception):
     """A broker problem in our words; the message never holds a password."""
+
+
+def require_extra(command: str = "edge consume --amqp") -> None:
+    """Raise :class:`ExtraMissing` (naming ``command``) unless aio-pika can be imported."""
+    _aio_pika(command)
 
 
 def _aio_pika(command: str = "edge consume --amqp") -> Any:
