@@ -203,6 +203,14 @@ async def _publisher(url: str, client_id: str) -> UplinkClient:
     return client
 
 
+def _status_json(port: int) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=10) as r:
+        return json.loads(r.read())
+
+
 async def _ensure_all_running(cluster) -> None:
     for n in cluster.nodes:
         if not n.running:
@@ -335,10 +343,11 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
     urls = [n.amqp_url for n in c.nodes]
     await declare_topology(urls[1], prefix, queue=queue)
     buffer = tmp_path / "b.sqlite"
+    status_port = free_port()
     extra = (
         f"  topic_prefix: {prefix}\n"
         f"  failover_urls: [{c.node(2).mqtt_url}, {c.node(3).mqtt_url}]\n"
-        f"status: {{listen: '127.0.0.1:{free_port()}'}}\n"
+        f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
     )
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
@@ -374,6 +383,8 @@ async def test_rabbitmq__gateway_fails_over_when_its_node_dies_and_loses_no_batc
                 lambda: max(seqs) >= killed_at + 10, 60, what="batches after node 1 died"
             )
             failover_s = time.monotonic() - began
+            status = await asyncio.to_thread(_status_json, status_port)
+            assert status["uplink"]["broker"] in (c.node(2).mqtt_url, c.node(3).mqtt_url)
         except AssertionError as exc:
             failed = exc
         finally:
