@@ -1063,7 +1063,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return _run(run_doctor(args.config, sys.stdout))
 
 
+PLATFORM_EXTRA = "edge consume --store needs the platform extra: pip install 'hanoi-edge[platform]'"
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        return _consume_store(args)
     import csv
 
     from edge.platform.consumer import (
@@ -1075,6 +1080,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     )
     from edge.platform.ledger import EntryOutcome, TxLedger, entry_json
 
+    args.format = args.format or "jsonl"
     writer = csv.writer(sys.stdout)
     if args.format == "csv":
         writer.writerow(CSV_COLUMNS)
@@ -1143,6 +1149,108 @@ def cmd_consume(args: argparse.Namespace) -> int:
             if args.reconcile_json is not None:
                 args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
         return 0
+
+    return _run(go())
+
+
+def _consume_store(args: argparse.Namespace) -> int:
+    """``edge consume --store postgresql://…``: batches, births, statuses into PostgreSQL,
+    acknowledged after the commit (edge/platform/store_consumer.py)."""
+    err = sys.stderr
+    if args.format is not None:
+        print(
+            "edge consume: --format prints readings; with --store they go to the database "
+            "(query edge.readings_named): give one or the other",
+            file=err,
+        )
+        return EXIT_CONFIG
+    if args.keep_duplicates:
+        print("edge consume: --keep-duplicates prints readings; not with --store", file=err)
+        return EXIT_CONFIG
+    try:
+        from edge.platform.pgstore import PgStore, StoreSchemaError
+        from edge.platform.store_consumer import MqttStoreSource, StoreConsumer, dsn_problem
+    except ImportError:
+        print(PLATFORM_EXTRA, file=err)
+        return EXIT_CONFIG
+    import psycopg
+
+    from edge.platform.ledger import TxLedger
+
+    problem = dsn_problem(args.store)
+    if problem is not None:
+        print(f"edge consume: {problem}", file=err)
+        return EXIT_CONFIG
+    try:
+        tls = None
+        if args.ca_file or args.cert_file:
+            from edge.shared.tls import client_context
+
+            tls = client_context(args.ca_file, args.cert_file, args.key_file)
+        pinned = {}
+        for spec in args.trust_key or []:
+            gw, sep, b64 = spec.partition("=")
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raw = b""
+            if not sep or not gw or len(raw) != 32:
+                raise ValueError(
+                    f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
+                )
+            pinned[gw] = raw
+        ledger = TxLedger(args.ledger or ":memory:", pinned=pinned)
+        consumer = StoreConsumer(PgStore(args.store), ledger)
+        source = MqttStoreSource(
+            args.broker,
+            consumer,
+            tls_context=tls,
+            prefix=args.prefix,
+            share=args.share,
+            client_id=args.client_id,
+        )
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        print(f"edge consume: {exc}", file=err)
+        return EXIT_CONFIG
+
+    async def go() -> int:
+        try:
+            await consumer.start()
+        except StoreSchemaError as exc:
+            print(f"edge consume: {exc}", file=err)
+            return EXIT_CONFIG
+        except psycopg.Error as exc:  # not an outage (those are retried): a refusal
+            reason = " ".join(str(exc).split())
+            print(f"edge consume: cannot open the store: {reason}", file=err)
+            return 1
+        code = 0
+        try:
+            if args.duration is None:
+                await source.run()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(source.run(), args.duration)
+        except (psycopg.Error, StoreSchemaError, sqlite3.Error) as exc:
+            # Not an outage (those are retried): the schema, the server or the ledger file
+            # refuses us.
+            reason = " ".join(str(exc).split())
+            print(
+                f"edge consume: the store failed: {reason}; stopping (the message in hand "
+                "was not acknowledged: the broker keeps it)",
+                file=err,
+            )
+            code = 1
+        finally:
+            for line in await consumer.summary():
+                print(line, file=err, flush=True)
+            rec = ledger.reconcile()
+            if rec.days or rec.meters:
+                for line in rec.lines():
+                    print(line, file=err, flush=True)
+            if args.reconcile_json is not None:
+                args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
+            await consumer.close()
+        return code
 
     return _run(go())
 
@@ -1405,7 +1513,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
-    p.add_argument("--format", choices=["jsonl", "csv", "text"], default="jsonl")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv", "text"], help="how readings are printed (jsonl)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="POSTGRESQL_URL",
+        help="write batches, births and statuses into this PostgreSQL database (schema edge, "
+        "docs/platform-store.md) instead of printing; the password comes from PGPASSWORD, "
+        "PGPASSFILE or ~/.pgpass, never the URL",
+    )
     p.add_argument("--prefix", default="city/v1", help="topic prefix (mqtt.topic_prefix)")
     p.add_argument(
         "--share",

@@ -1,0 +1,575 @@
+"""The consumer that writes into the PostgreSQL store, whatever the messages come from.
+
+:class:`StoreConsumer` takes one message at a time (``await handle(topic, payload)``) and
+returns once its effect is committed; the source (:class:`MqttStoreSource` here, the AMQP source
+of edge/platform/amqp.py) acknowledges the message to the broker only then. So a consumer
+killed at any moment leaves every message either committed (and a redelivery is a no-op: the
+batch's row is there) or unacknowledged (and the broker delivers it again).
+
+Topics (``<prefix>/<site>/<gateway>/…``):
+
+* ``data`` — a batch: decoded, then stored in one transaction (edge/platform/pgstore.py). A
+  batch that does not decode is kept in ``edge.malformed``, reported on the report stream as
+  ``bad batch on <topic> (gateway X, batch N): <code>: …; stored in edge.malformed``, and
+  acknowledged. Series ids no birth has named are stored all the same and reported once per
+  (gateway, sid) after the commit (WARNING).
+* ``birth`` and ``birth/<k>`` — births (parts joined in the database, so competing consumers
+  may each get some of them) → ``births`` / ``series``, and the signing key to the ledger
+  (``key_announced``).
+* ``tx`` — parking meter entries → the ledger's ``add``: any object with
+  :class:`~edge.platform.ledger.TxLedger`'s ``key_announced`` and ``add`` (plain or async
+  methods), e.g. the SQLite ``TxLedger`` or the PostgreSQL one.
+* ``status`` — the gateway's retained online / offline message → ``gateway_status``.
+
+**Database down or full.** The message stays in hand, unacknowledged: the first failure is
+logged at ERROR with the gateway and seq, further attempts (backoff 0.2 s doubling to 5 s)
+at DEBUG, and the recovery at INFO. Nothing is acknowledged or dropped meanwhile; the broker
+keeps the rest (its in-flight window fills and it stops sending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import inspect
+import json
+import logging
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import psycopg
+
+from edge.platform.pgstore import PgStore, is_transient
+from edge.shared.secrets import url_secret_problem
+from protocols.batch import BatchDecodeError, decode_batch_wire
+from protocols.birth import Birth, BirthError, birth_part, join_birth_parts
+from protocols.meterlink import PayloadError, decode_tx_message
+
+__all__ = ["MqttStoreSource", "StoreConsumer", "StoreCounts", "StoreUnavailable", "dsn_problem"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """The store could not take a message and the consumer gave up (``give_up_s``): the
+    message was not acknowledged; the source should stop and the broker will redeliver."""
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` may not be given to ``--store``: not a PostgreSQL connection string, or it
+    carries a password (a DSN is shown in process lists and shell history). The message never
+    repeats the DSN. None if fine."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return (
+            "--store must be a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE) or "
+            "connection string"
+        )
+    if dsn.startswith(("postgresql://", "postgres://")):
+        pass
+    elif "=" not in dsn:
+        return (
+            "--store must be a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE) or "
+            "connection string"
+        )
+    if params.get("password"):
+        return (
+            "--store carries a password: a connection string is shown in process lists and "
+            "shell history, so give the password in PGPASSWORD, a PGPASSFILE or ~/.pgpass "
+            "instead"
+        )
+    return None
+
+
+@dataclass
+class StoreCounts:
+    """What this consumer did since it started (the summary at stop)."""
+
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    births: int = 0
+    statuses: int = 0
+    entries: int = 0
+    bad_messages: int = 0
+    retries: int = 0
+    gateways: set[str] = field(default_factory=set)
+
+
+def _ids(sids: list[int], shown: int = 20) -> str:
+    """Series ids for a log line: all of a few, the first ``shown`` of many."""
+    if len(sids) <= shown:
+        return str(sids)
+    return f"{str(sids[:shown])[:-1]}, … ({len(sids) - shown} more)]"
+
+
+def _gateway_of(topic: str) -> str:
+    parts = topic.split("/")
+    return parts[-2] if len(parts) >= 3 else "?"
+
+
+class StoreConsumer:
+    """Routes messages by topic into a :class:`~edge.platform.pgstore.PgStore` (see the
+    module docstring). ``handle`` may be called from several tasks: calls are serialized on
+    the store's one connection (run more consumer processes to go faster)."""
+
+    def __init__(
+        self,
+        store: PgStore,
+        ledger: Any,
+        *,
+        report: TextIO = sys.stderr,
+        retry_min_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        give_up_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.report = report
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.give_up_s = give_up_s
+        self.counts = StoreCounts()
+        self._lock = asyncio.Lock()
+        self._unnamed_reported: set[tuple[str, int]] = set()
+        self._outage_since: float | None = None
+        self._outage_attempts = 0
+
+    def _say(self, msg: str) -> None:
+        print(msg, file=self.report, flush=True)
+
+    async def start(self) -> None:
+        """Connect and migrate the schema before the first message. A database that cannot
+        be reached (down, starting, refusing the login) is retried as an outage is (ERROR
+        once with the reason, INFO when it opens): start the source after this returns, so
+        messages wait at the broker meanwhile. Raises
+        :class:`~edge.platform.pgstore.StoreSchemaError` for a newer database and what the
+        database raises for any other refusal (e.g. no right to create schema ``edge``)."""
+        await self._retrying("", self.store.connect)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Store one message; returns once it is committed (or, for a message that cannot
+        be used, once it is reported and kept where it can be). Retries a store that is down
+        or full until it works (or raises :class:`StoreUnavailable` after ``give_up_s``)."""
+        head, _, last = topic.rpartition("/")
+        async with self._lock:
+            if last == "data":
+                await self._data(topic, payload)
+            elif last == "birth" or (head.endswith("/birth") and last.isdigit()):
+                await self._birth(topic, payload)
+            elif last == "tx":
+                await self._tx(topic, payload)
+            elif last == "status":
+                await self._status(topic, payload)
+            else:
+                self.counts.bad_messages += 1
+                log.debug("message on %s is not for the store; ignored", topic)
+
+    # ------------------------------------------------------------------ retrying
+
+    async def _retrying(self, what: str, step: Any) -> Any:
+        """Run ``step()`` (a coroutine function) until it does not fail transiently."""
+        delay = self.retry_min_s
+        started = time.monotonic()
+        while True:
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await self.store.close()  # a fresh connection next time
+                self.counts.retries += 1
+                self._outage_attempts += 1
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    if what:
+                        log.error(
+                            "store: cannot store %s: %s; keeping it unacknowledged and retrying",
+                            what,
+                            reason,
+                        )
+                    else:
+                        log.error("store: cannot open the database: %s; retrying", reason)
+                else:
+                    log.debug("store: %s still not stored: %s", what or "nothing", reason)
+                if self.give_up_s is not None and time.monotonic() - started > self.give_up_s:
+                    raise StoreUnavailable(f"the store did not take {what}: {reason}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if self._outage_since is not None:
+                log.info(
+                    "store: the database takes messages again (%s after %.1f s, %d attempts)",
+                    f"{what} stored" if what else "opened",
+                    time.monotonic() - self._outage_since,
+                    self._outage_attempts,
+                )
+                self._outage_since = None
+                self._outage_attempts = 0
+            return result
+
+    # ------------------------------------------------------------------ batches
+
+    async def _data(self, topic: str, payload: bytes) -> None:
+        try:
+            batch = decode_batch_wire(payload)
+        except BatchDecodeError as exc:
+            await self._malformed(topic, payload, exc.code, str(exc), exc.gateway, exc.seq)
+            return
+        h = batch.header
+        part = f" part {'.'.join(map(str, h.part))}" if h.part else ""
+        what = f"batch {h.seq}{part} of gateway {h.gateway}"
+        try:
+            result = await self._retrying(
+                what, lambda: self.store.store_batch(topic, h, batch.points)
+            )
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # Values the database cannot hold: keep the bytes, say so, go on.
+            reason = " ".join(str(exc).split())
+            await self._malformed(
+                topic,
+                payload,
+                "not_storable",
+                f"the database refused it: {reason}",
+                h.gateway,
+                h.seq,
+            )
+            return
+        self.counts.gateways.add(h.gateway)
+        if result.reused_from is not None:
+            boot, created = result.reused_from
+            await self._malformed(
+                topic,
+                payload,
+                "seq_reused",
+                f"batch {h.seq} is already stored from another batch (boot {boot}, created "
+                f"{created}; this one: boot {h.boot}, created {h.created_ms}): did the gateway "
+                "lose its buffer and number again? not stored as readings",
+                h.gateway,
+                h.seq,
+            )
+            return
+        if not result.stored:
+            self.counts.duplicates += 1
+            log.info(
+                "gateway %s: %s already stored (a redelivery); acknowledged",
+                h.gateway,
+                what.split(" of ")[0],
+            )
+            return
+        self.counts.batches += 1
+        self.counts.readings += result.readings
+        fresh = [sid for sid in result.unnamed if (h.gateway, sid) not in self._unnamed_reported]
+        if fresh:
+            self._unnamed_reported.update((h.gateway, sid) for sid in fresh)
+            log.warning(
+                "gateway %s: batch %d refers to series %s that no birth has named yet; its "
+                "readings are stored (listed in edge.unnamed_series until a birth names them)",
+                h.gateway,
+                h.seq,
+                _ids(fresh),
+            )
+        if h.dropped:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(h.dropped_why.items()))
+            log.warning(
+                "gateway %s: batch %d reports %d readings lost at the gateway%s (edge.evictions)",
+                h.gateway,
+                h.seq,
+                h.dropped,
+                f" ({why})" if why else "",
+            )
+
+    async def _malformed(
+        self,
+        topic: str,
+        payload: bytes,
+        code: str,
+        message: str,
+        gateway: str | None,
+        seq: int | None,
+    ) -> None:
+        names = [f"gateway {gateway}"] if gateway is not None else []
+        names += [f"batch {seq}"] if seq is not None else []
+        what = f"the malformed batch on {topic}" + (f" ({', '.join(names)})" if names else "")
+        new = await self._retrying(
+            what,
+            lambda: self.store.store_malformed(topic, payload, code, message, gateway, seq),
+        )
+        self.counts.malformed += 1
+        named = f" ({', '.join(names)})" if names else ""
+        self._say(
+            f"bad batch on {topic}{named}: {code}: {message}; "
+            + ("stored in edge.malformed" if new else "already in edge.malformed")
+        )
+
+    # ------------------------------------------------------------------ births
+
+    async def _birth(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained birth part deleted by its gateway
+        try:
+            birth = Birth.decode(payload)
+            part = birth_part(birth)
+        except BirthError as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad birth on {topic}: {exc}; skipped")
+            return
+        if part is not None:
+            payloads = await self._retrying(
+                f"part {part.index} of {part.count} of a birth of gateway {birth.gateway}",
+                lambda: self.store.store_birth_part(
+                    birth, part.index, part.count, part.id, payload
+                ),
+            )
+            if payloads is None:
+                return  # more parts to come (to this consumer or another)
+            try:
+                birth = join_birth_parts(Birth.decode(p) for p in payloads)
+            except BirthError as exc:
+                self.counts.bad_messages += 1
+                self._say(f"bad birth parts from gateway {birth.gateway}: {exc}; skipped")
+                return
+            doc = json.loads(birth.encode())
+        else:
+            doc = json.loads(payload)
+        try:
+            named = await self._retrying(
+                f"the birth of gateway {birth.gateway} (boot {birth.boot})",
+                lambda: self.store.store_birth(birth, doc),
+            )
+        except psycopg.DataError as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad birth on {topic}: the database refused it: {exc}; skipped")
+            return
+        self.counts.births += 1
+        self.counts.gateways.add(birth.gateway)
+        if named:
+            log.info(
+                "gateway %s: the birth of boot %d names series %s stored unnamed before",
+                birth.gateway,
+                birth.boot,
+                named,
+            )
+            for sid in named:
+                self._unnamed_reported.discard((birth.gateway, sid))
+        public = self._signing_key(birth)
+        if public is not None:
+            outcomes = await self._retrying(
+                f"the signing key of gateway {birth.gateway}",
+                lambda: self.ledger.key_announced(birth.gateway, public),
+            )
+            self._entries(birth.gateway, outcomes)
+
+    def _signing_key(self, birth: Birth) -> bytes | None:
+        key = birth.extra.get("signing_key")
+        if key is None:
+            return None
+        try:
+            if key["alg"] != "ed25519":
+                raise ValueError(f"algorithm {key['alg']!r}")
+            public = base64.b64decode(key["public"], validate=True)
+            if len(public) != 32:
+                raise ValueError(f"a {len(public)}-byte public key")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self.counts.bad_messages += 1
+            self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            return None
+        return public
+
+    # ------------------------------------------------------------------ tx, status
+
+    async def _tx(self, topic: str, payload: bytes) -> None:
+        try:
+            gateway, site, entries = decode_tx_message(payload)
+        except PayloadError as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad tx message on {topic}: {exc}; skipped")
+            return
+        outcomes = await self._retrying(
+            f"the parking entries of gateway {gateway}",
+            lambda: self.ledger.add(gateway, site, entries),
+        )
+        self.counts.entries += len(outcomes)
+        self._entries(gateway, outcomes)
+
+    def _entries(self, gateway: str, outcomes: Any) -> None:
+        for o in outcomes or ():
+            if o.status in ("bad_signature", "untrusted_key", "conflict"):
+                e = o.entry
+                self._say(
+                    f"gateway {gateway}: meter {e.meter} entry {e.seq} held ({o.status}); "
+                    "not counted"
+                )
+
+    async def _status(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained status deleted
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad status on {topic}: {exc}; skipped")
+            return
+        gateway = doc.get("gateway")
+        if not isinstance(gateway, str) or not gateway:
+            gateway = _gateway_of(topic)
+        try:
+            await self._retrying(
+                f"the status of gateway {gateway}",
+                lambda: self.store.store_status(gateway, topic, doc),
+            )
+        except psycopg.DataError as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad status on {topic}: the database refused it: {exc}; skipped")
+            return
+        self.counts.statuses += 1
+
+    # ------------------------------------------------------------------ summary
+
+    async def summary(self) -> list[str]:
+        """The lines printed at stop: what this consumer stored, and the gaps in the store."""
+        c = self.counts
+        lines = [
+            f"stored {c.batches} batches, {c.readings} readings; {c.duplicates} duplicates "
+            f"(already stored), {c.malformed} malformed, {c.births} births, "
+            f"{c.entries} parking entries"
+            + (f", {c.bad_messages} unusable messages" if c.bad_messages else "")
+        ]
+        try:
+            gaps = await asyncio.wait_for(self.store.gaps(), 10)
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            lines.append(f"gaps: unknown (the database did not answer: {exc})")
+        else:
+            if gaps:
+                shown = ", ".join(
+                    f"{gw} {a}" if a == b else f"{gw} {a}..{b}" for gw, a, b in gaps[:20]
+                )
+                more = f" and {len(gaps) - 20} more" if len(gaps) > 20 else ""
+                lines.append(f"gaps: {len(gaps)} ({shown}{more}; edge.batch_gaps)")
+            else:
+                lines.append("gaps: none")
+        return lines
+
+
+class MqttStoreSource:
+    """MQTT (Mosquitto) into a :class:`StoreConsumer`: QoS 1, acknowledged only after the
+    store's commit. Births and statuses are plain subscriptions (retained: every member gets
+    them); batches and parking entries join the MQTT 5 shared subscription ``share`` when
+    given, so consumers in one group split them. Use a fixed ``client_id``: the broker keeps
+    the session's unacknowledged and queued messages while the consumer is away."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        consumer: StoreConsumer,
+        *,
+        prefix: str = "city/v1",
+        client_id: str | None = None,
+        share: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        session_expiry_s: int = 7 * 86400,
+    ) -> None:
+        problem = url_secret_problem(broker_url, "the broker url")
+        if problem is not None:
+            raise ValueError(problem)
+        parts = urlsplit(broker_url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")
+        tls = parts.scheme == "mqtts"
+        if tls and tls_context is None:
+            from edge.shared.tls import client_context
+
+            tls_context = client_context()
+        self.tls_context = tls_context if tls else None
+        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
+        if share is not None:
+            if not client_id:
+                raise ValueError("a shared subscription needs a fixed client id (--client-id)")
+            if not share or any(c in share for c in "/+#"):
+                raise ValueError(f"share group {share!r} must be a plain name")
+        base = prefix.rstrip("/")
+        shared = f"$share/{share}/" if share else ""
+        self.topics = [
+            f"{base}/+/+/birth",
+            f"{base}/+/+/birth/+",
+            f"{base}/+/+/status",
+            f"{shared}{base}/+/+/data",
+            f"{shared}{base}/+/+/tx",
+        ]
+        self.consumer = consumer
+        self.client_id = client_id
+        self.share = share
+        self.session_expiry_s = session_expiry_s
+        self.subscribed = asyncio.Event()
+        self.acked = 0
+
+    def _client(self) -> Any:
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        common = {
+            "identifier": self.client_id,
+            # Few in hand: a message waits unacknowledged at the broker rather than here.
+            "max_queued_incoming_messages": 1000,
+            "tls_context": self.tls_context,
+        }
+        if self.share is None:
+            return aiomqtt.Client(self.host, self.port, clean_session=not self.client_id, **common)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            **common,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting to the broker with backoff."""
+        import aiomqtt
+
+        delay = 0.5
+        while True:
+            client = self._client()
+            try:
+                async with client:
+                    # Acknowledge after the commit, not on receipt (aiomqtt has no public
+                    # API for it yet, empicano/aiomqtt#345: paho's own switch).
+                    paho = client._client
+                    paho.manual_ack_set(True)
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
+                    self.subscribed.set()
+                    delay = 0.5
+                    async for msg in client.messages:
+                        payload = msg.payload
+                        if isinstance(payload, bytes | bytearray):
+                            await self.consumer.handle(str(msg.topic), bytes(payload))
+                        if msg.qos > 0:
+                            paho.ack(msg.mid, msg.qos)
+                            self.acked += 1
+            except aiomqtt.MqttError as exc:
+                self.subscribed.clear()
+                log.warning(
+                    "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
