@@ -1,4 +1,4 @@
-"""The ``edge`` command: run, check, sim, consume, demo."""
+"""The ``edge`` command: run, check, sim, consume, broker-setup, demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -173,6 +174,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"broker {cfg.mqtt.url}, buffer {loaded.buffer_path} (max {cfg.buffer.max_bytes} "
         f"bytes{in_use})"
     )
+    if cfg.mqtt.failover_urls:
+        print(
+            f"  broker failover, in turn after {cfg.mqtt.url}: {', '.join(cfg.mqtt.failover_urls)}"
+        )
     _print_time(loaded)
     for name, file in sorted(loaded.profile_files.items()):
         print(f"  user profile {name}: {file}")
@@ -1067,6 +1072,21 @@ PLATFORM_EXTRA = "edge consume --store needs the platform extra: pip install 'ha
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
+    if args.amqp and args.store is None:
+        # Competing consumers each get some of the births: only a shared store names them all.
+        print(
+            "edge consume: --amqp needs --store postgresql://…: consumers sharing a queue each "
+            "see only some births, so readings are named in the shared store",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if (args.broker is None) == (not args.amqp):
+        print(
+            "edge consume: give --broker mqtt://HOST:PORT or --amqp amqp://… (with --store), "
+            "one or the other",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.store is not None:
         return _consume_store(args)
     import csv
@@ -1153,6 +1173,54 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def _amqp_url(text: str) -> str:
+    """An argparse type: an amqp:// or amqps:// URL (the message never repeats a password)."""
+    from edge.platform.amqp import check_amqp_url
+
+    try:
+        return check_amqp_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _topic_prefix(text: str) -> str:
+    """An argparse type: an MQTT topic prefix as mqtt.topic_prefix takes it."""
+    if not text.strip("/") or "#" in text or "+" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a topic prefix: give mqtt.topic_prefix of the gateways, "
+            "e.g. city/v1 (no '#' or '+')"
+        )
+    return text
+
+
+def cmd_broker_setup(args: argparse.Namespace) -> int:
+    """Declare the RabbitMQ topology (edge/platform/amqp.py) on the first node that answers."""
+    from edge.platform.amqp import AmqpError, ExtraMissing, declare_topology, redact
+
+    async def go() -> int:
+        problems = []
+        for url in args.amqp:
+            try:
+                lines, alternate = await declare_topology(url, args.topic_prefix)
+            except AmqpError as exc:
+                print(f"edge broker-setup: {exc}", file=sys.stderr)
+                problems.append(str(exc))
+                continue
+            print(f"broker {redact(url)}: topology for topics {args.topic_prefix.strip('/')}/…")
+            for line in lines:
+                print(line)
+            sys.stdout.flush()
+            return 0 if alternate else 1
+        print(f"edge broker-setup: no node answered ({len(problems)} tried)", file=sys.stderr)
+        return 1
+
+    try:
+        return _run(go())
+    except ExtraMissing as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
 def _consume_store(args: argparse.Namespace) -> int:
     """``edge consume --store postgresql://…``: batches, births, statuses into PostgreSQL,
     acknowledged after the commit (edge/platform/store_consumer.py)."""
@@ -1167,15 +1235,22 @@ def _consume_store(args: argparse.Namespace) -> int:
     if args.keep_duplicates:
         print("edge consume: --keep-duplicates prints readings; not with --store", file=err)
         return EXIT_CONFIG
+    if args.ledger is not None:
+        print(
+            "edge consume: with --store the parking ledger is in the same database (tables "
+            "edge.ledger_*, shared by every consumer): --ledger FILE is for a consumer without "
+            "--store",
+            file=err,
+        )
+        return EXIT_CONFIG
     try:
+        from edge.platform.pgledger import LedgerSchemaError, LedgerUnavailable, PgLedger
         from edge.platform.pgstore import PgStore, StoreSchemaError
         from edge.platform.store_consumer import MqttStoreSource, StoreConsumer, dsn_problem
     except ImportError:
         print(PLATFORM_EXTRA, file=err)
         return EXIT_CONFIG
     import psycopg
-
-    from edge.platform.ledger import TxLedger
 
     problem = dsn_problem(args.store)
     if problem is not None:
@@ -1199,16 +1274,36 @@ def _consume_store(args: argparse.Namespace) -> int:
                     f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
                 )
             pinned[gw] = raw
-        ledger = TxLedger(args.ledger or ":memory:", pinned=pinned)
-        consumer = StoreConsumer(PgStore(args.store), ledger)
-        source = MqttStoreSource(
-            args.broker,
-            consumer,
-            tls_context=tls,
-            prefix=args.prefix,
-            share=args.share,
-            client_id=args.client_id,
+        consumer = StoreConsumer(
+            PgStore(args.store),
+            ledger_factory=functools.partial(PgLedger, args.store, pinned=pinned),
         )
+        if args.amqp:
+            from edge.platform.amqp import AmqpSource, ExtraMissing, require_extra
+
+            try:
+                require_extra()
+            except ExtraMissing as exc:
+                print(exc, file=err)
+                return EXIT_CONFIG
+            # The store retries an outage itself; what still escapes it stops the consumer,
+            # the message unacknowledged (as the MQTT source does).
+            source = AmqpSource(
+                args.amqp,
+                handler=consumer.handle,
+                prefetch=args.prefetch,
+                topic_prefix=args.prefix,
+                stop_on=(Exception,),
+            )
+        else:
+            source = MqttStoreSource(
+                args.broker,
+                consumer,
+                tls_context=tls,
+                prefix=args.prefix,
+                share=args.share,
+                client_id=args.client_id,
+            )
     except (ValueError, OSError, sqlite3.Error) as exc:
         print(f"edge consume: {exc}", file=err)
         return EXIT_CONFIG
@@ -1216,7 +1311,7 @@ def _consume_store(args: argparse.Namespace) -> int:
     async def go() -> int:
         try:
             await consumer.start()
-        except StoreSchemaError as exc:
+        except (StoreSchemaError, LedgerSchemaError) as exc:
             print(f"edge consume: {exc}", file=err)
             return EXIT_CONFIG
         except psycopg.Error as exc:  # not an outage (those are retried): a refusal
@@ -1243,12 +1338,26 @@ def _consume_store(args: argparse.Namespace) -> int:
         finally:
             for line in await consumer.summary():
                 print(line, file=err, flush=True)
-            rec = ledger.reconcile()
-            if rec.days or rec.meters:
-                for line in rec.lines():
-                    print(line, file=err, flush=True)
-            if args.reconcile_json is not None:
-                args.reconcile_json.write_text(ledger.reconcile_json() + "\n")
+            amqp = getattr(source, "stats", None) if args.amqp else None
+            if amqp is not None:
+                print(
+                    f"amqp: {amqp.acked} messages acknowledged ({amqp.redelivered} redelivered) "
+                    f"over {amqp.connections} connection(s); {amqp.unroutable or 0} in "
+                    "edge.unroutable (published on topics no binding takes)",
+                    file=err,
+                    flush=True,
+                )
+            ledger = consumer.ledger
+            if ledger is not None:
+                with contextlib.suppress(LedgerUnavailable):
+                    rec = await asyncio.to_thread(ledger.reconcile)
+                    if rec.days or rec.meters:
+                        for line in rec.lines():
+                            print(line, file=err, flush=True)
+                    if args.reconcile_json is not None:
+                        text = await asyncio.to_thread(ledger.reconcile_json)
+                        args.reconcile_json.write_text(text + "\n")
+                ledger.close()
             await consumer.close()
         return code
 
@@ -1256,6 +1365,8 @@ def _consume_store(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        return _reconcile_store(args)
     from edge.platform.ledger import TxLedger
 
     if not args.ledger.exists():
@@ -1271,6 +1382,46 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"edge reconcile: {args.ledger} is not a readable ledger: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _reconcile_store(args: argparse.Namespace) -> int:
+    """edge reconcile --store postgresql://...: the shared ledger in PostgreSQL."""
+    try:
+        from edge.platform import pgledger
+    except ImportError:
+        print(
+            "edge reconcile --store needs the platform extra: pip install 'hanoi-edge[platform]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        ledger = pgledger.PgLedger(args.store)
+        try:
+            out = ledger.reconcile_json() if args.json else "\n".join(ledger.reconcile().lines())
+        finally:
+            ledger.close()
+    except pgledger.LedgerUnavailable as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return 1
+    except pgledger.psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"edge reconcile: the ledger cannot be read: {first}", file=sys.stderr)
+        return 1
+    except pgledger.LedgerSchemaError as exc:
+        print(f"edge reconcile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(out)
+    return 0
+
+
+def _pg_dsn(text: str) -> str:
+    """argparse type for --store: a postgresql:// DSN with no password in it."""
+    from edge.shared.secrets import dsn_secret_problem
+
+    problem = dsn_secret_problem(text, "")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.strip())
+    return text
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1512,7 +1663,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sim_meters)
 
     p = sub.add_parser("consume", help="decode batches from a broker, one JSON object per reading")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    p.add_argument("--broker", help="mqtt://HOST:PORT")
+    p.add_argument(
+        "--amqp",
+        action="append",
+        type=_amqp_url,
+        metavar="URL",
+        help="consume the RabbitMQ queue edge.platform instead (amqp://USER:PASSWORD@HOST:PORT/; "
+        "repeat for each node of a cluster); needs --store",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=_whole(1, 65535),
+        default=100,
+        help="with --amqp: messages held unacknowledged at once (default 100)",
+    )
     p.add_argument(
         "--format", choices=["jsonl", "csv", "text"], help="how readings are printed (jsonl)"
     )
@@ -1559,9 +1724,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser(
+        "broker-setup",
+        help="declare the RabbitMQ queues and bindings gateways and consumers need (before "
+        "gateways connect)",
+    )
+    p.add_argument(
+        "--amqp",
+        action="append",
+        required=True,
+        type=_amqp_url,
+        metavar="URL",
+        help="a node (amqp://USER:PASSWORD@HOST:PORT/); repeat: the first that answers is used",
+    )
+    p.add_argument(
+        "--topic-prefix",
+        type=_topic_prefix,
+        default="city/v1",
+        help="the gateways' mqtt.topic_prefix (default city/v1)",
+    )
+    p.set_defaults(func=cmd_broker_setup)
+
+    p = sub.add_parser(
         "reconcile", help="the parking reconciliation per meter and day, from a consumer's ledger"
     )
-    p.add_argument("--ledger", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ledger", type=Path, help="a consumer's SQLite ledger file")
+    src.add_argument(
+        "--store",
+        type=_pg_dsn,
+        metavar="postgresql://USER@HOST:PORT/DB",
+        help="the consumers' shared ledger in PostgreSQL (password in PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reconcile)
 

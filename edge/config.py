@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
 from devices import AnyProfile, ProfileError, SensorProfile
 from edge import settings
@@ -142,8 +142,52 @@ class TlsConfig(_Model, settings.TlsConfig):
     key_file: str | None = None  # its private key (PEM), unless inside cert_file
 
 
+def _broker_url_text(v: object) -> object:
+    """A broker URL's first check: text, and no credentials in it (never echo the value: a URL
+    may carry a password, edge/shared/secrets.py)."""
+    if not isinstance(v, str):
+        raise ValueError("broker url must be text, e.g. mqtt://HOST:PORT")
+    problem = url_secret_problem(v, "broker url")
+    if problem is not None and "@" in v:
+        raise ValueError(
+            f"{problem}: give the user as mqtt.username and the password in "
+            "mqtt.password_file (a file only its owner can read: chmod 600)"
+        )
+    if problem is not None:
+        raise ValueError(problem)
+    return v
+
+
+def _broker_url(v: str) -> str:
+    """mqtt:// or mqtts://, a host, a port 1..65535 or none."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            "broker url must look like mqtt://HOST:PORT or mqtts://HOST:PORT "
+            f"(got scheme {parts.scheme!r})"
+        )
+    if not parts.hostname:
+        raise ValueError("broker url has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(
+            "broker url port must be from 1 to 65535 (or left out: 1883, 8883 for mqtts)"
+        )
+    return v
+
+
+#: A broker URL, checked as mqtt.url is (an item of mqtt.failover_urls).
+BrokerUrl = Annotated[str, BeforeValidator(_broker_url_text), AfterValidator(_broker_url)]
+
+
 class MqttConfig(_Model, settings.MqttConfig):
     url: str = "mqtt://127.0.0.1:1883"
+    #: Other nodes of the same broker cluster (same credentials and TLS as url): when a
+    #: connection to one fails or is lost, the gateway tries the next, round robin.
+    failover_urls: list[BrokerUrl] = Field(default_factory=list, max_length=16)
     tls: TlsConfig | None = None
     username: str | None = None
     #: Prefer password_file: the config file is shared more widely than a secret should be.
@@ -185,18 +229,7 @@ class MqttConfig(_Model, settings.MqttConfig):
     @field_validator("url", mode="before")
     @classmethod
     def _url_secret(cls, v: object) -> object:
-        # Never echo the value: a URL may carry a password (edge/shared/secrets.py).
-        if not isinstance(v, str):
-            raise ValueError("broker url must be text, e.g. mqtt://HOST:PORT")
-        problem = url_secret_problem(v, "broker url")
-        if problem is not None and "@" in v:
-            raise ValueError(
-                f"{problem}: give the user as mqtt.username and the password in "
-                "mqtt.password_file (a file only its owner can read: chmod 600)"
-            )
-        if problem is not None:
-            raise ValueError(problem)
-        return v
+        return _broker_url_text(v)
 
     @field_validator("password", mode="before")
     @classmethod
@@ -211,23 +244,7 @@ class MqttConfig(_Model, settings.MqttConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(
-                "broker url must look like mqtt://HOST:PORT or mqtts://HOST:PORT "
-                f"(got scheme {parts.scheme!r})"
-            )
-        if not parts.hostname:
-            raise ValueError("broker url has no host")
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError(
-                "broker url port must be from 1 to 65535 (or left out: 1883, 8883 for mqtts)"
-            )
-        return v
+        return _broker_url(v)
 
 
 class ModbusTcpTransport(_Model, settings.ModbusTcpTransport):
@@ -819,6 +836,15 @@ def _cross_checks(
                 f"commands.writable: {dev.profile} point {w.point!r} is not writable "
                 "in its profile",
                 uses=uses,
+            )
+    for i, other in enumerate(cfg.mqtt.failover_urls):
+        if urlsplit(other).scheme != urlsplit(cfg.mqtt.url).scheme:
+            at(
+                ("mqtt", "failover_urls", i),
+                f"mqtt.failover_urls: {other} is {urlsplit(other).scheme}:// but mqtt.url is "
+                f"{urlsplit(cfg.mqtt.url).scheme}://: every node is reached with mqtt.url's TLS "
+                "and credentials, so give the same scheme",
+                uses=(("mqtt", "failover_urls", i), ("mqtt", "url")),
             )
     tls = cfg.mqtt.tls
     if tls is not None and not cfg.mqtt.uses_tls:

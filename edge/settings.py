@@ -128,6 +128,16 @@ class MqttConfig(Record):
     def uses_tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"
 
+    @property
+    def urls(self) -> list[str]:
+        """``url``, then ``failover_urls``: the nodes the uplink tries in turn."""
+        return [self.url, *getattr(self, "failover_urls", ())]
+
+    def endpoint(self, url: str) -> tuple[str, int]:
+        """(host, port) of one of :attr:`urls` (port: the url's, else 1883 / 8883)."""
+        parts = urlsplit(url)
+        return parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
 
 class ModbusTcpTransport(Record):
     """A device behind a Modbus TCP endpoint (edge/config.py)."""

@@ -255,3 +255,21 @@ def password_broker(tmp_path: Path, user: str, password: str) -> Mosquitto:
     broker = Mosquitto(tmp_path / "mq", password_file=pw)
     broker.start()
     return broker
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A three-node RabbitMQ cluster with the MQTT plugin (tests/rabbitmq.py), one per session:
+    ``rabbit_cluster.node(i).amqp_url`` / ``.mqtt_url``, ``kill(i)``, ``start(i)``."""
+    from tests.rabbitmq import INSTALL_HINT, RabbitCluster, rabbitmq_bin
+
+    if rabbitmq_bin() is None:
+        if os.environ.get("EDGE_REQUIRE_RABBITMQ"):
+            pytest.fail(f"EDGE_REQUIRE_RABBITMQ is set but RabbitMQ is missing: {INSTALL_HINT}")
+        pytest.skip(f"RabbitMQ is not installed on this machine ({INSTALL_HINT})")
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()

@@ -7,8 +7,11 @@ import base64
 import json
 import re
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.platform.consumer import BatchConsumer
 from edge.platform.ledger import TxLedger, local_day
@@ -44,6 +47,34 @@ class Gateway:
         return Birth(self.name, "hk", 1, "t", 0, 0, (), (), {"signing_key": key}).encode()
 
 
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.system)],
+)
+def open_ledger(request, tmp_path):
+    """Open the ledger under test: ``open_ledger(pinned=...)``; calling it again opens the same
+    ledger anew (a consumer restarted). Every case runs on both the SQLite :class:`TxLedger`
+    and the PostgreSQL ``PgLedger``, so the two can never disagree."""
+    opened = []
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.sqlite"
+
+        def make(**kw):
+            opened.append(TxLedger(path, **kw))
+            return opened[-1]
+    else:
+        from edge.platform.pgledger import PgLedger
+
+        dsn = request.getfixturevalue("pg_dsn")
+
+        def make(**kw):
+            opened.append(PgLedger(dsn, **kw))
+            return opened[-1]
+
+    yield make
+    for led in opened:
+        led.close()
+
+
 def pay(tx: str, vnd: int, at_ms: int, method: int = 3) -> Payment:
     return Payment(f"S-{tx}", tx, vnd, method, at_ms - 1000, at_ms)
 
@@ -58,9 +89,9 @@ def test_local_day__is_hanoi_time():
     assert local_day(1_763_744_400_000) == "2025-11-22"  # midnight in Hanoi, 17:00 UTC
 
 
-def test_ledger__each_entry_counts_once_and_totals_reconcile_per_meter_and_day():
+def test_ledger__each_entry_counts_once_and_totals_reconcile_per_meter_and_day(open_ledger):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     es = [
         gw.entry("HK-01", 1, pay("T1", 30_000, DAY1)),
@@ -87,9 +118,11 @@ def test_ledger__each_entry_counts_once_and_totals_reconcile_per_meter_and_day()
     assert json.loads(led.reconcile_json())["total_vnd"] == 75_000
 
 
-def test_ledger__a_tampered_entry_is_reported_not_counted_and_does_not_block_the_real_one():
+def test_ledger__a_tampered_entry_is_reported_not_counted_and_does_not_block_the_real_one(
+    open_ledger,
+):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     real = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
     forged = SignedEntry(
@@ -111,9 +144,9 @@ def test_ledger__a_tampered_entry_is_reported_not_counted_and_does_not_block_the
     )
 
 
-def test_ledger__entries_before_the_birth_wait_for_the_key():
+def test_ledger__entries_before_the_birth_wait_for_the_key(open_ledger):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
     e = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
     assert led.add(gw.name, "hk", [e])[0].status == "no_key"
     assert led.reconcile().total_vnd == 0
@@ -122,9 +155,9 @@ def test_ledger__entries_before_the_birth_wait_for_the_key():
     assert led.reconcile().total_vnd == 30_000 and led.reconcile().meters[0].held == 0
 
 
-def test_ledger__a_changed_key_is_reported_and_its_entries_held_until_trusted():
+def test_ledger__a_changed_key_is_reported_and_its_entries_held_until_trusted(open_ledger):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     rotated = Gateway(gw.name)
     led.key_announced(gw.name, rotated.public)
@@ -137,35 +170,111 @@ def test_ledger__a_changed_key_is_reported_and_its_entries_held_until_trusted():
     assert led.reconcile().total_vnd == 30_000
 
 
-def test_ledger__a_pinned_key_is_the_only_one_trusted():
+def test_ledger__a_pinned_key_is_the_only_one_trusted(open_ledger):
     gw, impostor = Gateway(), Gateway()
-    led = TxLedger(pinned={gw.name: gw.public})
+    led = open_ledger(pinned={gw.name: gw.public})
     led.key_announced(gw.name, impostor.public)  # a forged birth comes first
     e = impostor.entry("HK-01", 1, pay("T1", 30_000, DAY1))
     assert led.add(gw.name, "hk", [e])[0].status == "untrusted_key"
     assert led.reconcile().anomalies[0]["kind"] == "unpinned_key"
 
 
-def test_ledger__a_transaction_paid_under_two_seqs_counts_once_and_a_conflict_is_kept_apart():
+def summary(rec, meter):
+    """A meter's line of the reconciliation, its name left out (to compare two meters)."""
+    (m,) = [m for m in rec.meters if m.meter == meter]
+    return (m.entries, m.first_seq, m.last_seq, m.gaps, m.bad_signatures, m.held, m.conflicts,
+            m.duplicate_transactions)  # fmt: skip
+
+
+def test_ledger__a_transaction_paid_under_two_seqs_counts_once_at_the_lower_seq(open_ledger):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
     led.add(gw.name, "hk", [gw.entry("HK-01", 2, pay("T1", 30_000, DAY1))])
-    # a different validly signed entry under seq 1 (a meter whose journal was reset)
+    led.add(gw.name, "hk", [gw.entry("HK-02", 2, pay("T2", 40_000, DAY1))])  # the other order
+    led.add(gw.name, "hk", [gw.entry("HK-02", 1, pay("T2", 40_000, DAY1))])
+    rec = led.reconcile()
+    assert rec.total_vnd == 70_000
+    assert summary(rec, "HK-01") == summary(rec, "HK-02") == (2, 1, 2, [], 0, 0, 0, 1)
+    dup = [(a["meter"], a["seq"]) for a in rec.anomalies if a["kind"] == "duplicate_transaction"]
+    assert dup == [("HK-01", 2), ("HK-02", 2)]  # the copy that does not count, in both orders
+
+
+def test_ledger__two_versions_of_a_seq_are_both_held_whichever_came_first(open_ledger):
+    gw = Gateway()
+    led = open_ledger()
+    led.key_announced(gw.name, gw.public)
+    for meter, tx in (("HK-01", "T1"), ("HK-02", "T2")):
+        paid = gw.entry(meter, 1, pay(tx, 30_000, DAY1))
+        # a different validly signed entry under seq 1 (a meter whose journal was reset)
+        other = gw.entry(meter, 1, SessionEnd("S", DAY1))
+        order = [paid, other] if meter == "HK-01" else [other, paid]
+        assert led.add(gw.name, "hk", [order[0]])[0].status == "accepted"
+        assert [o.status for o in led.add(gw.name, "hk", order[1:] + order)] == ["conflict"] * 3
+        led.add(gw.name, "hk", [gw.entry(meter, 2, pay(tx + "b", 5_000, DAY1))])
+    rec = led.reconcile()
+    assert rec.total_vnd == 10_000  # neither version of seq 1 counts
+    assert summary(rec, "HK-01") == summary(rec, "HK-02") == (1, 2, 2, [], 0, 2, 2, 0)
+    assert rec.duplicates_ignored == 4  # each meter got both versions once more
+    kinds = [(a["kind"], a["meter"], a["seq"]) for a in rec.anomalies]
+    assert kinds == [("conflict", "HK-01", 1)] * 2 + [("conflict", "HK-02", 1)] * 2
+    assert not led.has("HK-01", 1) and led.has("HK-01", 2)
+
+
+def test_ledger__a_conflict_leaves_the_other_copy_of_its_transaction_counted(open_ledger):
+    gw = Gateway()
+    led = open_ledger()
+    led.key_announced(gw.name, gw.public)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    led.add(gw.name, "hk", [gw.entry("HK-01", 2, pay("T1", 30_000, DAY1))])
     assert led.add(gw.name, "hk", [gw.entry("HK-01", 1, SessionEnd("S", DAY1))])[0].status == (
         "conflict"
     )
     rec = led.reconcile()
-    assert rec.total_vnd == 30_000
+    assert rec.total_vnd == 30_000  # T1 still counts once, at seq 2
     (m,) = rec.meters
-    assert (m.entries, m.duplicate_transactions, m.conflicts) == (2, 1, 1)
-    assert [a["kind"] for a in rec.anomalies] == ["duplicate_transaction", "conflict"]
+    assert (m.entries, m.duplicate_transactions, m.conflicts, m.held) == (1, 0, 2, 2)
+    kinds = [a["kind"] for a in rec.anomalies]
+    assert kinds == ["duplicate_transaction", "conflict", "conflict"]
 
 
-def test_ledger__gaps_in_a_meters_seq_are_reported():
+def test_ledger__a_transaction_paid_with_two_amounts_counts_neither_whichever_came_first(
+    open_ledger,
+):
     gw = Gateway()
-    led = TxLedger()
+    led = open_ledger()
+    led.key_announced(gw.name, gw.public)
+    for meter, tx, first in (("HK-01", "T1", 30_000), ("HK-02", "T2", 3_000_000)):
+        second = 3_000_000 if first == 30_000 else 30_000
+        outs = led.add(gw.name, "hk", [gw.entry(meter, 1, pay(tx, first, DAY1))])
+        outs += led.add(gw.name, "hk", [gw.entry(meter, 2, pay(tx, second, DAY1))])
+        assert [o.status for o in outs] == ["accepted", "accepted"]  # taken, not counted
+    rec = led.reconcile()
+    assert rec.total_vnd == 0 and rec.days == []
+    assert summary(rec, "HK-01") == summary(rec, "HK-02") == (2, 1, 2, [], 0, 2, 2, 0)
+    kinds = sorted((a["kind"], a["meter"], a["seq"]) for a in rec.anomalies)
+    assert kinds == [("transaction_conflict", m, s) for m in ("HK-01", "HK-02") for s in (1, 2)]
+
+
+def test_ledger__a_held_copy_sent_again_counts_as_redelivered_as_a_taken_one_does(open_ledger):
+    gw = Gateway()
+    led = open_ledger()
+    early = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
+    assert [o.status for o in led.add(gw.name, "hk", [early, early])] == ["no_key", "no_key"]
+    led.key_announced(gw.name, gw.public)
+    late = gw.entry("HK-02", 1, pay("T2", 30_000, DAY1))  # after the birth
+    assert [o.status for o in led.add(gw.name, "hk", [late, late])] == ["accepted", "duplicate"]
+    forged = SignedEntry("HK-03", 1, late.type, late.payload, 0, late.sig)
+    assert [o.status for o in led.add(gw.name, "hk", [forged] * 2)] == ["bad_signature"] * 2
+    rec = led.reconcile()
+    assert summary(rec, "HK-01") == summary(rec, "HK-02")
+    assert rec.duplicates_ignored == 3 and rec.total_vnd == 60_000
+
+
+def test_ledger__gaps_in_a_meters_seq_are_reported(open_ledger):
+    gw = Gateway()
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     st = MeterStatus(90, 80, False, False, DAY1)
     led.add(gw.name, "hk", [gw.entry("HK-01", s, st) for s in (5, 6, 9, 12, 13)])
@@ -174,16 +283,35 @@ def test_ledger__gaps_in_a_meters_seq_are_reported():
     assert "gaps: 7..8, 10..11" in "\n".join(led.reconcile().lines())
 
 
-def test_ledger__a_file_ledger_remembers_across_a_restart(tmp_path):
+def test_ledger__a_file_ledger_remembers_across_a_restart(open_ledger):
     gw = Gateway()
-    led = TxLedger(tmp_path / "ledger.sqlite")
+    led = open_ledger()
     led.key_announced(gw.name, gw.public)
     e = gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))
     led.add(gw.name, "hk", [e])
     led.close()
-    led = TxLedger(tmp_path / "ledger.sqlite")
+    led = open_ledger()
     assert led.add(gw.name, "hk", [e])[0].status == "duplicate"
     assert led.reconcile().total_vnd == 30_000
+
+
+def test_ledger__a_ledger_file_from_before_transaction_ids_were_kept_is_brought_up(tmp_path):
+    import sqlite3
+
+    gw = Gateway()
+    path = tmp_path / "ledger.sqlite"
+    led = TxLedger(path)
+    led.key_announced(gw.name, gw.public)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 2, pay("T1", 30_000, DAY1))])
+    led.close()
+    with sqlite3.connect(path) as db:  # the entries table as release 0.1 made it
+        db.execute("DROP INDEX entries_tx")
+        db.execute("ALTER TABLE entries DROP COLUMN tx")
+    led = TxLedger(path)
+    led.add(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    rec = led.reconcile()
+    assert rec.total_vnd == 30_000 and rec.meters[0].duplicate_transactions == 1
+    assert [(a["meter"], a["seq"]) for a in rec.anomalies] == [("HK-01", 2)]
 
 
 def test_consumer__tx_messages_go_through_the_ledger_with_the_births_key():
@@ -236,3 +364,73 @@ def test_cli__a_malformed_pinned_key_is_refused(capsys):
 
     assert main(["consume", "--broker", "mqtt://127.0.0.1:1", "--trust-key", "gw-1=abc"]) == 2
     assert "must be GATEWAY=<base64 of a 32-byte Ed25519 key>" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ order never matters
+
+_GW = Gateway("gw-1")
+_RELAY = Gateway("gw-2")
+
+
+def _pool() -> list[tuple[str, SignedEntry]]:
+    """Copies that collide every way the rules know: the same seq with other bytes, one
+    transaction id under two seqs alike or with another amount, receipts, forged copies, the
+    same entry relayed by a second gateway."""
+    p1 = pay("T1", 30_000, DAY1)
+    made = [
+        (_GW, "HK-01", 1, p1),
+        (_GW, "HK-01", 1, SessionEnd("S", DAY1)),  # another version of seq 1
+        (_GW, "HK-01", 2, p1),  # T1 again under another seq
+        (_GW, "HK-01", 3, pay("T1", 31_000, DAY1)),  # T1 with another amount
+        (_GW, "HK-01", 4, receipt("T1", 30_000, DAY1)),
+        (_GW, "HK-02", 1, p1),  # T1 at another meter
+        (_GW, "HK-02", 2, pay("T2", 5_000, DAY2)),
+        (_GW, "HK-02", 2, pay("T3", 6_000, DAY2)),  # another version of seq 2
+        (_GW, "HK-02", 3, receipt("T2", 4_000, DAY2)),
+        (_RELAY, "HK-02", 2, pay("T2", 5_000, DAY2)),  # relayed by a second gateway
+        (_RELAY, "HK-03", 1, pay("T4", 7_000, DAY1)),
+    ]
+    out = [(gw.name, gw.entry(m, s, msg)) for gw, m, s, msg in made]
+    real = out[6][1]
+    out.append((_GW.name, SignedEntry("HK-02", 2, real.type, encode_message(p1), 0, real.sig)))
+    return out
+
+
+_POOL = _pool()
+
+
+def _run(order: list[int], births: tuple[int, int]) -> tuple:
+    """Feed the copies ``order`` (indexes into the pool) to a new ledger, the two births after
+    ``births[i]`` copies; what must not depend on the order."""
+    led = TxLedger()
+    for n, i in enumerate([*order, None]):
+        for gw, at in zip((_GW, _RELAY), births, strict=True):
+            if at == n:
+                led.key_announced(gw.name, gw.public)
+        if i is not None:
+            gateway, e = _POOL[i]
+            led.add(gateway, "hk", [e])
+    rec = led.reconcile()
+    # The anomalies are a log of what was seen when: a duplicate_transaction names the copy
+    # that did not count at that moment, even if a later conflict withdrew the one that did.
+    # What is held is state, and reported once per copy held.
+    held = sorted(
+        (a["kind"], a["meter"], a["seq"])
+        for a in rec.anomalies
+        if a["kind"] in ("bad_signature", "untrusted_key", "conflict")
+    )
+    return rec.days, rec.meters, rec.duplicates_ignored, held
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, len(_POOL) - 1), min_size=1, max_size=20).flatmap(
+        lambda xs: st.tuples(st.just(xs), st.permutations(xs))
+    ),
+    st.tuples(st.integers(0, 20), st.integers(0, 20)),
+    st.tuples(st.integers(0, 20), st.integers(0, 20)),
+)
+def test_ledger__any_order_of_the_same_copies_gives_the_same_reconciliation(orders, b1, b2):
+    first, second = orders
+    births = (min(b1[0], len(first)), min(b1[1], len(first)))
+    assert _run(first, births) == _run(second, (min(b2[0], len(first)), min(b2[1], len(first))))

@@ -423,6 +423,23 @@ def test_consume_store__with_format_refused_in_one_line():
     assert "--format" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_consume_store__with_a_ledger_file_refused_in_one_line():
+    """With --store every consumer adds to the one ledger in the database: a per-process
+    SQLite file would split the money between consumers."""
+    r = run_cli(
+        "consume",
+        "--broker",
+        "mqtt://127.0.0.1:1883",
+        "--store",
+        "postgresql://edge@127.0.0.1/city",
+        "--ledger",
+        "ledger.sqlite",
+    )
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "edge.ledger_" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_consume_store__without_the_platform_extra_says_how_to_install(capsys, monkeypatch):
     from edge import cli
 
@@ -863,23 +880,36 @@ async def test_pgstore__seq_reused_by_another_batch_kept_in_malformed_and_report
     assert c.counts.duplicates == 1 and c.counts.malformed == 1
 
 
-async def test_store_consumer__tx_to_the_ledger_with_the_births_key_forged_held(pg_dsn):
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_store_consumer__tx_to_the_ledger_with_the_births_key_forged_held(pg_dsn, where):
+    """The same messages give the same ledger in SQLite (one consumer) and in the store's
+    database, where two consumers share one ledger (the birth on one, entries on both)."""
+    from edge.platform.pgledger import PgLedger
     from protocols.meterlink import encode_tx_message
     from tests.test_ledger import DAY1, Gateway, pay
 
     gw, forger = Gateway(), Gateway()
-    ledger = TxLedger()
     report = io.StringIO()
-    c = StoreConsumer(PgStore(pg_dsn), ledger, report=report)
-    await c.start()
+    if where == "sqlite":
+        ledger = TxLedger()
+        c = d = StoreConsumer(PgStore(pg_dsn), ledger, report=report)
+        await c.start()
+    else:
+        c, d = (
+            StoreConsumer(PgStore(pg_dsn), ledger_factory=lambda: PgLedger(pg_dsn), report=report)
+            for _ in range(2)
+        )
+        await asyncio.gather(c.start(), d.start())
+        ledger = PgLedger(pg_dsn)
     good = encode_tx_message(gw.name, "hk", [gw.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
     forged = encode_tx_message(gw.name, "hk", [forger.entry("HK-01", 2, pay("T2", 90_000, DAY1))])
     await c.handle(f"{PREFIX}/hk/{gw.name}/tx", good)  # before the birth: held for its key
-    await c.handle(f"{PREFIX}/hk/{gw.name}/birth", gw.birth())  # the key releases it
-    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", good)  # redelivered: counted once
+    await d.handle(f"{PREFIX}/hk/{gw.name}/birth", gw.birth())  # the key releases it
+    await d.handle(f"{PREFIX}/hk/{gw.name}/tx", good)  # redelivered: counted once
     await c.handle(f"{PREFIX}/hk/{gw.name}/tx", forged)
-    await c.handle(f"{PREFIX}/hk/{gw.name}/tx", b"\xc1 not msgpack")
+    await d.handle(f"{PREFIX}/hk/{gw.name}/tx", b"\xc1 not msgpack")
     await c.close()
+    await d.close()
     rec = ledger.reconcile()
     assert rec.total_vnd == 30_000
     lines = report.getvalue().splitlines()

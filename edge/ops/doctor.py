@@ -70,7 +70,8 @@ async def run_doctor(config: Path, out: TextIO) -> int:
     for c in await _devices(loaded):
         say(c)
     say(_clock())
-    say(await _broker(loaded))
+    for url in loaded.config.mqtt.urls:  # mqtt.url, then each of mqtt.failover_urls
+        say(await _broker(loaded, url))
     for c in _buffer(loaded):
         say(c)
     failed = sum(1 for c in checks if c.ok is False)
@@ -224,20 +225,21 @@ def _clock() -> Check:
     return Check(True, "clock synchronised (NTP)")
 
 
-async def _broker(loaded: LoadedConfig) -> Check:
+async def _broker(loaded: LoadedConfig, url: str) -> Check:
     import aiomqtt
 
     from edge.uplink.forwarder import describe_mqtt_error
 
     m = loaded.config.mqtt
+    host, port = m.endpoint(url)
     try:
         password, tls = loaded.mqtt_password(), loaded.tls_context()
     except (SecretFileError, TlsFileError) as exc:  # changed since the config was checked
-        return Check(False, f"broker {m.url}: not tried, {exc}", "correct that file")
+        return Check(False, f"broker {url}: not tried, {exc}", "correct that file")
     try:
         client = aiomqtt.Client(
-            m.host,
-            m.port,
+            host,
+            port,
             identifier=f"{loaded.config.gateway.id}-doctor",
             username=m.username,
             password=password,
@@ -251,12 +253,12 @@ async def _broker(loaded: LoadedConfig) -> Check:
         text = describe_mqtt_error(exc) if isinstance(exc, aiomqtt.MqttError) else str(exc)
         return Check(
             False,
-            f"broker {m.url}: {text or 'no answer in 10 s'}",
+            f"broker {url}: {text or 'no answer in 10 s'}",
             "check the broker address and that it runs, the firewall, the CA and credentials",
         )
     tls = " over TLS" if m.uses_tls else ""
     who = f" as {m.username}" if m.username else ""
-    return Check(True, f"broker {m.url} accepts this gateway{tls}{who}")
+    return Check(True, f"broker {url} accepts this gateway{tls}{who}")
 
 
 def _buffer(loaded: LoadedConfig) -> list[Check]:

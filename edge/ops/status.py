@@ -372,7 +372,8 @@ class StatusServer:
             "zone": str(self.zone),
             "lines": self._lines(),
             "uplink": {
-                "broker": cfg.mqtt.url,
+                # The node in use (mqtt.url or one of mqtt.failover_urls).
+                "broker": getattr(f, "broker", "") or cfg.mqtt.url,
                 "connected": f.connected,
                 "sessions": f.sessions,
                 "batches_sent": f.batches_sent,

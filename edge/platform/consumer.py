@@ -20,8 +20,9 @@ consumers under a supervisor that restarts them.
 Parking meter entries (``<prefix>/+/+/tx``) go to a
 :class:`~edge.platform.ledger.TxLedger`: signatures checked against the key each gateway's birth
 announces, de-duplicated by (meter, seq) and by transaction id, and reconciled per meter and
-day in the summary. Members of a share group each see part of the entries: give them one ledger
-file on shared storage, or reconcile their ledgers together.
+day in the summary. Members of a share group each see part of the entries: give them one
+shared ledger in PostgreSQL (:class:`~edge.platform.pgledger.PgLedger`), not a file on shared
+storage (SQLite's locking is not safe across machines).
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ Topics (``<prefix>/<site>/<gateway>/…``):
   (``key_announced``).
 * ``tx`` — parking meter entries → the ledger's ``add``: any object with
   :class:`~edge.platform.ledger.TxLedger`'s ``key_announced`` and ``add`` (plain or async
-  methods), e.g. the SQLite ``TxLedger`` or the PostgreSQL one.
+  methods), e.g. the SQLite ``TxLedger`` or the PostgreSQL ``PgLedger`` (whose blocking calls
+  run in a worker thread, and whose :class:`~edge.platform.pgledger.LedgerUnavailable` is an
+  outage like the store's). Give ``ledger_factory`` instead of ``ledger`` to open the ledger
+  in :meth:`StoreConsumer.start`, once the database answers.
 * ``status`` — the gateway's retained online / offline message → ``gateway_status``.
 
 **Database down or full.** The message stays in hand, unacknowledged: the first failure is
@@ -44,6 +47,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from edge.platform.pgledger import LedgerUnavailable, PgLedger
 from edge.platform.pgstore import PgStore, is_transient
 from edge.shared.secrets import url_secret_problem
 from protocols.batch import BatchDecodeError, decode_batch_wire
@@ -123,15 +127,19 @@ class StoreConsumer:
     def __init__(
         self,
         store: PgStore,
-        ledger: Any,
+        ledger: Any = None,
         *,
+        ledger_factory: Any = None,
         report: TextIO = sys.stderr,
         retry_min_s: float = 0.2,
         retry_max_s: float = 5.0,
         give_up_s: float | None = None,
     ) -> None:
         self.store = store
+        if (ledger is None) == (ledger_factory is None):
+            raise ValueError("give StoreConsumer a ledger or a ledger_factory, not both")
         self.ledger = ledger
+        self.ledger_factory = ledger_factory
         self.report = report
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -153,6 +161,19 @@ class StoreConsumer:
         :class:`~edge.platform.pgstore.StoreSchemaError` for a newer database and what the
         database raises for any other refusal (e.g. no right to create schema ``edge``)."""
         await self._retrying("", self.store.connect)
+        if self.ledger is None:
+            self.ledger = await self._retrying(
+                "", lambda: asyncio.to_thread(self.ledger_factory)
+            )
+
+    async def _ledger(self, method: str, *args: Any) -> Any:
+        """Call the ledger's ``method``: a PostgreSQL ledger in a worker thread (its calls
+        block on the network), any other as it is (plain or async)."""
+        fn = getattr(self.ledger, method)
+        if isinstance(self.ledger, PgLedger):
+            return await asyncio.to_thread(fn, *args)
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
 
     async def close(self) -> None:
         await self.store.close()
@@ -187,7 +208,7 @@ class StoreConsumer:
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                if not is_transient(exc):
+                if not (is_transient(exc) or isinstance(exc, LedgerUnavailable)):
                     raise
                 await self.store.close()  # a fresh connection next time
                 self.counts.retries += 1
@@ -369,7 +390,7 @@ class StoreConsumer:
         if public is not None:
             outcomes = await self._retrying(
                 f"the signing key of gateway {birth.gateway}",
-                lambda: self.ledger.key_announced(birth.gateway, public),
+                lambda: self._ledger("key_announced", birth.gateway, public),
             )
             self._entries(birth.gateway, outcomes)
 
@@ -400,7 +421,7 @@ class StoreConsumer:
             return
         outcomes = await self._retrying(
             f"the parking entries of gateway {gateway}",
-            lambda: self.ledger.add(gateway, site, entries),
+            lambda: self._ledger("add", gateway, site, entries),
         )
         self.counts.entries += len(outcomes)
         self._entries(gateway, outcomes)

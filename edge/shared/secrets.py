@@ -9,7 +9,9 @@ when it reads the file (:func:`read_secret`), so what the one accepts the other 
 
 A broker URL never carries credentials (``mqtt://user:password@host``): it is shown wherever the
 broker is named (``edge check``, the log, the status page), so a password in it would be shown
-too. :func:`url_secret_problem` says why one is refused, without repeating it.
+too. :func:`url_secret_problem` says why one is refused, without repeating it. A PostgreSQL DSN
+is held to the same rule (:func:`dsn_secret_problem`): its password goes in PGPASSWORD or
+~/.pgpass, where libpq looks for it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
     "SecretFileError",
+    "dsn_secret_problem",
+    "dsn_where",
     "owner_only_problem",
     "read_secret",
     "secret_file_problem",
@@ -121,3 +125,37 @@ def url_secret_problem(url: str, what: str) -> str | None:
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return f"{what} takes no query or fragment (?... #...): give only SCHEME://HOST:PORT"
     return None
+
+
+def dsn_secret_problem(dsn: str, what: str) -> str | None:
+    """Why ``dsn`` may not be used as given, or None: it must be a ``postgresql://`` URL
+    (``postgresql://USER@HOST:PORT/DATABASE``) with no password in it, neither after the user
+    nor as a ``password=`` parameter. The message never repeats the DSN."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"{what} must be postgresql://[USER@]HOST[:PORT]/DATABASE"
+    if parts.password is not None or any(
+        k.strip().lower() == "password" for k, _ in parse_qsl(parts.query)
+    ):
+        return (
+            f"{what} carries a password: a DSN is shown wherever the database is named, so give "
+            "the password in PGPASSWORD or ~/.pgpass"
+        )
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return f"{what} has a port that is not a number"
+    return None
+
+
+def dsn_where(dsn: str) -> str:
+    """HOST:PORT of a ``postgresql://`` DSN for messages, PostgreSQL's defaults filled in
+    (localhost, 5432); never the user or the database."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    host = parts.hostname or query.get("host") or "localhost"
+    try:
+        port = parts.port or int(query.get("port", 5432))
+    except ValueError:
+        port = 5432
+    return f"{host}:{port}"

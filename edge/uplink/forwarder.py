@@ -12,6 +12,8 @@ waited ``batch_max_delay_ms``. Everything waits on events or timers; nothing pol
 Reconnects use tenacity: exponential backoff from ``reconnect_min_s`` (the floor) to
 ``reconnect_max_s`` (the cap) with jitter; the attempt count resets only after a session stayed
 up ``stable_after_s``. An outage is logged once at ERROR, then DEBUG, and INFO on recovery.
+With ``mqtt.failover_urls`` (other nodes of one broker cluster), each attempt after a failed
+connect or a lost session goes to the next node, round robin, with the same backoff.
 
 Broker limits (edge/uplink/client.py has what Mosquitto was measured to do). The forwarder speaks
 MQTT 5 and falls back to 3.1.1, with one WARNING, when the broker refuses 5
@@ -109,6 +111,7 @@ class ForwarderStats:
     last_seq_acked: int | None = None
     entries_sent: int = 0  # parking meter entries acknowledged by the broker
     protocol: str = ""  # "5" or "3.1.1" once connected
+    broker: str = ""  # the node of mqtt.url / mqtt.failover_urls of the last session
     max_packet_bytes: int | None = None  # the limit messages are kept under (None: no limit)
     birth_parts: int = 0  # parts the last birth went out in (1: whole)
     #: Messages the broker acknowledged with a reason code >= 0x80 (not delivered, kept), by
@@ -125,6 +128,13 @@ BIRTH_SIZE_ATTEMPTS = 8
 #: After falling back to 3.1.1 because a v5 CONNECT got no answer, MQTT 5 is tried again after
 #: this long (amqtt, which never answers our v5 CONNECT, costs one connect timeout per period).
 RETRY_V5_AFTER_SILENCE_S = 600.0
+#: Sessions in a row that broke while the command subscription waited for its SUBACK before the
+#: gateway goes on without commands for COMMANDS_RETRY_S. RabbitMQ 3.10 closes the connection on
+#: that SUBSCRIBE while the node holding the gateway's subscription queue
+#: (``mqtt-subscription-<client id>qos1``, durable, on the node of its first connection) is
+#: down: with it, telemetry would stop with the node that failed over (tests/test_rabbitmq.py).
+SUBSCRIBE_BREAKS = 2
+COMMANDS_RETRY_S = 300.0
 #: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 code 1 and its MQTT 5 name 0x84).
 _UNSUPPORTED_VERSION = (1, 0x84)
 
@@ -234,6 +244,14 @@ class Forwarder:
         # Refusals in a row, by topic: reason code -> monotonic time it was first seen.
         self._refusing: dict[str, dict[int, float]] = {}
         self._refusals_in_row: dict[str, int] = {}
+        #: mqtt.url, then mqtt.failover_urls: the nodes of one broker cluster, tried in turn.
+        self._urls: list[str] = list(cfg.urls)
+        self._url_index = 0
+        self._last_url = self._urls[0]  # the node the last session tried
+        self._subscribing = False  # the command SUBSCRIBE waits for its SUBACK
+        self._subscribe_breaks = 0  # sessions in a row that broke meanwhile
+        self._commands_off_until: float | None = None  # monotonic time commands are tried again
+        self._commands_off_logged = False
 
     # The writer calls this after every commit.
     def notify_appended(self) -> None:
@@ -242,16 +260,28 @@ class Forwarder:
         self._wakes += 1
         self._wake.set()
 
+    @property
+    def broker_url(self) -> str:
+        """The broker node this session uses (or the next one tries)."""
+        return self._urls[self._url_index]
+
+    def _next_broker(self) -> None:
+        """The next attempt goes to the next node of mqtt.failover_urls (round robin)."""
+        if len(self._urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self._urls)
+            log.debug("uplink: the next attempt goes to %s", self.broker_url)
+
     def _client(self, boot: int, *, v5: bool) -> UplinkClient:
         cfg = self.cfg
+        host, port = cfg.endpoint(self.broker_url)
         session: dict[str, object] = (
             {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True}
             if v5
             else {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": True}
         )
         return UplinkClient(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=cfg.client_id or self.gateway_id,
             username=cfg.username,
             password=self.password,
@@ -290,9 +320,11 @@ class Forwarder:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.error(
-                "uplink to %s down: %s; retrying with backoff (logged at DEBUG until it recovers)",
-                self.cfg.url,
+                "uplink to %s down: %s; retrying with backoff%s (logged at DEBUG until it "
+                "recovers)",
+                self._last_url,
                 exc,
+                f", node after node of {len(self._urls)}" if len(self._urls) > 1 else "",
             )
         else:
             log.debug(
@@ -327,7 +359,9 @@ class Forwarder:
             if silent:
                 self._retry_v5_at = time.monotonic() + RETRY_V5_AFTER_SILENCE_S
             if self._fallback_logged:
-                log.debug("broker at %s: MQTT 5 still unanswered; MQTT 3.1.1 again", self.cfg.url)
+                log.debug(
+                    "broker at %s: MQTT 5 still unanswered; MQTT 3.1.1 again", self.broker_url
+                )
                 return client
             self._fallback_logged = True
             cap = self.cfg.max_packet_bytes
@@ -335,7 +369,7 @@ class Forwarder:
                 "broker at %s does not speak MQTT 5 (%s); using MQTT 3.1.1%s. "
                 "Under 3.1.1 a broker cannot refuse a message: one it drops for its size or "
                 "its ACL is acknowledged like a delivered one, and lost. %s",
-                self.cfg.url,
+                self.broker_url,
                 self._describe(exc),
                 f" (MQTT 5 is tried again every {RETRY_V5_AFTER_SILENCE_S / 60:g} min, in case "
                 "the broker was only slow)"
@@ -378,15 +412,18 @@ class Forwarder:
     async def _session(self) -> None:
         started = time.monotonic()
         boot = await self.buffer.boot()
+        self._last_url = self.broker_url
         try:
             try:
                 client = await self._connect(boot)
             except aiomqtt.MqttError as exc:
                 self.stats.connect_failures += 1
+                self._next_broker()
                 raise _SessionFailed(self._describe(exc)) from None
             try:
                 self.stats.sessions += 1
                 self.stats.connected = True
+                self.stats.broker = self.broker_url
                 self._session_limits(client)
                 self._birth_inflight = None
                 await self._publish_birth(client)
@@ -399,7 +436,7 @@ class Forwarder:
                 if self._outage_since is not None:
                     log.info(
                         "uplink to %s restored after %.1f s",
-                        self.cfg.url,
+                        self.broker_url,
                         time.monotonic() - self._outage_since,
                     )
                     self._outage_since = None
@@ -407,7 +444,7 @@ class Forwarder:
                     limit = self._packet_limit
                     log.info(
                         "uplink to %s connected (MQTT %s, %s)",
-                        self.cfg.url,
+                        self.broker_url,
                         self.stats.protocol,
                         f"messages kept under {limit} bytes from {self._describe_limit()}"
                         if limit
@@ -443,7 +480,11 @@ class Forwarder:
                     pass
         except aiomqtt.MqttError as exc:
             self.stats.publish_failures += 1
-            await self._after_failed_session()
+            self._next_broker()
+            broke_at_subscribe, self._subscribing = self._subscribing, False
+            if broke_at_subscribe:
+                self._subscribe_broke()
+            await self._after_failed_session(count_inflight=not broke_at_subscribe)
             if time.monotonic() - started >= self.cfg.stable_after_s:
                 log.error("uplink lost after a stable session: %s", self._describe(exc))
                 self._outage_since = time.monotonic()
@@ -467,12 +508,18 @@ class Forwarder:
     async def _listen(self, client: UplinkClient) -> None:
         """Answer platform commands for as long as the session lasts; without commands, only
         wait for the connection to end (the message iterator raises MqttError then)."""
-        if self._commands is None:
+        if self._commands is None or self._commands_paused():
             async for _ in client.messages:
                 pass
             return
         self._commands.topic = self.topics["cmd"]
+        self._subscribing = True
         await client.subscribe(self.topics["cmd"], qos=1)
+        self._subscribing = False
+        self._subscribe_breaks = 0
+        if self._commands_off_logged:
+            self._commands_off_logged = False
+            log.info("platform commands on %s are taken again", self.topics["cmd"])
         self.stats.commands_subscribed = True
 
         async def rebirth() -> int:
@@ -495,13 +542,47 @@ class Forwarder:
                 self.topics["cmd_res"], reply, qos=1, timeout=self.cfg.publish_timeout_s
             )
 
-    async def _after_failed_session(self) -> None:
+    def _commands_paused(self) -> bool:
+        """Whether this session goes without the command subscription (see SUBSCRIBE_BREAKS)."""
+        if self._commands_off_until is None:
+            return False
+        if time.monotonic() < self._commands_off_until:
+            return True
+        self._commands_off_until = None  # try the subscription again
+        return False
+
+    def _subscribe_broke(self) -> None:
+        """The session broke while the command SUBSCRIBE waited for its SUBACK."""
+        self._subscribe_breaks += 1
+        if self._subscribe_breaks < SUBSCRIBE_BREAKS:
+            return
+        self._subscribe_breaks = 0
+        self._commands_off_until = time.monotonic() + COMMANDS_RETRY_S
+        log.log(
+            logging.DEBUG if self._commands_off_logged else logging.ERROR,
+            "the broker at %s closed the connection %d times in a row when the gateway "
+            "subscribed to its commands (%s): telemetry goes on without platform commands, "
+            "which are tried again every %g s. RabbitMQ 3.10 does this while the node holding "
+            "the gateway's subscription queue is down",
+            self._last_url,
+            SUBSCRIBE_BREAKS,
+            self.topics["cmd"],
+            COMMANDS_RETRY_S,
+        )
+        self._commands_off_logged = True
+
+    async def _after_failed_session(self, *, count_inflight: bool = True) -> None:
         """A broker that refuses a packet's size (MQTT 3.1.1) just drops the connection, and the
         same batch would fail on every reconnect. A batch that was in flight when
         ``SPLIT_AFTER_FAILED_SESSIONS`` sessions in a row broke is split in halves that keep
         its seq, and later batches are capped at half its size: smaller batches, no retry loop.
         (Were it a stall instead, consumers still de-duplicate the parts against the whole.)
-        A birth in flight at as many breaks in a row is sent in parts of half its size."""
+        A birth in flight at as many breaks in a row is sent in parts of half its size.
+        A session that broke on the command SUBSCRIBE (``count_inflight`` False) says nothing
+        about the size of what was in flight: it is not counted."""
+        if not count_inflight:
+            self._birth_inflight, self._inflight = None, {}
+            return
         birth, self._birth_inflight = self._birth_inflight, None
         if birth is not None:
             self._birth_failures += 1
