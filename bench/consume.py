@@ -36,11 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.rabbitmq import RabbitCluster, rabbitmq_installed  # noqa: E402
-
 from protocols.batch import BatchHeader, Point, encode_batch  # noqa: E402
 from protocols.birth import Birth, SeriesInfo  # noqa: E402
 from tests.engines import Postgres, postgres_bindir  # noqa: E402
+from tests.rabbitmq import RabbitCluster, rabbitmq_bin  # noqa: E402
 
 CITY_READINGS_PER_S = 100_000  # 10,000 cabinets × 100 points every 10 s (issue 20)
 PREFIX = "city/v1"
@@ -103,7 +102,6 @@ def stored(dsn: str) -> int:
 def round_(n: int, pg: Postgres, cluster: RabbitCluster, traffic, readings: int, tmp: Path):
     dsn = pg.new_database()
     urls = [node.amqp_url for node in cluster.nodes]
-    # Create the schema first, so the consumers' start-up does not race to migrate it.
     asyncio.run(publish(urls[0], traffic))
     procs = []
     t0 = time.monotonic()
@@ -146,7 +144,7 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=100)
     ap.add_argument("--samples", type=int, default=10)
     args = ap.parse_args()
-    if postgres_bindir() is None or not rabbitmq_installed():
+    if postgres_bindir() is None or rabbitmq_bin() is None:
         raise SystemExit("bench/consume.py needs PostgreSQL and RabbitMQ (apt-get install ...)")
     traffic, readings = make_traffic(args)
     size = sum(len(p) for _, p in traffic)
@@ -161,8 +159,12 @@ def main() -> None:
     try:
         pg.start()
         cluster.start_all()
+        r = cluster.ctl(1, "set_policy", "--apply-to", "exchanges", "edge-unroutable",
+                        r"^amq\.topic$", '{"alternate-exchange":"edge.unroutable"}')
+        if r.returncode:
+            raise SystemExit(f"rabbitmqctl set_policy failed: {r.stdout}{r.stderr}")
         setup = subprocess.run(
-            [sys.executable, "-m", "edge", "broker-setup", "--amqp", cluster.nodes[0].amqp_url],
+            [sys.executable, "-m", "edge", "broker-setup", "--amqp", cluster.node(1).amqp_url],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         if setup.returncode:

@@ -67,11 +67,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from soak import free_port, wait_port  # noqa: E402
 from soak_devices import value_key  # noqa: E402
-from tests.rabbitmq import RabbitCluster, rabbitmq_installed  # noqa: E402
 
 from edge.platform.ledger import local_day  # noqa: E402
 from protocols.meterlink import MsgType, Payment, decode_message  # noqa: E402
 from tests.engines import Postgres, postgres_bindir  # noqa: E402
+from tests.rabbitmq import RabbitCluster, rabbitmq_bin  # noqa: E402
 
 MATCH_MS = 3000  # a reading's value must have been served within this of its time
 LANES = {"lane-1": ["HK-01", "HK-02", "HK-03"], "lane-2": ["BD-01", "BD-02"]}
@@ -299,9 +299,9 @@ class Harness:
     async def kill_node(self) -> None:
         i = self.rng.randrange(len(self.cluster.nodes))
         self.note(f"kill node {i + 1}")
-        await asyncio.to_thread(self.cluster.kill, i)
+        await asyncio.to_thread(self.cluster.kill, i + 1)
         await asyncio.sleep(self.rng.uniform(1, 3))
-        await asyncio.to_thread(self.cluster.start, i)
+        await asyncio.to_thread(self.cluster.start, i + 1)
         self.note(f"node {i + 1} back")
         self.kills["node"] += 1
 
@@ -348,6 +348,7 @@ class Harness:
         t = time.monotonic()
         await asyncio.to_thread(self.cluster.start_all)
         print(f"cluster of three nodes up in {time.monotonic() - t:.0f} s", flush=True)
+        await asyncio.to_thread(set_unroutable_policy, self.cluster)
         setup = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "edge", "broker-setup", *self.amqp_args(0)],
@@ -396,7 +397,7 @@ class Harness:
             if any(n != 0 for n in left):
                 continue
             if all(self.journals_acked(cab) for cab in self.cabinets):
-                depth = await asyncio.to_thread(self.cluster.queue_depth, "edge.platform")
+                depth = await asyncio.to_thread(queue_depth, self.cluster, "edge.platform")
                 if depth == 0:
                     return True
         return False
@@ -411,6 +412,7 @@ class Harness:
 
     def report(self, ran_s: float) -> str:
         import psycopg
+
         from edge.platform.pgledger import PgLedger
 
         accepted = evicted = 0
@@ -423,7 +425,7 @@ class Harness:
                 evicted += ev
                 rows, distinct = conn.execute(
                     "SELECT count(*), count(DISTINCT (sid, ts)) FROM edge.readings r "
-                    "JOIN edge.gateways g USING (gateway_id) WHERE g.gateway = %s",
+                    "JOIN edge.gateways g ON g.id = r.gateway_id WHERE g.gateway = %s",
                     (cab.id,),
                 ).fetchone()
                 duplicated += rows - distinct
@@ -490,6 +492,29 @@ class Harness:
             self.pg.close()
 
 
+def set_unroutable_policy(cluster: RabbitCluster) -> None:
+    """The alternate exchange of amq.topic, set by policy as edge broker-setup asks."""
+    r = cluster.ctl(1, "set_policy", "--apply-to", "exchanges", "edge-unroutable",
+                    r"^amq\.topic$", '{"alternate-exchange":"edge.unroutable"}')
+    if r.returncode:
+        raise SystemExit(f"rabbitmqctl set_policy failed: {r.stdout}{r.stderr}")
+
+
+def queue_depth(cluster: RabbitCluster, queue: str) -> int | None:
+    """Messages in ``queue``, ready and unacknowledged (None if no node answers)."""
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        r = cluster.ctl(node.index, "list_queues", "-q", "name", "messages", timeout=30)
+        if r.returncode:
+            continue
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return int(parts[1])
+    return None
+
+
 def stored_values(conn, gateway: str):
     """(device, point, ts_ms, value key as bench/soak_devices.py writes it) per stored reading
     the gateway's birth named; a float's key comes from its IEEE word (``bits``), so a NaN's
@@ -523,7 +548,7 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="keep logs, buffers and journals here")
     args = ap.parse_args()
-    if postgres_bindir() is None or not rabbitmq_installed():
+    if postgres_bindir() is None or rabbitmq_bin() is None:
         raise SystemExit(
             "platform_chaos needs PostgreSQL and RabbitMQ: apt-get install -y postgresql "
             "rabbitmq-server"
