@@ -154,6 +154,7 @@ def main() -> None:
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-consume-"))
+    tmp.chmod(0o755)  # PostgreSQL runs as its own user under root
     pg = Postgres(postgres_bindir(), tmp / "pg")
     cluster = RabbitCluster(tmp / "rabbit")
     try:
