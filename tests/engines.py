@@ -66,6 +66,7 @@ class Postgres:
 
             self._demote = demote
         self._databases = 0
+        self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         if self._uid:
             os.chown(self.root, *self._uid)
