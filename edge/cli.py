@@ -1128,18 +1128,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
             from edge.shared.tls import client_context
 
             tls = client_context(args.ca_file, args.cert_file, args.key_file)
-        pinned = {}
-        for spec in args.trust_key or []:
-            gw, sep, b64 = spec.partition("=")
-            try:
-                raw = base64.b64decode(b64, validate=True)
-            except ValueError:
-                raw = b""
-            if not sep or not gw or len(raw) != 32:
-                raise ValueError(
-                    f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
-                )
-            pinned[gw] = raw
+        pinned = _pinned_keys(args.trust_key)
         ledger = TxLedger(args.ledger or ":memory:", pinned=pinned)
         consumer = BatchConsumer(
             args.broker,
@@ -1221,6 +1210,24 @@ def cmd_broker_setup(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def _pinned_keys(specs: list[str] | None) -> dict[str, bytes]:
+    """``--trust-key GATEWAY=B64`` arguments as gateway -> Ed25519 public key (32 bytes).
+    Raises ValueError naming the argument that is not one."""
+    pinned = {}
+    for spec in specs or []:
+        gw, sep, b64 = spec.partition("=")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except ValueError:
+            raw = b""
+        if not sep or not gw or len(raw) != 32:
+            raise ValueError(
+                f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
+            )
+        pinned[gw] = raw
+    return pinned
+
+
 def _consume_store(args: argparse.Namespace) -> int:
     """``edge consume --store postgresql://…``: batches, births, statuses into PostgreSQL,
     acknowledged after the commit (edge/platform/store_consumer.py)."""
@@ -1262,18 +1269,7 @@ def _consume_store(args: argparse.Namespace) -> int:
             from edge.shared.tls import client_context
 
             tls = client_context(args.ca_file, args.cert_file, args.key_file)
-        pinned = {}
-        for spec in args.trust_key or []:
-            gw, sep, b64 = spec.partition("=")
-            try:
-                raw = base64.b64decode(b64, validate=True)
-            except ValueError:
-                raw = b""
-            if not sep or not gw or len(raw) != 32:
-                raise ValueError(
-                    f"--trust-key {spec!r} must be GATEWAY=<base64 of a 32-byte Ed25519 key>"
-                )
-            pinned[gw] = raw
+        pinned = _pinned_keys(args.trust_key)
         consumer = StoreConsumer(
             PgStore(args.store),
             ledger_factory=functools.partial(PgLedger, args.store, pinned=pinned),

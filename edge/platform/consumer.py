@@ -27,7 +27,6 @@ storage (SQLite's locking is not safe across machines).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -39,15 +38,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
-from urllib.parse import urlsplit
-
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge.platform.ledger import EntryOutcome, TxLedger
-from edge.shared.secrets import url_secret_problem
-from edge.shared.tls import client_context
+from edge.platform.mqtt_source import MqttSubscription
 from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import (
     Birth,
@@ -240,32 +233,17 @@ class BatchConsumer:
         ledger: TxLedger | None = None,
         on_entry: Callable[[str, str, EntryOutcome], None] | None = None,
     ) -> None:
-        problem = url_secret_problem(broker_url, "the broker url")  # before it is shown
-        if problem is not None:
-            raise ValueError(problem)
-        parts = urlsplit(broker_url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")
-        tls = parts.scheme == "mqtts"
-        if tls and tls_context is None:
-            tls_context = client_context()
-        self.tls_context = tls_context if tls else None
-        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
-        base = prefix.rstrip("/")
-        if share is not None:
-            if not client_id:
-                raise ValueError("a shared subscription needs a fixed client id (--client-id)")
-            if not share or any(c in share for c in "/+#"):
-                raise ValueError(f"share group {share!r} must be a plain name")
-        shared = f"$share/{share}/" if share else ""
-        self.topics = [
-            f"{base}/+/+/birth",
-            f"{shared}{base}/+/+/data",
-            f"{shared}{base}/+/+/tx",
-            f"{base}/+/+/birth/+",  # the parts of a birth too large for one message
-        ]
-        self.share = share
-        self.session_expiry_s = session_expiry_s
+        self.subscription = MqttSubscription(
+            broker_url,
+            prefix=prefix,
+            client_id=client_id,
+            share=share,
+            tls_context=tls_context,
+            session_expiry_s=session_expiry_s,
+            max_queued=10_000,
+        )
+        self.topics = self.subscription.topics
+        self.subscribed = self.subscription.subscribed
         self.client_id = client_id
         self.on_batch = on_batch
         self.keep_duplicates = keep_duplicates
@@ -274,7 +252,6 @@ class BatchConsumer:
         self.ledger = ledger if ledger is not None else TxLedger()
         self.on_entry = on_entry
         self.bad_payloads = 0
-        self.subscribed = asyncio.Event()
 
     def _say(self, msg: str) -> None:
         print(msg, file=self.report, flush=True)
@@ -458,54 +435,15 @@ class BatchConsumer:
             lines += rec.lines()
         return lines
 
-    def _client(self) -> aiomqtt.Client:
-        common = {
-            "identifier": self.client_id,
-            "max_queued_incoming_messages": 10_000,
-            "tls_context": self.tls_context,
-        }
-        if self.share is None:
-            return aiomqtt.Client(
-                self.host, self.port, clean_session=False if self.client_id else True, **common
-            )
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        return aiomqtt.Client(
-            self.host,
-            self.port,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            **common,
-        )
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self.subscription.tls_context
+
+    @tls_context.setter
+    def tls_context(self, context: ssl.SSLContext | None) -> None:
+        self.subscription.tls_context = context
 
     async def run(self) -> None:
-        """Consume until cancelled, reconnecting with backoff."""
-        delay = 0.5
-        while True:
-            client = self._client()
-            try:
-                async with client:
-                    # Acknowledge after handling, not on receipt (aiomqtt has no public API for
-                    # it yet, empicano/aiomqtt#345; this is paho's own switch on its client).
-                    paho = client._client
-                    manual = hasattr(paho, "manual_ack_set")
-                    if manual:
-                        paho.manual_ack_set(True)
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.subscribed.set()
-                    delay = 0.5
-                    async for msg in client.messages:
-                        payload = msg.payload
-                        if isinstance(payload, bytes | bytearray):
-                            self.handle(str(msg.topic), bytes(payload))
-                        if manual and msg.qos > 0:
-                            paho.ack(msg.mid, msg.qos)
-            except aiomqtt.MqttError as exc:
-                self.subscribed.clear()
-                log.warning(
-                    "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Consume until cancelled, reconnecting with backoff; each message acknowledged after
+        it was handled (edge/platform/mqtt_source.py)."""
+        await self.subscription.run(self.handle)

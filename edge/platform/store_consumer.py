@@ -43,13 +43,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import psycopg
 
+from edge.platform.mqtt_source import MqttSubscription
 from edge.platform.pgledger import LedgerUnavailable, PgLedger
 from edge.platform.pgstore import PgStore, is_transient
-from edge.shared.secrets import url_secret_problem
 from protocols.batch import BatchDecodeError, decode_batch_wire
 from protocols.birth import Birth, BirthError, birth_part, join_birth_parts
 from protocols.meterlink import PayloadError, decode_tx_message
@@ -487,12 +486,13 @@ class StoreConsumer:
         return lines
 
 
-class MqttStoreSource:
+class MqttStoreSource(MqttSubscription):
     """MQTT (Mosquitto) into a :class:`StoreConsumer`: QoS 1, acknowledged only after the
-    store's commit. Births and statuses are plain subscriptions (retained: every member gets
-    them); batches and parking entries join the MQTT 5 shared subscription ``share`` when
-    given, so consumers in one group split them. Use a fixed ``client_id``: the broker keeps
-    the session's unacknowledged and queued messages while the consumer is away."""
+    store's commit (edge/platform/mqtt_source.py). Births and statuses are plain subscriptions
+    (retained: every member gets them); batches and parking entries join the MQTT 5 shared
+    subscription ``share`` when given, so consumers in one group split them. Use a fixed
+    ``client_id``: the broker keeps the session's unacknowledged and queued messages while the
+    consumer is away."""
 
     def __init__(
         self,
@@ -505,92 +505,17 @@ class MqttStoreSource:
         tls_context: ssl.SSLContext | None = None,
         session_expiry_s: int = 7 * 86400,
     ) -> None:
-        problem = url_secret_problem(broker_url, "the broker url")
-        if problem is not None:
-            raise ValueError(problem)
-        parts = urlsplit(broker_url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker must look like mqtt[s]://HOST:PORT, got {broker_url!r}")
-        tls = parts.scheme == "mqtts"
-        if tls and tls_context is None:
-            from edge.shared.tls import client_context
-
-            tls_context = client_context()
-        self.tls_context = tls_context if tls else None
-        self.host, self.port = parts.hostname, parts.port or (8883 if tls else 1883)
-        if share is not None:
-            if not client_id:
-                raise ValueError("a shared subscription needs a fixed client id (--client-id)")
-            if not share or any(c in share for c in "/+#"):
-                raise ValueError(f"share group {share!r} must be a plain name")
-        base = prefix.rstrip("/")
-        shared = f"$share/{share}/" if share else ""
-        self.topics = [
-            f"{base}/+/+/birth",
-            f"{base}/+/+/birth/+",
-            f"{base}/+/+/status",
-            f"{shared}{base}/+/+/data",
-            f"{shared}{base}/+/+/tx",
-        ]
-        self.consumer = consumer
-        self.client_id = client_id
-        self.share = share
-        self.session_expiry_s = session_expiry_s
-        self.subscribed = asyncio.Event()
-        self.acked = 0
-
-    def _client(self) -> Any:
-        import aiomqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        common = {
-            "identifier": self.client_id,
-            # Few in hand: a message waits unacknowledged at the broker rather than here.
-            "max_queued_incoming_messages": 1000,
-            "tls_context": self.tls_context,
-        }
-        if self.share is None:
-            return aiomqtt.Client(self.host, self.port, clean_session=not self.client_id, **common)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        return aiomqtt.Client(
-            self.host,
-            self.port,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            **common,
+        super().__init__(
+            broker_url,
+            prefix=prefix,
+            client_id=client_id,
+            share=share,
+            tls_context=tls_context,
+            session_expiry_s=session_expiry_s,
+            status=True,
         )
+        self.consumer = consumer
 
-    async def run(self) -> None:
+    async def run(self) -> None:  # type: ignore[override]
         """Consume until cancelled, reconnecting to the broker with backoff."""
-        import aiomqtt
-
-        delay = 0.5
-        while True:
-            client = self._client()
-            try:
-                async with client:
-                    # Acknowledge after the commit, not on receipt (aiomqtt has no public
-                    # API for it yet, empicano/aiomqtt#345: paho's own switch).
-                    paho = client._client
-                    paho.manual_ack_set(True)
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.subscribed.set()
-                    delay = 0.5
-                    async for msg in client.messages:
-                        payload = msg.payload
-                        if isinstance(payload, bytes | bytearray):
-                            await self.consumer.handle(str(msg.topic), bytes(payload))
-                        if msg.qos > 0:
-                            paho.ack(msg.mid, msg.qos)
-                            self.acked += 1
-            except aiomqtt.MqttError as exc:
-                self.subscribed.clear()
-                log.warning(
-                    "consumer: broker connection failed: %s; retrying in %.1f s", exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await super().run(self.consumer.handle)
