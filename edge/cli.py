@@ -34,6 +34,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         assert task is not None
+        loop.set_exception_handler(_late_socket_callback_quiet)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, task.cancel)
@@ -43,6 +44,27 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
             return 0
 
     return asyncio.run(wrapper())
+
+
+_SOCKET_REGISTRATIONS = frozenset({"add_reader", "add_writer", "remove_reader", "remove_writer"})
+
+
+def _late_socket_callback_quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: a socket registration that runs after its socket
+    closed is one DEBUG line, not an ERROR with a traceback. aiomqtt 2.5 schedules paho's
+    "register this socket for writing" with ``call_soon_threadsafe``; when the broker drops the
+    connection in between (a broker node killed), ``add_writer`` meets a closed descriptor
+    (EBADF). The connection is already gone and reported by the uplink in its own words, so
+    nothing is lost or hidden. Every other exception goes to asyncio's default handler."""
+    exc = context.get("exception")
+    callback = getattr(context.get("handle"), "_callback", None)
+    name = getattr(callback, "__name__", "")
+    if isinstance(exc, OSError | ValueError) and name in _SOCKET_REGISTRATIONS:
+        logging.getLogger("edge.uplink").debug(
+            "a socket closed before its late %s ran: ignored (%s)", name, exc
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 class _AsDebug(logging.Filter):

@@ -80,3 +80,36 @@ async def test_reconnect__fifty_gateways_spread_out_after_a_broker_restart(mosqu
     # Lockstep would put all 50 in one second; full jitter spreads them over several.
     assert max(per_second.values()) <= 0.3 * N_GATEWAYS, per_second
     assert len(per_second) >= 4
+
+
+def test_cli_loop__a_socket_registration_after_its_socket_closed_is_one_debug_line(caplog):
+    """aiomqtt schedules paho's write registration from another thread; a broker node that
+    dies in between leaves it a closed descriptor. That is a DEBUG line, not an asyncio ERROR
+    with a traceback in the gateway's log; any other failing callback is still an ERROR."""
+    import logging
+    import socket
+
+    from edge.cli import _run
+
+    def boom() -> None:
+        raise RuntimeError("a real bug in a callback")
+
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        a.close()
+        b.close()
+        loop.call_soon(loop.add_writer, fd, lambda: None)
+        loop.call_soon(boom)
+        await asyncio.sleep(0.05)
+        return 0
+
+    with caplog.at_level(logging.DEBUG):
+        assert _run(go()) == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "a real bug in a callback" in str(errors[0].exc_info[1])
+    assert any(
+        r.levelno == logging.DEBUG and "late add_writer ran: ignored" in r.getMessage()
+        for r in caplog.records
+    )
