@@ -559,7 +559,7 @@ class PgStore:
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
-                (f"{pg_text(birth.gateway)}/birth/{pid}", _BATCH_LOCK_SEED),
+                (pg_text(f"{birth.gateway}/birth/{pid}"), _BATCH_LOCK_SEED),
             )
             await conn.execute(
                 "INSERT INTO edge.birth_parts (gateway_id, birth, index, count, payload) "

@@ -114,6 +114,11 @@ def _ids(sids: list[int], shown: int = 20) -> str:
     return f"{str(sids[:shown])[:-1]}, … ({len(sids) - shown} more)]"
 
 
+def _one_line(exc: BaseException) -> str:
+    """A database error as one line (PostgreSQL adds DETAIL and CONTEXT lines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _gateway_of(topic: str) -> str:
     parts = topic.split("/")
     return parts[-2] if len(parts) >= 3 else "?"
@@ -162,9 +167,7 @@ class StoreConsumer:
         database raises for any other refusal (e.g. no right to create schema ``edge``)."""
         await self._retrying("", self.store.connect)
         if self.ledger is None:
-            self.ledger = await self._retrying(
-                "", lambda: asyncio.to_thread(self.ledger_factory)
-            )
+            self.ledger = await self._retrying("", lambda: asyncio.to_thread(self.ledger_factory))
 
     async def _ledger(self, method: str, *args: Any) -> Any:
         """Call the ledger's ``method``: a PostgreSQL ledger in a worker thread (its calls
@@ -349,12 +352,19 @@ class StoreConsumer:
             self._say(f"bad birth on {topic}: {exc}; skipped")
             return
         if part is not None:
-            payloads = await self._retrying(
-                f"part {part.index} of {part.count} of a birth of gateway {birth.gateway}",
-                lambda: self.store.store_birth_part(
-                    birth, part.index, part.count, part.id, payload
-                ),
-            )
+            try:
+                payloads = await self._retrying(
+                    f"part {part.index} of {part.count} of a birth of gateway {birth.gateway}",
+                    lambda: self.store.store_birth_part(
+                        birth, part.index, part.count, part.id, payload
+                    ),
+                )
+            except psycopg.DataError as exc:
+                self.counts.bad_messages += 1
+                self._say(
+                    f"bad birth on {topic}: the database refused it: {_one_line(exc)}; skipped"
+                )
+                return
             if payloads is None:
                 return  # more parts to come (to this consumer or another)
             try:
@@ -373,7 +383,7 @@ class StoreConsumer:
             )
         except psycopg.DataError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad birth on {topic}: the database refused it: {exc}; skipped")
+            self._say(f"bad birth on {topic}: the database refused it: {_one_line(exc)}; skipped")
             return
         self.counts.births += 1
         self.counts.gateways.add(birth.gateway)
@@ -419,10 +429,17 @@ class StoreConsumer:
             self.counts.bad_messages += 1
             self._say(f"bad tx message on {topic}: {exc}; skipped")
             return
-        outcomes = await self._retrying(
-            f"the parking entries of gateway {gateway}",
-            lambda: self._ledger("add", gateway, site, entries),
-        )
+        try:
+            outcomes = await self._retrying(
+                f"the parking entries of gateway {gateway}",
+                lambda: self._ledger("add", gateway, site, entries),
+            )
+        except psycopg.DataError as exc:  # e.g. U+0000 in an id: PostgreSQL text cannot
+            self.counts.bad_messages += 1
+            self._say(
+                f"bad tx message on {topic}: the database refused it: {_one_line(exc)}; skipped"
+            )
+            return
         self.counts.entries += len(outcomes)
         self._entries(gateway, outcomes)
 
@@ -442,7 +459,12 @@ class StoreConsumer:
             doc = json.loads(payload)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+            json.dumps(doc, ensure_ascii=False).encode()  # a lone surrogate escape is no text
+        except RecursionError:
+            self.counts.bad_messages += 1
+            self._say(f"bad status on {topic}: JSON nested too deeply to read; skipped")
+            return
+        except (ValueError, UnicodeError) as exc:
             self.counts.bad_messages += 1
             self._say(f"bad status on {topic}: {exc}; skipped")
             return
@@ -456,7 +478,7 @@ class StoreConsumer:
             )
         except psycopg.DataError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: the database refused it: {exc}; skipped")
+            self._say(f"bad status on {topic}: the database refused it: {_one_line(exc)}; skipped")
             return
         self.counts.statuses += 1
 
