@@ -1009,3 +1009,32 @@ async def test_store_consumer__hostile_birth_status_or_tx_reported_in_one_line_n
         return
     assert len(lines) == 1 and lines[0].startswith("bad ") and " on " in lines[0], lines
     assert c.counts.bad_messages == 1
+
+
+async def test_store_consumer__births_naming_a_series_id_otherwise_reported(pg_dsn, caplog):
+    """Series ids are never reused (docs/batch-format-v1.md §3): a birth naming an id otherwise
+    than an earlier boot did renames every reading of it in edge.readings_named (the newest boot
+    wins), so the consumer says so, whichever of the two arrives first."""
+    gw = "gw-rename"
+    c = consumer(pg_dsn)
+    await c.start()
+    caplog.set_level(logging.WARNING, logger="edge.platform.store_consumer")
+    voltage = SeriesInfo(5, "meter-1", "voltage", "V", "float32", "gauge")
+    current = SeriesInfo(5, "meter-2", "current", "A", "float32", "gauge")
+    same = SeriesInfo(6, "meter-1", "frequency", "Hz", "float32", "gauge")
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    assert caplog.records == []  # the same names again: nothing to say
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 2, [current, same]).encode())
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    await c.close()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2, warned
+    assert f"gateway {gw}: the birth of boot 2 names series 5 meter-2/current" in warned[0]
+    assert "boot 1 named it meter-1/voltage" in warned[0]
+    assert f"gateway {gw}: the birth of boot 1 names series 5 meter-1/voltage" in warned[1]
+    assert "boot 2 named it meter-2/current" in warned[1]
+    assert "series 6" not in " ".join(warned)
+    assert query(pg_dsn, "SELECT device, point FROM edge.series WHERE sid = 5") == [
+        ("meter-2", "current")
+    ]

@@ -72,7 +72,9 @@ from protocols.birth import Birth
 __all__ = [
     "STORE_VERSION",
     "BatchResult",
+    "BirthResult",
     "PgStore",
+    "Renamed",
     "StoreSchemaError",
     "copy_tuples",
     "is_transient",
@@ -386,6 +388,28 @@ COPY_READINGS = (
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """A series id a birth names otherwise than a stored birth of another boot did (ids are
+    never reused, docs/batch-format-v1.md §3): ``applied`` when this birth's names now hold
+    (its boot is the newer), so every reading of the id reads under them."""
+
+    sid: int
+    name: str  # "device/point" in this birth
+    other_boot: int
+    other_name: str
+    applied: bool
+
+
+@dataclass(frozen=True)
+class BirthResult:
+    """What storing a whole birth did: ``named`` the series ids batches had brought unnamed;
+    ``renamed`` the ids it names otherwise than a birth of another boot."""
+
+    named: list[int]
+    renamed: list[Renamed]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """What storing one batch did: ``stored`` False for a duplicate (already stored whole, or
     a part covered by a stored ancestor or descendant); ``unnamed`` the series ids of the
@@ -577,9 +601,10 @@ class PgStore:
             return None
         return [bytes(r[1]) for r in rows]
 
-    async def store_birth(self, birth: Birth, doc: dict[str, Any]) -> list[int]:
+    async def store_birth(self, birth: Birth, doc: dict[str, Any]) -> BirthResult:
         """Store a whole birth and name its series (newest boot wins; an empty ``type`` keeps
-        the older one). Returns the series ids it named that batches had brought unnamed."""
+        the older one). Returns the series ids it named that batches had brought unnamed, and
+        those it names otherwise than the stored birth of another boot."""
         conn = await self.connect()
         gid = await self._gateway_id(conn, birth.gateway, birth.site)
         safe = _json_safe(doc)
@@ -617,7 +642,7 @@ class PgStore:
                 (pg_text(birth.site), gid, pg_text(birth.site)),
             )
             if not series:
-                return []
+                return BirthResult([], [])
             named = await (
                 await conn.execute(
                     "SELECT sid FROM edge.series WHERE gateway_id = %s AND device IS NULL "
@@ -625,6 +650,26 @@ class PgStore:
                     (gid, [s.sid for s in series]),
                 )
             ).fetchall()
+            others = await (
+                await conn.execute(
+                    "SELECT o.sid, x.device, x.point, o.boot, o.device, o.point FROM edge.series o"
+                    " JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS x (sid, device, point)"
+                    " ON x.sid = o.sid WHERE o.gateway_id = %s AND o.device IS NOT NULL"
+                    " AND o.boot IS DISTINCT FROM %s"
+                    " AND (o.device, o.point) IS DISTINCT FROM (x.device, x.point) ORDER BY o.sid",
+                    (
+                        [s.sid for s in series],
+                        [pg_text(s.device) for s in series],
+                        [pg_text(s.point) for s in series],
+                        gid,
+                        birth.boot,
+                    ),
+                )
+            ).fetchall()
+            renamed = [
+                Renamed(sid, f"{dev}/{pt}", boot, f"{odev}/{opt}", boot < birth.boot)
+                for sid, dev, pt, boot, odev, opt in others
+            ]
             await conn.execute(
                 """
                 INSERT INTO edge.series AS o (gateway_id, sid, device, point, unit, type, kind,
@@ -663,7 +708,7 @@ class PgStore:
                     ],
                 ),
             )
-        return sorted(r[0] for r in named)
+        return BirthResult(sorted(r[0] for r in named), renamed)
 
     async def store_status(self, gateway: str, topic: str, doc: dict[str, Any]) -> None:
         """The gateway's last status message (a different one replaces it; ``received`` is

@@ -377,7 +377,7 @@ class StoreConsumer:
         else:
             doc = json.loads(payload)
         try:
-            named = await self._retrying(
+            stored = await self._retrying(
                 f"the birth of gateway {birth.gateway} (boot {birth.boot})",
                 lambda: self.store.store_birth(birth, doc),
             )
@@ -387,6 +387,9 @@ class StoreConsumer:
             return
         self.counts.births += 1
         self.counts.gateways.add(birth.gateway)
+        named = stored.named
+        if stored.renamed:
+            self._renamed(birth, stored.renamed)
         if named:
             log.info(
                 "gateway %s: the birth of boot %d names series %s stored unnamed before",
@@ -403,6 +406,25 @@ class StoreConsumer:
                 lambda: self._ledger("key_announced", birth.gateway, public),
             )
             self._entries(birth.gateway, outcomes)
+
+    def _renamed(self, birth: Birth, renamed: list[Any]) -> None:
+        """One WARNING for a birth naming series ids otherwise than another boot's birth: the
+        newest boot's names apply to every reading of an id (edge.readings_named)."""
+        shown = "; ".join(
+            f"series {r.sid} {r.name} (boot {r.other_boot} named it {r.other_name}, "
+            + ("now renamed)" if r.applied else "and stays, being newer)")
+            for r in renamed[:10]
+        )
+        more = f"; and {len(renamed) - 10} more" if len(renamed) > 10 else ""
+        log.warning(
+            "gateway %s: the birth of boot %d names %s%s: series ids are never reused "
+            "(docs/batch-format-v1.md §3); every reading of an id reads under the newest "
+            "boot's names",
+            birth.gateway,
+            birth.boot,
+            shown,
+            more,
+        )
 
     def _signing_key(self, birth: Birth) -> bytes | None:
         key = birth.extra.get("signing_key")
