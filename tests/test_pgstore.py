@@ -1038,3 +1038,45 @@ async def test_store_consumer__births_naming_a_series_id_otherwise_reported(pg_d
     assert query(pg_dsn, "SELECT device, point FROM edge.series WHERE sid = 5") == [
         ("meter-2", "current")
     ]
+
+
+def _long_id(chars: int = 3000) -> str:
+    """A gateway id PostgreSQL cannot index (a btree row holds at most 2704 bytes) and cannot
+    compress below that."""
+    import hashlib
+
+    text = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(chars // 64 + 1))
+    return "gw-" + text[:chars]
+
+
+@pytest.mark.parametrize("kind", ["data", "birth", "status", "tx"])
+async def test_store_consumer__id_beyond_the_databases_limits_reported_not_retried_forever(
+    pg_dsn, kind
+):
+    """A value too large for an index (SQLSTATE 54000, an OperationalError in psycopg) is not
+    an outage: the message is reported and kept (a batch in edge.malformed), not retried
+    forever with the consumer stuck on it."""
+    from edge.platform.pgledger import PgLedger
+
+    gw = _long_id()
+    t = 1_763_800_000_000
+    payload = {
+        "data": encode_batch(BatchHeader(gw, 7, 1, t), [Point(1, t, 1.0)]),
+        "birth": meter_birth(gw, 1, []).encode(),
+        "status": json.dumps({"state": "online", "gateway": gw, "boot": 1}).encode(),
+        "tx": _tx(gateway=gw),
+    }[kind]
+    report = io.StringIO()
+    c = StoreConsumer(
+        PgStore(pg_dsn), ledger_factory=lambda: PgLedger(pg_dsn), report=report, give_up_s=5
+    )
+    await c.start()
+    topic = f"{PREFIX}/hk/gw-long/{kind}"
+    await c.handle(topic, payload)
+    await c.close()
+    lines = report.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bad {'batch' if kind == 'data' else kind}")
+    assert len(lines[0]) < 1000  # the id shortened in the line
+    if kind == "data":
+        rows = query(pg_dsn, "SELECT seq, code, payload FROM edge.malformed")
+        assert rows == [(7, "not_storable", payload)]

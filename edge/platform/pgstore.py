@@ -70,6 +70,7 @@ from protocols.batch import BatchHeader, WirePoint
 from protocols.birth import Birth
 
 __all__ = [
+    "REFUSED",
     "STORE_VERSION",
     "BatchResult",
     "BirthResult",
@@ -77,6 +78,7 @@ __all__ = [
     "Renamed",
     "StoreSchemaError",
     "copy_tuples",
+    "index_safe",
     "is_transient",
     "migrate",
     "pg_text",
@@ -103,8 +105,30 @@ class StoreSchemaError(Exception):
 def is_transient(exc: BaseException) -> bool:
     """A database error that passes: the server is down or restarting (08xxx, 57Pxx), out of
     disk or memory (53xxx), a deadlock or serialization failure (40xxx). Retry the message;
-    every other database error is about the data or the code."""
-    return isinstance(exc, psycopg.OperationalError)
+    every other database error is about the data or the code, among them a value beyond the
+    database's limits (54xxx, e.g. an id too long for an index), which psycopg also raises as
+    an OperationalError but which no retry will ever store."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg.errors.ProgramLimitExceeded
+    )
+
+
+#: Database errors about a message's values (SQLSTATE 22xxx, 54xxx): the message can never be
+#: stored as it is, so it is reported and kept where it can be, not retried.
+REFUSED = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
+
+#: The most UTF-8 bytes of a gateway id written to an indexed column of edge.malformed (a
+#: btree row holds at most 2704 bytes); the payload keeps the whole id.
+_MALFORMED_ID_BYTES = 1000
+
+
+def index_safe(text: str, limit: int = _MALFORMED_ID_BYTES) -> str:
+    """``text`` as :func:`pg_text`, cut to ``limit`` UTF-8 bytes (marked with "…") when longer."""
+    text = pg_text(text)
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore") + "…"
 
 
 def pg_text(s: str) -> str:
@@ -757,7 +781,7 @@ class PgStore:
                 "digest) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
                 (
                     pg_text(topic),
-                    None if gateway is None else pg_text(gateway),
+                    None if gateway is None else index_safe(gateway),
                     seq,
                     code,
                     pg_text(message),

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from edge.platform.pgledger import LedgerUnavailable, PgLedger
-from edge.platform.pgstore import PgStore, is_transient
+from edge.platform.pgstore import REFUSED, PgStore, is_transient
 from edge.shared.secrets import url_secret_problem
 from protocols.batch import BatchDecodeError, decode_batch_wire
 from protocols.birth import Birth, BirthError, birth_part, join_birth_parts
@@ -114,6 +114,12 @@ def _ids(sids: list[int], shown: int = 20) -> str:
     return f"{str(sids[:shown])[:-1]}, … ({len(sids) - shown} more)]"
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """An id or topic for a report line: as it is, or its first ``limit`` characters and
+    how many there are (a hostile id may be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
+
+
 def _one_line(exc: BaseException) -> str:
     """A database error as one line (PostgreSQL adds DETAIL and CONTEXT lines)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -157,6 +163,12 @@ class StoreConsumer:
 
     def _say(self, msg: str) -> None:
         print(msg, file=self.report, flush=True)
+
+    def _refused(self, kind: str, topic: str, exc: BaseException) -> None:
+        """A birth, status or tx message whose values the database refuses: one line."""
+        self.counts.bad_messages += 1
+        reason = _one_line(exc)
+        self._say(f"bad {kind} on {_short(topic)}: the database refused it: {reason}; skipped")
 
     async def start(self) -> None:
         """Connect and migrate the schema before the first message. A database that cannot
@@ -255,12 +267,12 @@ class StoreConsumer:
             return
         h = batch.header
         part = f" part {'.'.join(map(str, h.part))}" if h.part else ""
-        what = f"batch {h.seq}{part} of gateway {h.gateway}"
+        what = f"batch {h.seq}{part} of gateway {_short(h.gateway)}"
         try:
             result = await self._retrying(
                 what, lambda: self.store.store_batch(topic, h, batch.points)
             )
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except (*REFUSED, psycopg.IntegrityError) as exc:
             # Values the database cannot hold: keep the bytes, say so, go on.
             reason = " ".join(str(exc).split())
             await self._malformed(
@@ -325,9 +337,11 @@ class StoreConsumer:
         gateway: str | None,
         seq: int | None,
     ) -> None:
-        names = [f"gateway {gateway}"] if gateway is not None else []
+        names = [f"gateway {_short(gateway)}"] if gateway is not None else []
         names += [f"batch {seq}"] if seq is not None else []
-        what = f"the malformed batch on {topic}" + (f" ({', '.join(names)})" if names else "")
+        what = f"the malformed batch on {_short(topic)}" + (
+            f" ({', '.join(names)})" if names else ""
+        )
         new = await self._retrying(
             what,
             lambda: self.store.store_malformed(topic, payload, code, message, gateway, seq),
@@ -335,7 +349,7 @@ class StoreConsumer:
         self.counts.malformed += 1
         named = f" ({', '.join(names)})" if names else ""
         self._say(
-            f"bad batch on {topic}{named}: {code}: {message}; "
+            f"bad batch on {_short(topic)}{named}: {code}: {message}; "
             + ("stored in edge.malformed" if new else "already in edge.malformed")
         )
 
@@ -349,21 +363,19 @@ class StoreConsumer:
             part = birth_part(birth)
         except BirthError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad birth on {topic}: {exc}; skipped")
+            self._say(f"bad birth on {_short(topic)}: {exc}; skipped")
             return
         if part is not None:
             try:
                 payloads = await self._retrying(
-                    f"part {part.index} of {part.count} of a birth of gateway {birth.gateway}",
+                    f"part {part.index} of {part.count} of a birth of gateway "
+                    f"{_short(birth.gateway)}",
                     lambda: self.store.store_birth_part(
                         birth, part.index, part.count, part.id, payload
                     ),
                 )
-            except psycopg.DataError as exc:
-                self.counts.bad_messages += 1
-                self._say(
-                    f"bad birth on {topic}: the database refused it: {_one_line(exc)}; skipped"
-                )
+            except REFUSED as exc:
+                self._refused("birth", topic, exc)
                 return
             if payloads is None:
                 return  # more parts to come (to this consumer or another)
@@ -371,19 +383,18 @@ class StoreConsumer:
                 birth = join_birth_parts(Birth.decode(p) for p in payloads)
             except BirthError as exc:
                 self.counts.bad_messages += 1
-                self._say(f"bad birth parts from gateway {birth.gateway}: {exc}; skipped")
+                self._say(f"bad birth parts from gateway {_short(birth.gateway)}: {exc}; skipped")
                 return
             doc = json.loads(birth.encode())
         else:
             doc = json.loads(payload)
         try:
             stored = await self._retrying(
-                f"the birth of gateway {birth.gateway} (boot {birth.boot})",
+                f"the birth of gateway {_short(birth.gateway)} (boot {birth.boot})",
                 lambda: self.store.store_birth(birth, doc),
             )
-        except psycopg.DataError as exc:
-            self.counts.bad_messages += 1
-            self._say(f"bad birth on {topic}: the database refused it: {_one_line(exc)}; skipped")
+        except REFUSED as exc:
+            self._refused("birth", topic, exc)
             return
         self.counts.births += 1
         self.counts.gateways.add(birth.gateway)
@@ -402,7 +413,7 @@ class StoreConsumer:
         public = self._signing_key(birth)
         if public is not None:
             outcomes = await self._retrying(
-                f"the signing key of gateway {birth.gateway}",
+                f"the signing key of gateway {_short(birth.gateway)}",
                 lambda: self._ledger("key_announced", birth.gateway, public),
             )
             self._entries(birth.gateway, outcomes)
@@ -438,7 +449,7 @@ class StoreConsumer:
                 raise ValueError(f"a {len(public)}-byte public key")
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             self.counts.bad_messages += 1
-            self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            self._say(f"gateway {_short(birth.gateway)}: birth has an unusable signing key ({exc})")
             return None
         return public
 
@@ -449,18 +460,15 @@ class StoreConsumer:
             gateway, site, entries = decode_tx_message(payload)
         except PayloadError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad tx message on {topic}: {exc}; skipped")
+            self._say(f"bad tx message on {_short(topic)}: {exc}; skipped")
             return
         try:
             outcomes = await self._retrying(
-                f"the parking entries of gateway {gateway}",
+                f"the parking entries of gateway {_short(gateway)}",
                 lambda: self._ledger("add", gateway, site, entries),
             )
-        except psycopg.DataError as exc:  # e.g. U+0000 in an id: PostgreSQL text cannot
-            self.counts.bad_messages += 1
-            self._say(
-                f"bad tx message on {topic}: the database refused it: {_one_line(exc)}; skipped"
-            )
+        except REFUSED as exc:  # e.g. U+0000 in an id: PostgreSQL text cannot
+            self._refused("tx message", topic, exc)
             return
         self.counts.entries += len(outcomes)
         self._entries(gateway, outcomes)
@@ -470,7 +478,7 @@ class StoreConsumer:
             if o.status in ("bad_signature", "untrusted_key", "conflict"):
                 e = o.entry
                 self._say(
-                    f"gateway {gateway}: meter {e.meter} entry {e.seq} held ({o.status}); "
+                    f"gateway {_short(gateway)}: meter {e.meter} entry {e.seq} held ({o.status}); "
                     "not counted"
                 )
 
@@ -484,23 +492,22 @@ class StoreConsumer:
             json.dumps(doc, ensure_ascii=False).encode()  # a lone surrogate escape is no text
         except RecursionError:
             self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: JSON nested too deeply to read; skipped")
+            self._say(f"bad status on {_short(topic)}: JSON nested too deeply to read; skipped")
             return
         except (ValueError, UnicodeError) as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: {exc}; skipped")
+            self._say(f"bad status on {_short(topic)}: {exc}; skipped")
             return
         gateway = doc.get("gateway")
         if not isinstance(gateway, str) or not gateway:
             gateway = _gateway_of(topic)
         try:
             await self._retrying(
-                f"the status of gateway {gateway}",
+                f"the status of gateway {_short(gateway)}",
                 lambda: self.store.store_status(gateway, topic, doc),
             )
-        except psycopg.DataError as exc:
-            self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: the database refused it: {_one_line(exc)}; skipped")
+        except REFUSED as exc:
+            self._refused("status", topic, exc)
             return
         self.counts.statuses += 1
 
