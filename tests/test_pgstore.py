@@ -408,6 +408,14 @@ def test_consume_store__password_in_dsn_refused_at_its_argument():
     assert r.returncode == 2 and r.stderr.startswith("edge consume: --store must be")
 
 
+def test_reconcile_store__unparsable_url_with_a_password_refused_never_shown():
+    secret = "s3cr3t-pw"
+    r = run_cli("reconcile", "--store", f"postgresql://edge:{secret}@[::1/city")
+    assert r.returncode == 2
+    assert secret not in r.stdout + r.stderr
+    assert r.stderr.startswith("edge reconcile: --store must be postgresql://"), r.stderr
+
+
 def test_consume_store__with_format_refused_in_one_line():
     r = run_cli(
         "consume",
