@@ -1088,3 +1088,39 @@ async def test_store_consumer__id_beyond_the_databases_limits_reported_not_retri
     if kind == "data":
         rows = query(pg_dsn, "SELECT seq, code, payload FROM edge.malformed")
         assert rows == [(7, "not_storable", payload)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [None, "city"])
+async def test_mqtt_store_source__backlog_beyond_its_queue_all_stored_never_stalls(
+    mosquitto_with, pg_dsn, share
+):
+    """A broker sending more than the source queues at once (Mosquitto with
+    ``max_inflight_messages 0``, a backlog kept while the consumer was away) must not make the
+    source discard messages it never acknowledges: those would stay in flight at the broker and
+    the consumer stall until it reconnects."""
+    from edge.platform.store_consumer import MqttStoreSource
+
+    broker = mosquitto_with("max_inflight_messages 0")
+    c = consumer(pg_dsn)
+    await c.start()
+
+    async def run_for(until) -> None:
+        source = MqttStoreSource(broker.url, c, client_id="store-backlog", share=share)
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(source.subscribed.wait(), 10)
+            await until()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    await run_for(lambda: asyncio.sleep(0.5))  # the persistent session, then away
+    pub = Publisher(broker.url, "gw-backlog")
+    async with pub.client:
+        for seq in range(1, 1501):
+            await pub.publish(seq, n=10)
+    await run_for(lambda: until_stored(pg_dsn, 1500, within_s=90))
+    await c.close()
+    assert_exactly_once(pg_dsn, pub)

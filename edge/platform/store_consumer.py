@@ -590,6 +590,9 @@ class MqttStoreSource:
         self.subscribed = asyncio.Event()
         self.acked = 0
 
+    #: Unacknowledged messages the broker may have sent at once (MQTT 5 Receive Maximum).
+    receive_maximum = 1000
+
     def _client(self) -> Any:
         import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
@@ -597,14 +600,19 @@ class MqttStoreSource:
 
         common = {
             "identifier": self.client_id,
-            # Few in hand: a message waits unacknowledged at the broker rather than here.
-            "max_queued_incoming_messages": 1000,
+            # No limit here: a message aiomqtt discarded from a full queue would never be
+            # acknowledged, stay in flight at the broker and stall the session until it
+            # reconnects. How many are in hand is the broker's window: its
+            # max_inflight_messages (MQTT 3.1.1; Mosquitto's default is 20), or the Receive
+            # Maximum below (MQTT 5).
+            "max_queued_incoming_messages": None,
             "tls_context": self.tls_context,
         }
         if self.share is None:
             return aiomqtt.Client(self.host, self.port, clean_session=not self.client_id, **common)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
         return aiomqtt.Client(
             self.host,
             self.port,
