@@ -461,7 +461,10 @@ class BatchConsumer:
     def _client(self) -> aiomqtt.Client:
         common = {
             "identifier": self.client_id,
-            "max_queued_incoming_messages": 10_000,
+            # No limit: a message aiomqtt discarded from a full queue would never be
+            # acknowledged and stall the session at the broker. The broker's window bounds it
+            # (max_inflight_messages; MQTT 5: the Receive Maximum below).
+            "max_queued_incoming_messages": None,
             "tls_context": self.tls_context,
         }
         if self.share is None:
@@ -470,6 +473,7 @@ class BatchConsumer:
             )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = 10_000
         return aiomqtt.Client(
             self.host,
             self.port,
