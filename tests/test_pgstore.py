@@ -977,6 +977,15 @@ HOSTILE = {
     ),
     "birth_part_count_huge": ("birth/1", _birth_doc(part={"index": 1, "count": 2**40, "id": "ab"})),
     # Not bad, only odd: kept as a part waiting for its other part (no report).
+    "birth_sid_listed_twice_differently": (
+        "birth",
+        _birth_doc(series=[[5, "m", "a", "V", "f"], [5, "m", "b", "V", "f"]]),
+    ),
+    # Not bad: the same entry twice is the entry.
+    "birth_sid_listed_twice_the_same": (
+        "birth",
+        _birth_doc(series=[[1, "m", "p", "V", "f"], [1, "m", "p", "V", "f"]]),
+    ),
     "birth_part_id_with_nul": (
         "birth/1",
         _birth_doc(part={"index": 1, "count": 2, "id": "a\x00b"}),
@@ -1014,6 +1023,9 @@ async def test_store_consumer__hostile_birth_status_or_tx_reported_in_one_line_n
     assert stored_points(pg_dsn, "gw-bad") == wire_points(good)
     if case == "birth_part_id_with_nul":
         assert lines == [] and count(pg_dsn, "SELECT count(*) FROM edge.birth_parts") == 1
+        return
+    if case == "birth_sid_listed_twice_the_same":
+        assert lines == [] and query(pg_dsn, "SELECT sid, point FROM edge.series") == [(1, "p")]
         return
     assert len(lines) == 1 and lines[0].startswith("bad ") and " on " in lines[0], lines
     assert c.counts.bad_messages == 1

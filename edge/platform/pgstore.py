@@ -636,7 +636,9 @@ class PgStore:
         key = birth.extra.get("signing_key")
         public = key.get("public") if isinstance(key, dict) else None
         tz = birth.extra.get("time_zone")
-        series = sorted(birth.series, key=lambda s: s.sid)
+        # One row per id (an entry listed twice alike is one entry; the consumer refuses a
+        # birth listing an id twice with different names).
+        series = sorted({s.sid: s for s in birth.series}.values(), key=lambda s: s.sid)
         async with conn.transaction():
             row = await (
                 await conn.execute(

@@ -120,6 +120,20 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
 
 
+def _listed_twice(birth: Birth) -> str | None:
+    """Why ``birth`` cannot name its series: an id listed twice with different entries (an id
+    means one series, docs/batch-format-v1.md §3). None if fine."""
+    seen: dict[int, Any] = {}
+    for s in birth.series:
+        first = seen.setdefault(s.sid, s)
+        if first != s:
+            return (
+                f"series id {s.sid} is listed twice, as {_short(first.device)}/"
+                f"{_short(first.point)} and as {_short(s.device)}/{_short(s.point)}"
+            )
+    return None
+
+
 def _one_line(exc: BaseException) -> str:
     """A database error as one line (PostgreSQL adds DETAIL and CONTEXT lines)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -388,6 +402,11 @@ class StoreConsumer:
             doc = json.loads(birth.encode())
         else:
             doc = json.loads(payload)
+        twice = _listed_twice(birth)
+        if twice is not None:
+            self.counts.bad_messages += 1
+            self._say(f"bad birth on {_short(topic)}: {twice}; skipped")
+            return
         try:
             stored = await self._retrying(
                 f"the birth of gateway {_short(birth.gateway)} (boot {birth.boot})",
