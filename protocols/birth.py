@@ -112,6 +112,8 @@ class SeriesInfo(NamedTuple):
         more = s[6] if len(s) > 6 and isinstance(s[6], dict) else {}
         wrap = more.get("wrap")
         labels = more.get("labels")
+        if labels is not None and not isinstance(labels, dict):
+            raise TypeError(f"series {s[0]!r}: labels must be an object")
         return cls(
             int(s[0]),
             str(s[1]),
@@ -159,8 +161,18 @@ class Birth:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BirthError(f"birth is not JSON: {exc}") from None
+        except RecursionError:
+            raise BirthError("birth is not a birth: JSON nested too deeply to read") from None
         if not isinstance(doc, dict) or doc.get("v") != BIRTH_VERSION:
             raise BirthError("birth is not a version-1 object")
+        try:
+            # JSON may escape a lone UTF-16 surrogate ("\ud800"), which is no text: no
+            # database or UTF-8 consumer can keep it.
+            json.dumps(doc, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BirthError("birth holds a lone UTF-16 surrogate escape: not text") from None
+        except RecursionError:
+            raise BirthError("birth is not a birth: JSON nested too deeply to read") from None
         try:
             series = tuple(SeriesInfo.from_entry(s) for s in doc["series"])
             known = {
@@ -185,7 +197,7 @@ class Birth:
                 series=series,
                 extra={k: v for k, v in doc.items() if k not in known},
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise BirthError(f"birth is malformed: {exc!r}") from None
 
     def index(self) -> dict[int, SeriesInfo]:
@@ -272,9 +284,9 @@ def birth_part(birth: Birth) -> BirthPart | None:
         return None
     try:
         part = BirthPart(int(raw["index"]), int(raw["count"]), str(raw["id"]))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BirthError(f"birth part field is malformed: {exc!r}") from None
-    if not 1 <= part.index <= part.count:
+    if not 1 <= part.index <= part.count <= _PART_PLACEHOLDER["count"]:
         raise BirthError(f"birth part {part.index} of {part.count} is out of range")
     return part
 

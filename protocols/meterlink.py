@@ -553,7 +553,16 @@ def decode_tx_message(raw: bytes) -> tuple[str, str, list[SignedEntry]]:
                 and all(isinstance(v, int) for v in (seq, mtype, received_ms))
             ):
                 raise TypeError(f"entry {e!r:.80} has a field of the wrong type")
+            # The ranges the frame and the signature give them (docs/meter-link-v1.md §2, §5):
+            # a u32 seq, a one-byte type, a meter id of 1..255 UTF-8 bytes; an int64 of ms.
+            if not (0 <= seq < 2**32 and 0 <= mtype < 256 and -(2**63) <= received_ms < 2**63):
+                raise ValueError(f"entry {e!r:.80} has a seq, type or time out of range")
+            if not 0 < len(meter.encode()) < 256:
+                raise ValueError(f"entry {e!r:.80} has a meter id that is not 1..255 UTF-8 bytes")
             entries.append(SignedEntry(meter, seq, mtype, payload, received_ms, sig))
-        return str(doc["gateway"]), str(doc["site"]), entries
+        gateway, site = doc["gateway"], doc["site"]
+        if not (isinstance(gateway, str) and isinstance(site, str)):
+            raise TypeError("gateway and site must be strings")
+        return gateway, site, entries
     except (KeyError, TypeError, ValueError) as exc:
         raise PayloadError(f"tx message is malformed: {exc}") from None

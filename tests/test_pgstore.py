@@ -408,6 +408,14 @@ def test_consume_store__password_in_dsn_refused_at_its_argument():
     assert r.returncode == 2 and r.stderr.startswith("edge consume: --store must be")
 
 
+def test_reconcile_store__unparsable_url_with_a_password_refused_never_shown():
+    secret = "s3cr3t-pw"
+    r = run_cli("reconcile", "--store", f"postgresql://edge:{secret}@[::1/city")
+    assert r.returncode == 2
+    assert secret not in r.stdout + r.stderr
+    assert r.stderr.startswith("edge reconcile: --store must be postgresql://"), r.stderr
+
+
 def test_consume_store__with_format_refused_in_one_line():
     r = run_cli(
         "consume",
@@ -918,3 +926,213 @@ async def test_store_consumer__tx_to_the_ledger_with_the_births_key_forged_held(
     assert query(pg_dsn, "SELECT signing_key FROM edge.births") == [
         (base64.b64encode(gw.public).decode(),)
     ]
+
+
+def _birth_doc(**kw) -> bytes:
+    doc = {
+        "v": 1,
+        "gateway": "gw-bad",
+        "site": "hk",
+        "boot": 1,
+        "software": "x",
+        "started_ms": 1,
+        "next_seq": 1,
+        "devices": [],
+        "series": [[1, "meter-1", "voltage", "V", "float32", "gauge"]],
+    }
+    doc.update(kw)
+    return json.dumps(doc).encode()
+
+
+def _tx(**entry) -> bytes:
+    import msgpack
+
+    e = {"meter": "HK-01", "seq": 1, "type": 1, "payload": b"x", "received_ms": 1, "sig": b"s" * 64}
+    e.update(entry)
+    gateway = e.pop("gateway", "gw-bad")
+    return msgpack.packb({"v": 1, "gateway": gateway, "site": "hk", "entries": [list(e.values())]})
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE = {
+    "birth_labels_a_list": (
+        "birth",
+        _birth_doc(series=[[1, "m", "p", "V", "f", "gauge", {"labels": [1]}]]),
+    ),
+    "birth_labels_a_string": (
+        "birth",
+        _birth_doc(series=[[1, "m", "p", "V", "f", "gauge", {"labels": "ab"}]]),
+    ),
+    "birth_boot_infinite": ("birth", _birth_doc(boot=1).replace(b'"boot": 1', b'"boot": 1e400')),
+    "birth_started_infinity": (
+        "birth",
+        _birth_doc().replace(b'"started_ms": 1', b'"started_ms": -Infinity'),
+    ),
+    "birth_nested_deep": ("birth", DEEP),
+    "birth_key_nested_deep": ("birth", b'{"v": 1, "x": ' + DEEP + b"}"),
+    "birth_lone_surrogate_gateway": ("birth", _birth_doc(gateway="gw\ud800")),
+    "birth_lone_surrogate_key": (
+        "birth",
+        _birth_doc(signing_key={"alg": "ed25519", "public": "\udc00"}),
+    ),
+    "birth_part_count_huge": ("birth/1", _birth_doc(part={"index": 1, "count": 2**40, "id": "ab"})),
+    # Not bad, only odd: kept as a part waiting for its other part (no report).
+    "birth_sid_listed_twice_differently": (
+        "birth",
+        _birth_doc(series=[[5, "m", "a", "V", "f"], [5, "m", "b", "V", "f"]]),
+    ),
+    # Not bad: the same entry twice is the entry.
+    "birth_sid_listed_twice_the_same": (
+        "birth",
+        _birth_doc(series=[[1, "m", "p", "V", "f"], [1, "m", "p", "V", "f"]]),
+    ),
+    "birth_part_id_with_nul": (
+        "birth/1",
+        _birth_doc(part={"index": 1, "count": 2, "id": "a\x00b"}),
+    ),
+    "status_nested_deep": ("status", b'{"state": "online", "x": ' + DEEP + b"}"),
+    "status_lone_surrogate": ("status", b'{"state": "\\ud800"}'),
+    "tx_seq_beyond_int64": ("tx", _tx(seq=2**64 - 1)),
+    "tx_received_beyond_int64": ("tx", _tx(received_ms=2**64 - 1)),
+    "tx_meter_with_nul": ("tx", _tx(meter="HK\x0001")),
+    "tx_gateway_with_nul": ("tx", _tx(gateway="gw\x00bad")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_store_consumer__hostile_birth_status_or_tx_reported_in_one_line_never_raised(
+    pg_dsn, case
+):
+    """A message no store can take is reported in one line and skipped (acknowledged): it
+    must not escape ``handle``, where it would stop the consumer with a traceback and come
+    back at every start (a retained birth reaches every consumer)."""
+    from edge.platform.pgledger import PgLedger
+
+    kind, payload = HOSTILE[case]
+    report = io.StringIO()
+    c = StoreConsumer(PgStore(pg_dsn), ledger_factory=lambda: PgLedger(pg_dsn), report=report)
+    await c.start()
+    topic = f"{PREFIX}/hk/gw-bad/{kind}"
+    await c.handle(topic, payload)
+    good = encode_batch(
+        BatchHeader("gw-bad", 1, 1, 1_763_800_000_000), [Point(1, 1_763_800_000_000, 1.0)]
+    )
+    await c.handle(data_topic("gw-bad"), good)
+    await c.close()
+    lines = report.getvalue().splitlines()
+    assert stored_points(pg_dsn, "gw-bad") == wire_points(good)
+    if case == "birth_part_id_with_nul":
+        assert lines == [] and count(pg_dsn, "SELECT count(*) FROM edge.birth_parts") == 1
+        return
+    if case == "birth_sid_listed_twice_the_same":
+        assert lines == [] and query(pg_dsn, "SELECT sid, point FROM edge.series") == [(1, "p")]
+        return
+    assert len(lines) == 1 and lines[0].startswith("bad ") and " on " in lines[0], lines
+    assert c.counts.bad_messages == 1
+
+
+async def test_store_consumer__births_naming_a_series_id_otherwise_reported(pg_dsn, caplog):
+    """Series ids are never reused (docs/batch-format-v1.md §3): a birth naming an id otherwise
+    than an earlier boot did renames every reading of it in edge.readings_named (the newest boot
+    wins), so the consumer says so, whichever of the two arrives first."""
+    gw = "gw-rename"
+    c = consumer(pg_dsn)
+    await c.start()
+    caplog.set_level(logging.WARNING, logger="edge.platform.store_consumer")
+    voltage = SeriesInfo(5, "meter-1", "voltage", "V", "float32", "gauge")
+    current = SeriesInfo(5, "meter-2", "current", "A", "float32", "gauge")
+    same = SeriesInfo(6, "meter-1", "frequency", "Hz", "float32", "gauge")
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    assert caplog.records == []  # the same names again: nothing to say
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 2, [current, same]).encode())
+    await c.handle(f"{PREFIX}/hk/{gw}/birth", meter_birth(gw, 1, [voltage, same]).encode())
+    await c.close()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2, warned
+    assert f"gateway {gw}: the birth of boot 2 names series 5 meter-2/current" in warned[0]
+    assert "boot 1 named it meter-1/voltage" in warned[0]
+    assert f"gateway {gw}: the birth of boot 1 names series 5 meter-1/voltage" in warned[1]
+    assert "boot 2 named it meter-2/current" in warned[1]
+    assert "series 6" not in " ".join(warned)
+    assert query(pg_dsn, "SELECT device, point FROM edge.series WHERE sid = 5") == [
+        ("meter-2", "current")
+    ]
+
+
+def _long_id(chars: int = 3000) -> str:
+    """A gateway id PostgreSQL cannot index (a btree row holds at most 2704 bytes) and cannot
+    compress below that."""
+    import hashlib
+
+    text = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(chars // 64 + 1))
+    return "gw-" + text[:chars]
+
+
+@pytest.mark.parametrize("kind", ["data", "birth", "status", "tx"])
+async def test_store_consumer__id_beyond_the_databases_limits_reported_not_retried_forever(
+    pg_dsn, kind
+):
+    """A value too large for an index (SQLSTATE 54000, an OperationalError in psycopg) is not
+    an outage: the message is reported and kept (a batch in edge.malformed), not retried
+    forever with the consumer stuck on it."""
+    from edge.platform.pgledger import PgLedger
+
+    gw = _long_id()
+    t = 1_763_800_000_000
+    payload = {
+        "data": encode_batch(BatchHeader(gw, 7, 1, t), [Point(1, t, 1.0)]),
+        "birth": meter_birth(gw, 1, []).encode(),
+        "status": json.dumps({"state": "online", "gateway": gw, "boot": 1}).encode(),
+        "tx": _tx(gateway=gw),
+    }[kind]
+    report = io.StringIO()
+    c = StoreConsumer(
+        PgStore(pg_dsn), ledger_factory=lambda: PgLedger(pg_dsn), report=report, give_up_s=5
+    )
+    await c.start()
+    topic = f"{PREFIX}/hk/gw-long/{kind}"
+    await c.handle(topic, payload)
+    await c.close()
+    lines = report.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bad {'batch' if kind == 'data' else kind}")
+    assert len(lines[0]) < 1000  # the id shortened in the line
+    if kind == "data":
+        rows = query(pg_dsn, "SELECT seq, code, payload FROM edge.malformed")
+        assert rows == [(7, "not_storable", payload)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [None, "city"])
+async def test_mqtt_store_source__backlog_beyond_its_queue_all_stored_never_stalls(
+    mosquitto_with, pg_dsn, share
+):
+    """A broker sending more than the source queues at once (Mosquitto with
+    ``max_inflight_messages 0``, a backlog kept while the consumer was away) must not make the
+    source discard messages it never acknowledges: those would stay in flight at the broker and
+    the consumer stall until it reconnects."""
+    from edge.platform.store_consumer import MqttStoreSource
+
+    broker = mosquitto_with("max_inflight_messages 0")
+    c = consumer(pg_dsn)
+    await c.start()
+
+    async def run_for(until) -> None:
+        source = MqttStoreSource(broker.url, c, client_id="store-backlog", share=share)
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(source.subscribed.wait(), 10)
+            await until()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    await run_for(lambda: asyncio.sleep(0.5))  # the persistent session, then away
+    pub = Publisher(broker.url, "gw-backlog")
+    async with pub.client:
+        for seq in range(1, 1501):
+            await pub.publish(seq, n=10)
+    await run_for(lambda: until_stored(pg_dsn, 1500, within_s=90))
+    await c.close()
+    assert_exactly_once(pg_dsn, pub)

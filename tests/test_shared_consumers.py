@@ -106,3 +106,35 @@ async def test_shared_group__one_consumer_killed_every_batch_exactly_once_betwee
     per_consumer = [{r["seq"] for r in c.lines()} for c in consumers]
     assert all(per_consumer), "every member took a share of the stream"
     assert victim.runs == 2
+
+
+@pytest.mark.slow
+async def test_consumer__backlog_beyond_its_queue_all_delivered_never_stalls(mosquitto_with):
+    """A broker sending more than the consumer queues at once (Mosquitto with
+    ``max_inflight_messages 0``, a backlog kept while the consumer was away): aiomqtt must not
+    discard messages the consumer then never acknowledges (they would stay in flight at the
+    broker, and the session stall until it reconnects)."""
+    import aiomqtt
+
+    from protocols.batch import BatchHeader, Point, encode_batch
+
+    broker = mosquitto_with("max_inflight_messages 0")
+    args = [sys.executable, "-m", "edge", "consume", "--broker", broker.url]
+    args += ["--client-id", "backlog", "--format", "jsonl", "--duration"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = await asyncio.create_subprocess_exec(
+        *args, "3", cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    await first.wait()  # the persistent session, then away
+    host, port = broker.url.removeprefix("mqtt://").split(":")
+    total = 10_500
+    t = 1_763_800_000_000
+    async with aiomqtt.Client(host, int(port), identifier="pub-backlog") as pub:
+        for seq in range(1, total + 1):
+            payload = encode_batch(BatchHeader("gw-backlog", seq, 1, t), [Point(1, t + seq, 1.0)])
+            await pub.publish("city/v1/hk/gw-backlog/data", payload, qos=1)
+    second = await asyncio.create_subprocess_exec(
+        *args, "60", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await second.communicate()
+    assert len(out.splitlines()) == total

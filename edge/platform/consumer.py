@@ -240,7 +240,7 @@ class BatchConsumer:
             share=share,
             tls_context=tls_context,
             session_expiry_s=session_expiry_s,
-            max_queued=10_000,
+            receive_maximum=10_000,
         )
         self.topics = self.subscription.topics
         self.subscribed = self.subscription.subscribed

@@ -35,6 +35,7 @@ Handler = Callable[[str, bytes], Awaitable[Any] | Any]
 
 class MqttSubscription:
     """Where to connect and what to subscribe to, and :meth:`run`, the loop.
+    ``receive_maximum``: unacknowledged messages the broker may send at once (MQTT 5).
 
     Raises ValueError (in our words, never repeating a password) for a broker url with
     credentials, a scheme other than ``mqtt://`` / ``mqtts://``, or a share group without a
@@ -51,7 +52,7 @@ class MqttSubscription:
         tls_context: ssl.SSLContext | None = None,
         session_expiry_s: int = 7 * 86400,
         status: bool = False,
-        max_queued: int = 1000,
+        receive_maximum: int = 1000,
     ) -> None:
         problem = url_secret_problem(broker_url, "the broker url")  # before it is shown
         if problem is not None:
@@ -84,7 +85,7 @@ class MqttSubscription:
         self.client_id = client_id
         self.share = share
         self.session_expiry_s = session_expiry_s
-        self.max_queued = max_queued
+        self.receive_maximum = receive_maximum
         self.subscribed = asyncio.Event()
         #: Messages acknowledged to the broker after handling.
         self.acked = 0
@@ -98,14 +99,19 @@ class MqttSubscription:
 
         common = {
             "identifier": self.client_id,
-            # Few in hand: a message waits unacknowledged at the broker rather than here.
-            "max_queued_incoming_messages": self.max_queued,
+            # No limit here: a message aiomqtt discarded from a full queue would never be
+            # acknowledged, stay in flight at the broker and stall the session until it
+            # reconnects. How many are in hand is the broker's window: its
+            # max_inflight_messages (MQTT 3.1.1; Mosquitto's default is 20), or the Receive
+            # Maximum (MQTT 5).
+            "max_queued_incoming_messages": None,
             "tls_context": self.tls_context,
         }
         if self.share is None:
             return aiomqtt.Client(self.host, self.port, clean_session=not self.client_id, **common)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
         return aiomqtt.Client(
             self.host,
             self.port,

@@ -246,6 +246,8 @@ class PgLedger(LedgerRules):
             yield
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
             raise  # rolled back; _write runs it again
+        except psycopg.errors.ProgramLimitExceeded:
+            raise  # a value beyond the database's limits (54xxx): the data, not an outage
         except psycopg.OperationalError as exc:
             state = getattr(exc, "sqlstate", None) or ""
             what = "is out of resources" if state.startswith("53") else "was lost"

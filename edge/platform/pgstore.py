@@ -70,11 +70,15 @@ from protocols.batch import BatchHeader, WirePoint
 from protocols.birth import Birth
 
 __all__ = [
+    "REFUSED",
     "STORE_VERSION",
     "BatchResult",
+    "BirthResult",
     "PgStore",
+    "Renamed",
     "StoreSchemaError",
     "copy_tuples",
+    "index_safe",
     "is_transient",
     "migrate",
     "pg_text",
@@ -101,8 +105,30 @@ class StoreSchemaError(Exception):
 def is_transient(exc: BaseException) -> bool:
     """A database error that passes: the server is down or restarting (08xxx, 57Pxx), out of
     disk or memory (53xxx), a deadlock or serialization failure (40xxx). Retry the message;
-    every other database error is about the data or the code."""
-    return isinstance(exc, psycopg.OperationalError)
+    every other database error is about the data or the code, among them a value beyond the
+    database's limits (54xxx, e.g. an id too long for an index), which psycopg also raises as
+    an OperationalError but which no retry will ever store."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg.errors.ProgramLimitExceeded
+    )
+
+
+#: Database errors about a message's values (SQLSTATE 22xxx, 54xxx): the message can never be
+#: stored as it is, so it is reported and kept where it can be, not retried.
+REFUSED = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
+
+#: The most UTF-8 bytes of a gateway id written to an indexed column of edge.malformed (a
+#: btree row holds at most 2704 bytes); the payload keeps the whole id.
+_MALFORMED_ID_BYTES = 1000
+
+
+def index_safe(text: str, limit: int = _MALFORMED_ID_BYTES) -> str:
+    """``text`` as :func:`pg_text`, cut to ``limit`` UTF-8 bytes (marked with "…") when longer."""
+    text = pg_text(text)
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore") + "…"
 
 
 def pg_text(s: str) -> str:
@@ -386,6 +412,28 @@ COPY_READINGS = (
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """A series id a birth names otherwise than a stored birth of another boot did (ids are
+    never reused, docs/batch-format-v1.md §3): ``applied`` when this birth's names now hold
+    (its boot is the newer), so every reading of the id reads under them."""
+
+    sid: int
+    name: str  # "device/point" in this birth
+    other_boot: int
+    other_name: str
+    applied: bool
+
+
+@dataclass(frozen=True)
+class BirthResult:
+    """What storing a whole birth did: ``named`` the series ids batches had brought unnamed;
+    ``renamed`` the ids it names otherwise than a birth of another boot."""
+
+    named: list[int]
+    renamed: list[Renamed]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """What storing one batch did: ``stored`` False for a duplicate (already stored whole, or
     a part covered by a stored ancestor or descendant); ``unnamed`` the series ids of the
@@ -559,7 +607,7 @@ class PgStore:
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
-                (f"{pg_text(birth.gateway)}/birth/{pid}", _BATCH_LOCK_SEED),
+                (pg_text(f"{birth.gateway}/birth/{pid}"), _BATCH_LOCK_SEED),
             )
             await conn.execute(
                 "INSERT INTO edge.birth_parts (gateway_id, birth, index, count, payload) "
@@ -577,9 +625,10 @@ class PgStore:
             return None
         return [bytes(r[1]) for r in rows]
 
-    async def store_birth(self, birth: Birth, doc: dict[str, Any]) -> list[int]:
+    async def store_birth(self, birth: Birth, doc: dict[str, Any]) -> BirthResult:
         """Store a whole birth and name its series (newest boot wins; an empty ``type`` keeps
-        the older one). Returns the series ids it named that batches had brought unnamed."""
+        the older one). Returns the series ids it named that batches had brought unnamed, and
+        those it names otherwise than the stored birth of another boot."""
         conn = await self.connect()
         gid = await self._gateway_id(conn, birth.gateway, birth.site)
         safe = _json_safe(doc)
@@ -587,7 +636,9 @@ class PgStore:
         key = birth.extra.get("signing_key")
         public = key.get("public") if isinstance(key, dict) else None
         tz = birth.extra.get("time_zone")
-        series = sorted(birth.series, key=lambda s: s.sid)
+        # One row per id (an entry listed twice alike is one entry; the consumer refuses a
+        # birth listing an id twice with different names).
+        series = sorted({s.sid: s for s in birth.series}.values(), key=lambda s: s.sid)
         async with conn.transaction():
             row = await (
                 await conn.execute(
@@ -617,7 +668,7 @@ class PgStore:
                 (pg_text(birth.site), gid, pg_text(birth.site)),
             )
             if not series:
-                return []
+                return BirthResult([], [])
             named = await (
                 await conn.execute(
                     "SELECT sid FROM edge.series WHERE gateway_id = %s AND device IS NULL "
@@ -625,6 +676,26 @@ class PgStore:
                     (gid, [s.sid for s in series]),
                 )
             ).fetchall()
+            others = await (
+                await conn.execute(
+                    "SELECT o.sid, x.device, x.point, o.boot, o.device, o.point FROM edge.series o"
+                    " JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS x (sid, device, point)"
+                    " ON x.sid = o.sid WHERE o.gateway_id = %s AND o.device IS NOT NULL"
+                    " AND o.boot IS DISTINCT FROM %s"
+                    " AND (o.device, o.point) IS DISTINCT FROM (x.device, x.point) ORDER BY o.sid",
+                    (
+                        [s.sid for s in series],
+                        [pg_text(s.device) for s in series],
+                        [pg_text(s.point) for s in series],
+                        gid,
+                        birth.boot,
+                    ),
+                )
+            ).fetchall()
+            renamed = [
+                Renamed(sid, f"{dev}/{pt}", boot, f"{odev}/{opt}", boot < birth.boot)
+                for sid, dev, pt, boot, odev, opt in others
+            ]
             await conn.execute(
                 """
                 INSERT INTO edge.series AS o (gateway_id, sid, device, point, unit, type, kind,
@@ -663,7 +734,7 @@ class PgStore:
                     ],
                 ),
             )
-        return sorted(r[0] for r in named)
+        return BirthResult(sorted(r[0] for r in named), renamed)
 
     async def store_status(self, gateway: str, topic: str, doc: dict[str, Any]) -> None:
         """The gateway's last status message (a different one replaces it; ``received`` is
@@ -712,7 +783,7 @@ class PgStore:
                 "digest) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
                 (
                     pg_text(topic),
-                    None if gateway is None else pg_text(gateway),
+                    None if gateway is None else index_safe(gateway),
                     seq,
                     code,
                     pg_text(message),

@@ -48,7 +48,7 @@ import psycopg
 
 from edge.platform.mqtt_source import MqttSubscription
 from edge.platform.pgledger import LedgerUnavailable, PgLedger
-from edge.platform.pgstore import PgStore, is_transient
+from edge.platform.pgstore import REFUSED, PgStore, is_transient
 from protocols.batch import BatchDecodeError, decode_batch_wire
 from protocols.birth import Birth, BirthError, birth_part, join_birth_parts
 from protocols.meterlink import PayloadError, decode_tx_message
@@ -113,6 +113,31 @@ def _ids(sids: list[int], shown: int = 20) -> str:
     return f"{str(sids[:shown])[:-1]}, … ({len(sids) - shown} more)]"
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """An id or topic for a report line: as it is, or its first ``limit`` characters and
+    how many there are (a hostile id may be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
+
+
+def _listed_twice(birth: Birth) -> str | None:
+    """Why ``birth`` cannot name its series: an id listed twice with different entries (an id
+    means one series, docs/batch-format-v1.md §3). None if fine."""
+    seen: dict[int, Any] = {}
+    for s in birth.series:
+        first = seen.setdefault(s.sid, s)
+        if first != s:
+            return (
+                f"series id {s.sid} is listed twice, as {_short(first.device)}/"
+                f"{_short(first.point)} and as {_short(s.device)}/{_short(s.point)}"
+            )
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """A database error as one line (PostgreSQL adds DETAIL and CONTEXT lines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _gateway_of(topic: str) -> str:
     parts = topic.split("/")
     return parts[-2] if len(parts) >= 3 else "?"
@@ -152,6 +177,12 @@ class StoreConsumer:
     def _say(self, msg: str) -> None:
         print(msg, file=self.report, flush=True)
 
+    def _refused(self, kind: str, topic: str, exc: BaseException) -> None:
+        """A birth, status or tx message whose values the database refuses: one line."""
+        self.counts.bad_messages += 1
+        reason = _one_line(exc)
+        self._say(f"bad {kind} on {_short(topic)}: the database refused it: {reason}; skipped")
+
     async def start(self) -> None:
         """Connect and migrate the schema before the first message. A database that cannot
         be reached (down, starting, refusing the login) is retried as an outage is (ERROR
@@ -161,9 +192,7 @@ class StoreConsumer:
         database raises for any other refusal (e.g. no right to create schema ``edge``)."""
         await self._retrying("", self.store.connect)
         if self.ledger is None:
-            self.ledger = await self._retrying(
-                "", lambda: asyncio.to_thread(self.ledger_factory)
-            )
+            self.ledger = await self._retrying("", lambda: asyncio.to_thread(self.ledger_factory))
 
     async def _ledger(self, method: str, *args: Any) -> Any:
         """Call the ledger's ``method``: a PostgreSQL ledger in a worker thread (its calls
@@ -251,12 +280,12 @@ class StoreConsumer:
             return
         h = batch.header
         part = f" part {'.'.join(map(str, h.part))}" if h.part else ""
-        what = f"batch {h.seq}{part} of gateway {h.gateway}"
+        what = f"batch {h.seq}{part} of gateway {_short(h.gateway)}"
         try:
             result = await self._retrying(
                 what, lambda: self.store.store_batch(topic, h, batch.points)
             )
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except (*REFUSED, psycopg.IntegrityError) as exc:
             # Values the database cannot hold: keep the bytes, say so, go on.
             reason = " ".join(str(exc).split())
             await self._malformed(
@@ -321,9 +350,11 @@ class StoreConsumer:
         gateway: str | None,
         seq: int | None,
     ) -> None:
-        names = [f"gateway {gateway}"] if gateway is not None else []
+        names = [f"gateway {_short(gateway)}"] if gateway is not None else []
         names += [f"batch {seq}"] if seq is not None else []
-        what = f"the malformed batch on {topic}" + (f" ({', '.join(names)})" if names else "")
+        what = f"the malformed batch on {_short(topic)}" + (
+            f" ({', '.join(names)})" if names else ""
+        )
         new = await self._retrying(
             what,
             lambda: self.store.store_malformed(topic, payload, code, message, gateway, seq),
@@ -331,7 +362,7 @@ class StoreConsumer:
         self.counts.malformed += 1
         named = f" ({', '.join(names)})" if names else ""
         self._say(
-            f"bad batch on {topic}{named}: {code}: {message}; "
+            f"bad batch on {_short(topic)}{named}: {code}: {message}; "
             + ("stored in edge.malformed" if new else "already in edge.malformed")
         )
 
@@ -345,37 +376,49 @@ class StoreConsumer:
             part = birth_part(birth)
         except BirthError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad birth on {topic}: {exc}; skipped")
+            self._say(f"bad birth on {_short(topic)}: {exc}; skipped")
             return
         if part is not None:
-            payloads = await self._retrying(
-                f"part {part.index} of {part.count} of a birth of gateway {birth.gateway}",
-                lambda: self.store.store_birth_part(
-                    birth, part.index, part.count, part.id, payload
-                ),
-            )
+            try:
+                payloads = await self._retrying(
+                    f"part {part.index} of {part.count} of a birth of gateway "
+                    f"{_short(birth.gateway)}",
+                    lambda: self.store.store_birth_part(
+                        birth, part.index, part.count, part.id, payload
+                    ),
+                )
+            except REFUSED as exc:
+                self._refused("birth", topic, exc)
+                return
             if payloads is None:
                 return  # more parts to come (to this consumer or another)
             try:
                 birth = join_birth_parts(Birth.decode(p) for p in payloads)
             except BirthError as exc:
                 self.counts.bad_messages += 1
-                self._say(f"bad birth parts from gateway {birth.gateway}: {exc}; skipped")
+                self._say(f"bad birth parts from gateway {_short(birth.gateway)}: {exc}; skipped")
                 return
             doc = json.loads(birth.encode())
         else:
             doc = json.loads(payload)
+        twice = _listed_twice(birth)
+        if twice is not None:
+            self.counts.bad_messages += 1
+            self._say(f"bad birth on {_short(topic)}: {twice}; skipped")
+            return
         try:
-            named = await self._retrying(
-                f"the birth of gateway {birth.gateway} (boot {birth.boot})",
+            stored = await self._retrying(
+                f"the birth of gateway {_short(birth.gateway)} (boot {birth.boot})",
                 lambda: self.store.store_birth(birth, doc),
             )
-        except psycopg.DataError as exc:
-            self.counts.bad_messages += 1
-            self._say(f"bad birth on {topic}: the database refused it: {exc}; skipped")
+        except REFUSED as exc:
+            self._refused("birth", topic, exc)
             return
         self.counts.births += 1
         self.counts.gateways.add(birth.gateway)
+        named = stored.named
+        if stored.renamed:
+            self._renamed(birth, stored.renamed)
         if named:
             log.info(
                 "gateway %s: the birth of boot %d names series %s stored unnamed before",
@@ -388,10 +431,29 @@ class StoreConsumer:
         public = self._signing_key(birth)
         if public is not None:
             outcomes = await self._retrying(
-                f"the signing key of gateway {birth.gateway}",
+                f"the signing key of gateway {_short(birth.gateway)}",
                 lambda: self._ledger("key_announced", birth.gateway, public),
             )
             self._entries(birth.gateway, outcomes)
+
+    def _renamed(self, birth: Birth, renamed: list[Any]) -> None:
+        """One WARNING for a birth naming series ids otherwise than another boot's birth: the
+        newest boot's names apply to every reading of an id (edge.readings_named)."""
+        shown = "; ".join(
+            f"series {r.sid} {r.name} (boot {r.other_boot} named it {r.other_name}, "
+            + ("now renamed)" if r.applied else "and stays, being newer)")
+            for r in renamed[:10]
+        )
+        more = f"; and {len(renamed) - 10} more" if len(renamed) > 10 else ""
+        log.warning(
+            "gateway %s: the birth of boot %d names %s%s: series ids are never reused "
+            "(docs/batch-format-v1.md §3); every reading of an id reads under the newest "
+            "boot's names",
+            birth.gateway,
+            birth.boot,
+            shown,
+            more,
+        )
 
     def _signing_key(self, birth: Birth) -> bytes | None:
         key = birth.extra.get("signing_key")
@@ -405,7 +467,7 @@ class StoreConsumer:
                 raise ValueError(f"a {len(public)}-byte public key")
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             self.counts.bad_messages += 1
-            self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            self._say(f"gateway {_short(birth.gateway)}: birth has an unusable signing key ({exc})")
             return None
         return public
 
@@ -416,12 +478,16 @@ class StoreConsumer:
             gateway, site, entries = decode_tx_message(payload)
         except PayloadError as exc:
             self.counts.bad_messages += 1
-            self._say(f"bad tx message on {topic}: {exc}; skipped")
+            self._say(f"bad tx message on {_short(topic)}: {exc}; skipped")
             return
-        outcomes = await self._retrying(
-            f"the parking entries of gateway {gateway}",
-            lambda: self._ledger("add", gateway, site, entries),
-        )
+        try:
+            outcomes = await self._retrying(
+                f"the parking entries of gateway {_short(gateway)}",
+                lambda: self._ledger("add", gateway, site, entries),
+            )
+        except REFUSED as exc:  # e.g. U+0000 in an id: PostgreSQL text cannot
+            self._refused("tx message", topic, exc)
+            return
         self.counts.entries += len(outcomes)
         self._entries(gateway, outcomes)
 
@@ -430,7 +496,7 @@ class StoreConsumer:
             if o.status in ("bad_signature", "untrusted_key", "conflict"):
                 e = o.entry
                 self._say(
-                    f"gateway {gateway}: meter {e.meter} entry {e.seq} held ({o.status}); "
+                    f"gateway {_short(gateway)}: meter {e.meter} entry {e.seq} held ({o.status}); "
                     "not counted"
                 )
 
@@ -441,21 +507,25 @@ class StoreConsumer:
             doc = json.loads(payload)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+            json.dumps(doc, ensure_ascii=False).encode()  # a lone surrogate escape is no text
+        except RecursionError:
             self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: {exc}; skipped")
+            self._say(f"bad status on {_short(topic)}: JSON nested too deeply to read; skipped")
+            return
+        except (ValueError, UnicodeError) as exc:
+            self.counts.bad_messages += 1
+            self._say(f"bad status on {_short(topic)}: {exc}; skipped")
             return
         gateway = doc.get("gateway")
         if not isinstance(gateway, str) or not gateway:
             gateway = _gateway_of(topic)
         try:
             await self._retrying(
-                f"the status of gateway {gateway}",
+                f"the status of gateway {_short(gateway)}",
                 lambda: self.store.store_status(gateway, topic, doc),
             )
-        except psycopg.DataError as exc:
-            self.counts.bad_messages += 1
-            self._say(f"bad status on {topic}: the database refused it: {exc}; skipped")
+        except REFUSED as exc:
+            self._refused("status", topic, exc)
             return
         self.counts.statuses += 1
 

@@ -131,7 +131,10 @@ def dsn_secret_problem(dsn: str, what: str) -> str | None:
     """Why ``dsn`` may not be used as given, or None: it must be a ``postgresql://`` URL
     (``postgresql://USER@HOST:PORT/DATABASE``) with no password in it, neither after the user
     nor as a ``password=`` parameter. The message never repeats the DSN."""
-    parts = urlsplit(dsn)
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+        return f"{what} must be postgresql://[USER@]HOST[:PORT]/DATABASE (it does not parse)"
     if parts.scheme not in ("postgresql", "postgres"):
         return f"{what} must be postgresql://[USER@]HOST[:PORT]/DATABASE"
     if parts.password is not None or any(
