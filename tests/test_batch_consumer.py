@@ -240,3 +240,18 @@ async def test_consume_cli__json_lines_and_csv_keep_nan_and_infinities_distinct(
             assert same(float(rows[f"p{i}"]["value"]), value)
         else:
             assert rows[f"p{i}"]["bits"] == ""
+
+
+def test_consumer__a_batch_or_birth_naming_another_gateway_than_its_topic_is_not_trusted():
+    """As in the store (tests/test_pgstore.py): gateway B's topic carries B's messages only."""
+    report = io.StringIO()
+    c = BatchConsumer("mqtt://127.0.0.1:1", report=report)
+    other = TOPIC.replace("/gw-bad/", "/gw-other/")
+    assert c.handle(other, batch(5)) is None
+    birth = Birth("gw-bad", "hk", 5, "0.1", T, 1, (), (SeriesInfo(1, "m", "p", "V", "float32"),))
+    c.handle(other.replace("/data", "/birth"), birth.encode())
+    assert "gw-bad" not in c.tallies  # no batch counted, no dictionary taken
+    text = report.getvalue()
+    assert f"bad batch 5 on {other}: it names gateway gw-bad, not the topic's" in text
+    assert "bad birth on city/v1/" in text and c.bad_payloads == 2
+    assert c.handle(TOPIC, batch(5)) is not None  # on its own topic: delivered

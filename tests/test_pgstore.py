@@ -1091,7 +1091,7 @@ async def test_store_consumer__id_beyond_the_databases_limits_reported_not_retri
         PgStore(pg_dsn), ledger_factory=lambda: PgLedger(pg_dsn), report=report, give_up_s=5
     )
     await c.start()
-    topic = f"{PREFIX}/hk/gw-long/{kind}"
+    topic = f"{PREFIX}/hk/{gw}/{kind}"
     await c.handle(topic, payload)
     await c.close()
     lines = report.getvalue().splitlines()
@@ -1136,3 +1136,67 @@ async def test_mqtt_store_source__backlog_beyond_its_queue_all_stored_never_stal
     await run_for(lambda: until_stored(pg_dsn, 1500, within_s=90))
     await c.close()
     assert_exactly_once(pg_dsn, pub)
+
+
+async def test_store_consumer__message_naming_another_gateway_than_its_topic_not_trusted(pg_dsn):
+    """A broker's ACL lets gateway B publish on B's topics only; a batch, birth, status or
+    parking entry that names gateway A on B's topic is reported and never stored as A's (it
+    would put readings, names or payments under A, and take A's batch numbers)."""
+    from protocols.meterlink import encode_tx_message
+    from tests.test_ledger import DAY1, Gateway, pay
+
+    report = io.StringIO()
+    ledger = TxLedger()
+    c = StoreConsumer(PgStore(pg_dsn), ledger, report=report)
+    await c.start()
+    a = Gateway()
+    series = [SeriesInfo(1, "meter-1", "voltage", "V", "float32")]
+    batch = encode_batch(BatchHeader("gw-a", 7, 1, 1_763_800_000_000), [Point(1, 1, 230.0)])
+    on_b = f"{PREFIX}/hk/gw-b"
+    await c.handle(f"{on_b}/data", batch)
+    await c.handle(f"{on_b}/birth", meter_birth("gw-a", 1, series).encode())
+    await c.handle(f"{on_b}/birth/2", meter_birth("gw-a", 1, series).encode())
+    await c.handle(f"{on_b}/status", json.dumps({"state": "online", "gateway": "gw-a"}).encode())
+    await c.handle(f"{PREFIX}/hk/{a.name}-x/birth", a.birth())
+    tx = encode_tx_message(a.name, "hk", [a.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    await c.handle(f"{on_b}/tx", tx)
+    await c.close()
+    assert query(pg_dsn, "SELECT count(*) FROM edge.readings") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.batches") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.births") == [(0,)]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.gateway_status") == [(0,)]
+    assert query(pg_dsn, "SELECT gateway, seq, code FROM edge.malformed") == [
+        ("gw-a", 7, "gateway_mismatch")
+    ]
+    assert ledger.reconcile().total_vnd == 0 and ledger.entry_count() == 0
+    lines = report.getvalue().splitlines()
+    first = f"bad batch on {on_b}/data (gateway gw-a, batch 7): gateway_mismatch"
+    assert lines[0].startswith(first)
+    for kind, topic, named in [
+        ("birth", f"{on_b}/birth", "gw-a"),
+        ("birth", f"{on_b}/birth/2", "gw-a"),
+        ("status", f"{on_b}/status", "gw-a"),
+        ("birth", f"{PREFIX}/hk/{a.name}-x/birth", a.name),
+        ("tx message", f"{on_b}/tx", a.name),
+    ]:
+        line = f"bad {kind} on {topic}: it names gateway {named}, not the topic's"
+        assert line in report.getvalue(), kind
+
+
+@pytest.mark.parametrize(
+    ("topic", "gateway", "ok"),
+    [
+        ("city/v1/hk/gw-1/data", "gw-1", True),
+        ("city/v1/hk/gw-1/birth/3", "gw-1", True),
+        ("city/v1/hk/gw.a/data", "gw.a", True),  # RabbitMQ: an id with a '.'
+        ("city/v1/s/x.g/data", "g", True),  # RabbitMQ: a site with a '.' (ambiguous there)
+        ("city/v1/hk/gw-1/data", "gw-2", False),
+        ("city/v1/hk/gw-10/data", "gw-1", False),
+        ("city/v1/hk/xgw-1/data", "gw-1", False),
+        ("city/v1/hk/gw-1/birth/3", "3", False),
+    ],
+)
+def test_published_by__a_topic_belongs_to_the_gateway_it_names_only(topic, gateway, ok):
+    from edge.platform.store_consumer import published_by
+
+    assert published_by(topic, gateway) is ok

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from edge.platform.ledger import EntryOutcome, TxLedger
-from edge.platform.mqtt_source import MqttSubscription
+from edge.platform.mqtt_source import MqttSubscription, published_by
 from protocols.batch import TQ_NAMES, BatchDecodeError, BatchHeader, Reading, decode_batch
 from protocols.birth import (
     Birth,
@@ -266,6 +266,9 @@ class BatchConsumer:
             self.bad_payloads += 1
             self._say(f"bad birth on {topic}: {exc}")
             return
+        if not published_by(topic, birth.gateway):
+            self._mismatch("birth", topic, birth.gateway)
+            return
         tally = self.tallies.setdefault(birth.gateway, GatewayTally())
         if part is not None:
             parts = tally.birth_parts.setdefault(part.id, {})
@@ -305,7 +308,18 @@ class BatchConsumer:
             self.bad_payloads += 1
             self._say(f"bad tx message on {topic}: {exc}; skipped")
             return
+        if not published_by(topic, gateway):
+            self._mismatch("tx message", topic, gateway)
+            return
         self._entries(gateway, site, self.ledger.add(gateway, site, entries))
+
+    def _mismatch(self, kind: str, topic: str, gateway: str) -> None:
+        """A message naming another gateway than its topic (mqtt_source.published_by)."""
+        self.bad_payloads += 1
+        self._say(
+            f"bad {kind} on {topic}: it names gateway {gateway}, not the topic's: a gateway "
+            "publishes on its own topic only; skipped"
+        )
 
     def _entries(self, gateway: str, site: str, outcomes: list[EntryOutcome]) -> None:
         for o in outcomes:
@@ -334,6 +348,9 @@ class BatchConsumer:
             self._malformed(topic, exc)
             return None
         header = batch.header
+        if not published_by(topic, header.gateway):
+            self._mismatch(f"batch {header.seq}", topic, header.gateway)
+            return None
         tally = self.tallies.setdefault(header.gateway, GatewayTally())
         # A number that only arrived malformed so far was never delivered: this copy is new.
         first_good = header.seq in tally.malformed_seqs

@@ -25,9 +25,23 @@ from urllib.parse import urlsplit
 
 from edge.shared.secrets import url_secret_problem
 
-__all__ = ["MqttSubscription"]
+__all__ = ["MqttSubscription", "published_by"]
 
 log = logging.getLogger(__name__)
+
+def published_by(topic: str, gateway: str) -> bool:
+    """Whether ``topic`` is one of ``gateway``'s own (``<prefix>/<site>/<gateway>/<kind>``,
+    ``<kind>`` being ``data``, ``tx``, ``status``, ``birth`` or ``birth/<k>``). A broker's ACL
+    lets a gateway publish under its own id only; the payload's id is the gateway's word. A
+    message whose payload names another gateway than its topic is not trusted: it could put
+    readings, births or payments under another gateway's name (and take its batch numbers).
+    Compared as RabbitMQ's routing keys are (every ``/`` as ``.``), since a ``.`` inside an id
+    cannot be told from a level there (edge/platform/amqp.py)."""
+    head, _, last = topic.rpartition("/")
+    if last.isdigit() and head.endswith("/birth"):
+        head, _, last = head.rpartition("/")
+    return head.replace("/", ".").endswith("." + gateway.replace("/", "."))
+
 
 #: What a subscription hands each message to: plain or async; its return value is ignored.
 Handler = Callable[[str, bytes], Awaitable[Any] | Any]

@@ -46,7 +46,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from edge.platform.mqtt_source import MqttSubscription
+from edge.platform.mqtt_source import MqttSubscription, published_by
 from edge.platform.pgledger import LedgerUnavailable, PgLedger
 from edge.platform.pgstore import REFUSED, PgStore, is_transient
 from protocols.batch import BatchDecodeError, decode_batch_wire
@@ -183,6 +183,14 @@ class StoreConsumer:
         reason = _one_line(exc)
         self._say(f"bad {kind} on {_short(topic)}: the database refused it: {reason}; skipped")
 
+    def _mismatch(self, kind: str, topic: str, gateway: str) -> None:
+        """A birth, status or tx message naming another gateway than its topic: one line."""
+        self.counts.bad_messages += 1
+        self._say(
+            f"bad {kind} on {_short(topic)}: it names gateway {_short(gateway)}, not the "
+            "topic's: a gateway publishes on its own topic only; skipped"
+        )
+
     async def start(self) -> None:
         """Connect and migrate the schema before the first message. A database that cannot
         be reached (down, starting, refusing the login) is retried as an outage is (ERROR
@@ -279,6 +287,17 @@ class StoreConsumer:
             await self._malformed(topic, payload, exc.code, str(exc), exc.gateway, exc.seq)
             return
         h = batch.header
+        if not published_by(topic, h.gateway):
+            await self._malformed(
+                topic,
+                payload,
+                "gateway_mismatch",
+                f"the batch names gateway {_short(h.gateway)} but came on another gateway's "
+                "topic: not stored as either (a gateway publishes on its own topic only)",
+                h.gateway,
+                h.seq,
+            )
+            return
         part = f" part {'.'.join(map(str, h.part))}" if h.part else ""
         what = f"batch {h.seq}{part} of gateway {_short(h.gateway)}"
         try:
@@ -377,6 +396,9 @@ class StoreConsumer:
         except BirthError as exc:
             self.counts.bad_messages += 1
             self._say(f"bad birth on {_short(topic)}: {exc}; skipped")
+            return
+        if not published_by(topic, birth.gateway):
+            self._mismatch("birth", topic, birth.gateway)
             return
         if part is not None:
             try:
@@ -480,6 +502,9 @@ class StoreConsumer:
             self.counts.bad_messages += 1
             self._say(f"bad tx message on {_short(topic)}: {exc}; skipped")
             return
+        if not published_by(topic, gateway):
+            self._mismatch("tx message", topic, gateway)
+            return
         try:
             outcomes = await self._retrying(
                 f"the parking entries of gateway {_short(gateway)}",
@@ -519,6 +544,9 @@ class StoreConsumer:
         gateway = doc.get("gateway")
         if not isinstance(gateway, str) or not gateway:
             gateway = _gateway_of(topic)
+        elif not published_by(topic, gateway):
+            self._mismatch("status", topic, gateway)
+            return
         try:
             await self._retrying(
                 f"the status of gateway {_short(gateway)}",
