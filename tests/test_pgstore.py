@@ -1200,3 +1200,43 @@ def test_published_by__a_topic_belongs_to_the_gateway_it_names_only(topic, gatew
     from edge.platform.store_consumer import published_by
 
     assert published_by(topic, gateway) is ok
+
+
+async def test_store_consumer__a_message_it_fails_on_kept_reported_never_stops_it(pg_dsn, caplog):
+    """A failure of the consumer's own (here a ledger that raises on one gateway's entries,
+    standing for a bug no rule foresaw) keeps the message's bytes in edge.malformed as
+    not_handled, says so in one line and goes on: the broker would otherwise hand the same
+    message to every consumer in turn and stop them all."""
+    from protocols.meterlink import encode_tx_message
+    from tests.test_ledger import DAY1, Gateway, pay
+
+    class Flaky(TxLedger):
+        def add(self, gateway, site, entries):
+            if gateway == bad.name:
+                raise KeyError("a case no rule foresaw")
+            return super().add(gateway, site, entries)
+
+    good, bad = Gateway("gw-good"), Gateway("gw-flaky")
+    report = io.StringIO()
+    ledger = Flaky()
+    c = StoreConsumer(PgStore(pg_dsn), ledger, report=report)
+    await c.start()
+    for gw in (good, bad):
+        await c.handle(f"{PREFIX}/hk/{gw.name}/birth", gw.birth())
+    tx_bad = encode_tx_message(bad.name, "hk", [bad.entry("HK-02", 1, pay("T9", 9_000, DAY1))])
+    tx_good = encode_tx_message(good.name, "hk", [good.entry("HK-01", 1, pay("T1", 30_000, DAY1))])
+    with caplog.at_level(logging.ERROR):
+        await c.handle(f"{PREFIX}/hk/{bad.name}/tx", tx_bad)  # returns: the source acks it
+    await c.handle(f"{PREFIX}/hk/{good.name}/tx", tx_good)  # the consumer goes on
+    await c.handle(data_topic("gw-good"), special_batch("gw-good"))
+    await c.close()
+    assert ledger.reconcile().total_vnd == 30_000
+    assert query(pg_dsn, "SELECT topic, code, payload FROM edge.malformed") == [
+        (f"{PREFIX}/hk/{bad.name}/tx", "not_handled", tx_bad)
+    ]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.batches") == [(1,)]
+    line = f"bad message on {PREFIX}/hk/{bad.name}/tx (gateway {bad.name}): not_handled: KeyError"
+    assert line in report.getvalue()
+    assert [r.levelno for r in caplog.records if "not_handled" in r.getMessage()] == [
+        logging.ERROR
+    ]

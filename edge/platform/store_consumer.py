@@ -47,7 +47,7 @@ from typing import Any, TextIO
 import psycopg
 
 from edge.platform.mqtt_source import MqttSubscription, published_by
-from edge.platform.pgledger import LedgerUnavailable, PgLedger
+from edge.platform.pgledger import LedgerSchemaError, LedgerUnavailable, PgLedger
 from edge.platform.pgstore import REFUSED, PgStore, is_transient
 from protocols.batch import BatchDecodeError, decode_batch_wire
 from protocols.birth import Birth, BirthError, birth_part, join_birth_parts
@@ -220,17 +220,50 @@ class StoreConsumer:
         or full until it works (or raises :class:`StoreUnavailable` after ``give_up_s``)."""
         head, _, last = topic.rpartition("/")
         async with self._lock:
-            if last == "data":
-                await self._data(topic, payload)
-            elif last == "birth" or (head.endswith("/birth") and last.isdigit()):
-                await self._birth(topic, payload)
-            elif last == "tx":
-                await self._tx(topic, payload)
-            elif last == "status":
-                await self._status(topic, payload)
-            else:
-                self.counts.bad_messages += 1
-                log.debug("message on %s is not for the store; ignored", topic)
+            try:
+                if last == "data":
+                    await self._data(topic, payload)
+                elif last == "birth" or (head.endswith("/birth") and last.isdigit()):
+                    await self._birth(topic, payload)
+                elif last == "tx":
+                    await self._tx(topic, payload)
+                elif last == "status":
+                    await self._status(topic, payload)
+                else:
+                    self.counts.bad_messages += 1
+                    log.debug("message on %s is not for the store; ignored", topic)
+            except (StoreUnavailable, psycopg.Error, LedgerSchemaError):
+                raise  # the database refuses us (not this message): stop, unacknowledged
+            except Exception as exc:  # one message never stops the consumer
+                await self._not_handled(topic, payload, exc)
+
+    async def _not_handled(self, topic: str, payload: bytes, exc: Exception) -> None:
+        """A message this consumer failed on for a reason of its own (a bug, or a case no
+        rule foresaw): kept with its bytes in ``edge.malformed`` as ``not_handled`` (nothing
+        the gateway sent is lost: replay it from there once fixed), reported in one line, an
+        ERROR in the log (the traceback at DEBUG), and acknowledged. Otherwise the broker
+        would hand the same message to every consumer in turn and stop them all."""
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
+        log.error(
+            "store: could not handle the message on %s (%s); kept in edge.malformed as "
+            "not_handled",
+            _short(topic),
+            reason,
+        )
+        log.debug("the failure on %s", _short(topic), exc_info=exc)
+        gateway = _gateway_of(topic)
+        await self._retrying(
+            f"the message on {_short(topic)}",
+            lambda: self.store.store_malformed(
+                topic, payload, "not_handled", f"this consumer failed on it: {reason}", gateway,
+                None,
+            ),
+        )
+        self.counts.malformed += 1
+        self._say(
+            f"bad message on {_short(topic)} (gateway {_short(gateway)}): not_handled: "
+            f"{reason}; stored in edge.malformed"
+        )
 
     # ------------------------------------------------------------------ retrying
 
