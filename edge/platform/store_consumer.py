@@ -298,19 +298,29 @@ class StoreConsumer:
             )
             return
         self.counts.gateways.add(h.gateway)
-        if result.reused_from is not None:
-            boot, created = result.reused_from
+        if result.conflict is not None:
+            n, dropped = result.conflict
             await self._malformed(
                 topic,
                 payload,
-                "seq_reused",
-                f"batch {h.seq} is already stored from another batch (boot {boot}, created "
-                f"{created}; this one: boot {h.boot}, created {h.created_ms}): did the gateway "
-                "lose its buffer and number again? not stored as readings",
+                "seq_conflict",
+                f"batch {h.seq} (boot {h.boot}, created {h.created_ms}) is stored with {n} "
+                f"readings and {dropped} dropped; this one has {h.points} and {h.dropped}: a "
+                "re-sent batch keeps its bytes, so this one is forged or corrupt; not stored",
                 h.gateway,
                 h.seq,
             )
             return
+        if result.renumbered is not None:
+            seq, boot, created = result.renumbered
+            log.warning(
+                "gateway %s numbers its batches again from %d (boot %d, created %s): a "
+                "gateway that lost its buffer? stored as new batches",
+                h.gateway,
+                seq,
+                boot,
+                created,
+            )
         if not result.stored:
             self.counts.duplicates += 1
             log.info(
