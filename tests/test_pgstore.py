@@ -1009,14 +1009,17 @@ async def test_pgstore__same_seq_boot_created_other_counts_kept_as_seq_conflict(
     assert c.counts.duplicates == 1 and c.counts.malformed == 1
 
 
-async def test_pgstore__v1_database_migrates_then_stores_renumbered_batches(pg_dsn):
-    """A database of store schema 1 (key (gateway, seq, part)) with a batch stored migrates
-    to the current version in place; the old batch stays, its redelivery is a no-op, and a
-    renumbered gateway's batch of that seq is stored."""
+async def test_pgstore__v1_database_migrates_and_stores_its_seq_reused_batches(pg_dsn, caplog):
+    """A database of store schema 1 (key (gateway, seq, part)) holding a batch, and a
+    renumbered gateway's batch of that seq kept in malformed as ``seq_reused``, migrates in
+    place at the consumer's start: the kept batch is stored with its readings, its malformed
+    row goes, and redeliveries of both are no-ops."""
     from edge.platform import pgstore
 
+    caplog.set_level(logging.INFO)
     gw, t = "gw-v1", 1_763_000_000_000
     old = numbering(gw, 3, t, [1])[0]
+    new = numbering(gw, 1, t + 86_400_000, [1])[0]
     h = decode_batch_wire(old).header
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("CREATE SCHEMA edge")
@@ -1035,17 +1038,28 @@ async def test_pgstore__v1_database_migrates_then_stores_renumbered_batches(pg_d
             copy.set_types(pgstore.COPY_TYPES)
             for row in pgstore.copy_tuples(1, decode_batch_wire(old).points):
                 copy.write_row(row)
+        conn.execute(
+            "INSERT INTO edge.malformed (topic, gateway, seq, code, message, payload, digest) "
+            "VALUES (%s, %s, 1, 'seq_reused', 'kept by schema 1', %s, %s)",
+            (data_topic(gw), gw, new, pgstore._digest(data_topic(gw).encode(), new)),
+        )
     c = consumer(pg_dsn)
     await c.start()
     assert c.store.migrated_from == 1
-    new = numbering(gw, 1, t + 86_400_000, [1])[0]
+    assert query(pg_dsn, "SELECT version FROM edge.schema_version") == [(STORE_VERSION,)]
+    assert stored_points(pg_dsn, gw) == sent_points([old, new])
+    assert query(pg_dsn, "SELECT count(*) FROM edge.malformed") == [(0,)]
     for p in (old, new, old, new):
         await c.handle(data_topic(gw), p)
     await c.close()
-    assert query(pg_dsn, "SELECT version FROM edge.schema_version") == [(STORE_VERSION,)]
     assert stored_points(pg_dsn, gw) == sent_points([old, new])
-    assert c.counts.batches == 1 and c.counts.duplicates == 3
-    assert query(pg_dsn, "SELECT count(*) FROM edge.renumberings") == [(1,)]
+    assert c.counts.batches == 0 and c.counts.duplicates == 4
+    assert query(pg_dsn, "SELECT seq, boot FROM edge.renumberings") == [(1, 1)]
+    assert any("1 of 1 batches kept as seq_reused" in r.getMessage() for r in caplog.records)
+    d = consumer(pg_dsn)  # a second start finds nothing left to store
+    await d.start()
+    await d.close()
+    assert stored_points(pg_dsn, gw) == sent_points([old, new])
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])

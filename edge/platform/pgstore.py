@@ -27,7 +27,7 @@ Schema ``edge`` (docs/platform-store.md describes every table and view):
   the database refused (``not_storable``) and batches whose seq, boot, created and part are
   stored with other counts (``seq_conflict``: forged or corrupt, a re-sent batch keeps its
   bytes); rows ``seq_reused`` are from store schema 1, which kept a renumbered gateway's
-  batches there;
+  batches there (the consumer stores them at its start: :meth:`PgStore.reused_batches`);
 * ``gateway_status`` — each gateway's last ``status`` message (online / offline, its will).
 
 Views: ``readings_named`` (readings with gateway, device, point, unit and the value in its SQL
@@ -916,6 +916,32 @@ class PgStore:
                 ),
             )
             return cur.rowcount == 1
+
+    async def reused_batches(self) -> list[tuple[int, str, bytes]]:
+        """Batches store schema 1 kept in ``edge.malformed`` as ``seq_reused`` (a gateway
+        numbering again), to be stored now: (id, topic, payload), oldest first."""
+        conn = await self.connect()
+        async with conn.transaction():
+            rows = await (
+                await conn.execute(
+                    "SELECT id, topic, payload FROM edge.malformed WHERE code = 'seq_reused' "
+                    "ORDER BY id"
+                )
+            ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def settle_reused(self, malformed_id: int, code: str | None, message: str) -> None:
+        """The ``seq_reused`` row ``malformed_id`` after its batch was stored again: deleted
+        (``code`` None: its readings are in the store), or given ``code`` and ``message``."""
+        conn = await self.connect()
+        async with conn.transaction():
+            if code is None:
+                await conn.execute("DELETE FROM edge.malformed WHERE id = %s", (malformed_id,))
+            else:
+                await conn.execute(
+                    "UPDATE edge.malformed SET code = %s, message = %s WHERE id = %s",
+                    (code, pg_text(message), malformed_id),
+                )
 
     async def gaps(self) -> list[tuple[str, int, int]]:
         """Missing seq ranges (gateway, first, last), from ``edge.batch_gaps``."""
