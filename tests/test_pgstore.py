@@ -1062,6 +1062,60 @@ async def test_pgstore__v1_database_migrates_and_stores_its_seq_reused_batches(p
     assert stored_points(pg_dsn, gw) == sent_points([old, new])
 
 
+@pytest.mark.slow
+async def test_consume_store__real_gateway_buffer_lost_every_accepted_reading_stored(
+    mosquitto, sim_sdm630, pg_dsn, tmp_path, caplog
+):
+    """The agent runs, is stopped, loses its buffer file and starts again at boot 1, seq 1:
+    every reading it accepted in both runs is in edge.readings once, the restart reported."""
+    from edge.platform.store_consumer import MqttStoreSource
+    from tests.conftest import gateway_yaml
+    from tests.test_system import start_gateway, stop
+
+    caplog.set_level(logging.WARNING)
+    c = consumer(pg_dsn)
+    await c.start()
+    source = MqttStoreSource(mosquitto.url, c, client_id="store-lost")
+    task = asyncio.create_task(source.run())
+    await asyncio.wait_for(source.subscribed.wait(), 10)
+    buffer = tmp_path / "b.sqlite"
+    text = gateway_yaml(
+        buffer=buffer, broker_port=mosquitto.port, sim_port=sim_sdm630.port, poll_interval_s=0.2
+    )
+    accepted, last_seq = [], []
+    for run_s in (4, 2):
+        gateway, gw_task = await start_gateway(tmp_path, text)
+        await asyncio.sleep(run_s)
+        gateway.stop_polling()
+
+        def drained(gateway=gateway) -> bool:
+            s = gateway.buffer.sync.stats()
+            return gateway.queue.empty() and s.pending_readings == 0 and s.outbox_batches == 0
+
+        await wait_until(drained, 30, what="the gateway to drain")
+        accepted.append(gateway.writer_stats.accepted)
+        last_seq.append(gateway.forwarder.stats.last_seq_acked)
+        await stop(gw_task)
+        for f in tmp_path.glob("b.sqlite*"):  # the buffer lost (SD card replaced)
+            f.unlink()
+    assert 1 < last_seq[1] < last_seq[0]  # the second run numbers under seqs already stored
+    await wait_until(
+        lambda: count(pg_dsn, "SELECT count(*) FROM edge.readings") >= sum(accepted),
+        30,
+        what="the store to catch up",
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await c.close()
+    assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == sum(accepted)
+    assert count(pg_dsn, "SELECT count(*) FROM edge.batches") == sum(last_seq)
+    assert count(pg_dsn, "SELECT count(*) FROM edge.malformed") == 0
+    assert count(pg_dsn, "SELECT count(*) FROM edge.batch_gaps") == 0
+    again = [r for r in caplog.records if "numbers its batches again" in r.getMessage()]
+    assert len(again) == 1 and " again from 1 (boot 1, " in again[0].getMessage()
+
+
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
 async def test_store_consumer__tx_to_the_ledger_with_the_births_key_forged_held(pg_dsn, where):
     """The same messages give the same ledger in SQLite (one consumer) and in the store's
