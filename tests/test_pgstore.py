@@ -865,27 +865,255 @@ async def test_pgstore__database_down_at_start_waited_for(postgres, pg_dsn, capl
     assert stored_points(pg_dsn, "hk-cab-0142") == sorted(wire_points(payload), key=repr)
 
 
-async def test_pgstore__seq_reused_by_another_batch_kept_in_malformed_and_reported(pg_dsn):
-    """A gateway that numbers from 1 again (its buffer lost) sends other batches under seqs
-    already stored: they are not readings of those batches, and not dropped either."""
+def numbering(gateway: str, boot: int, t: int, seqs, *, skip=(), split=(), sid0=1) -> list:
+    """Payloads of a gateway numbering its batches ``seqs`` in ``boot`` from time ``t``; seqs
+    in ``split`` are sent as parts (1, 1), (1, 2), (2,) and (1,) (overlapping: the last one
+    is a duplicate of the first two), seqs in ``skip`` are not sent (a gap)."""
+    rng = random.Random(f"{gateway}/{boot}/{t}")
+    out = []
+    for seq in seqs:
+        if seq in skip:
+            continue
+        created = t + seq * 10_000
+        pts = [Point(sid0 + k % 4, created + k * 100, rng.random()) for k in range(40)]
+        if seq in split:
+            h1, h2 = pts[:20], pts[20:]
+            for part, chunk in (((1, 1), h1[:10]), ((1, 2), h1[10:]), ((2,), h2), ((1,), h1)):
+                head = BatchHeader(gateway, seq, boot, created, part=part)
+                out.append(encode_batch(head, chunk))
+        else:
+            out.append(encode_batch(BatchHeader(gateway, seq, boot, created), pts))
+    return out
+
+
+def sent_points(payloads: list[bytes]) -> list[tuple]:
+    """Every reading the gateway sent once: parts covered by others left out."""
+    seen: dict[tuple, list[tuple]] = {}
+    for p in payloads:
+        h = decode_batch_wire(p).header
+        seen[(h.seq, h.boot, h.created_ms, h.part)] = wire_points(p)
+    out = []
+    for (seq, boot, created, part), pts in seen.items():
+        if part == (1,) and (seq, boot, created, (1, 1)) in seen:
+            continue
+        out += pts
+    return sorted(out, key=repr)
+
+
+async def test_pgstore__gateway_numbering_again_stored_as_new_batches_each_reading_once(
+    pg_dsn, caplog
+):
+    """A gateway that lost its buffer numbers from boot 1, seq 1 again: its batches are other
+    batches than the stored ones of those seqs (a re-sent batch keeps its boot and created,
+    spec §1), stored with their readings; redeliveries of old and new ones, whole or split,
+    are no-ops; the restart is reported once; gaps are counted per numbering."""
+    caplog.set_level(logging.WARNING)
+    report = io.StringIO()
+    c = consumer(pg_dsn, report)
+    await c.start()
+    gw, t_old, t_new = "gw-reset", 1_763_000_000_000, 1_763_800_000_000
+    old = numbering(gw, 7, t_old, range(1, 13), skip={9}, split={3, 11})
+    new = numbering(gw, 1, t_new, range(1, 9), skip={4}, split={3, 6})
+    topic = data_topic(gw)
+    for p in old + new + old + new:
+        await c.handle(topic, p)
+    await c.close()
+    assert stored_points(pg_dsn, gw) == sent_points(old + new)
+    assert query(pg_dsn, "SELECT count(*) FROM edge.malformed") == [(0,)]
+    assert c.counts.batches == 9 + 2 * 3 + 5 + 2 * 3  # whole batches and the parts (1, x), (2)
+    assert c.counts.duplicates == len(old + new) + 4  # the second round, and each part (1,)
+    warnings = [
+        r.getMessage() for r in caplog.records if "numbers its batches again" in r.getMessage()
+    ]
+    assert warnings == [
+        f"gateway {gw} numbers its batches again from 1 (boot 1, created {t_new + 10_000}): a "
+        "gateway that lost its buffer? stored as new batches"
+    ]
+    assert query(
+        pg_dsn,
+        "SELECT gateway, first_missing, last_missing, numbering FROM edge.batch_gaps "
+        "ORDER BY numbering",
+    ) == [(gw, 9, 9, 0), (gw, 4, 4, 1)]
+    assert query(pg_dsn, "SELECT count(*) FROM edge.incomplete_batches") == [(0,)]
+    assert report.getvalue() == ""
+
+
+async def test_pgstore__renumbered_batches_out_of_order_one_restart_reported(pg_dsn, caplog):
+    """The new numbering's batches met before the old ones' (a consumer with a backlog) and in
+    any order: the same readings, one restart, the same gaps."""
+    caplog.set_level(logging.WARNING)
+    gw, t_old, t_new = "gw-late", 1_763_000_000_000, 1_763_800_000_000
+    old = numbering(gw, 4, t_old, range(1, 21), skip={17})
+    new = numbering(gw, 1, t_new, range(1, 15), skip={2}, split={5})
+    order = old + new
+    random.Random(3).shuffle(order)
+    c = consumer(pg_dsn)
+    await c.start()
+    for p in list(reversed(new)) + order:
+        await c.handle(data_topic(gw), p)
+    await c.close()
+    assert stored_points(pg_dsn, gw) == sent_points(old + new)
+    assert query(pg_dsn, "SELECT boot FROM edge.renumberings") == [(1,)]
+    assert len([r for r in caplog.records if "numbers its batches again" in r.getMessage()]) == 1
+    assert query(
+        pg_dsn,
+        "SELECT first_missing, last_missing, numbering FROM edge.batch_gaps ORDER BY numbering",
+    ) == [(17, 17, 0), (2, 2, 1)]
+
+
+async def test_pgstore__renumbered_gateway_concurrent_writers_each_reading_once(pg_dsn, caplog):
+    """Four consumers on their own connections get overlapping redeliveries of two
+    numberings, split parts among them: every reading once, one restart recorded."""
+    caplog.set_level(logging.WARNING)
+    gw = "gw-cc"
+    old = numbering(gw, 9, 1_763_000_000_000, range(1, 31), split={5, 10, 15})
+    new = numbering(gw, 1, 1_763_800_000_000, range(1, 21), split={5, 10})
+    consumers = [consumer(pg_dsn) for _ in range(4)]
+    await asyncio.gather(*(c.start() for c in consumers))
+
+    async def feed(c: StoreConsumer, seed: int) -> None:
+        order = (old + new) * 2
+        random.Random(seed).shuffle(order)
+        for p in order:
+            await c.handle(data_topic(gw), p)
+
+    await asyncio.gather(*(feed(c, i) for i, c in enumerate(consumers)))
+    for c in consumers:
+        await c.close()
+    assert stored_points(pg_dsn, gw) == sent_points(old + new)
+    assert query(pg_dsn, "SELECT count(*) FROM edge.renumberings") == [(1,)]
+    assert len([r for r in caplog.records if "numbers its batches again" in r.getMessage()]) == 1
+    assert query(pg_dsn, "SELECT count(*) FROM edge.batch_gaps") == [(0,)]
+
+
+async def test_pgstore__same_seq_boot_created_other_counts_kept_as_seq_conflict(pg_dsn):
+    """A batch under a stored seq, boot, created and part with another count of readings is
+    not a re-sent batch (it keeps its bytes): forged or corrupt, kept in malformed, reported."""
     report = io.StringIO()
     c = consumer(pg_dsn, report)
     await c.start()
     t = 1_763_800_000_000
-    first = encode_batch(BatchHeader("gw-reset", 5, 1, t), [Point(1, t, 1.0)])
-    again = encode_batch(BatchHeader("gw-reset", 5, 2, t + 60_000), [Point(1, t + 60_000, 2.0)])
-    topic = data_topic("gw-reset")
+    first = encode_batch(BatchHeader("gw-x", 5, 1, t), [Point(1, t, 1.0)])
+    forged = encode_batch(BatchHeader("gw-x", 5, 1, t), [Point(1, t, 1.0), Point(2, t, 9.0)])
+    topic = data_topic("gw-x")
     await c.handle(topic, first)
-    await c.handle(topic, again)
+    await c.handle(topic, forged)
     await c.handle(topic, first)  # the first one redelivered: a plain duplicate
     await c.close()
-    assert stored_points(pg_dsn, "gw-reset") == wire_points(first)
+    assert stored_points(pg_dsn, "gw-x") == wire_points(first)
     assert query(pg_dsn, "SELECT gateway, seq, code, payload FROM edge.malformed") == [
-        ("gw-reset", 5, "seq_reused", again)
+        ("gw-x", 5, "seq_conflict", forged)
     ]
     line = report.getvalue().splitlines()[0]
-    assert line.startswith(f"bad batch on {topic} (gateway gw-reset, batch 5): seq_reused: ")
+    assert line.startswith(f"bad batch on {topic} (gateway gw-x, batch 5): seq_conflict: ")
     assert c.counts.duplicates == 1 and c.counts.malformed == 1
+
+
+async def test_pgstore__v1_database_migrates_and_stores_its_seq_reused_batches(pg_dsn, caplog):
+    """A database of store schema 1 (key (gateway, seq, part)) holding a batch, and a
+    renumbered gateway's batch of that seq kept in malformed as ``seq_reused``, migrates in
+    place at the consumer's start: the kept batch is stored with its readings, its malformed
+    row goes, and redeliveries of both are no-ops."""
+    from edge.platform import pgstore
+
+    caplog.set_level(logging.INFO)
+    gw, t = "gw-v1", 1_763_000_000_000
+    old = numbering(gw, 3, t, [1])[0]
+    new = numbering(gw, 1, t + 86_400_000, [1])[0]
+    h = decode_batch_wire(old).header
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE SCHEMA edge")
+        conn.execute(
+            "CREATE TABLE edge.schema_version (component text PRIMARY KEY, version int NOT NULL)"
+        )
+        conn.execute(pgstore._STEPS[0])
+        conn.execute("INSERT INTO edge.schema_version VALUES ('store', 1)")
+        conn.execute("INSERT INTO edge.gateways (gateway) VALUES (%s)", (gw,))
+        conn.execute(
+            "INSERT INTO edge.batches (gateway_id, seq, boot, created_ms, n, dropped, topic) "
+            "VALUES (1, %s, %s, %s, %s, 0, %s)",
+            (h.seq, h.boot, h.created_ms, h.points, data_topic(gw)),
+        )
+        with conn.cursor().copy(pgstore.COPY_READINGS) as copy:
+            copy.set_types(pgstore.COPY_TYPES)
+            for row in pgstore.copy_tuples(1, decode_batch_wire(old).points):
+                copy.write_row(row)
+        conn.execute(
+            "INSERT INTO edge.malformed (topic, gateway, seq, code, message, payload, digest) "
+            "VALUES (%s, %s, 1, 'seq_reused', 'kept by schema 1', %s, %s)",
+            (data_topic(gw), gw, new, pgstore._digest(data_topic(gw).encode(), new)),
+        )
+    c = consumer(pg_dsn)
+    await c.start()
+    assert c.store.migrated_from == 1
+    assert query(pg_dsn, "SELECT version FROM edge.schema_version") == [(STORE_VERSION,)]
+    assert stored_points(pg_dsn, gw) == sent_points([old, new])
+    assert query(pg_dsn, "SELECT count(*) FROM edge.malformed") == [(0,)]
+    for p in (old, new, old, new):
+        await c.handle(data_topic(gw), p)
+    await c.close()
+    assert stored_points(pg_dsn, gw) == sent_points([old, new])
+    assert c.counts.batches == 0 and c.counts.duplicates == 4
+    assert query(pg_dsn, "SELECT seq, boot FROM edge.renumberings") == [(1, 1)]
+    assert any("1 of 1 batches kept as seq_reused" in r.getMessage() for r in caplog.records)
+    d = consumer(pg_dsn)  # a second start finds nothing left to store
+    await d.start()
+    await d.close()
+    assert stored_points(pg_dsn, gw) == sent_points([old, new])
+
+
+@pytest.mark.slow
+async def test_consume_store__real_gateway_buffer_lost_every_accepted_reading_stored(
+    mosquitto, sim_sdm630, pg_dsn, tmp_path, caplog
+):
+    """The agent runs, is stopped, loses its buffer file and starts again at boot 1, seq 1:
+    every reading it accepted in both runs is in edge.readings once, the restart reported."""
+    from edge.platform.store_consumer import MqttStoreSource
+    from tests.conftest import gateway_yaml
+    from tests.test_system import start_gateway, stop
+
+    caplog.set_level(logging.WARNING)
+    c = consumer(pg_dsn)
+    await c.start()
+    source = MqttStoreSource(mosquitto.url, c, client_id="store-lost")
+    task = asyncio.create_task(source.run())
+    await asyncio.wait_for(source.subscribed.wait(), 10)
+    buffer = tmp_path / "b.sqlite"
+    text = gateway_yaml(
+        buffer=buffer, broker_port=mosquitto.port, sim_port=sim_sdm630.port, poll_interval_s=0.2
+    )
+    accepted, last_seq = [], []
+    for run_s in (4, 2):
+        gateway, gw_task = await start_gateway(tmp_path, text)
+        await asyncio.sleep(run_s)
+        gateway.stop_polling()
+
+        def drained(gateway=gateway) -> bool:
+            s = gateway.buffer.sync.stats()
+            return gateway.queue.empty() and s.pending_readings == 0 and s.outbox_batches == 0
+
+        await wait_until(drained, 30, what="the gateway to drain")
+        accepted.append(gateway.writer_stats.accepted)
+        last_seq.append(gateway.forwarder.stats.last_seq_acked)
+        await stop(gw_task)
+        for f in tmp_path.glob("b.sqlite*"):  # the buffer lost (SD card replaced)
+            f.unlink()
+    assert 1 < last_seq[1] < last_seq[0]  # the second run numbers under seqs already stored
+    await wait_until(
+        lambda: count(pg_dsn, "SELECT count(*) FROM edge.readings") >= sum(accepted),
+        30,
+        what="the store to catch up",
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await c.close()
+    assert count(pg_dsn, "SELECT count(*) FROM edge.readings") == sum(accepted)
+    assert count(pg_dsn, "SELECT count(*) FROM edge.batches") == sum(last_seq)
+    assert count(pg_dsn, "SELECT count(*) FROM edge.malformed") == 0
+    assert count(pg_dsn, "SELECT count(*) FROM edge.batch_gaps") == 0
+    again = [r for r in caplog.records if "numbers its batches again" in r.getMessage()]
+    assert len(again) == 1 and " again from 1 (boot 1, " in again[0].getMessage()
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])

@@ -11,7 +11,11 @@ Schema ``edge`` (docs/platform-store.md describes every table and view):
   A batch adds the ids it carries with no name (``device`` NULL) when no birth named them yet:
   ``unnamed_series`` lists those, and a birth arriving later names them;
 * ``batches`` — each batch or split part stored (gateway, seq, part path, boot, created, n,
-  dropped, dropped_why, received, topic); its key (gateway, seq, part) is the exactly-once key;
+  dropped, dropped_why, received, topic); its key (gateway, seq, boot, created, part) is the
+  exactly-once key: a re-sent batch keeps its bytes (spec §1), so another boot or created
+  under a stored seq is another batch, from a gateway that lost its buffer and numbers again;
+* ``renumberings`` — each such restart of a gateway's numbering (the ``created`` from which
+  its batches are numbered again), so gaps are counted per numbering;
 * ``readings`` — (gateway, sid, ts, tq, type, f, i, s, sb, ts_ms): ``f`` float8 for f32 / f64
   (an f32 widened exactly), ``i`` int8 for i64, u64 (two's complement: the view turns it back
   into an exact numeric), bool (0 / 1) and a NaN's IEEE word, ``s`` text for str (``sb``, the
@@ -20,13 +24,15 @@ Schema ``edge`` (docs/platform-store.md describes every table and view):
   with the exact ms in ``ts_ms``;
 * ``malformed`` — batches that failed to decode (docs/batch-format-v1.md §6): topic, gateway
   and seq when the header gives them, the error code, the message, the payload; also those
-  the database refused (``not_storable``) and other batches under a seq already stored
-  (``seq_reused``: another boot or sealing time than the stored one);
+  the database refused (``not_storable``) and batches whose seq, boot, created and part are
+  stored with other counts (``seq_conflict``: forged or corrupt, a re-sent batch keeps its
+  bytes); rows ``seq_reused`` are from store schema 1, which kept a renumbered gateway's
+  batches there (the consumer stores them at its start: :meth:`PgStore.reused_batches`);
 * ``gateway_status`` — each gateway's last ``status`` message (online / offline, its will).
 
 Views: ``readings_named`` (readings with gateway, device, point, unit and the value in its SQL
-type), ``batch_gaps`` (missing seq ranges), ``incomplete_batches`` (split batches with parts
-still missing), ``evictions`` (batches reporting readings lost at the gateway),
+type), ``batch_gaps`` (missing seq ranges per numbering), ``incomplete_batches`` (split
+batches with parts still missing), ``evictions`` (batches reporting readings lost at the gateway),
 ``unnamed_series``.
 
 **Time index: BRIN, not partitions.** Readings arrive in about the order they were taken (a
@@ -39,10 +45,10 @@ never race to create one. The btree on (gateway, sid, ts) is what makes one mete
 partition ``readings`` by month later; the views do not change.
 
 **Exactly once.** One transaction per batch: an advisory lock on (gateway, seq), the batch row
-(a part whose ancestor or descendant path is already stored for that seq is a duplicate: spec
-§4), the series ids it carries, then its readings by COPY (binary: measured faster than text,
-see :func:`copy_tuples`). A redelivered batch finds its row and writes nothing. The source
-acknowledges the message only after the commit returned.
+(a part whose ancestor or descendant path is already stored for that seq, boot and created is
+a duplicate: spec §4), the series ids it carries, then its readings by COPY (binary: measured
+faster than text, see :func:`copy_tuples`). A redelivered batch finds its row and writes
+nothing. The source acknowledges the message only after the commit returned.
 
 Migrations: ``edge.schema_version`` holds a version per component (``store`` here, ``ledger``
 for edge/platform/pgledger.py); :func:`migrate` applies the missing steps in one transaction
@@ -85,7 +91,7 @@ __all__ = [
 ]
 
 #: The store schema version this code writes (steps in :data:`_STEPS`).
-STORE_VERSION = 1
+STORE_VERSION = 2
 #: pg_advisory_xact_lock key of the store's migration (the ledger has its own).
 _MIGRATE_LOCK = 0x6564_6765_0001  # "edge" 1
 #: Seed of the advisory lock per (gateway, seq): hashtextextended('<gw>/<seq>', seed).
@@ -308,8 +314,63 @@ FROM edge.series s JOIN edge.gateways g ON g.id = s.gateway_id
 WHERE s.device IS NULL;
 """
 
+#: Step 2: a batch is identified by (gateway, seq, boot, created, part), not (gateway, seq, part):
+#: a gateway that lost its buffer numbers from 1 again, and those are other batches (spec §1:
+#: a re-sent batch keeps its bytes, so its boot and created). ``renumberings`` marks each such
+#: restart; ``batch_gaps`` and ``incomplete_batches`` work per numbering (docs/platform-store.md).
+_SCHEMA_V2 = """
+ALTER TABLE edge.batches DROP CONSTRAINT batches_pkey;
+ALTER TABLE edge.batches ADD PRIMARY KEY (gateway_id, seq, boot, created_ms, part);
+CREATE TABLE edge.renumberings (
+    gateway_id int NOT NULL REFERENCES edge.gateways (id),
+    created_ms bigint NOT NULL,
+    seq bigint NOT NULL,
+    boot bigint NOT NULL,
+    detected timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway_id, created_ms)
+);
+CREATE FUNCTION edge.numbering(gw int, created bigint) RETURNS int
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    RETURN (SELECT count(*)::int FROM edge.renumberings r
+            WHERE r.gateway_id = gw AND r.created_ms <= created);
+DROP VIEW edge.batch_gaps;
+CREATE VIEW edge.batch_gaps AS
+WITH numbered AS (
+    SELECT DISTINCT gateway_id, edge.numbering(gateway_id, created_ms) AS numbering, seq
+    FROM edge.batches
+), numberings AS (
+    SELECT DISTINCT gateway_id, numbering FROM numbered
+), seen AS (
+    SELECT gateway_id, numbering, seq FROM numbered
+    UNION
+    SELECT g.id, coalesce(n.numbering, 0), m.seq
+    FROM edge.malformed m
+    JOIN edge.gateways g ON g.gateway = m.gateway
+    LEFT JOIN numberings n ON n.gateway_id = g.id
+    WHERE m.seq IS NOT NULL
+), ordered AS (
+    SELECT gateway_id, numbering, seq,
+           lead(seq) OVER (PARTITION BY gateway_id, numbering ORDER BY seq) AS next
+    FROM seen
+)
+SELECT g.gateway, o.seq + 1 AS first_missing, o.next - 1 AS last_missing,
+       o.next - o.seq - 1 AS missing, o.numbering
+FROM ordered o JOIN edge.gateways g ON g.id = o.gateway_id
+WHERE o.next > o.seq + 1;
+DROP VIEW edge.incomplete_batches;
+CREATE VIEW edge.incomplete_batches AS
+SELECT g.gateway, b.seq,
+       string_agg(array_to_string(b.part, '.'), ', ' ORDER BY b.part) AS parts,
+       sum(power(2::numeric, -cardinality(b.part))) AS covered,
+       b.boot, edge.ms_time(b.created_ms) AS created
+FROM edge.batches b JOIN edge.gateways g ON g.id = b.gateway_id
+WHERE cardinality(b.part) > 0
+GROUP BY g.gateway, b.seq, b.boot, b.created_ms
+HAVING sum(power(2::numeric, -cardinality(b.part))) < 1;
+"""
+
 #: Migration steps: version n is reached by running _STEPS[n - 1].
-_STEPS = (_SCHEMA_V1,)
+_STEPS = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(_STEPS) == STORE_VERSION
 
 
@@ -442,9 +503,12 @@ class BatchResult:
     stored: bool
     readings: int
     unnamed: tuple[int, ...] = ()
-    #: Set when the seq is already stored from another batch (another ``boot`` or
-    #: ``created``): the (boot, created_ms) stored. Nothing of this batch was written.
-    reused_from: tuple[int, int] | None = None
+    #: Set when this seq, boot, created and part are stored with other counts: the stored
+    #: (n, dropped). A forged or corrupt batch: nothing of it was written.
+    conflict: tuple[int, int] | None = None
+    #: Set when this batch showed that the gateway numbers its batches again (it lost its
+    #: buffer): (seq, boot, created_ms) of the restart's batch; set for one batch per restart.
+    renumbered: tuple[int, int, int] | None = None
 
 
 def _covers(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -548,19 +612,30 @@ class PgStore:
                 (f"{pg_text(header.gateway)}/{header.seq}", _BATCH_LOCK_SEED),
             )
             await cur.execute(
-                "SELECT part, boot, created_ms FROM edge.batches "
+                "SELECT part, boot, created_ms, n, dropped FROM edge.batches "
                 "WHERE gateway_id = %s AND seq = %s",
                 (gid, header.seq),
             )
             stored = await cur.fetchall()
-            for _, boot, created_ms in stored:
-                # A batch keeps its bytes when re-sent, its parts the whole's boot and
-                # created (spec §1, §4): other ones are another batch under this seq.
-                if (boot, created_ms) != (header.boot, header.created_ms):
-                    return BatchResult(False, len(points), reused_from=(boot, created_ms))
-            for stored_part, _, _ in stored:
-                if _covers(stored_part, part):
+            this = (header.boot, header.created_ms)
+            others: set[tuple[int, int]] = set()
+            for stored_part, boot, created_ms, n, dropped in stored:
+                if (boot, created_ms) != this:
+                    # Another batch under this seq: a re-sent batch keeps its bytes, so its
+                    # boot and created (spec §1, §4). The gateway numbers again.
+                    others.add((boot, created_ms))
+                elif list(stored_part) == part and (n, dropped) != (
+                    header.points,
+                    header.dropped,
+                ):
+                    # The same seq, boot, created and part with other counts: not a re-sent
+                    # batch (its bytes would be the same) but a forged or corrupt one.
+                    return BatchResult(False, len(points), conflict=(n, dropped))
+                elif _covers(stored_part, part):
                     return BatchResult(False, len(points))
+            renumbered = None
+            if others:
+                renumbered = await self._renumbering(cur, gid, header, others)
             await cur.execute(
                 "INSERT INTO edge.batches (gateway_id, seq, part, boot, created_ms, n, dropped,"
                 " dropped_why, topic) VALUES (%s, %s, %s::smallint[], %s, %s, %s, %s, %s, %s)",
@@ -594,7 +669,56 @@ class PgStore:
                     (gid, sids),
                 )
                 unnamed = tuple(r[0] for r in await cur.fetchall())
-        return BatchResult(True, len(points), unnamed)
+        return BatchResult(True, len(points), unnamed, renumbered=renumbered)
+
+    async def _renumbering(
+        self,
+        cur: psycopg.AsyncCursor,
+        gid: int,
+        header: BatchHeader,
+        others: Iterable[tuple[int, int]],
+    ) -> tuple[int, int, int] | None:
+        """Record that the gateway numbers its batches again: ``header``'s batch and the
+        stored ``others`` (boot, created_ms) share its seq. A restart is placed between the
+        older and the newer of each pair (by ``created``), once: one row in
+        ``edge.renumberings`` per restart, moved earlier when an earlier batch of the same
+        numbering turns up (no boot above the restart's: boots only grow within a
+        numbering). Returns (seq, boot, created_ms) of a restart recorded now, else None."""
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
+            (f"{pg_text(header.gateway)}/numbering", _BATCH_LOCK_SEED),
+        )
+        new = None
+        for boot, created_ms in sorted(others):
+            this = (header.created_ms, header.boot)
+            lo, hi = sorted([(created_ms, boot), this])
+            await cur.execute(
+                "SELECT edge.numbering(%s, %s) = edge.numbering(%s, %s)",
+                (gid, lo[0], gid, hi[0]),
+            )
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                continue  # a restart already lies between them
+            await cur.execute(
+                "SELECT created_ms, boot FROM edge.renumberings WHERE gateway_id = %s "
+                "AND created_ms > %s ORDER BY created_ms LIMIT 1",
+                (gid, lo[0]),
+            )
+            after = await cur.fetchone()
+            if after is not None and hi[1] <= after[1]:
+                await cur.execute(
+                    "UPDATE edge.renumberings SET created_ms = %s, seq = %s, boot = %s "
+                    "WHERE gateway_id = %s AND created_ms = %s",
+                    (hi[0], header.seq, hi[1], gid, after[0]),
+                )
+                continue
+            await cur.execute(
+                "INSERT INTO edge.renumberings (gateway_id, created_ms, seq, boot) "
+                "VALUES (%s, %s, %s, %s)",
+                (gid, hi[0], header.seq, hi[1]),
+            )
+            new = (header.seq, hi[1], hi[0])
+        return new
 
     async def store_birth_part(
         self, birth: Birth, index: int, count: int, pid: str, payload: bytes
@@ -792,6 +916,32 @@ class PgStore:
                 ),
             )
             return cur.rowcount == 1
+
+    async def reused_batches(self) -> list[tuple[int, str, bytes]]:
+        """Batches store schema 1 kept in ``edge.malformed`` as ``seq_reused`` (a gateway
+        numbering again), to be stored now: (id, topic, payload), oldest first."""
+        conn = await self.connect()
+        async with conn.transaction():
+            rows = await (
+                await conn.execute(
+                    "SELECT id, topic, payload FROM edge.malformed WHERE code = 'seq_reused' "
+                    "ORDER BY id"
+                )
+            ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def settle_reused(self, malformed_id: int, code: str | None, message: str) -> None:
+        """The ``seq_reused`` row ``malformed_id`` after its batch was stored again: deleted
+        (``code`` None: its readings are in the store), or given ``code`` and ``message``."""
+        conn = await self.connect()
+        async with conn.transaction():
+            if code is None:
+                await conn.execute("DELETE FROM edge.malformed WHERE id = %s", (malformed_id,))
+            else:
+                await conn.execute(
+                    "UPDATE edge.malformed SET code = %s, message = %s WHERE id = %s",
+                    (code, pg_text(message), malformed_id),
+                )
 
     async def gaps(self) -> list[tuple[str, int, int]]:
         """Missing seq ranges (gateway, first, last), from ``edge.batch_gaps``."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import inspect
 import json
 import logging
@@ -199,8 +200,47 @@ class StoreConsumer:
         :class:`~edge.platform.pgstore.StoreSchemaError` for a newer database and what the
         database raises for any other refusal (e.g. no right to create schema ``edge``)."""
         await self._retrying("", self.store.connect)
+        await self._store_reused()
         if self.ledger is None:
             self.ledger = await self._retrying("", lambda: asyncio.to_thread(self.ledger_factory))
+
+    async def _store_reused(self) -> None:
+        """Store the batches store schema 1 kept in edge.malformed as ``seq_reused`` (a
+        gateway numbering again): schema 2 stores them as new batches (docs/platform-store.md).
+        Idempotent: a consumer stopped half-way, or two starting together, store each once."""
+        rows = await self._retrying("", self.store.reused_batches)
+        stored = 0
+        for mid, topic, payload in rows:
+            code: str | None = None
+            message = ""
+            try:
+                batch = decode_batch_wire(payload)
+            except BatchDecodeError as exc:
+                code, message = exc.code, str(exc)
+            else:
+                h = batch.header
+                result = await self._retrying(
+                    f"batch {h.seq} of gateway {_short(h.gateway)}",
+                    functools.partial(self.store.store_batch, topic, h, batch.points),
+                )
+                stored += result.stored
+                if result.conflict is not None:
+                    code = "seq_conflict"
+                    message = (
+                        f"batch {h.seq} (boot {h.boot}, created {h.created_ms}) is stored with "
+                        "other counts: a re-sent batch keeps its bytes, so this one is forged "
+                        "or corrupt; not stored"
+                    )
+            await self._retrying(
+                "", functools.partial(self.store.settle_reused, mid, code, message)
+            )
+        if rows:
+            log.info(
+                "store: %d of %d batches kept as seq_reused by store schema 1 stored now (a "
+                "gateway numbering again: new batches)",
+                stored,
+                len(rows),
+            )
 
     async def _ledger(self, method: str, *args: Any) -> Any:
         """Call the ledger's ``method``: a PostgreSQL ledger in a worker thread (its calls
@@ -350,19 +390,29 @@ class StoreConsumer:
             )
             return
         self.counts.gateways.add(h.gateway)
-        if result.reused_from is not None:
-            boot, created = result.reused_from
+        if result.conflict is not None:
+            n, dropped = result.conflict
             await self._malformed(
                 topic,
                 payload,
-                "seq_reused",
-                f"batch {h.seq} is already stored from another batch (boot {boot}, created "
-                f"{created}; this one: boot {h.boot}, created {h.created_ms}): did the gateway "
-                "lose its buffer and number again? not stored as readings",
+                "seq_conflict",
+                f"batch {h.seq} (boot {h.boot}, created {h.created_ms}) is stored with {n} "
+                f"readings and {dropped} dropped; this one has {h.points} and {h.dropped}: a "
+                "re-sent batch keeps its bytes, so this one is forged or corrupt; not stored",
                 h.gateway,
                 h.seq,
             )
             return
+        if result.renumbered is not None:
+            seq, boot, created = result.renumbered
+            log.warning(
+                "gateway %s numbers its batches again from %d (boot %d, created %s): a "
+                "gateway that lost its buffer? stored as new batches",
+                h.gateway,
+                seq,
+                boot,
+                created,
+            )
         if not result.stored:
             self.counts.duplicates += 1
             log.info(
