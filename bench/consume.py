@@ -76,6 +76,7 @@ def make_traffic(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], int
 
 
 async def publish(url: str, traffic: list[tuple[str, bytes]]) -> None:
+    """Publish ``traffic`` to amq.topic; ``url`` carries the password (this client only)."""
     import aio_pika
 
     conn = await aio_pika.connect(url)
@@ -102,13 +103,14 @@ def stored(dsn: str) -> int:
 def round_(n: int, pg: Postgres, cluster: RabbitCluster, traffic, readings: int, tmp: Path):
     dsn = pg.new_database()
     urls = [node.amqp_url for node in cluster.nodes]
-    asyncio.run(publish(urls[0], traffic))
+    asyncio.run(publish(cluster.client_url(1), traffic))
     procs = []
     t0 = time.monotonic()
     for i in range(n):
         amqp: list[str] = []
         for u in urls[i:] + urls[:i]:
             amqp += ["--amqp", u]
+        amqp += ["--amqp-password-file", str(cluster.password_file(tmp / "amqp-password"))]
         log = open(tmp / f"consumer-{n}-{i}.log", "w")
         procs.append(
             subprocess.Popen(
@@ -165,7 +167,8 @@ def main() -> None:
         if r.returncode:
             raise SystemExit(f"rabbitmqctl set_policy failed: {r.stdout}{r.stderr}")
         setup = subprocess.run(
-            [sys.executable, "-m", "edge", "broker-setup", "--amqp", cluster.node(1).amqp_url],
+            [sys.executable, "-m", "edge", "broker-setup", "--amqp", cluster.node(1).amqp_url,
+             "--amqp-password-file", str(cluster.password_file(tmp / "amqp-password"))],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         if setup.returncode:

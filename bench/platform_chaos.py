@@ -287,7 +287,9 @@ class Harness:
         out: list[str] = []
         for n in order:
             out += ["--amqp", n.amqp_url]
-        return out
+        # The URLs hold the user only; the password comes from an owner-only file.
+        password = self.cluster.password_file(self.tmp / "amqp-password")
+        return [*out, "--amqp-password-file", str(password)]
 
     def start_consumer(self, i: int) -> None:
         self.consumers[i].spawn(

@@ -1109,6 +1109,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if args.amqp_password_file is not None and not args.amqp:
+        print("edge consume: --amqp-password-file is for --amqp", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.amqp:
+        given = _amqp_password(args, "edge consume")
+        if given is None:
+            return EXIT_CONFIG
+        args.amqp_password, args.amqp_password_source = given
     if args.store is not None:
         return _consume_store(args)
     import csv
@@ -1204,15 +1212,52 @@ def _topic_prefix(text: str) -> str:
     return text
 
 
+def _amqp_password(args: argparse.Namespace, prog: str) -> tuple[str | None, str] | None:
+    """The AMQP password of ``--amqp-password-file`` or EDGE_AMQP_PASSWORD (the file wins) and
+    where it came from; None after saying in one line why it cannot be used."""
+    from edge.platform.amqp import amqp_password
+    from edge.shared.secrets import SecretFileError
+
+    try:
+        return amqp_password(args.amqp_password_file)
+    except (SecretFileError, ValueError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def _auth_refused(prog: str, exc: Exception, source: str) -> None:
+    """One line for credentials the broker refused, saying where the password came from."""
+    from edge.platform.amqp import PASSWORD_HINT
+
+    if source == "no password":
+        print(f"{prog}: {exc}: {PASSWORD_HINT}", file=sys.stderr)
+    else:
+        print(f"{prog}: {exc}: check the user and the password in {source}", file=sys.stderr)
+
+
 def cmd_broker_setup(args: argparse.Namespace) -> int:
     """Declare the RabbitMQ topology (edge/platform/amqp.py) on the first node that answers."""
-    from edge.platform.amqp import AmqpError, ExtraMissing, declare_topology, redact
+    from edge.platform.amqp import (
+        AmqpAuthError,
+        AmqpError,
+        ExtraMissing,
+        declare_topology,
+        redact,
+    )
+
+    given = _amqp_password(args, "edge broker-setup")
+    if given is None:
+        return EXIT_CONFIG
+    password, source = given
 
     async def go() -> int:
         problems = []
         for url in args.amqp:
             try:
-                lines, alternate = await declare_topology(url, args.topic_prefix)
+                lines, alternate = await declare_topology(url, args.topic_prefix, password=password)
+            except AmqpAuthError as exc:  # a cluster shares its users: the others refuse too
+                _auth_refused("edge broker-setup", exc, source)
+                return 1
             except AmqpError as exc:
                 print(f"edge broker-setup: {exc}", file=sys.stderr)
                 problems.append(str(exc))
@@ -1312,6 +1357,7 @@ def _consume_store(args: argparse.Namespace) -> int:
                 prefetch=args.prefetch,
                 topic_prefix=args.prefix,
                 stop_on=(Exception,),
+                password=args.amqp_password,
             )
         else:
             source = MqttStoreSource(
@@ -1326,6 +1372,8 @@ def _consume_store(args: argparse.Namespace) -> int:
         print(f"edge consume: {exc}", file=err)
         return EXIT_CONFIG
 
+    from edge.platform.amqp import AmqpAuthError
+
     async def go() -> int:
         try:
             await consumer.start()
@@ -1336,13 +1384,16 @@ def _consume_store(args: argparse.Namespace) -> int:
             reason = " ".join(str(exc).split())
             print(f"edge consume: cannot open the store: {reason}", file=err)
             return 1
-        code = 0
+        code, refused = 0, False
         try:
             if args.duration is None:
                 await source.run()
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(source.run(), args.duration)
+        except AmqpAuthError as exc:  # before any connection: nothing was consumed
+            _auth_refused("edge consume", exc, args.amqp_password_source)
+            code, refused = 1, True
         except (psycopg.Error, StoreSchemaError, sqlite3.Error) as exc:
             # Not an outage (those are retried): the schema, the server or the ledger file
             # refuses us.
@@ -1354,10 +1405,11 @@ def _consume_store(args: argparse.Namespace) -> int:
             )
             code = 1
         finally:
-            for line in await consumer.summary():
-                print(line, file=err, flush=True)
             amqp = getattr(source, "stats", None) if args.amqp else None
-            if amqp is not None:
+            said = not refused  # refused at the door: the one line above says it all
+            for line in await consumer.summary() if said else []:
+                print(line, file=err, flush=True)
+            if amqp is not None and said:
                 print(
                     f"amqp: {amqp.acked} messages acknowledged ({amqp.redelivered} redelivered) "
                     f"over {amqp.connections} connection(s); {amqp.unroutable or 0} in "
@@ -1369,7 +1421,7 @@ def _consume_store(args: argparse.Namespace) -> int:
             if ledger is not None:
                 with contextlib.suppress(LedgerUnavailable):
                     rec = await asyncio.to_thread(ledger.reconcile)
-                    if rec.days or rec.meters:
+                    if said and (rec.days or rec.meters):
                         for line in rec.lines():
                             print(line, file=err, flush=True)
                     if args.reconcile_json is not None:
@@ -1687,8 +1739,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_amqp_url,
         metavar="URL",
-        help="consume the RabbitMQ queue edge.platform instead (amqp://USER:PASSWORD@HOST:PORT/; "
-        "repeat for each node of a cluster); needs --store",
+        help="consume the RabbitMQ queue edge.platform instead (amqp://USER@HOST:PORT/, no "
+        "password: see --amqp-password-file; repeat for each node of a cluster); needs --store",
+    )
+    p.add_argument(
+        "--amqp-password-file",
+        type=Path,
+        metavar="FILE",
+        help="with --amqp: the user's password, alone in an owner-only file (chmod 600), used "
+        "for every node; else the environment variable EDGE_AMQP_PASSWORD (the file wins when "
+        "both are given)",
     )
     p.add_argument(
         "--prefetch",
@@ -1752,7 +1812,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_amqp_url,
         metavar="URL",
-        help="a node (amqp://USER:PASSWORD@HOST:PORT/); repeat: the first that answers is used",
+        help="a node (amqp://USER@HOST:PORT/, no password); repeat: the first that answers is used",
+    )
+    p.add_argument(
+        "--amqp-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the user's password, alone in an owner-only file (chmod 600); else the "
+        "environment variable EDGE_AMQP_PASSWORD (the file wins when both are given)",
     )
     p.add_argument(
         "--topic-prefix",

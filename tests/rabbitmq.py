@@ -14,6 +14,14 @@ As root, the server script under ``/usr/lib/rabbitmq/bin`` is run directly (Debi
 node runs in its own process group: :meth:`RabbitCluster.kill` SIGKILLs the whole group (the
 Erlang VM and its helpers), as a crashed machine would.
 
+The clients' user is :data:`USER` with a random password made per cluster (``add_user`` once
+the nodes are up; users are cluster-wide): node URLs hold the user only
+(``amqp://edge@127.0.0.1:PORT/``), as ``edge consume --amqp`` takes them, and the password
+is given apart: :meth:`RabbitCluster.password_file` (``--amqp-password-file``),
+:meth:`RabbitCluster.password_env` (``EDGE_AMQP_PASSWORD``), ``password=`` of the library, or
+:meth:`RabbitCluster.client_url` for a test's own aio-pika client. The MQTT plugin still lets
+gateways in anonymously (as its default user, guest).
+
 A cluster takes about 25 s to start on a 2-core machine: one per test session.
 """
 
@@ -32,7 +40,7 @@ from pathlib import Path
 
 from edge.uplink.broker import free_port
 
-__all__ = ["RabbitCluster", "RabbitNode", "rabbitmq_bin"]
+__all__ = ["USER", "RabbitCluster", "RabbitNode", "rabbitmq_bin"]
 
 #: Where Debian's rabbitmq-server package keeps the scripts that run as the calling user.
 DEBIAN_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -41,6 +49,8 @@ INSTALL_HINT = "apt-get install rabbitmq-server (Debian; CI's .ci/run does)"
 START_TIMEOUT_S = 120.0
 #: Seconds a clean stop may take before the node is killed.
 STOP_TIMEOUT_S = 30.0
+#: The AMQP user of the tests' clients (its password: RabbitCluster.password).
+USER = "edge"
 
 
 def rabbitmq_bin() -> Path | None:
@@ -69,7 +79,8 @@ class RabbitNode:
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        """The node for ``edge consume --amqp``: the user, no password."""
+        return f"amqp://{USER}@127.0.0.1:{self.amqp_port}/"
 
     @property
     def mqtt_url(self) -> str:
@@ -98,6 +109,8 @@ class RabbitCluster:
         cookie.write_text(secrets.token_hex(20).upper())
         os.chmod(cookie, 0o400)
         self.epmd_port = free_port()
+        # Characters a URL must escape, to show the password is carried whole.
+        self.password = f"pw@:/%{secrets.token_urlsafe(12)}"
         self.epmd: subprocess.Popen[bytes] | None = None
         self.empty_env_file = workdir / "rabbitmq-env.conf"
         self.empty_env_file.write_text("")
@@ -187,7 +200,38 @@ class RabbitCluster:
         for n in self.nodes[1:]:
             self._await(n)
         self._await_members(len(self.nodes))
+        self._add_user()
         return time.monotonic() - began
+
+    def _add_user(self) -> None:
+        for args in (
+            ("add_user", USER, self.password),
+            ("set_permissions", "-p", "/", USER, ".*", ".*", ".*"),
+        ):
+            r = self.ctl(1, *args)
+            if r.returncode != 0 and "already exists" not in r.stdout + r.stderr:
+                raise RuntimeError(f"rabbitmqctl {args[0]} {USER} failed: {r.stdout}{r.stderr}")
+
+    def password_file(self, path: Path) -> Path:
+        """Write the clients' password into ``path`` (mode 600, as ``--amqp-password-file``
+        asks) and return it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.password + "\n")
+        path.chmod(0o600)
+        return path
+
+    def password_env(self) -> dict[str, str]:
+        """This process's environment with ``EDGE_AMQP_PASSWORD`` set to the password."""
+        return {**os.environ, "EDGE_AMQP_PASSWORD": self.password}
+
+    def client_url(self, index: int) -> str:
+        """Node ``index``'s URL with the password in it, for a test's own aio-pika client only
+        (never handed to ``edge``, which refuses it)."""
+        from urllib.parse import quote
+
+        return (
+            f"amqp://{USER}:{quote(self.password, safe='')}@127.0.0.1:{self.node(index).amqp_port}/"
+        )
 
     def start(self, index: int) -> None:
         """Start a stopped or killed node again; returns once it runs and is a member again."""

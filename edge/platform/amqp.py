@@ -27,6 +27,14 @@ connects to the first node that answers; when the connection is lost it goes on 
 node. Messages it had not acknowledged are delivered again (to it or to another consumer):
 handlers must be idempotent.
 
+The password is never in a URL (edge/shared/secrets.py: a URL is shown wherever the broker is
+named, and a command line in process lists and shell history): :func:`check_amqp_url` refuses
+``amqp://USER:PASSWORD@…``; the user stays in the URL (``amqp://edge@node1:5672/``) and the
+password is given apart (``password=``; ``--amqp-password-file`` or :data:`PASSWORD_ENV` on the
+command line, :func:`amqp_password`) and applied to every node, as a cluster shares its users.
+Without one, the AMQP client offers RabbitMQ's default (user ``guest``, password ``guest``),
+which RabbitMQ accepts only for its own guest user from the same machine.
+
 Imports aio-pika (the ``platform`` extra) only when a function needs it: :class:`ExtraMissing`.
 """
 
@@ -41,18 +49,24 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+from edge.shared.secrets import read_secret
 
 __all__ = [
     "DEFAULT_PREFETCH",
+    "PASSWORD_ENV",
     "POLICY_COMMAND",
     "QUEUE",
     "UNROUTABLE",
+    "AmqpAuthError",
     "AmqpError",
     "AmqpSource",
     "AmqpStats",
     "ExtraMissing",
+    "amqp_password",
     "bindings",
     "check_amqp_url",
     "declare_topology",
@@ -89,6 +103,10 @@ HEARTBEAT_S = 10
 #: Seconds between looks at edge.unroutable's depth.
 UNROUTABLE_CHECK_S = 30.0
 PROBE_KEY = "edge-setup.probe"
+#: The environment variable that may hold the AMQP password (else ``--amqp-password-file``).
+PASSWORD_ENV = "EDGE_AMQP_PASSWORD"
+#: What to do with a password, for messages.
+PASSWORD_HINT = f"give it in --amqp-password-file FILE (owner-only) or {PASSWORD_ENV}"
 
 
 class ExtraMissing(Exception):
@@ -100,6 +118,36 @@ class ExtraMissing(Exception):
 
 class AmqpError(Exception):
     """A broker problem in our words; the message never holds a password."""
+
+
+class AmqpAuthError(AmqpError):
+    """The broker refused the user or the password (ACCESS_REFUSED). A cluster shares its
+    users, so the other nodes would refuse them too: fatal until the credentials are fixed."""
+
+
+def amqp_password(
+    password_file: Path | None, environ: dict[str, str] | os._Environ[str] | None = None
+) -> tuple[str | None, str]:
+    """The AMQP password and where it came from (for messages), from ``password_file`` (read
+    with the rules of every secret file, :func:`edge.shared.secrets.read_secret`) or else the
+    environment variable :data:`PASSWORD_ENV`; ``(None, "no password")`` when neither is given.
+
+    The file wins when both are given (the command line names it; the environment may be
+    inherited). Raises :class:`edge.shared.secrets.SecretFileError` for a file that cannot be
+    used and :class:`ValueError` for an empty or multi-line :data:`PASSWORD_ENV`; neither
+    message holds the password."""
+    env = os.environ if environ is None else environ
+    if password_file is not None:
+        return read_secret(password_file, "--amqp-password-file"), str(password_file)
+    raw = env.get(PASSWORD_ENV)
+    if raw is None:
+        return None, "no password"
+    value = raw.strip()
+    if not value:
+        raise ValueError(f"{PASSWORD_ENV} is empty: set the password in it, or unset it")
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{PASSWORD_ENV} holds more than one line: the password alone, please")
+    return value, PASSWORD_ENV
 
 
 def require_extra(command: str = "edge consume --amqp") -> None:
@@ -118,10 +166,13 @@ def _aio_pika(command: str = "edge consume --amqp") -> Any:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    """``url`` with a password replaced by ``***`` and a query or fragment by ``?***`` (where
+    a client may take one), for messages and logs."""
     parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        parts = parts._replace(query="***", fragment="")
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -132,22 +183,29 @@ def redact(url: str) -> str:
 
 
 def check_amqp_url(url: str) -> str:
-    """``url`` if it is an ``amqp://`` or ``amqps://`` URL with a host and a valid port, else
-    :class:`ValueError` saying what is wrong (without the password)."""
+    """``url`` if it is an ``amqp://`` or ``amqps://`` URL with a host, a valid port and no
+    password (``amqp://[USER@]HOST[:PORT]/``), else :class:`ValueError` saying what is wrong
+    (never repeating the password)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ValueError(
-            f"{redact_loose(url)}: not an AMQP URL (amqp://USER:PASSWORD@HOST:PORT/)"
-        ) from None
+        raise ValueError(f"{redact_loose(url)}: not an AMQP URL (amqp://USER@HOST:PORT/)") from None
     if parts.scheme not in ("amqp", "amqps"):
         raise ValueError(
             f"{redact(url)}: an AMQP URL starts with amqp:// or amqps:// "
             f"(got {parts.scheme + '://' if parts.scheme else 'no scheme'})"
         )
+    if parts.password is not None or any(
+        k.strip().lower() == "password" for k, _ in parse_qsl(parts.query)
+    ):
+        raise ValueError(
+            f"{redact(url)}: carries a password, which a URL must not (it is shown "
+            f"wherever the broker is named, and in process lists): {PASSWORD_HINT}; the user "
+            "may stay (amqp://USER@HOST:PORT/)"
+        )
     if not parts.hostname:
-        raise ValueError(f"{redact(url)}: no host (amqp://USER:PASSWORD@HOST:PORT/)")
+        raise ValueError(f"{redact(url)}: no host (amqp://USER@HOST:PORT/)")
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"{redact(url)}: the port must be from 1 to 65535")
     return url
@@ -155,6 +213,7 @@ def check_amqp_url(url: str) -> str:
 
 def redact_loose(url: str) -> str:
     """A URL that urlsplit cannot read, with anything between ``://`` and ``@`` hidden."""
+    url = url.split("?")[0].split("#")[0]
     head, sep, rest = url.partition("://")
     if sep and "@" in rest:
         return f"{head}://***@{rest.rpartition('@')[2]}"
@@ -206,12 +265,42 @@ def bindings(topic_prefix: str) -> list[str]:
     return [f"{base}.#.{suffix}" for suffix in SUFFIXES]
 
 
-async def _connect(url: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
-    aio_pika = _aio_pika()
+def _where(url: str) -> str:
+    """HOST:PORT of an AMQP URL for messages (5672, 5671 for amqps, when none is given)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     try:
-        return await aio_pika.connect(url, timeout=connect_timeout_s, heartbeat=HEARTBEAT_S)
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+async def _connect(
+    url: str, password: str | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> Any:
+    """A connection to the node at ``url`` (no password in it) with ``password``. Raises
+    :class:`AmqpAuthError` when the broker refuses the credentials, :class:`AmqpError` when
+    the node cannot be reached."""
+    aio_pika = _aio_pika()
+    target: Any = url
+    if password is not None:
+        from yarl import URL  # aio-pika's own URL type (a dependency of it)
+
+        target = URL(url).with_password(password)
+    try:
+        return await aio_pika.connect(target, timeout=connect_timeout_s, heartbeat=HEARTBEAT_S)
     except Exception as exc:
-        raise AmqpError(f"cannot connect to {redact(url)}: {_describe(exc)}") from None
+        reason = _describe(exc)
+        if "ACCESS_REFUSED" in reason:
+            user = unquote(urlsplit(url).username or "") or "guest"
+            given = "with the password given" if password is not None else "with no password"
+            raise AmqpAuthError(
+                f"{_where(url)} refused user {user} {given} (ACCESS_REFUSED)"
+            ) from None
+        raise AmqpError(f"cannot connect to {redact(url)}: {reason}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -277,18 +366,21 @@ async def _alternate_exchange_set(connection: Any) -> bool:
 
 
 async def declare_topology(
-    url: str, topic_prefix: str = "city/v1", queue: str = QUEUE
+    url: str, topic_prefix: str = "city/v1", queue: str = QUEUE, *, password: str | None = None
 ) -> tuple[list[str], bool]:
     """Declare the queues, exchange and bindings on the broker at ``url`` (idempotent): the
     quorum queue ``queue`` bound for the gateways under ``topic_prefix``, the alternate
     exchange's queue, and a check of the policy that makes it amq.topic's alternate exchange.
 
+    ``url`` holds no password (:func:`check_amqp_url`); ``password`` is the user's.
+
     Returns the lines to show (one per thing declared) and whether amq.topic's alternate
-    exchange is in place. Raises :class:`AmqpError` (the broker's refusal in our words; e.g. a
-    queue ``edge.platform`` declared before with other arguments) or :class:`ExtraMissing`.
+    exchange is in place. Raises :class:`AmqpAuthError` (user or password refused),
+    :class:`AmqpError` (the broker's refusal in our words; e.g. a queue ``edge.platform``
+    declared before with other arguments) or :class:`ExtraMissing`.
     """
     aio_pika = _aio_pika("edge broker-setup")
-    connection = await _connect(url)
+    connection = await _connect(check_amqp_url(url), password)
     try:
         channel = await connection.channel()
         try:
@@ -341,8 +433,9 @@ class AmqpStats:
 class AmqpSource:
     """Consume ``queue`` on a RabbitMQ cluster and hand every message to ``handler``.
 
-    ``urls``: the cluster's nodes (``amqp://USER:PASSWORD@HOST:PORT/``, any order; the first
-    that answers is used, then the next after a connection loss, round robin). ``queue``: the
+    ``urls``: the cluster's nodes (``amqp://USER@HOST:PORT/``, no password: any order; the first
+    that answers is used, then the next after a connection loss, round robin). ``password``:
+    the user's, for every node (a cluster shares its users). ``queue``: the
     queue to consume (:data:`QUEUE`). ``prefetch``: messages the broker sends ahead
     unacknowledged (basic.qos), which bounds what a killed consumer leaves to be redelivered.
     ``handler(topic, payload)``: an async callable; ``topic`` is the MQTT topic the gateway
@@ -358,8 +451,10 @@ class AmqpSource:
     ``declare``: declare the topology first (idempotent; ``topic_prefix`` names the
     bindings). Messages are handled one at a time, in the order the queue delivers them.
 
-    :meth:`run` runs until cancelled; it raises :class:`AmqpError` only when no node has ever
-    answered within ``give_up_s`` seconds (None: never gives up). Connection losses are logged
+    :meth:`run` runs until cancelled; it raises :class:`AmqpAuthError` when a node refuses the
+    user or password before any connection succeeded (a cluster shares its users: retrying
+    cannot help), and :class:`AmqpError` when no node has ever answered within ``give_up_s``
+    seconds (None: never gives up). Connection losses are logged
     at ERROR once, then DEBUG while the cluster stays unreachable, and INFO on recovery.
     """
 
@@ -377,14 +472,16 @@ class AmqpSource:
         retry_s: float = 1.0,
         give_up_s: float | None = None,
         stop_on: tuple[type[BaseException], ...] = (),
+        password: str | None = None,
     ) -> None:
         if not urls:
-            raise ValueError("give at least one AMQP URL (--amqp amqp://USER:PASSWORD@HOST:PORT/)")
+            raise ValueError("give at least one AMQP URL (--amqp amqp://USER@HOST:PORT/)")
         if handler is None:
             raise ValueError("AmqpSource needs a handler")
         if not 1 <= prefetch <= 65535:
             raise ValueError(f"prefetch must be from 1 to 65535 (got {prefetch})")
         self.urls = [check_amqp_url(u) for u in urls]
+        self._password = password
         self.queue = queue
         self.prefetch = prefetch
         self.handler = handler
@@ -443,7 +540,12 @@ class AmqpSource:
             url = self.urls[self._next]
             self._next = (self._next + 1) % len(self.urls)
             try:
-                connection = await _connect(url)
+                connection = await _connect(url, self._password)
+            except AmqpAuthError:
+                if self.stats.connections == 0:
+                    raise  # never in: wrong credentials, not an outage
+                self._down(f"{redact(url)} refused the user or password (ACCESS_REFUSED)")
+                continue
             except AmqpError as exc:
                 self._down(str(exc))
                 continue
