@@ -290,9 +290,16 @@ async def _connect(
         from yarl import URL  # aio-pika's own URL type (a dependency of it)
 
         target = URL(url).with_password(password)
+    connection = aio_pika.Connection(aio_pika.connection.make_url(target, heartbeat=HEARTBEAT_S))
     try:
-        return await aio_pika.connect(target, timeout=connect_timeout_s, heartbeat=HEARTBEAT_S)
+        await connection.connect(timeout=connect_timeout_s)
+        return connection
     except Exception as exc:
+        # Closed here, in the loop: aio-pika's __del__ would otherwise schedule the close of
+        # a connection that never opened, and when the collector runs it outside the loop the
+        # coroutine is never awaited (a RuntimeWarning on stderr, seen at a refused login).
+        with contextlib.suppress(Exception):
+            await connection.close()
         reason = _describe(exc)
         if "ACCESS_REFUSED" in reason:
             user = unquote(urlsplit(url).username or "") or "guest"
