@@ -70,6 +70,21 @@ POINT_P = 0.06  # chance of dying each time the gateway passes the cycle's fail 
 LANES = {"lane-1": ["HK-01", "HK-02", "HK-03"], "lane-2": ["BD-01", "BD-02"]}
 
 
+def read_journals(folder: Path, meters: list[str]) -> dict[str, list[tuple[int, int, bytes, int]]]:
+    """Each simulated meter's durable journal (``edge sim-meters --journal-dir``), read only:
+    meter -> [(seq, type, payload, acked)] in seq order."""
+    out = {}
+    for m in meters:
+        db = sqlite3.connect(f"file:{folder / f'{m}.sqlite'}?mode=ro", uri=True)
+        try:
+            out[m] = db.execute(
+                "SELECT seq, type, payload, acked FROM entries ORDER BY seq"
+            ).fetchall()
+        finally:
+            db.close()
+    return out
+
+
 class MeterLink:
     """One ``edge sim-meters`` process: the meters behind one link, on a fixed port."""
 
@@ -260,19 +275,7 @@ parking:
         return self.report(ran)
 
     def journals(self) -> dict[str, list[tuple[int, int, bytes, int]]]:
-        out = {}
-        for ms in LANES.values():
-            for m in ms:
-                db = sqlite3.connect(
-                    f"file:{self.tmp / 'journals' / f'{m}.sqlite'}?mode=ro", uri=True
-                )
-                try:
-                    out[m] = db.execute(
-                        "SELECT seq, type, payload, acked FROM entries ORDER BY seq"
-                    ).fetchall()
-                finally:
-                    db.close()
-        return out
+        return read_journals(self.tmp / "journals", [m for ms in LANES.values() for m in ms])
 
     async def drained(self, within_s: float) -> bool:
         deadline = time.monotonic() + within_s

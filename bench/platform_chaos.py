@@ -65,8 +65,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from parking_chaos import read_journals  # noqa: E402
 from soak import free_port, wait_port  # noqa: E402
-from soak_devices import value_key  # noqa: E402
+from soak_devices import read_served, value_key  # noqa: E402
 
 from edge.platform.ledger import local_day  # noqa: E402
 from protocols.meterlink import MsgType, Payment, decode_message  # noqa: E402
@@ -236,32 +237,11 @@ devices:
         return int(meta["accepted_total"]), int(meta["evicted_total"])
 
     def served(self) -> dict[tuple[str, str], tuple[list[int], list[str]]]:
-        out: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
-        with open(self.devices_dir / "served.log") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 4:
-                    continue  # the last line, cut by the devices' stop
-                ts, device, point, key = parts
-                times, keys = out.setdefault((device, point), ([], []))
-                times.append(int(ts))
-                keys.append(key)
-        return out
+        return read_served(self.devices_dir / "served.log")
 
     def journals(self) -> dict[str, list[tuple[int, int, bytes, int]]]:
-        out = {}
-        for _, meters, _, _ in self.links:
-            for m in meters:
-                db = sqlite3.connect(
-                    f"file:{self.dir / 'journals' / f'{m}.sqlite'}?mode=ro", uri=True
-                )
-                try:
-                    out[m] = db.execute(
-                        "SELECT seq, type, payload, acked FROM entries ORDER BY seq"
-                    ).fetchall()
-                finally:
-                    db.close()
-        return out
+        meters = [m for _, ms, _, _ in self.links for m in ms]
+        return read_journals(self.dir / "journals", meters)
 
 
 class Harness:

@@ -80,7 +80,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.soak_devices import value_key  # noqa: E402
+from bench.soak_devices import read_served, value_key  # noqa: E402
 from edge.platform.consumer import BatchConsumer, Delivery  # noqa: E402
 from edge.shared.clock import FileClock  # noqa: E402
 from protocols.batch import TQ_UNCERTAIN  # noqa: E402
@@ -541,16 +541,7 @@ devices:
 
     def wrong_values(self) -> tuple[int, int, int]:
         """(wrong, checked, specials): each delivered reading against what was served."""
-        served: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
-        with open(self.devices_dir / "served.log") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 4:
-                    continue  # the last line, cut by the devices' stop
-                ts, device, point, key = parts
-                times, keys = served.setdefault((device, point), ([], []))
-                times.append(int(ts))
-                keys.append(key)
+        served = read_served(self.devices_dir / "served.log")
         anytime = {k: set(v[1]) for k, v in served.items()}
         wrong = specials = 0
         for device, point, ts, tq, key in self.delivered:

@@ -67,6 +67,21 @@ def value_key(value: float | int | bool) -> str:
     return f"i:{int(value)}"
 
 
+def read_served(path: Path) -> dict[tuple[str, str], tuple[list[int], list[str]]]:
+    """``served.log`` as (device, point) -> (times in ms, value keys), in serving order."""
+    served: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 4:
+                continue  # the last line, cut by the devices' stop
+            ts, device, point, key = parts
+            times, keys = served.setdefault((device, point), ([], []))
+            times.append(int(ts))
+            keys.append(key)
+    return served
+
+
 class Cabinet:
     def __init__(self, folder: Path) -> None:
         self.dir = folder
