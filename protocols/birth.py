@@ -34,6 +34,8 @@ hex digits of the SHA-256 of the whole birth's encoding, the same in every part 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Iterable
@@ -202,6 +204,24 @@ class Birth:
 
     def index(self) -> dict[int, SeriesInfo]:
         return {s.sid: s for s in self.series}
+
+    def signing_public_key(self) -> bytes | None:
+        """The gateway's Ed25519 public key (32 bytes) from ``signing_key``
+        (``{"alg": "ed25519", "public": <base64>}``, docs/meter-link-v1.md §5), or None when
+        the birth announces none. Raises BirthError naming what is wrong with one that is
+        there but unusable (another algorithm, not base64, not 32 bytes)."""
+        key = self.extra.get("signing_key")
+        if key is None:
+            return None
+        try:
+            if key["alg"] != "ed25519":
+                raise ValueError(f"algorithm {key['alg']!r}")
+            public = base64.b64decode(key["public"], validate=True)
+            if len(public) != 32:
+                raise ValueError(f"a {len(public)}-byte public key")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise BirthError(str(exc)) from None
+        return public
 
 
 def resolve(batch: Batch, series: dict[int, SeriesInfo]) -> tuple[list[Reading], set[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 
@@ -534,3 +535,31 @@ def test_consumer__split_parts_are_deduplicated_against_the_whole_and_each_other
     assert send(2) is None  # the whole, after its parts
     assert send(2, (2, 2)) is not None
     assert c.tallies["gw"].tracker.missing() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ({"alg": "rsa", "public": "AAAA"}, "algorithm 'rsa'"),
+        ({"alg": "ed25519", "public": "not base64!"}, "base64"),
+        ({"alg": "ed25519", "public": base64.b64encode(b"x" * 31).decode()}, "a 31-byte"),
+        ({"alg": "ed25519"}, "public"),
+        ("ed25519:AAAA", "string indices"),
+    ],
+)
+def test_birth__an_unusable_signing_key_is_a_birth_error_naming_why(key, why):
+    from protocols.birth import Birth, BirthError
+
+    birth = Birth("gw-1", "hk", 1, "0.1", 1, 1, (), (), {"signing_key": key})
+    with pytest.raises(BirthError, match=why):
+        birth.signing_public_key()
+
+
+def test_birth__a_signing_key_is_its_32_bytes_or_none():
+    from protocols.birth import Birth
+
+    public = bytes(range(32))
+    key = {"alg": "ed25519", "public": base64.b64encode(public).decode()}
+    birth = Birth("gw-1", "hk", 1, "0.1", 1, 1, (), (), {"signing_key": key})
+    assert birth.signing_public_key() == public
+    assert Birth("gw-1", "hk", 1, "0.1", 1, 1, (), ()).signing_public_key() is None

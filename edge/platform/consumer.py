@@ -27,8 +27,6 @@ storage (SQLite's locking is not safe across machines).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -286,18 +284,13 @@ class BatchConsumer:
                 return
         tally.birth, tally.series = birth, birth.index()
         tally.unknown_reported.clear()
-        key = birth.extra.get("signing_key")
-        if key is None:
-            return
         try:
-            if key["alg"] != "ed25519":
-                raise ValueError(f"algorithm {key['alg']!r}")
-            public = base64.b64decode(key["public"], validate=True)
-            if len(public) != 32:
-                raise ValueError(f"a {len(public)}-byte public key")
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            public = birth.signing_public_key()
+        except BirthError as exc:
             self.bad_payloads += 1
             self._say(f"gateway {birth.gateway}: birth has an unusable signing key ({exc})")
+            return
+        if public is None:
             return
         self._entries(birth.gateway, birth.site, self.ledger.key_announced(birth.gateway, public))
 

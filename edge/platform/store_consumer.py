@@ -33,8 +33,6 @@ keeps the rest (its in-flight window fills and it stops sending).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import inspect
 import json
@@ -561,20 +559,12 @@ class StoreConsumer:
         )
 
     def _signing_key(self, birth: Birth) -> bytes | None:
-        key = birth.extra.get("signing_key")
-        if key is None:
-            return None
         try:
-            if key["alg"] != "ed25519":
-                raise ValueError(f"algorithm {key['alg']!r}")
-            public = base64.b64decode(key["public"], validate=True)
-            if len(public) != 32:
-                raise ValueError(f"a {len(public)}-byte public key")
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            return birth.signing_public_key()
+        except BirthError as exc:
             self.counts.bad_messages += 1
             self._say(f"gateway {_short(birth.gateway)}: birth has an unusable signing key ({exc})")
             return None
-        return public
 
     # ------------------------------------------------------------------ tx, status
 
